@@ -1,0 +1,31 @@
+# osteobench: the two commands of the README.
+#   make demo   create .venv, install, run the main job on the built-in phantom
+#   make test   create .venv if needed, install, run the test suite
+PYTHON ?= python3
+VENV ?= .venv
+# torch is installed first and pinned here so pip takes the build that lies on this machine's disk;
+# on your own machine override it, e.g. `make test TORCH_SPEC="torch torchvision"`.
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+DEMO_DIR ?= demo
+PYTEST_ARGS ?=
+STAMP := $(VENV)/.osteobench-installed
+
+.PHONY: demo test install clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q $(TORCH_SPEC)
+	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/bench demo --out $(DEMO_DIR)
+
+test: $(STAMP)
+	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+clean:
+	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache
