@@ -1,0 +1,108 @@
+"""`bench run`: execute entries of a suite across seeds (see bench.runner)."""
+from __future__ import annotations
+
+import argparse
+import math
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+
+DEFAULT_SEEDS = {"smoke": [0], "quick": [0, 1, 2], "paper": [0, 1, 2]}
+
+
+def add_common_run_options(parser: argparse.ArgumentParser) -> None:
+    """Options shared by commands that resolve configs and results (run, tune, ...)."""
+    parser.add_argument("--profile", default="smoke", choices=["smoke", "quick", "paper"],
+                        help="data sizes and schedules (default: smoke)")
+    parser.add_argument("--results", default="results", type=Path, help="results folder (default: ./results)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="override an option, e.g. --set segmentation.gamma0=0.5 (repeatable)")
+    parser.add_argument("--config", dest="config_files", action="append", default=[], type=Path,
+                        metavar="FILE", help="YAML overlay of options (repeatable; --set wins)")
+    parser.add_argument("--data-seg", default="", help="segmentation/pretraining dataset folder "
+                        "(default: the built-in phantom `public`)")
+    parser.add_argument("--data-cls", default="", help="labelled dataset folder (default: phantom `clinical`)")
+    parser.add_argument("--device", default=None, help="auto | cpu | cuda (default: auto)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="import MODULE to register your own entries (repeatable)")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("run", help="run entries across seeds (cached, resumable)")
+    target = p.add_mutually_exclusive_group(required=True)
+    target.add_argument("--suite", help="a suite: paper, table3 ... table8, smoke")
+    target.add_argument("--entry", nargs="+", metavar="ENTRY", help="entries (fnmatch patterns allowed)")
+    p.add_argument("--name", default=None, help="results sub-folder for --entry runs (default: adhoc)")
+    p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: 0 for smoke, 0 1 2 otherwise)")
+    add_common_run_options(p)
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: sqlite:///<results>/mlflow.db)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--dry-run", action="store_true", help="print the plan and what is cached; run nothing")
+    p.set_defaults(func=run_command)
+
+
+def run_command(args: argparse.Namespace) -> int:
+    from bench import registry
+    from bench.runner import Runner
+
+    registry.load_entries(args.plugin)
+    if args.suite:
+        suite = args.suite
+        names = registry.resolve_suite(args.suite)
+    else:
+        suite = args.name or "adhoc"
+        names = registry.select(args.entry)
+    if not names:
+        raise BenchError("no entries selected; `bench list` shows what is registered")
+    seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.profile]
+    tracker = None
+    if not args.dry_run and not args.no_mlflow:
+        from bench.tracking import Tracker
+
+        tracker = Tracker(args.results, uri=args.tracking_uri)
+    runner = Runner(args.results, suite=suite, profile=args.profile, config_files=args.config_files,
+                    sets=args.sets, data_seg=args.data_seg, data_cls=args.data_cls, device=args.device,
+                    tracker=tracker)
+    if args.dry_run:
+        print_plan(runner, names, seeds)
+        return 0
+    outcomes = runner.run(names, seeds)
+    print_summary(outcomes, Path(args.results) / suite)
+    return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def print_plan(runner, names: list[str], seeds: list[int]) -> None:
+    rows = []
+    for planned in runner.plan(names, seeds, generate=False):
+        for st in planned.stages:
+            state = "to generate data" if st.key is None else ("cached" if st.cached else "to run")
+            rows.append({"entry": planned.entry.name, "seed": planned.seed, "stage": st.name,
+                         "key": (st.key or "-")[:10], "state": state})
+        rows.append({"entry": planned.entry.name, "seed": planned.seed, "stage": "evaluate",
+                     "key": (planned.run_key or "-")[:10], "state": "done" if planned.done else "to run"})
+    print(f"plan for suite {runner.suite!r}, profile {runner.profile}, {len(names)} entries × {len(seeds)} seeds:")
+    print(pd.DataFrame(rows).to_string(index=False))
+
+
+def _fmt(value) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.3f}"
+
+
+def print_summary(outcomes, suite_dir: Path) -> None:
+    rows = []
+    for o in outcomes:
+        test = o.metrics.get("test", {}) if o.metrics else {}
+        val = o.metrics.get("val", {}) if o.metrics else {}
+        rows.append({"entry": o.entry, "seed": o.seed, "status": o.status, "seconds": f"{o.seconds:.1f}",
+                     "val_macro_f1": _fmt(val.get("macro_f1")), "test_f1": _fmt(test.get("f1")),
+                     "test_auc": _fmt(test.get("auc")), "test_acc": _fmt(test.get("accuracy"))})
+    if rows:
+        print(pd.DataFrame(rows).to_string(index=False))
+    failed = [o for o in outcomes if o.status == "failed"]
+    for o in failed:
+        print(f"FAILED {o.entry} seed{o.seed}: {o.error}\n  traceback: {suite_dir / o.entry / f'seed{o.seed}.failed'}")
+    done = sum(o.status == "done" for o in outcomes)
+    skipped = sum(o.status == "skipped" for o in outcomes)
+    print(f"{done} run, {skipped} already done, {len(failed)} failed; results in {suite_dir}")

@@ -1,0 +1,70 @@
+"""`bench show RESULTS_PATH`: what a results folder holds.
+
+A seed folder shows its config summary and metrics per split; an entry folder its seeds and
+mean ± std; a suite folder every entry (test split, mean ± std over seeds); the results root
+its suites.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pandas as pd
+
+from bench.errors import BenchError
+
+SHOWN = ["precision", "recall", "f1", "auc", "accuracy", "macro_f1"]
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("show", help="show a run, an entry, a suite or a results folder")
+    p.add_argument("path", type=Path, help="results/<suite>[/<entry>[/seed<k>]] or the results folder")
+    p.add_argument("--split", default="test", help="split to summarise (default: test)")
+    p.set_defaults(func=show_command)
+
+
+def show_command(args: argparse.Namespace) -> int:
+    from bench import results as store
+
+    path: Path = args.path
+    if not path.exists():
+        raise BenchError(f"{path} does not exist; give a folder under your results folder")
+    if (path / "metrics.json").is_file():
+        run = store.read_run(path)
+        cfg = run.config
+        print(f"{cfg.get('entry')} seed {cfg.get('seed')} (suite {cfg.get('suite')}, profile {cfg.get('profile')}, "
+              f"osteobench {cfg.get('version')})")
+        print(f"stages: {json.dumps(cfg.get('stages', {}))}")
+        table = pd.DataFrame({s: m for s, m in run.metrics.items() if s != "extra"}).T
+        print(table.reindex(columns=[c for c in SHOWN + ["n", "n_pos"] if c in table.columns]).round(4).to_string())
+        if "extra" in run.metrics:
+            print(f"extra: {json.dumps(run.metrics['extra'], sort_keys=True)}")
+        return 0
+    if any(p.name.startswith("seed") and (p / "metrics.json").is_file() for p in path.iterdir()):
+        return _show_frame(store.load_metrics(path.parent.parent, path.parent.name, [path.name]),
+                           args.split, by_seed=True)
+    if any(q.is_dir() and any(r.name.startswith("seed") for r in q.iterdir()) for q in path.iterdir() if q.is_dir()):
+        return _show_frame(store.load_metrics(path.parent, path.name), args.split, by_seed=False)
+    runs = store.list_runs(path)
+    if runs.empty:
+        raise BenchError(f"{path} holds no runs; results folders look like results/<suite>/<entry>/seed<k>")
+    summary = runs.groupby(["suite", "status"]).size().unstack(fill_value=0)
+    print(summary.to_string())
+    return 0
+
+
+def _show_frame(frame: pd.DataFrame, split: str, by_seed: bool) -> int:
+    frame = frame[(frame["split"] == split) & frame["metric"].isin(SHOWN)]
+    if frame.empty:
+        raise BenchError(f"no {split} metrics here; is the split name right (train, val, test)?")
+    if by_seed:
+        wide = frame.pivot_table(index=["entry", "seed"], columns="metric", values="value")
+        print(wide.reindex(columns=[c for c in SHOWN if c in wide.columns]).round(4).to_string())
+    agg = frame.groupby(["entry", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
+    agg["cell"] = [f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f}" for m, s in zip(agg["mean"], agg["std"])]
+    wide = agg.pivot(index="entry", columns="metric", values="cell")
+    seeds = agg.groupby("entry")["count"].max().rename("seeds")
+    print(f"{split} split, mean ± std over seeds (ddof=1):")
+    print(wide.reindex(columns=[c for c in SHOWN if c in wide.columns]).join(seeds).to_string())
+    return 0

@@ -1,0 +1,352 @@
+"""Configuration: dataclass sections, profiles, validated overrides (DESIGN.md "Entries, suites, profiles").
+
+A resolved configuration is one dataclass instance per registered *section* (``data``, ``run``,
+and whatever sections methods register, e.g. ``segmentation``). Values are layered, later wins:
+
+    dataclass defaults → profile values (smoke | quick | paper) → ``--config file.yaml`` files
+    → ``--set section.key=value`` → the entry's own overrides (what makes an ablation that ablation)
+
+An entry's overrides come last on purpose: ``single-decoder-simclr`` always has one decoder.
+Overriding a key the entry fixes is reported as a warning. Unknown keys and wrong types raise
+``BenchError`` naming the key and the nearest valid ones.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import types
+import typing
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+from bench.errors import BenchError
+
+PROFILES: tuple[str, ...] = ("smoke", "quick", "paper")
+
+
+@dataclass
+class SectionSpec:
+    cls: type
+    profiles: dict[str, dict[str, Any]]
+    doc: str
+
+
+_SECTIONS: dict[str, SectionSpec] = {}
+
+
+def register_section(name: str, cls: type, profiles: Mapping[str, Mapping[str, Any]] | None = None) -> type:
+    """Register a dataclass as config section `name`, with per-profile values."""
+    if not dataclasses.is_dataclass(cls):
+        raise TypeError(f"config section {name!r} must be a dataclass, got {cls!r}")
+    profiles = {p: dict(v) for p, v in (profiles or {}).items()}
+    for profile, values in profiles.items():
+        if profile not in PROFILES:
+            raise ValueError(f"section {name!r}: unknown profile {profile!r}")
+        _check_keys(name, cls, values)
+    _SECTIONS[name] = SectionSpec(cls=cls, profiles=profiles, doc=(cls.__doc__ or "").strip())
+    return cls
+
+
+def sections() -> dict[str, SectionSpec]:
+    """The registered sections (after entries were loaded, methods' sections are here too)."""
+    return dict(_SECTIONS)
+
+
+# --------------------------------------------------------------------------- the engine's sections
+@dataclass
+class DataConfig:
+    """Which datasets a run uses (DESIGN.md: `seg` trains segmentation and SSL, `cls` has DXA labels)."""
+
+    seg: str = ""               # dataset folder with masks (no labels needed); empty: built-in phantom `public`
+    cls: str = ""               # dataset folder with DXA labels; empty: built-in phantom `clinical`
+    phantom_seed: int = 0       # seed of the generated phantoms (shared by every run seed, like a real dataset)
+    phantom_profile: str = ""   # size of the generated phantoms; empty: the run's profile
+
+
+@dataclass
+class RunConfig:
+    """Execution settings that can change numbers (so they key the stage cache)."""
+
+    device: str = "auto"        # auto | cpu | cuda (auto: cuda when available)
+    deterministic: bool = True  # torch deterministic algorithms where available
+    num_threads: int = 0        # torch intra-op threads; 0: torch's default
+
+
+register_section("data", DataConfig)
+register_section("run", RunConfig)
+
+
+# --------------------------------------------------------------------------- resolved config
+class Config:
+    """A resolved configuration: ``cfg.segmentation.gamma0``; ``cfg.to_dict()`` for saving."""
+
+    def __init__(self, profile: str, values: dict[str, Any]):
+        self.profile = profile
+        self._values = values
+
+    def __getattr__(self, name: str) -> Any:
+        values = self.__dict__.get("_values", {})
+        if name in values:
+            return values[name]
+        raise AttributeError(f"config has no section {name!r}; sections: {', '.join(sorted(values))}")
+
+    def section(self, name: str) -> Any:
+        if name not in self._values:
+            raise BenchError(f"config has no section {name!r}; sections: {', '.join(sorted(self._values))}")
+        return self._values[name]
+
+    def section_dict(self, name: str) -> dict[str, Any]:
+        return _jsonable(dataclasses.asdict(self.section(name)))
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"profile": self.profile}
+        for name in sorted(self._values):
+            out[name] = self.section_dict(name)
+        return out
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    def get(self, dotted: str) -> Any:
+        section, key = _split_key(dotted)
+        return getattr(self.section(section), key)
+
+
+def resolve(profile: str = "smoke", *, config_files: Iterable[str | Path] = (),
+            sets: Iterable[str] | Mapping[str, Any] = (),
+            entry_overrides: Mapping[str, Any] | None = None,
+            entry_name: str = "") -> Config:
+    """Build the resolved configuration (layering documented in the module docstring)."""
+    if profile not in PROFILES:
+        raise BenchError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
+    layers: list[tuple[str, dict[str, Any]]] = []
+    for path in config_files:
+        layers.append((f"config file {path}", load_config_file(path)))
+    user_sets = parse_sets(sets)
+    if user_sets:
+        layers.append(("--set", user_sets))
+    values: dict[str, Any] = {}
+    for name, spec in _SECTIONS.items():
+        values[name] = spec.cls(**_coerce_all(name, spec.cls, spec.profiles.get(profile, {}), "profile"))
+    user_keys: set[str] = set()
+    for source, layer in layers:
+        _apply(values, layer, source)
+        user_keys |= set(layer)
+    if entry_overrides:
+        clash = sorted(user_keys & set(entry_overrides))
+        if clash:
+            warnings.warn(f"entry {entry_name!r} fixes {', '.join(clash)}; your value is ignored "
+                          "for this entry (an ablation keeps what defines it)", stacklevel=2)
+        _apply(values, dict(entry_overrides), f"entry {entry_name}")
+    return Config(profile, values)
+
+
+def parse_sets(sets: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """``["a.b=1", ...]`` → ``{"a.b": "1"}`` (strings are coerced against the field type later)."""
+    if isinstance(sets, Mapping):
+        return dict(sets)
+    out: dict[str, Any] = {}
+    for item in sets:
+        if "=" not in item:
+            raise BenchError(f"--set {item!r} must look like section.key=value, e.g. segmentation.gamma0=0.5")
+        key, value = item.split("=", 1)
+        out[key.strip()] = value.strip()
+    return out
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON overlay: nested ``{section: {key: value}}`` or flat dotted keys."""
+    import yaml
+
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"config file {path} does not exist")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise BenchError(f"config file {path} is not valid YAML/JSON: {exc}") from exc
+    if not isinstance(data, dict):
+        raise BenchError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "profile":
+            continue
+        if isinstance(value, dict):
+            for sub, v in value.items():
+                flat[f"{key}.{sub}"] = v
+        else:
+            flat[str(key)] = value
+    return flat
+
+
+def valid_keys() -> list[str]:
+    return [f"{s}.{f.name}" for s, spec in _SECTIONS.items() for f in dataclasses.fields(spec.cls)]
+
+
+def describe() -> list[tuple[str, str, Any, str]]:
+    """(dotted key, type, default, one-line doc) for every option; docs come from field comments."""
+    rows = []
+    for s, spec in _SECTIONS.items():
+        hints = typing.get_type_hints(spec.cls)
+        docs = _field_comments(spec.cls)
+        for f in dataclasses.fields(spec.cls):
+            default = f.default if f.default is not dataclasses.MISSING else (
+                f.default_factory() if f.default_factory is not dataclasses.MISSING else None)  # type: ignore[misc]
+            rows.append((f"{s}.{f.name}", _type_name(hints[f.name]), default, docs.get(f.name, "")))
+    return rows
+
+
+# --------------------------------------------------------------------------- internals
+def _split_key(dotted: str) -> tuple[str, str]:
+    if "." not in dotted:
+        raise BenchError(f"option {dotted!r} must be section.key; valid options include "
+                         f"{', '.join(difflib.get_close_matches(dotted, valid_keys(), n=5, cutoff=0.3)) or ', '.join(valid_keys()[:5])}")
+    section, key = dotted.split(".", 1)
+    return section, key
+
+
+def _unknown(dotted: str, source: str) -> BenchError:
+    near = difflib.get_close_matches(dotted, valid_keys(), n=3, cutoff=0.5)
+    hint = f"; did you mean {' or '.join(near)}?" if near else "; `bench list --options` lists them all"
+    return BenchError(f"unknown option {dotted!r} (from {source}){hint}")
+
+
+def _check_keys(section: str, cls: type, values: Mapping[str, Any]) -> None:
+    names = {f.name for f in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise _unknown(f"{section}.{key}", "profile")
+
+
+def _apply(values: dict[str, Any], layer: Mapping[str, Any], source: str) -> None:
+    for dotted, raw in layer.items():
+        section, key = _split_key(dotted)
+        if section not in values:
+            raise _unknown(dotted, source)
+        obj = values[section]
+        names = {f.name for f in dataclasses.fields(obj)}
+        if key not in names:
+            raise _unknown(dotted, source)
+        hints = typing.get_type_hints(type(obj))
+        setattr(obj, key, coerce(raw, hints[key], dotted, source))
+
+
+def _coerce_all(section: str, cls: type, values: Mapping[str, Any], source: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {k: coerce(v, hints[k], f"{section}.{k}", source) for k, v in values.items()}
+
+
+def coerce(value: Any, tp: Any, key: str, source: str = "") -> Any:
+    """Check `value` against type `tp`, converting strings (from --set) where unambiguous."""
+    origin = typing.get_origin(tp)
+    args = typing.get_args(tp)
+    bad = BenchError(f"option {key} = {value!r} (from {source}) is not a valid {_type_name(tp)}")
+    if origin in (typing.Union, types.UnionType):
+        if value is None or (isinstance(value, str) and value.lower() in ("none", "null")):
+            if type(None) in args:
+                return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return coerce(value, arg, key, source)
+            except BenchError:
+                continue
+        raise bad
+    if origin is typing.Literal:
+        for choice in args:
+            if value == choice or (isinstance(value, str) and str(choice) == value):
+                return choice
+        raise BenchError(f"option {key} = {value!r} (from {source}) must be one of "
+                         f"{', '.join(map(str, args))}")
+    if origin in (tuple, list):
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = json.loads(text) if text.startswith("[") else [v for v in text.split(",") if v.strip()]
+            except json.JSONDecodeError as exc:
+                raise bad from exc
+        if not isinstance(value, (list, tuple)):
+            raise bad
+        item = args[0] if args else Any
+        items = [coerce(v, item, key, source) if item is not Any else v for v in value]
+        return tuple(items) if origin is tuple else items
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes", "on", "false", "0", "no", "off"):
+            return value.lower() in ("true", "1", "yes", "on")
+        raise bad
+    if tp is int:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, int):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+        if isinstance(value, str):
+            try:
+                return int(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is float:
+        if isinstance(value, bool):
+            raise bad
+        if isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                raise bad from None
+        raise bad
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise bad
+    if tp is Any:
+        return value
+    if dataclasses.is_dataclass(tp) or isinstance(value, tp):
+        return value
+    raise bad
+
+
+def _type_name(tp: Any) -> str:
+    origin = typing.get_origin(tp)
+    if origin is typing.Literal:
+        return " | ".join(map(repr, typing.get_args(tp)))
+    if origin is not None:
+        return str(tp).replace("typing.", "")
+    return getattr(tp, "__name__", str(tp))
+
+
+def _jsonable(obj: Any) -> Any:
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, Path):
+        return str(obj)
+    return obj
+
+
+def _field_comments(cls: type) -> dict[str, str]:
+    """One-line docs of the fields: the trailing ``# comment`` of each field in the source."""
+    import inspect
+
+    try:
+        lines = inspect.getsource(cls).splitlines()
+    except (OSError, TypeError):
+        return {}
+    docs: dict[str, str] = {}
+    for line in lines:
+        stripped = line.strip()
+        if ":" in stripped and "#" in stripped and not stripped.startswith(("#", '"')):
+            name = stripped.split(":", 1)[0].strip()
+            if name.isidentifier():
+                docs[name] = stripped.split("#", 1)[1].strip()
+    return docs

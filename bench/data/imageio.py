@@ -1,0 +1,318 @@
+"""Reading and writing radiographs and label maps.
+
+Radiographs are returned bone-bright as float32 in [0, 1] together with the pixel spacing
+when the file states one. Generated data is written as 16-bit grayscale PNG.
+
+Conventions of :func:`read_image` (the format is recognised from the file's content, so DICOM
+files without an extension work):
+
+- PNG / JPEG (Pillow) and TIFF (tifffile), 8 or 16 bit: integer values are divided by the
+  largest value of the stored bit depth (TIFF BitsPerSample, else the dtype); float TIFFs
+  already in [0, 1] are kept, others are min-max scaled. Colour is averaged to gray, alpha
+  dropped. TIFF "min-is-white" photometry is inverted; EXIF/TIFF orientation is applied.
+  Pixel spacing comes from the stated resolution (PNG pHYs, JPEG JFIF, TIFF X/YResolution)
+  unless it is a placeholder (72 or 96 dpi, or no physical unit).
+- DICOM (pydicom): modality LUT / rescale, then the VOI LUT or window centre/width
+  (pydicom.pixels.apply_modality_lut / apply_voi_lut, VOI LUT preferred as pydicom does),
+  then the VOI output range is mapped to [0, 1]; without VOI the rescaled stored-bit range is.
+  MONOCHROME1 (minimum is white) is inverted so bone is bright. Pixel spacing from
+  PixelSpacing, else ImagerPixelSpacing (row spacing, mm).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from bench.errors import BenchError
+
+#: Resolutions (dpi) that image writers put in by default; they say nothing about the detector.
+PLACEHOLDER_DPI: tuple[float, ...] = (1.0, 72.0, 96.0)
+
+
+@dataclass
+class Radiograph:
+    pixels: np.ndarray               # float32 H x W in [0, 1], bone bright
+    pixel_spacing_mm: float | None   # row spacing in mm, when the file says
+    bit_depth: int                   # stored bits of the source
+
+
+def write_png16(path: Path, image: np.ndarray) -> None:
+    """Write a float image in [0, 1] (or a uint16 array) as a 16-bit grayscale PNG."""
+    if image.dtype != np.uint16:
+        image = np.round(np.clip(image, 0.0, 1.0) * 65535.0).astype(np.uint16)
+    Image.fromarray(image).save(path, format="PNG", optimize=False)
+
+
+def write_label_map(path: Path, labels: np.ndarray) -> None:
+    """Write a uint8 label map as an 8-bit grayscale PNG."""
+    Image.fromarray(np.ascontiguousarray(labels, dtype=np.uint8), mode="L").save(path, format="PNG")
+
+
+def read_label_map(path: Path) -> np.ndarray:
+    """Read a uint8 label map; unreadable files raise BenchError naming the file."""
+    try:
+        with Image.open(path) as im:
+            arr = np.asarray(im)
+    except (OSError, ValueError) as exc:
+        raise BenchError(f"cannot read label map {path}: {exc}") from exc
+    if arr.ndim != 2:
+        raise BenchError(f"label map {path} has shape {arr.shape}; expected a single-channel image")
+    return arr.astype(np.uint8)
+
+
+def sniff_format(path: Path) -> str:
+    """'png' | 'jpeg' | 'tiff' | 'dicom' | 'unknown', from the first bytes (extension as fallback)."""
+    with open(path, "rb") as fh:
+        head = fh.read(132)
+    if head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "png"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "jpeg"
+    if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
+        return "tiff"
+    if head[128:132] == b"DICM":
+        return "dicom"
+    if path.suffix.lower() in (".dcm", ".dicom", ".dic"):
+        return "dicom"  # DICOM without the preamble: pydicom reads it with force=True
+    return "unknown"
+
+
+def read_image(path: Path) -> Radiograph:
+    """Read a PNG, JPEG, TIFF (8/16-bit) or DICOM radiograph as a bone-bright float32 image.
+
+    Unreadable or unsupported files raise BenchError naming the file.
+    """
+    path = Path(path)
+    try:
+        kind = sniff_format(path)
+    except OSError as exc:
+        raise BenchError(f"cannot read image {path}: {exc}") from exc
+    reader = {"png": _read_pillow, "jpeg": _read_pillow, "tiff": _read_tiff,
+              "dicom": _read_dicom}.get(kind)
+    if reader is None:
+        raise BenchError(f"cannot read image {path}: not a PNG, JPEG, TIFF or DICOM file "
+                         "(convert it to one of these, or leave it out of the CSV)")
+    try:
+        rad = reader(path)
+    except BenchError:
+        raise
+    except Exception as exc:  # decoder libraries raise many types for corrupt files
+        raise BenchError(f"cannot read image {path} ({kind}): {type(exc).__name__}: {exc}") from exc
+    if rad.pixels.ndim != 2 or min(rad.pixels.shape) < 1:
+        raise BenchError(f"image {path} has shape {rad.pixels.shape}; expected one 2-D grayscale image")
+    if not np.isfinite(rad.pixels).all():
+        raise BenchError(f"image {path} contains NaN or infinite pixel values")
+    rad.pixels = np.ascontiguousarray(np.clip(rad.pixels, 0.0, 1.0), dtype=np.float32)
+    return rad
+
+
+def _to_gray(arr: np.ndarray, has_alpha: bool) -> np.ndarray:
+    """Average colour channels (dropping alpha) to one gray channel."""
+    if arr.ndim == 3:
+        channels = arr.shape[-1] - (1 if has_alpha and arr.shape[-1] in (2, 4) else 0)
+        arr = arr[..., :channels].astype(np.float64).mean(axis=-1)
+    return arr
+
+
+def _integer_scale(arr: np.ndarray, bits: int | None) -> tuple[np.ndarray, int]:
+    """Integer array -> [0, 1] by the stored bit depth (unsigned) or the dtype range (signed)."""
+    info = np.iinfo(arr.dtype)
+    if info.min < 0:
+        return (arr.astype(np.float64) - info.min) / (info.max - info.min), info.bits
+    bits = bits if bits and 0 < bits <= info.bits else info.bits
+    return arr.astype(np.float64) / float(2 ** bits - 1), bits
+
+
+def _spacing_from_dpi(dpi: object) -> float | None:
+    """Row pixel spacing (mm) from a (x, y) dpi pair, None for placeholders."""
+    try:
+        y = float(dpi[1])  # type: ignore[index]
+    except (TypeError, ValueError, IndexError):
+        return None
+    if not np.isfinite(y) or y <= 0 or any(abs(y - p) < 1e-6 for p in PLACEHOLDER_DPI):
+        return None
+    return 25.4 / y
+
+
+def _read_pillow(path: Path) -> Radiograph:
+    with Image.open(path) as im:
+        im.load()
+        im = ImageOps.exif_transpose(im)
+        dpi = im.info.get("dpi")
+        mode = im.mode
+        if mode == "P":
+            im = im.convert("RGBA" if "transparency" in im.info else "RGB")
+            mode = im.mode
+        if mode == "1":
+            im = im.convert("L")
+            mode = "L"
+        if mode == "CMYK":
+            im = im.convert("RGB")
+            mode = "RGB"
+        arr = np.asarray(im)
+    spacing = _spacing_from_dpi(dpi)
+    if mode in ("I", "I;16", "I;16B", "I;16L") or arr.dtype in (np.uint16, np.int32):
+        # 16-bit gray; Pillow may hand it over as int32 ("I")
+        if arr.dtype != np.uint16:
+            if arr.min() < 0 or arr.max() > 65535:
+                raise BenchError(f"image {path} has {arr.dtype} values outside 0..65535")
+            arr = arr.astype(np.uint16)
+        pixels, bits = _integer_scale(arr, 16)
+        return Radiograph(pixels.astype(np.float32), spacing, bits)
+    if mode == "F":
+        return Radiograph(_float_scale(arr), spacing, 32)
+    arr = _to_gray(arr, has_alpha=mode in ("LA", "RGBA", "PA"))
+    if arr.dtype != np.uint8:
+        arr = arr / 255.0
+    else:
+        arr = arr.astype(np.float64) / 255.0
+    return Radiograph(arr.astype(np.float32), spacing, 8)
+
+
+def _float_scale(arr: np.ndarray) -> np.ndarray:
+    """Float data kept when already in [0, 1], else min-max scaled."""
+    arr = arr.astype(np.float64)
+    finite = arr[np.isfinite(arr)]
+    if finite.size and (finite.min() < 0 or finite.max() > 1):
+        lo, hi = float(finite.min()), float(finite.max())
+        arr = (arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)
+    return arr.astype(np.float32)
+
+
+_TIFF_ORIENT = {  # TIFF Orientation tag -> numpy operations giving top-left origin
+    1: lambda a: a, 2: lambda a: a[:, ::-1], 3: lambda a: a[::-1, ::-1], 4: lambda a: a[::-1],
+    5: lambda a: a.swapaxes(0, 1), 6: lambda a: np.rot90(a, -1), 7: lambda a: np.rot90(a, 1)[::-1],
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _read_tiff(path: Path) -> Radiograph:
+    import tifffile
+
+    with tifffile.TiffFile(path) as tif:
+        page = tif.pages[0]
+        arr = page.asarray()
+        tags = {t.name: t.value for t in page.tags.values()}
+    photometric = int(tags.get("PhotometricInterpretation", 1))
+    extra = tags.get("ExtraSamples", ())
+    arr = _to_gray(arr, has_alpha=bool(extra) if not isinstance(extra, int) else True)
+    bits = tags.get("BitsPerSample")
+    bits = int(bits[0] if isinstance(bits, tuple) else bits) if bits is not None else None
+    if np.issubdtype(arr.dtype, np.integer):
+        pixels, bits = _integer_scale(arr, bits)
+    elif arr.dtype == np.bool_:
+        pixels, bits = arr.astype(np.float64), 1
+    else:
+        pixels = _float_scale(arr).astype(np.float64)
+        bits = 8 * arr.dtype.itemsize
+    if photometric == 0:  # WhiteIsZero: low values are bright
+        pixels = 1.0 - pixels
+    pixels = _TIFF_ORIENT.get(int(tags.get("Orientation", 1)), _TIFF_ORIENT[1])(pixels)
+    return Radiograph(np.ascontiguousarray(pixels, dtype=np.float32), _tiff_spacing(tags), int(bits))
+
+
+def _tiff_spacing(tags: dict) -> float | None:
+    unit = int(tags.get("ResolutionUnit", 2))
+    res = tags.get("YResolution")
+    if res is None or unit not in (2, 3):
+        return None
+    value = res[0] / res[1] if isinstance(res, tuple) and res[1] else float(res if not isinstance(res, tuple) else 0)
+    if value <= 0:
+        return None
+    dpi = value if unit == 2 else value * 2.54
+    return _spacing_from_dpi((dpi, dpi))
+
+
+def _read_dicom(path: Path) -> Radiograph:
+    import pydicom
+    from pydicom.pixels import apply_modality_lut, apply_voi_lut
+
+    ds = pydicom.dcmread(path, force=True)
+    if "PixelData" not in ds:
+        raise BenchError(f"DICOM file {path} has no pixel data (is it a DICOMDIR or a report?)")
+    frames = int(ds.get("NumberOfFrames", 1) or 1)
+    if frames > 1:
+        raise BenchError(f"DICOM file {path} has {frames} frames; expected a single radiograph "
+                         "(export the frame you want as its own file)")
+    try:
+        stored = ds.pixel_array
+    except Exception as exc:
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        raise BenchError(f"cannot decode the pixel data of DICOM file {path} (transfer syntax "
+                         f"{ts}): {exc}; install a decoder plugin (e.g. pylibjpeg, "
+                         "pylibjpeg-libjpeg, pylibjpeg-openjpeg) or export it uncompressed") from exc
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
+        if stored.ndim == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
+            from pydicom.pixels import convert_color_space
+
+            rgb = convert_color_space(stored, photometric, "RGB") if photometric != "RGB" else stored
+            pixels, bits = _integer_scale(rgb, None)
+            return Radiograph(pixels.mean(axis=-1).astype(np.float32), _dicom_spacing(ds), bits)
+        raise BenchError(f"DICOM file {path} has photometric interpretation {photometric}; "
+                         "expected MONOCHROME1 or MONOCHROME2 (a grayscale radiograph)")
+    values = apply_modality_lut(stored, ds)
+    y_min, y_max = _modality_range(ds)
+    voi = _voi_kind(ds)
+    if voi is None:
+        lo, hi = min(y_min, y_max), max(y_min, y_max)
+    else:
+        values = apply_voi_lut(values if voi == "window" else _as_lut_index(values), ds)
+        lo, hi = (0.0, _lut_max(ds.VOILUTSequence[0])) if voi == "lut" else (y_min, y_max)
+    values = np.asarray(values, dtype=np.float64)
+    pixels = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
+    if photometric == "MONOCHROME1":
+        pixels = 1.0 - pixels
+    return Radiograph(pixels.astype(np.float32), _dicom_spacing(ds), int(ds.get("BitsStored", 16)))
+
+
+def _as_lut_index(values: np.ndarray) -> np.ndarray:
+    """A VOI LUT indexes integers: round modality output (rescale may make floats)."""
+    return np.rint(values).astype(np.int64) if not np.issubdtype(values.dtype, np.integer) else values
+
+
+def _modality_range(ds) -> tuple[float, float]:
+    """(y_min, y_max) of the modality transform as pydicom's windowing uses them (PS3.3 C.11.2.1.2):
+    the stored-bit range, rescaled (unsorted for a negative slope) or the modality LUT's range."""
+    if ds.get("ModalityLUTSequence"):
+        return 0.0, _lut_max(ds.ModalityLUTSequence[0])
+    bits = int(ds.get("BitsStored", 16))
+    if int(ds.get("PixelRepresentation", 0)) == 0:
+        lo, hi = 0.0, float(2 ** bits - 1)
+    else:
+        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
+    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
+    if slope is not None and intercept is not None:
+        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
+    return lo, hi
+
+
+def _voi_kind(ds) -> str | None:
+    """'lut' | 'window' | None: what pydicom's apply_voi_lut (prefer_lut=True) will apply."""
+    seq = ds.get("VOILUTSequence")
+    if seq and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None:
+        return "lut"
+    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
+        return "window"
+    return None
+
+
+def _lut_max(item) -> float:
+    """Largest output of a LUT: 2**bits - 1 by its descriptor (PS3.3 C.11.2.1.1)."""
+    return float(2 ** int(item.LUTDescriptor[2]) - 1)
+
+
+def _dicom_spacing(ds) -> float | None:
+    for key in ("PixelSpacing", "ImagerPixelSpacing"):
+        value = ds.get(key)
+        if value is not None:
+            try:
+                spacing = float(value[0] if hasattr(value, "__len__") and not isinstance(value, str) else value)
+            except (TypeError, ValueError, IndexError):
+                continue
+            if spacing > 0 and np.isfinite(spacing):
+                return spacing
+    return None

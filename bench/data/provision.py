@@ -1,0 +1,47 @@
+"""Datasets a run uses: the user's folders, or the built-in phantom generated once and cached.
+
+Without ``--data-seg``/``--data-cls`` a run uses the phantom presets (``public`` for `seg`,
+``clinical`` for `cls`) at the run's profile, generated under ``results/cache/phantom/`` and reused
+by every entry and seed (a dataset is fixed across seeds, as in the paper).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from bench import __version__
+from bench.config import Config
+from bench.data.format import Dataset
+from bench.errors import BenchError
+
+ROLES: dict[str, str] = {"seg": "public", "cls": "clinical"}  # role -> phantom preset
+
+
+def phantom_dir(cache_root: Path, preset: str, profile: str, seed: int) -> Path:
+    return Path(cache_root) / "phantom" / f"{preset}-{profile}-seed{seed}-v{__version__}"
+
+
+def provide(config: Config, cache_root: Path, progress: bool = False) -> dict[str, Path]:
+    """Return {"seg": folder, "cls": folder}, generating phantoms where no folder is given."""
+    out: dict[str, Path] = {}
+    for role, preset in ROLES.items():
+        given = getattr(config.data, role)
+        if given:
+            path = Path(given).expanduser()
+            if not (path / "manifest.csv").is_file():
+                raise BenchError(f"--data-{role} {path}: not a dataset folder (no manifest.csv); "
+                                 "make one with `bench data import` and check it with `bench data check`")
+            out[role] = path
+            continue
+        from bench.data.phantom import synthesize
+
+        profile = config.data.phantom_profile or config.profile
+        path = phantom_dir(cache_root, preset, profile, config.data.phantom_seed)
+        if not (path / "manifest.csv").is_file():
+            synthesize(path, preset=preset, profile=profile, seed=config.data.phantom_seed,
+                       overwrite=True, progress=progress)
+        out[role] = path
+    return out
+
+
+def open_all(paths: dict[str, Path]) -> dict[str, Dataset]:
+    return {role: Dataset.open(p) for role, p in paths.items()}

@@ -1,0 +1,138 @@
+"""Stage execution context and the content-addressed stage cache (DESIGN.md "Stages and caching").
+
+A stage's output lives in ``results/cache/<stage>/<key>`` where the key hashes the stage's
+function, its config sections, the entry's options for it, its inputs' keys, the fingerprints of
+the datasets it reads, the seed (when seeded), the resolved device type and the package version.
+The folder is written atomically and carries ``_stage.json``; a folder without it never exists,
+so an interrupted stage is simply redone.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+import zlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+import pandas as pd
+
+from bench import __version__
+from bench.atomic import atomic_dir
+from bench.config import Config
+from bench.data.format import Dataset
+from bench.registry import Stage
+
+STAGE_MARKER = "_stage.json"
+HISTORY_FILE = "history.parquet"
+
+
+def stable_hash(obj: Any) -> str:
+    """SHA-256 of the canonical JSON of `obj` (sorted keys)."""
+    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def derive_seed(*parts: int | str) -> int:
+    """A 32-bit seed derived from (seed, stage name, ...): strings hashed with CRC32."""
+    ints = [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
+    return int(np.random.SeedSequence(ints).generate_state(1)[0])
+
+
+def dataset_fingerprint(root: Path) -> str:
+    """Hash of a dataset's metadata files and its images' names and sizes (cheap, content-sensitive)."""
+    root = Path(root)
+    h = hashlib.sha256()
+    for name in ("manifest.csv", "annotators.csv", "dataset.json"):
+        p = root / name
+        h.update(name.encode())
+        h.update(p.read_bytes() if p.is_file() else b"-")
+    for sub in ("images", "masks"):
+        base = root / sub
+        if base.is_dir():
+            for p in sorted(base.rglob("*")):
+                if p.is_file():
+                    h.update(f"{p.relative_to(root)}:{p.stat().st_size}".encode())
+    return h.hexdigest()
+
+
+def stage_key(stage: Stage, config: Config, seed: int, input_keys: Mapping[str, str],
+              data_fingerprints: Mapping[str, str], device_type: str) -> tuple[str, dict[str, Any]]:
+    """The cache key of a stage and the material it hashes (saved beside the output)."""
+    material = {
+        "stage": stage.name,
+        "fn": f"{stage.fn.__module__}.{stage.fn.__qualname__}",
+        "sections": {s: config.section_dict(s) for s in stage.sections},
+        "options": dict(stage.options),
+        "inputs": dict(input_keys),
+        "data": {d: data_fingerprints[d] for d in stage.datasets if d in data_fingerprints},
+        "seed": seed if stage.seeded else None,
+        "device": device_type,
+        "version": __version__,
+    }
+    return stable_hash(material)[:16], material
+
+
+@dataclass
+class StageContext:
+    """What a stage function sees."""
+
+    stage: Stage
+    config: Config
+    seed: int
+    out_dir: Path                              # write outputs here (a temp dir renamed on success)
+    inputs: dict[str, Path]                    # earlier stages' output folders, by stage name
+    datasets: dict[str, Dataset]               # "seg", "cls"
+    device: Any                                # torch.device
+    options: Mapping[str, Any] = field(default_factory=dict)
+    _history: list[dict[str, Any]] = field(default_factory=list)
+
+    def rng(self, name: str = "") -> np.random.Generator:
+        """A numpy generator seeded from (seed, stage, name)."""
+        return np.random.default_rng(derive_seed(self.seed, self.stage.name, name))
+
+    def torch_generator(self, name: str = "", device: Any = "cpu"):
+        import torch
+
+        gen = torch.Generator(device=device)
+        gen.manual_seed(derive_seed(self.seed, self.stage.name, name))
+        return gen
+
+    def log(self, metric: str, value: float, epoch: int | None = None) -> None:
+        """Record a per-epoch (or final, epoch None) metric; saved as history and sent to MLflow."""
+        self._history.append({"stage": self.stage.name, "epoch": -1 if epoch is None else int(epoch),
+                              "metric": metric, "value": float(value)})
+
+
+def is_cached(path: Path) -> bool:
+    return (path / STAGE_MARKER).is_file()
+
+
+def run_stage(stage: Stage, *, cache_root: Path, key: str, material: dict[str, Any],
+              config: Config, seed: int, inputs: dict[str, Path], datasets: dict[str, Dataset],
+              device: Any) -> Path:
+    """Run `stage` into ``cache_root/<stage>/<key>`` unless it is cached; return the folder."""
+    import torch
+
+    target = cache_root / stage.name / key
+    if is_cached(target):
+        return target
+    with atomic_dir(target, overwrite=True) as tmp:
+        ctx = StageContext(stage=stage, config=config, seed=seed, out_dir=tmp, inputs=inputs,
+                           datasets=datasets, device=device, options=stage.options)
+        torch.manual_seed(derive_seed(seed, stage.name, "torch"))
+        started = time.time()
+        summary = stage.fn(ctx) or {}
+        if ctx._history:
+            pd.DataFrame(ctx._history).to_parquet(tmp / HISTORY_FILE, index=False)
+        marker = {"key": key, "material": material, "summary": summary,
+                  "seconds": round(time.time() - started, 3)}
+        (tmp / STAGE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True, default=str))
+    return target
+
+
+def read_history(path: Path) -> pd.DataFrame:
+    p = Path(path) / HISTORY_FILE
+    return pd.read_parquet(p) if p.is_file() else pd.DataFrame(columns=["stage", "epoch", "metric", "value"])

@@ -1,0 +1,85 @@
+"""Config layering, validation and coercion (bench.config)."""
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import pytest
+
+from bench import config
+from bench.errors import BenchError
+
+
+@dataclass
+class _Toy:
+    gamma0: float = 0.5        # start of the relaxation
+    schedule: str = "plateau"  # plateau | linear
+    epochs: int = 10           # training epochs
+    widths: tuple[int, ...] = (8, 16)  # channels
+    bias: bool = True          # use a bias
+
+
+@pytest.fixture(autouse=True)
+def toy_section():
+    config.register_section("toysec", _Toy, {"smoke": {"epochs": 2}, "paper": {"epochs": 200}})
+    yield
+    config._SECTIONS.pop("toysec", None)
+
+
+def test_profile_then_file_then_set_then_entry(tmp_path):
+    assert config.resolve("smoke").toysec.epochs == 2
+    assert config.resolve("quick").toysec.epochs == 10
+    overlay = tmp_path / "o.yaml"
+    overlay.write_text("toysec:\n  epochs: 7\n  gamma0: 0.25\n")
+    cfg = config.resolve("paper", config_files=[overlay], sets=["toysec.epochs=9"])
+    assert (cfg.toysec.epochs, cfg.toysec.gamma0) == (9, 0.25)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        cfg = config.resolve("paper", sets=["toysec.epochs=9"], entry_overrides={"toysec.epochs": 1},
+                             entry_name="abl")
+    assert cfg.toysec.epochs == 1 and any("abl" in str(w.message) for w in caught)
+
+
+def test_coercion_from_strings():
+    cfg = config.resolve("smoke", sets=["toysec.gamma0=1e-2", "toysec.bias=false", "toysec.widths=4,8,16",
+                                        "toysec.epochs=3"])
+    assert cfg.toysec.gamma0 == 0.01 and cfg.toysec.bias is False
+    assert cfg.toysec.widths == (4, 8, 16) and cfg.toysec.epochs == 3
+
+
+@pytest.mark.parametrize("item,needle", [
+    ("toysec.gama0=0.3", "toysec.gamma0"),        # typo → nearest valid key
+    ("toysec.epochs=abc", "not a valid int"),
+    ("toysec.epochs=1.5", "not a valid int"),
+    ("toysec.bias=maybe", "not a valid bool"),
+    ("nosuch.key=1", "unknown option"),
+    ("toysec.epochs", "section.key=value"),
+])
+def test_bad_overrides_name_the_key(item, needle):
+    with pytest.raises(BenchError, match=needle.replace(".", r"\.")):
+        config.resolve("smoke", sets=[item])
+
+
+def test_yaml_type_errors_and_unknown_profile(tmp_path):
+    overlay = tmp_path / "bad.yaml"
+    overlay.write_text("toysec:\n  epochs: [1, 2]\n")
+    with pytest.raises(BenchError, match="toysec.epochs"):
+        config.resolve("smoke", config_files=[overlay])
+    with pytest.raises(BenchError, match="unknown profile"):
+        config.resolve("huge")
+    with pytest.raises(BenchError, match="does not exist"):
+        config.resolve("smoke", config_files=[tmp_path / "missing.yaml"])
+
+
+def test_to_dict_round_trips_through_sets():
+    cfg = config.resolve("smoke", sets=["toysec.gamma0=0.125"])
+    d = cfg.to_dict()
+    assert d["profile"] == "smoke" and d["toysec"]["gamma0"] == 0.125 and d["toysec"]["widths"] == [8, 16]
+    again = config.resolve("smoke", sets={f"toysec.{k}": v for k, v in d["toysec"].items()})
+    assert again.to_dict() == d
+
+
+def test_describe_lists_field_comments():
+    rows = {k: doc for k, _, _, doc in config.describe()}
+    assert rows["toysec.gamma0"] == "start of the relaxation"
+    assert "data.seg" in rows and "run.device" in rows

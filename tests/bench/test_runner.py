@@ -1,0 +1,117 @@
+"""Runner: caching across seeds and entries, resume after a kill, failure isolation, determinism."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import registry, results as store
+from bench.runner import Runner
+
+TESTS = Path(__file__).parent
+
+
+@pytest.fixture(autouse=True)
+def toy_registered():
+    registry.load_entries(["toy_entries"])
+
+
+def _runner(tmp_path: Path, data: Path, **kw) -> Runner:
+    return Runner(tmp_path / "results", suite="t", profile="smoke", data_seg=str(data), data_cls=str(data),
+                  device="cpu", progress=False, **kw)
+
+
+def _log(tmp_path: Path) -> list[str]:
+    p = tmp_path / "toy.log"
+    return p.read_text().split() if p.exists() else []
+
+
+def test_two_seeds_then_everything_cached(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.setenv("TOY_LOG", str(tmp_path / "toy.log"))
+    out1 = _runner(tmp_path, tiny_dataset).run(["toy"], [0, 1])
+    assert [o.status for o in out1] == ["done", "done"]
+    assert _log(tmp_path) == ["toy_prep", "toy_probe", "toy_prep", "toy_probe"]
+    m0 = store.read_run(store.run_dir(tmp_path / "results", "t", "toy", 0)).metrics
+    assert m0["test"]["auc"] == out1[0].metrics["test"]["auc"]
+    assert out1[0].metrics["extra"]["strength"] != out1[1].metrics["extra"]["strength"]  # seeds differ
+
+    out2 = _runner(tmp_path, tiny_dataset).run(["toy"], [0, 1])
+    assert [o.status for o in out2] == ["skipped", "skipped"]
+    assert len(_log(tmp_path)) == 4  # no stage ran again
+    assert [o.metrics for o in out2] == [o.metrics for o in out1]
+
+
+def test_same_seed_identical_metrics_without_cache(tmp_path, tiny_dataset):
+    a = _runner(tmp_path / "a", tiny_dataset).run(["toy"], [3])[0].metrics
+    b = _runner(tmp_path / "b", tiny_dataset).run(["toy"], [3])[0].metrics
+    assert json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)
+
+
+def test_config_change_reruns_only_affected_stage(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.setenv("TOY_LOG", str(tmp_path / "toy.log"))
+    _runner(tmp_path, tiny_dataset).run(["toy"], [0])
+    # toy_prep keys on the `run` section: changing it reruns prep and probe
+    _runner(tmp_path, tiny_dataset, sets=["run.num_threads=1"]).run(["toy"], [0])
+    assert _log(tmp_path) == ["toy_prep", "toy_probe"] * 2
+
+
+def test_failing_entry_does_not_stop_the_others(tmp_path, tiny_dataset):
+    outcomes = _runner(tmp_path, tiny_dataset).run(["toy-fail", "toy"], [0])
+    assert [(o.entry, o.status) for o in outcomes] == [("toy-fail", "failed"), ("toy", "done")]
+    assert "always fails" in outcomes[0].error
+    failed = tmp_path / "results" / "t" / "toy-fail" / "seed0.failed" / "traceback.txt"
+    assert "RuntimeError" in failed.read_text()
+
+
+def _cli(tmp_path: Path, data: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--entry", "toy", "--name", "t", "--seeds", "0", "1",
+           "--results", str(tmp_path / "results"), "--data-seg", str(data), "--data-cls", str(data),
+           "--device", "cpu", "--plugin", "toy_entries", "--no-mlflow", *extra]
+    full_env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+                "TOY_LOG": str(tmp_path / "toy.log"), **(env or {})}
+    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=300)
+
+
+def test_killed_run_resumes_only_unfinished_part(tmp_path, tiny_dataset):
+    killed = _cli(tmp_path, tiny_dataset, env={"TOY_KILL_AT": "toy_probe"})
+    assert killed.returncode != 0
+    assert _log(tmp_path) == ["toy_prep", "toy_probe"]
+    assert not (tmp_path / "results" / "t" / "toy" / "seed0").exists()  # nothing half-written
+    stray = [p for p in (tmp_path / "results" / "cache").rglob("*") if p.name.startswith(".") and p.is_dir()]
+    resumed = _cli(tmp_path, tiny_dataset)
+    assert resumed.returncode == 0, resumed.stderr
+    # prep of seed 0 was cached; probe of seed 0 and both stages of seed 1 run
+    assert _log(tmp_path)[2:] == ["toy_probe", "toy_prep", "toy_probe"]
+    again = _cli(tmp_path, tiny_dataset)
+    assert again.returncode == 0 and len(_log(tmp_path)) == 5
+    assert "2 already done" in again.stdout
+    assert stray  # the killed stage left only a hidden temp dir, never a cache entry
+
+
+def test_cli_exit_codes_and_dry_run(tmp_path, tiny_dataset):
+    dry = _cli(tmp_path, tiny_dataset, "--dry-run")
+    assert dry.returncode == 0 and "to run" in dry.stdout and not _log(tmp_path)
+    bad = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--entry", "nosuch", "--results",
+                          str(tmp_path / "r")], capture_output=True, text=True)
+    assert bad.returncode == 2 and "unknown entry" in bad.stderr and "Traceback" not in bad.stderr
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    fail = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--entry", "toy-fail", "toy", "--results",
+                           str(tmp_path / "r"), "--data-seg", str(tiny_dataset), "--data-cls", str(tiny_dataset),
+                           "--plugin", "toy_entries", "--no-mlflow", "--device", "cpu"],
+                          capture_output=True, text=True, env=env)
+    assert fail.returncode == 1 and "FAILED toy-fail" in fail.stdout
+
+
+def test_predictions_and_history_stored(tmp_path, tiny_dataset):
+    _runner(tmp_path, tiny_dataset).run(["toy"], [0])
+    run = store.read_run(store.run_dir(tmp_path / "results", "t", "toy", 0))
+    manifest = pd.read_csv(tiny_dataset / "manifest.csv", dtype={"subject_id": str})
+    assert sorted(run.predictions["subject_id"]) == sorted(manifest["subject_id"])
+    assert (run.predictions["n_bones"] == 7).all()
+    assert set(run.history["metric"]) == {"loss"}
+    assert run.config["config"]["profile"] == "smoke" and run.config["entry"] == "toy"

@@ -1,0 +1,63 @@
+"""Toy entries for engine tests (importable as a plugin: PYTHONPATH=tests/bench, module toy_entries).
+
+`toy` has two stages: `toy_prep` draws a per-seed signal strength, `toy_probe` writes per-bone
+probabilities correlated with the label. Each stage execution appends its name to $TOY_LOG;
+$TOY_KILL_AT=<stage> makes that stage SIGKILL its own process (an interrupted run).
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+
+import numpy as np
+import pandas as pd
+
+from bench.data import BONES
+from bench.registry import Entry, Stage, register
+
+
+def _trace(name: str) -> None:
+    log = os.environ.get("TOY_LOG")
+    if log:
+        with open(log, "a") as fh:
+            fh.write(name + "\n")
+    if os.environ.get("TOY_KILL_AT") == name:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def toy_prep(ctx) -> dict:
+    _trace("toy_prep")
+    strength = float(ctx.rng("strength").uniform(1.0, 2.0))
+    (ctx.out_dir / "prep.json").write_text(json.dumps({"strength": strength}))
+    return {"strength": strength}
+
+
+def toy_probe(ctx) -> dict:
+    _trace("toy_probe")
+    strength = json.loads((ctx.inputs["toy_prep"] / "prep.json").read_text())["strength"]
+    manifest = ctx.datasets["cls"].manifest
+    rng = ctx.rng("scores")
+    rows = []
+    for _, r in manifest.iterrows():
+        for bone in BONES:
+            logit = strength * (2 * float(r["label"]) - 1) + rng.normal()
+            rows.append({"subject_id": r["subject_id"], "split": r["split"], "bone": bone,
+                         "y_true": int(r["label"]), "p_pos": 1 / (1 + np.exp(-logit))})
+    pd.DataFrame(rows).to_parquet(ctx.out_dir / "bone_predictions.parquet", index=False)
+    for epoch in range(3):
+        ctx.log("loss", 1.0 / (epoch + 1), epoch=epoch)
+    return {"metrics": {"strength": strength}}
+
+
+def toy_fail(ctx) -> dict:
+    raise RuntimeError("this toy entry always fails")
+
+
+PREP = Stage("toy_prep", toy_prep, sections=("run",), datasets=("cls",))
+register(Entry("toy", "two-stage toy entry", stages=(PREP, Stage("toy_probe", toy_probe, inputs=("toy_prep",),
+                                                                 datasets=("cls",))),
+               kind="example", table="table3", row="Toy"))
+register(Entry("toy-fail", "an entry that always fails", stages=(PREP, Stage("toy_fail", toy_fail,
+                                                                           inputs=("toy_prep",))),
+               kind="example"))
