@@ -150,10 +150,17 @@ class Runner:
         return [self.plan_run(get(n), s, generate) for n in entry_names for s in seeds]
 
     # ------------------------------------------------------------------ execution
+    def validate(self, entry_names: Sequence[str]) -> list[Entry]:
+        """Resolve every entry's config and device so user errors surface before any work starts."""
+        entries = [get(n) for n in entry_names]
+        for entry in entries:
+            resolve_device(self.configure(entry).run.device)
+        return entries
+
     def run(self, entry_names: Sequence[str], seeds: Sequence[int]) -> list[Outcome]:
         from tqdm.auto import tqdm
 
-        entries = [get(n) for n in entry_names]
+        entries = self.validate(entry_names)
         outcomes: list[Outcome] = []
         bar = tqdm(total=len(entries) * len(seeds), disable=not self.progress, unit="run",
                    desc=f"suite {self.suite}", file=sys.stderr)
@@ -169,6 +176,7 @@ class Runner:
 
     def _run_one(self, entry: Entry, seed: int, bar: Any) -> Outcome:
         started = time.time()
+        planned: PlannedRun | None = None
         try:
             planned = self.plan_run(entry, seed, generate=True)
             if planned.done:
@@ -211,7 +219,8 @@ class Runner:
             store.write_failure(self.results, self.suite, entry.name, seed, text)
             if self.tracker is not None:
                 try:
-                    self.tracker.log_failure(self.suite, entry.name, seed, text)
+                    self.tracker.log_failure(self.suite, entry.name, seed, text,
+                                             config_hash=planned.run_key or "" if planned else "")
                 except Exception:  # tracking must not hide the real failure
                     pass
             message = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"

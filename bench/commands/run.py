@@ -57,14 +57,13 @@ def run_command(args: argparse.Namespace) -> int:
     if not names:
         raise BenchError("no entries selected; `bench list` shows what is registered")
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.profile]
-    tracker = None
+    runner = Runner(args.results, suite=suite, profile=args.profile, config_files=args.config_files,
+                    sets=args.sets, data_seg=args.data_seg, data_cls=args.data_cls, device=args.device)
+    runner.validate(names)
     if not args.dry_run and not args.no_mlflow:
         from bench.tracking import Tracker
 
-        tracker = Tracker(args.results, uri=args.tracking_uri)
-    runner = Runner(args.results, suite=suite, profile=args.profile, config_files=args.config_files,
-                    sets=args.sets, data_seg=args.data_seg, data_cls=args.data_cls, device=args.device,
-                    tracker=tracker)
+        runner.tracker = Tracker(args.results, uri=args.tracking_uri)
     if args.dry_run:
         print_plan(runner, names, seeds)
         return 0

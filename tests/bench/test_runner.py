@@ -115,3 +115,27 @@ def test_predictions_and_history_stored(tmp_path, tiny_dataset):
     assert (run.predictions["n_bones"] == 7).all()
     assert set(run.history["metric"]) == {"loss"}
     assert run.config["config"]["profile"] == "smoke" and run.config["entry"] == "toy"
+
+
+def test_mlflow_holds_one_parent_per_entry_and_one_child_per_seed(tmp_path, tiny_dataset):
+    from bench.tracking import Tracker
+
+    tracker = Tracker(tmp_path / "results")
+    runner = _runner(tmp_path, tiny_dataset, tracker=tracker)
+    runner.run(["toy", "toy-fail"], [0, 1])
+    runner.run(["toy"], [0, 1])  # resume: no duplicate runs
+    client = tracker.client
+    exp = client.get_experiment_by_name("osteobench/t")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = {r.data.tags["osteobench.entry"]: r for r in runs if "mlflow.parentRunId" not in r.data.tags}
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert set(parents) == {"toy", "toy-fail"}
+    toy_children = [r for r in children if r.data.tags["mlflow.parentRunId"] == parents["toy"].info.run_id]
+    assert sorted(r.data.tags["osteobench.seed"] for r in toy_children) == ["0", "1"]
+    for child in toy_children:
+        seed = int(child.data.tags["osteobench.seed"])
+        saved = store.read_run(store.run_dir(tmp_path / "results", "t", "toy", seed))
+        assert child.data.params["profile"] == "smoke"
+        assert child.data.params["run.device"] == "cpu"
+        assert child.data.metrics["test_auc"] == pytest.approx(saved.metrics["test"]["auc"])
+    assert parents["toy-fail"].info.status == "FAILED"

@@ -1,0 +1,441 @@
+"""MLflow tracking of a suite (issue 3, deliverable 4; MLflow 3.x; verified on 3.17.2).
+
+- URI always explicit: ``sqlite:///<absolute results>/mlflow.db`` unless given (server URL,
+  other database); ``MLFLOW_TRACKING_URI``/global state are never read. Tables are created in
+  ``Tracker.__init__``: build it in the parent before starting (spawn) workers.
+- Experiment ``osteobench/<suite>``, artifacts under ``<results>/mlartifacts/osteobench/<suite>``
+  (``file:`` URI; a remote http/https/databricks server chooses its own).
+- Parent run per entry (``run_name = entry``, tag ``osteobench.run_type=entry``); child per seed
+  (``<entry>/seed<k>``, tags ``osteobench.seed``, ``osteobench.config_hash``,
+  ``mlflow.parentRunId``). Parent status: FAILED while some seed's latest attempt failed.
+- Final metrics ``{split: {m: v}}`` → ``split_m``; NaN is logged as NaN (an undefined AUC stays
+  visible); None/non-numbers are skipped (they stay in ``metrics.json``). History rows →
+  ``<stage>/<metric>`` at ``step = epoch`` (-1 = a stage's final value).
+- Resume: a FINISHED child with the same (entry, seed, config hash) is returned untouched
+  (params are immutable); a RUNNING one is an interrupted attempt: marked KILLED, replaced.
+- Concurrency: get-or-create and seed logging hold an ``fcntl`` lock on ``<db>.lock`` (or
+  ``<results>/.mlflow.lock``), so processes of one machine never duplicate a run; SQLite
+  "database is locked" beyond MLflow's 20 s busy timeout is retried with backoff.
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import numbers
+import os
+import re
+import threading
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from urllib.parse import urlparse
+
+from bench.errors import BenchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+
+try:  # POSIX; on other platforms the lock is a no-op (one writer process there)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+T = TypeVar("T")
+
+EXPERIMENT_PREFIX = "osteobench/"
+TAG_SUITE = "osteobench.suite"
+TAG_ENTRY = "osteobench.entry"
+TAG_SEED = "osteobench.seed"
+TAG_HASH = "osteobench.config_hash"
+TAG_TYPE = "osteobench.run_type"          # "entry" (parent) or "seed" (child)
+TAG_PARENT = "mlflow.parentRunId"
+DISABLED_URIS = {"none", "off", "disabled", ""}
+REMOTE_SCHEMES = {"http", "https", "databricks"}
+HISTORY_COLUMNS = ("stage", "epoch", "metric", "value")
+LOCK_RETRIES = 6                          # attempts at an operation that hit "database is locked"
+
+
+def default_tracking_uri(results: Path) -> str:
+    """``sqlite:///<absolute results>/mlflow.db`` (four slashes before an absolute POSIX path)."""
+    return "sqlite:///" + Path(results).expanduser().resolve().joinpath("mlflow.db").as_posix()
+
+
+def _sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI, or None for other URIs and in-memory SQLite."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    path = uri[len("sqlite:///"):].split("?", 1)[0]
+    return None if path in ("", ":memory:") else Path(path)
+
+
+def _normalise_uri(uri: str) -> str:
+    """Make a relative ``sqlite:///`` path absolute (against the current directory, once)."""
+    path = _sqlite_path(uri)
+    if path is None or path.is_absolute():
+        return uri
+    query = uri.split("?", 1)[1] if "?" in uri else ""
+    out = "sqlite:///" + path.resolve().as_posix()
+    return f"{out}?{query}" if query else out
+
+
+def flatten(config: Mapping, prefix: str = "") -> dict[str, str | float | int | bool]:
+    """Nested mappings (and dataclasses) → dotted keys; lists/tuples → JSON; None → "None".
+
+    ``{"segmentation": {"gamma0": 0.5}, "crops": [224, 96]}`` →
+    ``{"segmentation.gamma0": 0.5, "crops": "[224, 96]"}``. Two inputs that flatten to the same
+    key (``{"a.b": 1, "a": {"b": 2}}``) raise BenchError.
+    """
+    if dataclasses.is_dataclass(config) and not isinstance(config, type):
+        config = dataclasses.asdict(config)
+    if not isinstance(config, Mapping):
+        raise BenchError(f"flatten expects a mapping of config values, got {type(config).__name__}")
+    out: dict[str, str | float | int | bool] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if dataclasses.is_dataclass(value) and not isinstance(value, type):
+            value = dataclasses.asdict(value)
+        if isinstance(value, Mapping):
+            items = flatten(value, prefix=f"{name}.")
+            if not items:
+                items = {name: "{}"}
+        else:
+            items = {name: _scalar(value)}
+        for k, v in items.items():
+            if k in out:
+                raise BenchError(f"config key {k!r} occurs twice after flattening nested keys with '.'; "
+                                 "rename one of them")
+            out[k] = v
+    return out
+
+
+def _scalar(value: Any) -> str | float | int | bool:
+    if value is None:
+        return "None"
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, numbers.Number) and hasattr(value, "item"):  # numpy scalar
+        return value.item()
+    if isinstance(value, (list, tuple)):
+        return json.dumps(list(value), default=str)
+    if isinstance(value, os.PathLike):
+        return os.fspath(value)
+    return str(value)
+
+
+def _final_metrics(metrics: Mapping, prefix: str = "") -> dict[str, float]:
+    """``{split: {metric: v}}`` → ``{"split_metric": v}`` (any depth, joined with ``_``).
+
+    Numbers (bools included) become floats, NaN stays NaN; None and non-numbers are skipped.
+    """
+    out: dict[str, float] = {}
+    for key, value in metrics.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_final_metrics(value, prefix=f"{name}_"))
+        elif isinstance(value, numbers.Number) and not isinstance(value, complex):
+            out[name] = float(value)
+    return out
+
+
+def _key(name: str) -> str:
+    r"""An MLflow-valid param/metric key: characters outside ``[/\w.\- :]`` become ``_``,
+    empty path parts are dropped (MLflow rejects names that normalise to another path)."""
+    name = re.sub(r"[^/\w.\- :]", "_", str(name))
+    return "/".join(part for part in name.split("/") if part not in ("", ".", "..")) or "_"
+
+
+def _is_locked(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "database is locked" in text or "database table is locked" in text
+
+
+def _retry_locked(call: Callable[[], T], retries: int = LOCK_RETRIES, pause: float = 0.2) -> T:
+    """Run `call`; on SQLite "database is locked" (after MLflow's own busy timeout) wait and retry.
+
+    A locked write is rolled back by MLflow's session, so repeating it cannot duplicate
+    anything. Every other error propagates at once.
+    """
+    for attempt in range(retries):
+        try:
+            return call()
+        except Exception as exc:
+            if not _is_locked(exc) or attempt == retries - 1:
+                raise
+            time.sleep(pause * 2 ** attempt)
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+def _quote(value: str) -> str:
+    """A string literal for an MLflow filter (MLflow's parser has no escape for quotes)."""
+    value = str(value)
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise BenchError(f"name {value!r} contains both quote characters; MLflow cannot search for it. "
+                     "Rename the entry or suite.")
+
+
+class Tracker:
+    """Logs a suite to MLflow; every method is a no-op when disabled (and returns "")."""
+
+    def __init__(self, results: Path, uri: str | None = None, enabled: bool = True) -> None:
+        self.results = Path(results).expanduser().resolve()
+        self.enabled = bool(enabled) and (uri is None or uri.strip().lower() not in DISABLED_URIS)
+        self.uri = "none" if not self.enabled else _normalise_uri(uri.strip() if uri else
+                                                                  default_tracking_uri(self.results))
+        self._experiments: dict[str, str] = {}
+        self._entries: dict[tuple[str, str], str] = {}
+        self._thread_lock = threading.RLock()
+        self._depth = 0
+        self._lock_fh: Any = None
+        self._pid = os.getpid()
+        self._client: Any = None
+        if not self.enabled:
+            return
+        db = _sqlite_path(self.uri)
+        self._lock_path = (db.parent / f"{db.name}.lock") if db else self.results / ".mlflow.lock"
+        from mlflow import MlflowClient
+
+        try:  # first use creates the database file and its tables (migrations, ~1-2 s)
+            with self._locked():
+                self._client = MlflowClient(tracking_uri=self.uri)
+                _retry_locked(lambda: self._client.search_experiments(max_results=1))
+        except Exception as exc:
+            raise BenchError(f"cannot open the MLflow tracking store {self.uri}: {exc}. Check the URI "
+                             "(a writable sqlite:/// path or a running server), or disable tracking "
+                             "with the URI 'none'") from exc
+
+    # ------------------------------------------------------------------ infrastructure
+    @property
+    def client(self) -> Any:
+        """The MlflowClient bound to this tracker's URI (None when disabled)."""
+        if self._client is not None and os.getpid() != self._pid:
+            self._after_fork()
+        return self._client
+
+    def _after_fork(self) -> None:
+        """Drop SQLite connections inherited through fork (SQLAlchemy's documented recipe)."""
+        self._pid = os.getpid()
+        self._lock_fh, self._depth = None, 0
+        store = getattr(getattr(self._client, "_tracking_client", None), "store", None)
+        engine = getattr(store, "engine", None)
+        if engine is not None:
+            engine.dispose(close=False)
+
+    @contextlib.contextmanager
+    def _locked(self) -> Iterator[None]:
+        """Exclusive across threads and processes of this machine; re-entrant in this tracker."""
+        with self._thread_lock:
+            if os.getpid() != self._pid and self._client is not None:
+                self._after_fork()
+            if self._depth == 0 and fcntl is not None:
+                self._lock_path.parent.mkdir(parents=True, exist_ok=True)
+                self._lock_fh = open(self._lock_path, "a+")
+                fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX)
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                if self._depth == 0 and self._lock_fh is not None:
+                    fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
+                    self._lock_fh.close()
+                    self._lock_fh = None
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self.client, method)
+        return _retry_locked(lambda: fn(*args, **kwargs))
+
+    def _search(self, experiment_id: str, filters: Mapping[str, str], order_by: Sequence[str] = ()) -> list:
+        """All active runs of the experiment whose tags equal `filters` (every page)."""
+        where = " and ".join(f"tags.`{k}` = {_quote(v)}" for k, v in filters.items())
+        runs: list = []
+        token = None
+        while True:
+            page = self._call("search_runs", [experiment_id], filter_string=where, max_results=1000,
+                              order_by=list(order_by) or None, page_token=token)
+            runs.extend(r for r in page if all(r.data.tags.get(k) == str(v) for k, v in filters.items()))
+            token = page.token
+            if not token:
+                return runs
+
+    # ------------------------------------------------------------------ public API
+    def experiment_id(self, suite: str) -> str:
+        """The experiment ``osteobench/<suite>``, created on first use."""
+        if not self.enabled:
+            return ""
+        if suite in self._experiments:
+            return self._experiments[suite]
+        name = f"{EXPERIMENT_PREFIX}{suite}"
+        with self._locked():
+            exp = self._call("get_experiment_by_name", name)
+            if exp is None:
+                location = None
+                if urlparse(self.uri).scheme not in REMOTE_SCHEMES:
+                    location = (self.results / "mlartifacts" / name).as_uri()
+                exp_id = self._call("create_experiment", name, artifact_location=location,
+                                    tags={TAG_SUITE: suite})
+            elif exp.lifecycle_stage != "active":
+                raise BenchError(f"MLflow experiment {name!r} in {self.uri} is deleted; restore it "
+                                 "(MLflow UI or `mlflow experiments restore`), or remove it for good with "
+                                 f"`mlflow gc --backend-store-uri {self.uri}`, then rerun")
+            else:
+                exp_id = exp.experiment_id
+        self._experiments[suite] = exp_id
+        return exp_id
+
+    def entry_run(self, suite: str, entry: str, tags: Mapping[str, str] | None = None) -> str:
+        """The parent run of `entry` in `suite` (reused, or created with ``run_name = entry``)."""
+        if not self.enabled:
+            return ""
+        exp_id = self.experiment_id(suite)
+        with self._locked():
+            run_id = self._entries.get((suite, entry))
+            if run_id is None:
+                found = self._search(exp_id, {TAG_TYPE: "entry", TAG_ENTRY: entry},
+                                     order_by=["attributes.start_time ASC"])
+                if found:
+                    run_id = found[0].info.run_id
+            own = {TAG_SUITE: suite, TAG_ENTRY: entry, TAG_TYPE: "entry"}
+            if run_id is None:
+                all_tags = {**_tag_values(tags), **own}
+                run_id = self._call("create_run", exp_id, tags=all_tags, run_name=entry).info.run_id
+            elif tags:
+                self._log(run_id, tags={k: v for k, v in tags.items() if k not in own})
+            self._entries[(suite, entry)] = run_id
+        return run_id
+
+    def log_seed_run(self, suite: str, entry: str, seed: int, *, params: Mapping,
+                     metrics: Mapping[str, Mapping[str, float]] | Mapping[str, float],
+                     history: pd.DataFrame | None = None, artifacts: Sequence[Path] = (),
+                     tags: Mapping[str, str] | None = None, config_hash: str = "") -> str:
+        """Log one finished (entry, seed) as a nested child run; return its run id.
+
+        A FINISHED child with the same entry, seed and `config_hash` is returned as is.
+        """
+        if not self.enabled:
+            return ""
+        flat_params = flatten(params)
+        final = _final_metrics(metrics)
+        steps = _history_metrics(history)
+        files = [Path(a) for a in artifacts]
+        missing = [str(p) for p in files if not p.exists()]
+        if missing:
+            raise BenchError(f"artifacts to log do not exist: {missing}; write them before tracking the run")
+        with self._locked():
+            parent, run_id, fresh = self._start_child(suite, entry, seed, config_hash, tags, reuse=True)
+            if not fresh:
+                return run_id
+            try:
+                now = int(time.time() * 1000)
+                self._log(run_id, params=flat_params, metrics=[(k, v, now, 0) for k, v in final.items()]
+                          + [(k, v, now, step) for k, v, step in steps])
+                for path in files:
+                    if path.is_dir():
+                        self._call("log_artifacts", run_id, str(path), artifact_path=path.name)
+                    else:
+                        self._call("log_artifact", run_id, str(path))
+            except BaseException:
+                self._call("set_terminated", run_id, "FAILED")
+                self._refresh_parent(suite, parent)
+                raise
+            self._call("set_terminated", run_id, "FINISHED")
+            self._refresh_parent(suite, parent)
+        return run_id
+
+    def log_failure(self, suite: str, entry: str, seed: int, traceback_text: str, *,
+                    params: Mapping | None = None, tags: Mapping[str, str] | None = None,
+                    config_hash: str = "") -> str:
+        """A child run with status FAILED and the traceback as artifact ``traceback.txt``."""
+        if not self.enabled:
+            return ""
+        flat_params = flatten(params) if params else {}
+        with self._locked():
+            parent, run_id, _ = self._start_child(suite, entry, seed, config_hash, tags, reuse=False)
+            try:
+                self._log(run_id, params=flat_params)
+                self._call("log_text", run_id, traceback_text, "traceback.txt")
+            finally:
+                self._call("set_terminated", run_id, "FAILED")
+                self._refresh_parent(suite, parent)
+        return run_id
+
+    # ------------------------------------------------------------------ helpers
+    def _start_child(self, suite: str, entry: str, seed: int, config_hash: str,
+                     tags: Mapping[str, str] | None, reuse: bool) -> tuple[str, str, bool]:
+        """(parent id, child id, created): reuse a FINISHED child of the same key if `reuse`;
+        mark RUNNING ones (interrupted attempts, since live writers hold the lock) KILLED."""
+        parent = self.entry_run(suite, entry)
+        own = {TAG_SUITE: suite, TAG_ENTRY: entry, TAG_TYPE: "seed", TAG_SEED: str(int(seed)),
+               TAG_HASH: config_hash, TAG_PARENT: parent}
+        existing = self._search(self.experiment_id(suite), {k: own[k] for k in (TAG_TYPE, TAG_PARENT, TAG_SEED,
+                                TAG_HASH)}, order_by=["attributes.start_time ASC"])
+        done = [r.info.run_id for r in existing if r.info.status == "FINISHED"]
+        if reuse and done:
+            return parent, done[0], False
+        for stale in existing:
+            if stale.info.status == "RUNNING":
+                self._call("set_terminated", stale.info.run_id, "KILLED")
+        run = self._call("create_run", self.experiment_id(suite), tags={**_tag_values(tags), **own},
+                         run_name=f"{entry}/seed{int(seed)}")
+        return parent, run.info.run_id, True
+
+    def _refresh_parent(self, suite: str, parent: str) -> None:
+        """Parent status: FAILED while the latest attempt of some (seed, config) failed."""
+        children = self._search(self.experiment_id(suite), {TAG_TYPE: "seed", TAG_PARENT: parent},
+                                order_by=["attributes.start_time ASC"])
+        latest: dict[tuple[str, str], Any] = {}
+        for run in children:
+            if run.info.status in ("FINISHED", "FAILED"):
+                latest[(run.data.tags.get(TAG_SEED, ""), run.data.tags.get(TAG_HASH, ""))] = run
+        if not latest:
+            return
+        failed = any(r.info.status == "FAILED" for r in latest.values())
+        end = max((r.info.end_time or 0) for r in latest.values()) or None
+        self._call("set_terminated", parent, "FAILED" if failed else "FINISHED", end_time=end)
+
+    def _log(self, run_id: str, *, params: Mapping[str, Any] | None = None,
+             tags: Mapping[str, Any] | None = None,
+             metrics: Sequence[tuple[str, float, int, int]] = ()) -> None:
+        """log_batch within MLflow's limits: keys made valid, long values truncated, chunked."""
+        from mlflow.entities import Metric, Param, RunTag
+        from mlflow.utils import validation as v
+
+        batches = [
+            ("params", [Param(k, val) for k, val in {_key(k): str(x)[:v.MAX_PARAM_VAL_LENGTH]
+                                                     for k, x in (params or {}).items()}.items()],
+             v.MAX_PARAMS_TAGS_PER_BATCH),
+            ("tags", [RunTag(k, val) for k, val in _tag_values(tags).items()], v.MAX_PARAMS_TAGS_PER_BATCH),
+            ("metrics", [Metric(_key(k), x, ts, step) for k, x, ts, step in metrics], v.MAX_METRICS_PER_BATCH),
+        ]
+        for field, items, size in batches:
+            for i in range(0, len(items), size):
+                self._call("log_batch", run_id, **{field: items[i:i + size]})
+
+
+def _tag_values(tags: Mapping[str, Any] | None) -> dict[str, str]:
+    """Tag values as strings within MLflow's length limit."""
+    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
+
+    return {str(k): str(x)[:MAX_TAG_VAL_LENGTH] for k, x in (tags or {}).items()}
+
+
+def _history_metrics(history: pd.DataFrame | None) -> list[tuple[str, float, int]]:
+    """Rows (stage, epoch, metric, value) → (``"<stage>/<metric>"``, value, step = epoch)."""
+    if history is None or len(history) == 0:
+        return []
+    missing = [c for c in HISTORY_COLUMNS if c not in history.columns]
+    if missing:
+        raise BenchError(f"history lacks columns {missing}; expected {list(HISTORY_COLUMNS)}")
+    out = []
+    for stage, epoch, metric, value in history[list(HISTORY_COLUMNS)].itertuples(index=False, name=None):
+        try:
+            value = float(value)
+            step = int(epoch)
+        except (TypeError, ValueError) as exc:
+            raise BenchError(f"history row ({stage}, {epoch}, {metric}, {value!r}) needs an integer "
+                             f"epoch and a numeric value: {exc}") from None
+        out.append((f"{stage}/{metric}", value, step))
+    return out

@@ -1,0 +1,32 @@
+"""`bench list` and `bench show` over a small results folder; user errors exit 2 without traceback."""
+from __future__ import annotations
+
+from bench import registry
+from bench.cli import main
+from bench.runner import Runner
+
+
+def test_list_shows_entries_suites_and_options(capsys):
+    assert main(["list", "--plugin", "toy_entries"]) == 0
+    out = capsys.readouterr().out
+    assert "clinical" in out and "table8" in out and "paper" in out
+    assert main(["list", "--options"]) == 0
+    assert "data.phantom_seed" in capsys.readouterr().out
+
+
+def test_show_levels(tmp_path, tiny_dataset, capsys):
+    registry.load_entries(["toy_entries"])
+    Runner(tmp_path / "res", suite="s", data_seg=str(tiny_dataset), data_cls=str(tiny_dataset),
+           device="cpu", progress=False).run(["toy"], [0, 1])
+    assert main(["show", str(tmp_path / "res" / "s" / "toy" / "seed0")]) == 0
+    seed_out = capsys.readouterr().out
+    assert "toy seed 0" in seed_out and "auc" in seed_out
+    assert main(["show", str(tmp_path / "res" / "s" / "toy")]) == 0
+    entry_out = capsys.readouterr().out
+    assert "±" in entry_out and "seeds" in entry_out
+    assert main(["show", str(tmp_path / "res" / "s")]) == 0
+    assert "toy" in capsys.readouterr().out
+    assert main(["show", str(tmp_path / "nowhere")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    assert main(["run", "--entry", "toy", "--set", "run.devize=cpu", "--results", str(tmp_path / "r2")]) == 2
+    assert "run.device" in capsys.readouterr().err
