@@ -12,4 +12,5 @@ register(Entry(
     table="table8",
     row="Clinical covariates (age, sex)",
     tags=("baseline", "beyond-paper"),
+    info={"roi": "none (covariates only)", "architecture": "logistic regression"},
 ))

@@ -59,6 +59,7 @@ class Entry:
     parent: str | None = None                   # the full-method entry an ablation is compared with
     overrides: Mapping[str, Any] = field(default_factory=dict)  # config it fixes ("ssl.method": "simclr")
     citation: str = ""
+    info: Mapping[str, str] = field(default_factory=dict)  # extra table columns, e.g. {"roi": ..., "architecture": ...}
 
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
