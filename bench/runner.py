@@ -21,7 +21,7 @@ import pandas as pd
 from bench import __version__, results as store
 from bench.config import Config, resolve
 from bench.data.format import Dataset
-from bench.data.provision import open_all, provide
+from bench.data.provision import open_all, planned_paths, provide
 from bench.errors import BenchError
 from bench.metrics import aggregate_subjects, split_metrics
 from bench.registry import Entry, get
@@ -110,17 +110,8 @@ class Runner:
         return self._datasets[ident]
 
     def _existing_paths(self, config: Config) -> dict[str, Path] | None:
-        from bench.data.provision import ROLES, phantom_dir
-
-        paths = {}
-        for role, preset in ROLES.items():
-            given = getattr(config.data, role)
-            path = Path(given) if given else phantom_dir(
-                self.cache_root, preset, config.data.phantom_profile or config.profile, config.data.phantom_seed)
-            if not (path / "manifest.csv").is_file():
-                return None
-            paths[role] = path
-        return paths
+        paths = planned_paths(config, self.cache_root)
+        return paths if all((p / "manifest.csv").is_file() for p in paths.values()) else None
 
     def plan_run(self, entry: Entry, seed: int, generate: bool = True) -> PlannedRun:
         config = self.configure(entry)

@@ -28,7 +28,8 @@ from PIL import Image, ImageOps
 
 from bench.errors import BenchError
 
-#: Resolutions (dpi) that image writers put in by default; they say nothing about the detector.
+#: Resolutions (dpi, +-0.5 for PNG's pixels-per-metre rounding) that image writers put in by
+#: default; they say nothing about the detector.
 PLACEHOLDER_DPI: tuple[float, ...] = (1.0, 72.0, 96.0)
 
 
@@ -132,7 +133,7 @@ def _spacing_from_dpi(dpi: object) -> float | None:
         y = float(dpi[1])  # type: ignore[index]
     except (TypeError, ValueError, IndexError):
         return None
-    if not np.isfinite(y) or y <= 0 or any(abs(y - p) < 1e-6 for p in PLACEHOLDER_DPI):
+    if not np.isfinite(y) or y <= 0 or any(abs(y - p) < 0.5 for p in PLACEHOLDER_DPI):
         return None
     return 25.4 / y
 
@@ -215,21 +216,24 @@ def _read_tiff(path: Path) -> Radiograph:
 
 
 def _tiff_spacing(tags: dict) -> float | None:
-    unit = int(tags.get("ResolutionUnit", 2))
-    res = tags.get("YResolution")
+    """Row spacing from YResolution when ResolutionUnit is inch (2) or centimetre (3)."""
+    unit, res = int(tags.get("ResolutionUnit", 2)), tags.get("YResolution")
     if res is None or unit not in (2, 3):
         return None
-    value = res[0] / res[1] if isinstance(res, tuple) and res[1] else float(res if not isinstance(res, tuple) else 0)
-    if value <= 0:
+    num, den = res if isinstance(res, tuple) else (res, 1)
+    if not den or num <= 0:
         return None
-    dpi = value if unit == 2 else value * 2.54
+    dpi = num / den * (1.0 if unit == 2 else 2.54)
     return _spacing_from_dpi((dpi, dpi))
 
 
 def _read_dicom(path: Path) -> Radiograph:
     import pydicom
-    from pydicom.pixels import apply_modality_lut, apply_voi_lut
 
+    try:  # pydicom >= 3
+        from pydicom.pixels import apply_modality_lut, apply_voi_lut
+    except ImportError:  # pydicom 2.x
+        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
     ds = pydicom.dcmread(path, force=True)
     if "PixelData" not in ds:
         raise BenchError(f"DICOM file {path} has no pixel data (is it a DICOMDIR or a report?)")
@@ -247,7 +251,10 @@ def _read_dicom(path: Path) -> Radiograph:
     photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if stored.ndim == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
-            from pydicom.pixels import convert_color_space
+            try:
+                from pydicom.pixels import convert_color_space
+            except ImportError:  # pydicom 2.x
+                from pydicom.pixel_data_handlers.util import convert_color_space
 
             rgb = convert_color_space(stored, photometric, "RGB") if photometric != "RGB" else stored
             pixels, bits = _integer_scale(rgb, None)

@@ -20,27 +20,31 @@ def phantom_dir(cache_root: Path, preset: str, profile: str, seed: int) -> Path:
     return Path(cache_root) / "phantom" / f"{preset}-{profile}-seed{seed}-v{__version__}"
 
 
-def provide(config: Config, cache_root: Path, progress: bool = False) -> dict[str, Path]:
-    """Return {"seg": folder, "cls": folder}, generating phantoms where no folder is given."""
+def planned_paths(config: Config, cache_root: Path) -> dict[str, Path]:
+    """Where each role's dataset is (given folder) or will be (cached phantom), without generating."""
     out: dict[str, Path] = {}
     for role, preset in ROLES.items():
         given = getattr(config.data, role)
-        if given:
-            path = Path(given).expanduser()
-            if not (path / "manifest.csv").is_file():
-                raise BenchError(f"--data-{role} {path}: not a dataset folder (no manifest.csv); "
-                                 "make one with `bench data import` and check it with `bench data check`")
-            out[role] = path
+        profile = config.data.phantom_profile or config.profile
+        out[role] = Path(given).expanduser() if given else phantom_dir(cache_root, preset, profile,
+                                                                         config.data.phantom_seed)
+    return out
+
+
+def provide(config: Config, cache_root: Path, progress: bool = False) -> dict[str, Path]:
+    """Return {"seg": folder, "cls": folder}, generating phantoms where no folder is given."""
+    paths = planned_paths(config, cache_root)
+    for role, path in paths.items():
+        if (path / "manifest.csv").is_file():
             continue
+        if getattr(config.data, role):
+            raise BenchError(f"--data-{role} {path}: not a dataset folder (no manifest.csv); "
+                             "make one with `bench data import` and check it with `bench data check`")
         from bench.data.phantom import synthesize
 
-        profile = config.data.phantom_profile or config.profile
-        path = phantom_dir(cache_root, preset, profile, config.data.phantom_seed)
-        if not (path / "manifest.csv").is_file():
-            synthesize(path, preset=preset, profile=profile, seed=config.data.phantom_seed,
-                       overwrite=True, progress=progress)
-        out[role] = path
-    return out
+        synthesize(path, preset=ROLES[role], profile=config.data.phantom_profile or config.profile,
+                   seed=config.data.phantom_seed, overwrite=True, progress=progress)
+    return paths
 
 
 def open_all(paths: dict[str, Path]) -> dict[str, Dataset]:

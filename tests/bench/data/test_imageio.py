@@ -1,0 +1,217 @@
+"""read_image: PNG/JPEG/TIFF/DICOM polarity, orientation, scaling and pixel spacing."""
+from __future__ import annotations
+
+import numpy as np
+import pydicom
+import pytest
+import tifffile
+from PIL import Image
+from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.uid import ExplicitVRLittleEndian, generate_uid
+
+from bench import BenchError
+from bench.data.imageio import read_image, sniff_format, write_png16
+
+
+def make_dicom(path, stored: np.ndarray, photometric: str = "MONOCHROME2", bits: int = 12,
+               signed: bool = False, preamble: bool = True, **attrs) -> None:
+    """A minimal uncompressed single-frame grayscale DICOM (DX-like)."""
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID = meta.MediaStorageSOPClassUID
+    ds.SOPInstanceUID = meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel = 1
+    ds.PhotometricInterpretation = photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit = 16, bits, bits - 1
+    ds.PixelRepresentation = int(signed)
+    for key, value in attrs.items():
+        setattr(ds, key, value)
+    ds.PixelData = stored.astype(np.int16 if signed else np.uint16).tobytes()
+    ds.save_as(path, enforce_file_format=preamble)
+
+
+def bone_square(shape=(12, 16), bone=3000, tissue=1000) -> np.ndarray:
+    """Stored values with a 'bone' square in the top-left corner (rows 0-3, cols 0-4)."""
+    arr = np.full(shape, tissue, dtype=np.int64)
+    arr[:4, :5] = bone
+    return arr
+
+
+def assert_bright_top_left(pixels: np.ndarray) -> None:
+    assert pixels.dtype == np.float32 and pixels.min() >= 0 and pixels.max() <= 1
+    assert pixels[:4, :5].min() > pixels[4:, :].max()
+    assert pixels[:4, :5].min() > pixels[:, 5:].max()
+
+
+def test_png_8_and_16_bit_exact_scaling(tmp_path):
+    arr16 = bone_square(bone=60000, tissue=1234).astype(np.uint16)
+    Image.fromarray(arr16).save(tmp_path / "a.png")
+    rad = read_image(tmp_path / "a.png")
+    assert rad.bit_depth == 16 and rad.pixel_spacing_mm is None
+    np.testing.assert_allclose(rad.pixels, arr16 / 65535.0, rtol=1e-6)
+    assert_bright_top_left(rad.pixels)
+
+    arr8 = bone_square(bone=250, tissue=17).astype(np.uint8)
+    Image.fromarray(arr8).save(tmp_path / "b.png", dpi=(254, 254))
+    rad = read_image(tmp_path / "b.png")
+    assert rad.bit_depth == 8 and rad.pixel_spacing_mm == pytest.approx(0.1, rel=1e-3)
+    np.testing.assert_allclose(rad.pixels, arr8 / 255.0, rtol=1e-6)
+
+
+def test_write_png16_roundtrip(tmp_path):
+    img = np.linspace(0, 1, 48, dtype=np.float32).reshape(6, 8)
+    write_png16(tmp_path / "x.png", img)
+    np.testing.assert_allclose(read_image(tmp_path / "x.png").pixels, img, atol=1 / 65535)
+
+
+def test_png_rgb_is_averaged_and_placeholder_dpi_ignored(tmp_path):
+    rgb = np.zeros((12, 16, 3), np.uint8)
+    rgb[:4, :5] = (240, 200, 160)
+    rgb[4:, :, 0] = 30
+    Image.fromarray(rgb).save(tmp_path / "c.png", dpi=(72, 72))
+    rad = read_image(tmp_path / "c.png")
+    assert rad.pixel_spacing_mm is None
+    assert rad.pixels[0, 0] == pytest.approx(200 / 255, abs=1e-6)
+    assert rad.pixels[10, 10] == pytest.approx(10 / 255, abs=1e-6)
+
+
+def test_jpeg_polarity_and_exif_orientation(tmp_path):
+    arr = bone_square(shape=(32, 48), bone=230, tissue=40).astype(np.uint8)
+    Image.fromarray(arr).save(tmp_path / "a.jpg", quality=95)
+    rad = read_image(tmp_path / "a.jpg")
+    assert rad.bit_depth == 8
+    np.testing.assert_allclose(rad.pixels, arr / 255.0, atol=12 / 255)
+    # Stored upside down with EXIF Orientation=3 (rotate 180): displayed, the square is top-left.
+    exif = Image.Exif()
+    exif[0x0112] = 3
+    Image.fromarray(arr[::-1, ::-1].copy()).save(tmp_path / "b.jpg", quality=95, exif=exif)
+    rad = read_image(tmp_path / "b.jpg")
+    assert rad.pixels.shape == (32, 48)
+    assert rad.pixels[:4, :5].mean() > 0.8 and rad.pixels[-4:, -5:].mean() < 0.3
+
+
+def test_tiff_16bit_spacing_bits_and_min_is_white(tmp_path):
+    arr = bone_square(bone=50000, tissue=5000).astype(np.uint16)
+    tifffile.imwrite(tmp_path / "a.tif", arr, resolution=(50, 50), resolutionunit="CENTIMETER")
+    rad = read_image(tmp_path / "a.tif")
+    assert rad.bit_depth == 16 and rad.pixel_spacing_mm == pytest.approx(0.2)
+    np.testing.assert_allclose(rad.pixels, arr / 65535.0, rtol=1e-6)
+    assert_bright_top_left(rad.pixels)
+    # WhiteIsZero: bone stored low must come out bright.
+    tifffile.imwrite(tmp_path / "b.tif", (65535 - arr).astype(np.uint16), photometric="miniswhite")
+    rad = read_image(tmp_path / "b.tif")
+    np.testing.assert_allclose(rad.pixels, arr / 65535.0, rtol=1e-6, atol=1e-7)
+    # 8-bit TIFF, with 254 dpi in inches
+    tifffile.imwrite(tmp_path / "c.tiff", (arr // 257).astype(np.uint8), resolution=(254, 254),
+                     resolutionunit="INCH")
+    rad = read_image(tmp_path / "c.tiff")
+    assert rad.bit_depth == 8 and rad.pixel_spacing_mm == pytest.approx(0.1)
+    assert_bright_top_left(rad.pixels)
+
+
+def test_dicom_monochrome2_window_exact(tmp_path):
+    stored = np.array([[1000, 1536, 1537, 2048], [2559, 2560, 4095, 0]])
+    make_dicom(tmp_path / "w.dcm", stored, WindowCenter=2048, WindowWidth=1024,
+               PixelSpacing=[0.1, 0.12])
+    rad = read_image(tmp_path / "w.dcm")
+    # LINEAR window (PS3.3 C.11.2.1.2.1): y = ((x - (c - .5)) / (w - 1) + .5), clipped to [0, 1]
+    expected = np.clip((stored - 2047.5) / 1023 + 0.5, 0, 1)
+    np.testing.assert_allclose(rad.pixels, expected, atol=1e-6)
+    assert rad.pixel_spacing_mm == pytest.approx(0.1) and rad.bit_depth == 12
+
+
+def test_dicom_monochrome1_is_inverted_bone_bright_top_left(tmp_path):
+    bone_low = 4095 - bone_square(bone=3000, tissue=1500)  # MONOCHROME1: bone stored dark-valued
+    make_dicom(tmp_path / "m1.dcm", bone_low, photometric="MONOCHROME1",
+               WindowCenter=2048, WindowWidth=4096, ImagerPixelSpacing=[0.15, 0.15])
+    rad = read_image(tmp_path / "m1.dcm")
+    assert_bright_top_left(rad.pixels)
+    assert rad.pixel_spacing_mm == pytest.approx(0.15)
+    expected = 1 - np.clip((bone_low - 2047.5) / 4095 + 0.5, 0, 1)
+    np.testing.assert_allclose(rad.pixels, expected, atol=1e-6)
+    # The same picture stored MONOCHROME2 reads the same.
+    make_dicom(tmp_path / "m2.dcm", 4095 - bone_low, WindowCenter=2047, WindowWidth=4096)
+    np.testing.assert_allclose(read_image(tmp_path / "m2.dcm").pixels, rad.pixels, atol=1e-3)
+
+
+def test_dicom_without_voi_uses_stored_bits_and_rescale(tmp_path):
+    stored = bone_square(bone=900, tissue=100)
+    make_dicom(tmp_path / "raw.dcm", stored, bits=10, preamble=False)
+    assert sniff_format(tmp_path / "raw.dcm") == "dicom"
+    rad = read_image(tmp_path / "raw.dcm")
+    np.testing.assert_allclose(rad.pixels, stored / 1023.0, atol=1e-6)
+    assert rad.pixel_spacing_mm is None
+    # Signed data, rescale slope 2 intercept -1000: range [-2048*2-1000, 2047*2-1000]
+    signed = np.array([[-2048, 0], [2047, 100]])
+    make_dicom(tmp_path / "s.dcm", signed, signed=True, RescaleSlope=2, RescaleIntercept=-1000)
+    rad = read_image(tmp_path / "s.dcm")
+    lo, hi = -2048 * 2 - 1000, 2047 * 2 - 1000
+    np.testing.assert_allclose(rad.pixels, (2 * signed - 1000 - lo) / (hi - lo), atol=1e-6)
+
+
+def test_dicom_rescale_then_window(tmp_path):
+    stored = np.array([[0, 500, 1000, 4095]])
+    make_dicom(tmp_path / "r.dcm", stored, RescaleSlope=2, RescaleIntercept=-1000,
+               WindowCenter=0, WindowWidth=2000)
+    rad = read_image(tmp_path / "r.dcm")
+    # window output spans the rescaled stored range; normalised it is the window ramp
+    expected = np.clip((2 * stored - 1000 + 0.5) / 1999 + 0.5, 0, 1)
+    np.testing.assert_allclose(rad.pixels, expected, atol=1e-6)
+
+
+def test_dicom_voi_lut_sequence_preferred_over_window(tmp_path):
+    item = Dataset()
+    item.add_new(0x00283002, "US", [256, 0, 16])             # LUTDescriptor: 256 entries, 16 bit
+    lut = (np.arange(256) ** 2).astype(np.uint16)            # a non-linear (gamma-like) LUT
+    item.add_new(0x00283006, "US", [int(v) for v in lut])    # LUTData
+    stored = np.array([[0, 10, 100], [200, 255, 300]])
+    make_dicom(tmp_path / "lut.dcm", stored, bits=12, VOILUTSequence=[item],
+               WindowCenter=100, WindowWidth=10)
+    rad = read_image(tmp_path / "lut.dcm")
+    expected = lut[np.clip(stored, 0, 255)] / 65535.0
+    np.testing.assert_allclose(rad.pixels, expected, atol=1e-6)
+
+
+def test_bad_files_raise_bench_error_naming_file(tmp_path):
+    good = tmp_path / "good.png"
+    write_png16(good, np.random.default_rng(np.random.SeedSequence([1])).random((64, 64)))
+    truncated = tmp_path / "truncated.png"
+    truncated.write_bytes(good.read_bytes()[: good.stat().st_size // 2])
+    text = tmp_path / "notes.png"
+    text.write_text("this is not an image")
+    for bad in (truncated, text, tmp_path / "missing.png"):
+        with pytest.raises(BenchError, match=bad.name):
+            read_image(bad)
+    # DICOM without pixel data, and a multi-frame DICOM
+    make_dicom(tmp_path / "nopix.dcm", np.zeros((2, 2)))
+    ds = pydicom.dcmread(tmp_path / "nopix.dcm")
+    del ds.PixelData
+    ds.save_as(tmp_path / "nopix.dcm")
+    with pytest.raises(BenchError, match="no pixel data"):
+        read_image(tmp_path / "nopix.dcm")
+    make_dicom(tmp_path / "multi.dcm", np.zeros((4, 3)), NumberOfFrames=2)
+    with pytest.raises(BenchError, match="frames"):
+        read_image(tmp_path / "multi.dcm")
+
+
+def test_dicom_rgb_secondary_capture_is_averaged(tmp_path):
+    rgb = np.zeros((6, 8, 3), np.uint8)
+    rgb[:3, :4] = (250, 200, 150)
+    ds = Dataset()
+    ds.file_meta = FileMetaDataset()
+    ds.file_meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.7"
+    ds.file_meta.MediaStorageSOPInstanceUID = generate_uid()
+    ds.file_meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds.SOPClassUID, ds.SOPInstanceUID = "1.2.840.10008.5.1.4.1.1.7", ds.file_meta.MediaStorageSOPInstanceUID
+    ds.Rows, ds.Columns, ds.SamplesPerPixel, ds.PhotometricInterpretation = 6, 8, 3, "RGB"
+    ds.PlanarConfiguration, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 0, 8, 8, 7
+    ds.PixelRepresentation = 0
+    ds.PixelData = rgb.tobytes()
+    ds.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
+    rad = read_image(tmp_path / "sc.dcm")
+    np.testing.assert_allclose(rad.pixels, rgb.mean(axis=-1) / 255.0, atol=1e-6)
