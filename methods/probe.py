@@ -1,0 +1,120 @@
+"""Linear probe on a frozen encoder, per bone (paper "Supervised fine-tuning", eq. 10, "Metrics").
+
+Each bone patch of the `cls` dataset is labelled with its subject's label. Features of the frozen
+encoder are computed once; a single linear layer (2 logits) is trained on the train-split bones.
+After every epoch the per-bone probabilities of the validation subjects are averaged per subject
+(eq. 10) and the epoch with the best subject-level validation macro-F1 (ties: AUC, then the
+earliest) is kept (paper "Metrics"). The kept head scores every bone of every split.
+
+Conventions where the paper is silent (solo-learn / MAE linear-probe practice): features are
+standardised with the train-split mean and std (MAE's affine-free BatchNorm before the head);
+a zero-initialised head; Adam; cross-entropy without class weights unless ``probe.class_weight=balanced``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import pandas as pd
+import torch
+from torch import nn
+
+from bench.config import register_section
+from bench.errors import BenchError
+from bench.metrics import aggregate_subjects, classification_metrics, select_best
+
+
+@dataclass
+class ProbeConfig:
+    """Linear probe on frozen features."""
+
+    epochs: int = 100                                  # training epochs of the linear head
+    lr: float = 1e-3                                   # Adam learning rate
+    weight_decay: float = 0.0                          # L2 on the head weights
+    batch_size: int = 256                              # bones per step
+    class_weight: Literal["none", "balanced"] = "none" # cross-entropy class weights
+    standardize: bool = True                           # z-score features with train statistics
+
+
+register_section("probe", ProbeConfig, {"smoke": {"epochs": 30}, "quick": {"epochs": 100},
+                                        "paper": {"epochs": 100}})
+
+
+@dataclass
+class ProbeResult:
+    bone_predictions: pd.DataFrame      # subject_id, split, bone, y_true, p_pos (every split)
+    history: list[dict[str, float]]     # per epoch: train_loss, val_macro_f1, val_auc
+    best_epoch: int
+    head: nn.Linear
+
+
+def train_probe(features: torch.Tensor, index: pd.DataFrame, cfg: ProbeConfig, generator: torch.Generator,
+                device: torch.device | str = "cpu") -> ProbeResult:
+    """Fit the head on train bones, select by subject-level val macro-F1, score all bones.
+
+    `index` rows align with `features` and carry subject_id, split, bone, label (0/1).
+    """
+    device = torch.device(device)
+    need = {"subject_id", "split", "bone", "label"}
+    if need - set(index.columns):
+        raise BenchError(f"probe index lacks columns {sorted(need - set(index.columns))}")
+    labels = pd.to_numeric(index["label"], errors="coerce")
+    train_mask = torch.as_tensor(((index["split"] == "train") & labels.notna()).to_numpy(dtype=bool).copy())
+    val_mask = torch.as_tensor(((index["split"] == "val") & labels.notna()).to_numpy(dtype=bool).copy())
+    if labels[train_mask.numpy()].nunique() < 2:
+        raise BenchError("the train split holds bones of a single class; the probe needs both labels")
+    x = features.to(device, torch.float32)
+    if cfg.standardize:
+        mean = x[train_mask.to(device)].mean(0, keepdim=True)
+        std = x[train_mask.to(device)].std(0, keepdim=True).clamp_min(1e-6)
+        x = (x - mean) / std
+    y = torch.as_tensor(labels.fillna(0).astype(int).to_numpy().copy(), device=device)
+    train_idx = torch.nonzero(train_mask).flatten().to(device)
+    weight = None
+    if cfg.class_weight == "balanced":
+        counts = torch.bincount(y[train_idx], minlength=2).float()
+        weight = counts.sum() / (2 * counts.clamp_min(1))
+    head = nn.Linear(x.shape[1], 2).to(device)
+    nn.init.zeros_(head.weight)  # convex problem: a zero start makes the probe depend on the generator only
+    nn.init.zeros_(head.bias)
+    opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    val_rows = index[val_mask.numpy()]
+    history: list[dict[str, float]] = []
+    states: list[dict[str, torch.Tensor]] = []
+    for _epoch in range(cfg.epochs):
+        head.train()
+        order = train_idx[torch.randperm(len(train_idx), generator=generator).to(device)]
+        total = torch.zeros((), device=device)
+        for start in range(0, len(order), cfg.batch_size):
+            batch = order[start:start + cfg.batch_size]
+            loss = loss_fn(head(x[batch]), y[batch])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.detach() * len(batch)
+        val = _subject_metrics(head, x[val_mask.to(device)], val_rows)
+        history.append({"train_loss": float(total) / len(order), "val_macro_f1": val["macro_f1"],
+                        "val_auc": val["auc"]})
+        states.append({k: v.detach().clone() for k, v in head.state_dict().items()})
+    best = select_best(history)
+    head.load_state_dict(states[best])
+    head.eval()
+    with torch.no_grad():
+        p_pos = torch.softmax(head(x), dim=1)[:, 1].cpu().numpy()
+    bones = index[["subject_id", "split", "bone"]].assign(y_true=labels.astype("Int64"), p_pos=p_pos)
+    return ProbeResult(bones.reset_index(drop=True), history, best, head)
+
+
+def _subject_metrics(head: nn.Linear, x: torch.Tensor, rows: pd.DataFrame) -> dict[str, float]:
+    """Subject-level metrics (eq. 10) of the current head on some bones."""
+    import warnings
+
+    head.eval()
+    with torch.no_grad():
+        p = torch.softmax(head(x), dim=1)[:, 1].cpu().numpy()
+    frame = rows[["subject_id", "split", "bone"]].assign(y_true=rows["label"].astype(int).to_numpy(), p_pos=p)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # a single-class validation split is reported by the final metrics
+        subjects = aggregate_subjects(frame)
+        return classification_metrics(subjects["y_true"].to_numpy(dtype=float), subjects["p_pos"].to_numpy())

@@ -1,0 +1,58 @@
+"""Linear probe: selection by subject-level validation macro-F1 (eq. 10), predictions for every split."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench.data import BONES
+from bench.errors import BenchError
+from bench.metrics import aggregate_subjects, classification_metrics
+from methods.probe import ProbeConfig, train_probe
+
+
+def _bones(n_subjects=80, signal=1.0, seed=0, dim=16):
+    rng = np.random.default_rng(seed)
+    labels = (rng.random(n_subjects) < 0.35).astype(int)
+    splits = np.array(["train"] * int(n_subjects * 0.6) + ["val"] * int(n_subjects * 0.2)
+                      + ["test"] * (n_subjects - int(n_subjects * 0.6) - int(n_subjects * 0.2)))
+    rows, feats = [], []
+    for s in range(n_subjects):
+        for bone in BONES:
+            rows.append({"subject_id": f"s{s}", "split": splits[s], "bone": bone, "label": labels[s]})
+            f = rng.normal(size=dim)
+            f[0] += signal * (2 * labels[s] - 1)
+            feats.append(f)
+    return torch.tensor(np.array(feats), dtype=torch.float32), pd.DataFrame(rows)
+
+
+def test_selected_epoch_is_best_validation_macro_f1_and_consistent():
+    x, index = _bones(signal=0.6)
+    res = train_probe(x, index, ProbeConfig(epochs=15, lr=1e-2), torch.Generator().manual_seed(0))
+    f1s = [h["val_macro_f1"] for h in res.history]
+    assert res.best_epoch == int(np.nanargmax(f1s))
+    subjects = aggregate_subjects(res.bone_predictions)
+    val = subjects[subjects.split == "val"]
+    m = classification_metrics(val.y_true.to_numpy(dtype=float), val.p_pos.to_numpy())
+    assert m["macro_f1"] == pytest.approx(f1s[res.best_epoch])
+    assert set(res.bone_predictions.split) == {"train", "val", "test"}
+    assert len(res.bone_predictions) == len(index)
+
+
+def test_separable_features_give_high_test_auc_and_are_deterministic():
+    x, index = _bones(signal=4.0, seed=1)
+    cfg = ProbeConfig(epochs=10, lr=1e-2)
+    a = train_probe(x, index, cfg, torch.Generator().manual_seed(5))
+    b = train_probe(x, index, cfg, torch.Generator().manual_seed(5))
+    pd.testing.assert_frame_equal(a.bone_predictions, b.bone_predictions)
+    subj = aggregate_subjects(a.bone_predictions)
+    test = subj[subj.split == "test"]
+    assert classification_metrics(test.y_true.to_numpy(dtype=float), test.p_pos.to_numpy())["auc"] > 0.9
+
+
+def test_single_class_train_split_is_a_clear_error():
+    x, index = _bones()
+    index["label"] = 0
+    with pytest.raises(BenchError, match="single class"):
+        train_probe(x, index, ProbeConfig(epochs=1), torch.Generator().manual_seed(0))
