@@ -93,7 +93,10 @@ def train_probe(features: torch.Tensor, index: pd.DataFrame, cfg: ProbeConfig, g
             loss.backward()
             opt.step()
             total += loss.detach() * len(batch)
-        val = _subject_metrics(head, x[val_mask.to(device)], val_rows)
+        head.eval()
+        with torch.no_grad():
+            p_val = torch.softmax(head(x[val_mask.to(device)]), dim=1)[:, 1].cpu().numpy()
+        val = subject_metrics(val_rows, p_val)
         history.append({"train_loss": float(total) / len(order), "val_macro_f1": val["macro_f1"],
                         "val_auc": val["auc"]})
         states.append({k: v.detach().clone() for k, v in head.state_dict().items()})
@@ -106,14 +109,11 @@ def train_probe(features: torch.Tensor, index: pd.DataFrame, cfg: ProbeConfig, g
     return ProbeResult(bones.reset_index(drop=True), history, best, head)
 
 
-def _subject_metrics(head: nn.Linear, x: torch.Tensor, rows: pd.DataFrame) -> dict[str, float]:
-    """Subject-level metrics (eq. 10) of the current head on some bones."""
+def subject_metrics(rows: pd.DataFrame, p_pos) -> dict[str, float]:
+    """Subject-level metrics (eq. 10) of per-bone probabilities `p_pos` for the bones in `rows`."""
     import warnings
 
-    head.eval()
-    with torch.no_grad():
-        p = torch.softmax(head(x), dim=1)[:, 1].cpu().numpy()
-    frame = rows[["subject_id", "split", "bone"]].assign(y_true=rows["label"].astype(int).to_numpy(), p_pos=p)
+    frame = rows[["subject_id", "split", "bone"]].assign(y_true=rows["label"].astype(int).to_numpy(), p_pos=p_pos)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a single-class validation split is reported by the final metrics
         subjects = aggregate_subjects(frame)
