@@ -12,9 +12,8 @@ from scipy import ndimage
 from bench.cli import main
 from bench.data.format import BONES, Dataset, mask_path, write_manifest
 from bench.data.imageio import write_label_map, write_png16
-from bench.data.show import (
-    AGE_GROUPS, age_group, downsample, render_tile, show, summary_tables, zoom_box,
-)
+from bench.data.show import downsample, render_tile, show, zoom_box
+from bench.data.summary import AGE_GROUPS, age_group, summary_tables
 from bench.errors import BenchError
 
 H, W = 120, 80
