@@ -1,0 +1,102 @@
+"""`bench perf TARGET`: throughput benchmarks (not timed tests).
+
+Targets are functions in PERF_TARGETS taking the parsed arguments and returning a dict of
+results; they print their own lines. Implemented: `phantom` (images/s of the phantom renderer
+for the public and clinical presets, on one CPU core). Later targets (ssl, seg, suite) are
+added to the dict.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import tempfile
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+from bench.errors import BenchError
+
+
+@contextlib.contextmanager
+def one_core() -> Iterator[str]:
+    """Pin this process to one CPU core for the duration (where the OS allows it)."""
+    if not hasattr(os, "sched_getaffinity"):
+        yield "unpinned"
+        return
+    before = os.sched_getaffinity(0)
+    core = min(before)
+    try:
+        os.sched_setaffinity(0, {core})
+        yield f"core {core}"
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def perf_phantom(args: argparse.Namespace) -> dict:
+    """images/s of the phantom for both presets: render (image + exact mask) and full write."""
+    import numpy as np
+
+    from bench.data.format import mask_path
+    from bench.data.imageio import write_label_map, write_png16
+    from bench.data.phantom import PhantomConfig, dataset_styles, label_map, make_case
+    from bench.data.phantom.imaging import render_subject
+    from bench.data.phantom.nuisance import sample_nuisance
+    from bench.data.phantom.subject import sample_subject
+
+    results = {}
+    with one_core() as where, tempfile.TemporaryDirectory() as tmp:
+        print(f"phantom renderer, profile {args.profile}, {args.repeats} images per preset, {where}")
+        for preset in ("public", "clinical"):
+            cfg = PhantomConfig.for_preset(preset, args.profile)
+            styles = dataset_styles(cfg, 0)
+            make_case(cfg, 0, 0, styles)                         # warm-up (imports, caches)
+            cases = []
+            for i in range(args.repeats):
+                rng = np.random.default_rng(np.random.SeedSequence([i, 7]))
+                subject = sample_subject(cfg, rng, f"perf-{i}")
+                cases.append((subject, sample_nuisance(cfg, subject, rng), rng))
+            t0 = time.perf_counter()
+            for subject, nuisance, rng in cases:
+                render_subject(cfg, subject, nuisance, rng)
+            render_s = (time.perf_counter() - t0) / args.repeats
+            t0 = time.perf_counter()
+            for i in range(args.repeats):
+                case = make_case(cfg, 0, i + 1, styles)
+                r = case.rendering
+                write_png16(Path(tmp) / f"{case.image_id}.png", r.image)
+                (Path(tmp) / "masks" / case.image_id).mkdir(parents=True, exist_ok=True)
+                for a in case.annotations:
+                    lm = label_map(r.truth.shape, r.bones, cfg.pixel_spacing_mm, r.field, a)
+                    write_label_map(mask_path(Path(tmp), case.image_id, a.style.name), lm)
+            full_s = (time.perf_counter() - t0) / args.repeats
+            results[preset] = dict(height=cfg.height, width=cfg.width, render_images_per_s=1 / render_s,
+                                   full_images_per_s=1 / full_s)
+            print(f"  {preset:9s} {cfg.height}x{cfg.width} px: {1 / render_s:6.2f} images/s render "
+                  f"(image and exact mask), {1 / full_s:6.2f} images/s with "
+                  f"{cfg.annotators} annotator maps and PNG encoding")
+    return results
+
+
+#: target name -> benchmark function.
+PERF_TARGETS: dict[str, Callable[[argparse.Namespace], dict]] = {
+    "phantom": perf_phantom,
+}
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser("perf", help="throughput benchmarks (images/s, ...)",
+                                   description="Print throughput numbers of a component.")
+    parser.add_argument("target", choices=sorted(PERF_TARGETS), help="what to benchmark")
+    parser.add_argument("--repeats", type=int, default=4, metavar="N",
+                        help="items timed per measurement (default: 4)")
+    parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="paper",
+                        help="data size (default: paper, i.e. full size)")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.repeats < 1:
+        raise BenchError("--repeats must be at least 1")
+    PERF_TARGETS[args.target](args)
+    return 0
