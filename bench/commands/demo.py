@@ -43,8 +43,8 @@ def demo_command(args: argparse.Namespace) -> int:
     print("\nOutputs:")
     for role, path in paths.items():
         print(f"  {role} dataset:      {path}")
-        for kind, file in shown[role].items():
-            print(f"    {kind}: {file}")
+        for kind in ("contact_sheet", "summary", "summary_md"):
+            print(f"    {kind + ':':<16}{shown[role][kind]}")
     print(f"  results:          {results / 'smoke'}   (bench show {results / 'smoke'})")
     print(f"  MLflow:           mlflow ui --backend-store-uri sqlite:///{(results / 'mlflow.db').resolve()}")
     return 1 if any(o.status == "failed" for o in outcomes) else 0
