@@ -1,0 +1,1 @@
+"""Uncertainty-aware bone segmentation (paper "Uncertainty-aware segmentation with modularity"; MoSE)."""
