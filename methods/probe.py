@@ -21,7 +21,7 @@ from torch import nn
 
 from bench.config import register_section
 from bench.errors import BenchError
-from bench.metrics import aggregate_subjects, classification_metrics, select_best
+from bench.metrics import classification_metrics, select_best
 
 
 @dataclass
@@ -110,11 +110,15 @@ def train_probe(features: torch.Tensor, index: pd.DataFrame, cfg: ProbeConfig, g
 
 
 def subject_metrics(rows: pd.DataFrame, p_pos) -> dict[str, float]:
-    """Subject-level metrics (eq. 10) of per-bone probabilities `p_pos` for the bones in `rows`."""
+    """Subject-level metrics of per-patch probabilities: mean per subject (eq. 10), then metrics.
+
+    Works for bones and for one whole-image prediction per subject alike.
+    """
     import warnings
 
-    frame = rows[["subject_id", "split", "bone"]].assign(y_true=rows["label"].astype(int).to_numpy(), p_pos=p_pos)
+    frame = pd.DataFrame({"subject_id": rows["subject_id"].to_numpy(), "p_pos": p_pos,
+                          "y_true": rows["label"].astype(int).to_numpy()})
+    subjects = frame.groupby("subject_id").agg(y_true=("y_true", "max"), p_pos=("p_pos", "mean"))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a single-class validation split is reported by the final metrics
-        subjects = aggregate_subjects(frame)
         return classification_metrics(subjects["y_true"].to_numpy(dtype=float), subjects["p_pos"].to_numpy())
