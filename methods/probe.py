@@ -48,6 +48,14 @@ class ProbeResult:
     head: nn.Linear
 
 
+def cross_entropy(train_labels: torch.Tensor, class_weight: str) -> nn.CrossEntropyLoss:
+    """Cross-entropy, optionally with 'balanced' class weights n / (2 n_c) from the train labels."""
+    if class_weight != "balanced":
+        return nn.CrossEntropyLoss()
+    counts = torch.bincount(train_labels, minlength=2).float()
+    return nn.CrossEntropyLoss(weight=counts.sum() / (2 * counts.clamp_min(1)))
+
+
 def train_probe(features: torch.Tensor, index: pd.DataFrame, cfg: ProbeConfig, generator: torch.Generator,
                 device: torch.device | str = "cpu") -> ProbeResult:
     """Fit the head on train bones, select by subject-level val macro-F1, score all bones.
@@ -70,15 +78,11 @@ def train_probe(features: torch.Tensor, index: pd.DataFrame, cfg: ProbeConfig, g
         x = (x - mean) / std
     y = torch.as_tensor(labels.fillna(0).astype(int).to_numpy().copy(), device=device)
     train_idx = torch.nonzero(train_mask).flatten().to(device)
-    weight = None
-    if cfg.class_weight == "balanced":
-        counts = torch.bincount(y[train_idx], minlength=2).float()
-        weight = counts.sum() / (2 * counts.clamp_min(1))
     head = nn.Linear(x.shape[1], 2).to(device)
     nn.init.zeros_(head.weight)  # convex problem: a zero start makes the probe depend on the generator only
     nn.init.zeros_(head.bias)
     opt = torch.optim.Adam(head.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    loss_fn = cross_entropy(y[train_idx], cfg.class_weight)
     val_rows = index[val_mask.numpy()]
     history: list[dict[str, float]] = []
     states: list[dict[str, torch.Tensor]] = []

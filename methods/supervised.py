@@ -22,7 +22,7 @@ from bench.config import register_section
 from bench.errors import BenchError
 from bench.metrics import select_best
 from methods.encoders import to_input
-from methods.probe import ProbeResult, subject_metrics
+from methods.probe import ProbeResult, cross_entropy, subject_metrics
 
 
 @dataclass
@@ -74,11 +74,7 @@ def train_supervised(encoder: nn.Module, patches: torch.Tensor, index: pd.DataFr
     y = torch.as_tensor(labels.fillna(0).astype(int).to_numpy().copy(), device=device)
     train_idx = torch.nonzero(torch.as_tensor(train_rows)).flatten().to(device)
     val_idx = torch.nonzero(torch.as_tensor(val_rows)).flatten().to(device)
-    weight = None
-    if cfg.class_weight == "balanced":
-        counts = torch.bincount(y[train_idx], minlength=2).float()
-        weight = counts.sum() / (2 * counts.clamp_min(1))
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
+    loss_fn = cross_entropy(y[train_idx], cfg.class_weight)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
     steps_per_epoch = max(1, -(-len(train_idx) // cfg.batch_size))
