@@ -7,10 +7,11 @@ VENV ?= .venv
 # on your own machine override it, e.g. `make test TORCH_SPEC="torch torchvision"`.
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo
-PYTEST_ARGS ?=
+# `make test` leaves out tests marked slow (whole smoke suites); `make test-slow` runs only those.
+PYTEST_ARGS ?= -m "not slow"
 STAMP := $(VENV)/.osteobench-installed
 
-.PHONY: demo test install clean
+.PHONY: demo test test-slow install clean
 
 install: $(STAMP)
 
@@ -26,6 +27,9 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
+
+test-slow: $(STAMP)
+	$(VENV)/bin/python -m pytest -q -m slow
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

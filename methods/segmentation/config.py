@@ -1,0 +1,139 @@
+"""Configuration of the segmentation stage (config section ``segmentation``).
+
+Defaults follow the MoSE reference (segmentation.md §6) where it applies: K = 4 experts, S = 4
+samples per expert, binary-code prior means, gamma0 = 1/2 switched to 1 on a loss plateau
+(patience 10), lambda = 1 with the reference mean-over-(B·N) KL normalisation, Adam lr 1e-3,
+weight decay 1e-5, ReduceLROnPlateau(0.5, patience 10, min 1e-5), batch 16, 200 epochs, model
+selection by validation GED in the compact weighted form.
+
+Choices of our own (documented at the fields): latent size L = 2 (the reference uses L = 1 for
+K = 4; with L = 2 the binary-code initialisation gives each of the four experts its own corner
+{00, 01, 10, 11}, so no prior mean is random), the U-Net widths as ``base_width`` doubled per
+level up to ``max_width`` (32 and 192 with 7 levels reproduce the reference's
+[32, 64, 128, 192, 192, 192, 192]), a working canvas of ``working_size`` rows whose width
+follows the training images' median aspect ratio.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from bench.config import register_section
+from bench.data.format import SPLITS
+from bench.errors import BenchError
+
+MODELS = ("mose", "single")
+HEADS = ("shared", "per_expert")
+GAMMA_SCHEDULES = ("plateau", "linear", "cosine", "constant")
+SOLVERS = ("exact", "greedy")
+
+
+@dataclass
+class SegmentationConfig:
+    """Bone segmentation: MoSE U-Net (paper "Uncertainty-aware segmentation with modularity") or the single-decoder ablation."""
+
+    model: str = "mose"                 # mose (K stochastic experts, OT loss) | single (one deterministic head, CE + Dice)
+    experts: int = 4                    # K decoder modules (experts)
+    samples: int = 4                    # S latent samples per expert during training (N = K*S)
+    latent: int = 2                     # L, latent size of each expert's Gaussian (reference 1; 2 gives K=4 distinct binary codes)
+    base_width: int = 32                # channels of the first U-Net level (also of the decoded feature u_d)
+    max_width: int = 192                # channel cap; level i has min(base_width * 2**i, max_width)
+    levels: int = 7                     # U-Net levels (encoder blocks, the last is the bottleneck)
+    convs: int = 3                      # [conv3x3, BN, ReLU] per U-Net block (reference 3)
+    standardize: bool = True            # z-score each input image (reference)
+    head: str = "shared"                # shared (reference: one fusion head, experts differ by prior) | per_expert (K heads)
+    bn_momentum: float = 0.01           # BatchNorm momentum (reference 0.01; short schedules need a larger one)
+    gamma0: float = 0.5                 # initial cap gamma on each sample's transported mass (paper eq. 9)
+    gamma_schedule: str = "plateau"     # plateau (reference: one switch to 1) | linear | cosine | constant
+    gamma_anneal_epochs: int = 50       # linear/cosine: epochs to go from gamma0 to 1
+    gamma_patience: int = 10            # plateau: epochs without improvement of the mean train loss before gamma = 1
+    lam: float = 1.0                    # lambda, weight of the routing KL (reference normalisation: mean over B*N)
+    ot_solver: str = "exact"            # exact (LP with POT) | greedy (the reference heuristic)
+    epochs: int = 200                   # training epochs
+    batch_size: int = 16                # training batch size (images)
+    lr: float = 1e-3                    # Adam learning rate
+    weight_decay: float = 1e-5          # Adam weight decay
+    lr_patience: int = 10               # ReduceLROnPlateau patience (epochs) on the plateau signal
+    plateau_signal: str = "cumulative"  # what LR and gamma plateaus watch: cumulative (reference: mean loss since epoch 0) | epoch
+    lr_factor: float = 0.5              # ReduceLROnPlateau factor
+    min_lr: float = 1e-5                # ReduceLROnPlateau floor
+    val_every: int = 1                  # validate (GED, compact form) every this many epochs for model selection
+    working_size: int = 512             # rows of the working canvas (images keep their aspect, padded)
+    canvas_aspect: float = 0.0          # canvas width / height; 0: the training images' median aspect
+    augment: bool = True                # on-device augmentation of training batches
+    flip_p: float = 0.5                 # probability of a horizontal flip (left <-> right hand)
+    vflip_p: float = 0.0                # probability of a vertical flip (reference LIDC: 0.5; hands are shot fingers up)
+    rotate_deg: float = 10.0            # rotation drawn uniformly in +- this (reference 10)
+    scale_range: float = 0.1            # isotropic scale drawn uniformly in 1 +- this
+    annotators: str = ""                # comma-separated annotator names used for training; empty: all
+    eval_samples: int = 0               # evaluation samples: 0 = compact form (K*S weighted); n > 0 = n drawn from pi
+    eval_splits: str = "val,test"       # seg splits evaluated (Dice, GED, Hungarian IoU, ECE)
+    predict_batch: int = 8              # images per forward pass when predicting
+    figures: int = 4                    # example figures (image, overlay, entropy) written to figures/
+
+    def validate(self) -> None:
+        """Raise BenchError naming the first bad option."""
+        checks = [
+            (self.model in MODELS, f"segmentation.model must be one of {', '.join(MODELS)}"),
+            (self.head in HEADS, f"segmentation.head must be one of {', '.join(HEADS)}"),
+            (self.gamma_schedule in GAMMA_SCHEDULES,
+             f"segmentation.gamma_schedule must be one of {', '.join(GAMMA_SCHEDULES)}"),
+            (self.ot_solver in SOLVERS, f"segmentation.ot_solver must be one of {', '.join(SOLVERS)}"),
+            (self.plateau_signal in ("cumulative", "epoch"),
+             "segmentation.plateau_signal must be cumulative or epoch"),
+            (self.experts >= 1 and self.samples >= 1 and self.latent >= 1,
+             "segmentation.experts, samples and latent must be >= 1"),
+            (0.0 < self.gamma0 <= 1.0, "segmentation.gamma0 must lie in (0, 1]"),
+            (self.model == "single" or self.gamma0 * self.experts * self.samples >= 1.0 - 1e-9,
+             "segmentation.gamma0 * experts * samples must be >= 1 (else no coupling exists); "
+             "raise gamma0 or the number of samples"),
+            (self.levels >= 2 and self.base_width >= 1 and self.max_width >= self.base_width,
+             "segmentation.levels must be >= 2 and max_width >= base_width >= 1"),
+            (self.working_size >= 2 ** (self.levels - 1),
+             f"segmentation.working_size must be at least 2**(levels-1) = {2 ** (self.levels - 1)}"),
+            (self.epochs >= 1 and self.batch_size >= 1, "segmentation.epochs and batch_size must be >= 1"),
+            (self.canvas_aspect >= 0.0, "segmentation.canvas_aspect must be >= 0 (0: automatic)"),
+            (self.eval_samples >= 0, "segmentation.eval_samples must be >= 0 (0: compact form)"),
+            (self.val_every >= 1, "segmentation.val_every must be >= 1"),
+            (self.predict_batch >= 1 and self.figures >= 0,
+             "segmentation.predict_batch must be >= 1 and figures >= 0"),
+            (set(self.split_list) <= set(SPLITS),
+             f"segmentation.eval_splits must be a comma-separated subset of {', '.join(SPLITS)}"),
+            (0.0 <= self.flip_p <= 1.0 and 0.0 <= self.vflip_p <= 1.0 and 0.0 <= self.scale_range < 1.0,
+             "segmentation.flip_p and vflip_p must lie in [0, 1] and scale_range in [0, 1)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BenchError(f"invalid segmentation configuration: {message}")
+
+    @property
+    def widths(self) -> tuple[int, ...]:
+        """Channels per U-Net level."""
+        return tuple(min(self.base_width * 2 ** i, self.max_width) for i in range(self.levels))
+
+    @property
+    def annotator_list(self) -> tuple[str, ...]:
+        return tuple(a.strip() for a in self.annotators.split(",") if a.strip())
+
+    @property
+    def split_list(self) -> tuple[str, ...]:
+        return tuple(s.strip() for s in self.eval_splits.split(",") if s.strip())
+
+
+PROFILES = {
+    # CPU, a couple of minutes (about 1 s per epoch on two idle cores): 16..64 channels, 5 levels of
+    # 2 convs, a 128-row canvas, S = 1 (N = K = 4 samples), batch 2 for many steps, and plateaus
+    # watched on the epoch loss with short patience so that the gamma switch and the LR decay
+    # happen within 60 epochs.
+    "smoke": dict(base_width=16, max_width=64, levels=5, convs=2, working_size=128, samples=1,
+                  epochs=60, batch_size=2, lr=5e-3, bn_momentum=0.1, plateau_signal="epoch",
+                  gamma_patience=3, lr_patience=3, predict_batch=8, figures=2),
+    # one GPU, minutes: a 320-row canvas, the reference widths and blocks with 6 levels.
+    "quick": dict(base_width=32, max_width=192, levels=6, working_size=320, epochs=60,
+                  batch_size=16, bn_momentum=0.05, plateau_signal="epoch", gamma_patience=6,
+                  lr_patience=6),
+    # the paper: a 512-row canvas, the reference widths, blocks and schedule.
+    "paper": dict(base_width=32, max_width=192, levels=7, working_size=512, epochs=200,
+                  batch_size=16),
+}
+
+register_section("segmentation", SegmentationConfig, profiles=PROFILES)

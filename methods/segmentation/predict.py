@@ -1,0 +1,160 @@
+"""Prediction on radiographs of any size, and saving / loading the model (issue 4, deliverable 6).
+
+Convention: the image is fitted onto the model's working canvas (aspect kept, padded; see
+:mod:`methods.segmentation.data`), the model runs in the compact form (K x S samples with weights
+pi_k / S; ``samples`` sets S; one latent draw from `seed` shared by all images, so a prediction
+does not depend on its batch), and the mixture's MEAN class probabilities sum_n w_n p_n are cropped
+to the image's area and upsampled bilinearly to the native size, where the argmax gives the label
+map. Uncertainty stays at the working resolution (the image's area on the canvas): the entropy of
+the mean H[sum_n w_n p_n] and the mutual information H[mean] - sum_n w_n H[p_n] (>= 0 by concavity;
+0 for the single-decoder model), in nats. The confidence of a bone is the mean, over the pixels
+labelled with it at native resolution, of the largest class probability; 0 when it is absent.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from bench.atomic import atomic_write_bytes
+from bench.data.format import BONES, CLASS_NAMES
+from bench.errors import BenchError
+from methods.segmentation.data import Placement, image_to_canvas
+from methods.segmentation.model import ModelSpec, build_model
+
+
+@dataclass
+class Prediction:
+    """What :func:`predict` returns for one radiograph."""
+
+    labels: np.ndarray            # uint8 H x W at native resolution (class ids of bench.data.format)
+    entropy: np.ndarray           # float32 h x w at working resolution: entropy of the mean (nats)
+    mutual_info: np.ndarray       # float32 h x w: mutual information across samples (nats)
+    confidence: dict[str, float]  # bone -> mean max-probability inside the predicted bone (0 if absent)
+    area_px: dict[str, int]       # bone -> predicted pixels at native resolution
+    placement: Placement          # where the image sat on the working canvas
+    log_pi: np.ndarray            # mixture weights pi(x) as logs (K,)
+
+    @property
+    def present(self) -> dict[str, bool]:
+        return {b: self.area_px[b] > 0 for b in BONES}
+
+
+def _xlogx(p: torch.Tensor) -> torch.Tensor:
+    return torch.special.xlogy(p, p)
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def predict_many(model: torch.nn.Module, images: Iterable[np.ndarray], *, batch_size: int = 8,
+                 samples: int | None = None, seed: int = 0) -> Iterator[Prediction]:
+    """Predictions for images (float32 H x W in [0, 1], any sizes), `batch_size` per forward pass."""
+    device = next(model.parameters()).device
+    canvas = tuple(model.spec.canvas)
+    gen = torch.Generator(device="cpu")
+    gen.manual_seed(seed)
+    spec = model.spec
+    # one latent draw shared by every image: a prediction does not depend on its batch companions
+    eps = torch.randn(spec.experts, samples or spec.samples, spec.latent, generator=gen).to(device)
+    model.eval()
+    batch: list[tuple[torch.Tensor, Placement]] = []
+
+    def flush() -> Iterator[Prediction]:
+        x = torch.stack([t for t, _ in batch]).to(device)
+        if device.type == "cuda":
+            x = x.contiguous(memory_format=torch.channels_last)
+        with torch.no_grad(), _autocast(device):
+            out = model(x, eps=eps)
+        with torch.no_grad():
+            probs, w = out.probs, out.weights.float()                      # B x N x C x H x W, B x N
+            mean = torch.einsum("bn,bnchw->bchw", w, probs)
+            ent = -_xlogx(mean).sum(1)
+            exp_ent = -torch.einsum("bn,bnhw->bhw", w, _xlogx(probs).sum(2))
+            mi = ent - exp_ent
+            for i, (_, pl) in enumerate(batch):
+                yield _finish(mean[i], ent[i], mi[i], pl, out.log_pi[i])
+        batch.clear()
+
+    for image in images:
+        image = np.asarray(image)
+        if image.ndim != 2 or not np.issubdtype(image.dtype, np.floating):
+            raise BenchError(f"predict expects a float H x W image in [0, 1], got {image.dtype} {image.shape}")
+        batch.append(image_to_canvas(image, canvas))
+        if len(batch) == batch_size:
+            yield from flush()
+    if batch:
+        yield from flush()
+
+
+def _finish(mean: torch.Tensor, ent: torch.Tensor, mi: torch.Tensor, pl: Placement,
+            log_pi: torch.Tensor) -> Prediction:
+    """Crop to the image's area, upsample the mean to native size, label and score the bones."""
+    sl = (slice(pl.top, pl.top + pl.size[0]), slice(pl.left, pl.left + pl.size[1]))
+    crop = mean[:, sl[0], sl[1]].float()
+    native = F.interpolate(crop[None], size=pl.native, mode="bilinear", align_corners=False)[0]
+    conf, lab = native.max(dim=0)
+    lab = lab.to(torch.uint8)
+    areas = torch.bincount(lab.flatten().long(), minlength=len(CLASS_NAMES))
+    sums = torch.bincount(lab.flatten().long(), weights=conf.flatten().double(), minlength=len(CLASS_NAMES))
+    areas_np, sums_np = areas.cpu().numpy(), sums.cpu().numpy()
+    confidence = {b: float(sums_np[c] / areas_np[c]) if areas_np[c] > 0 else 0.0 for b, c in BONES.items()}
+    area = {b: int(areas_np[c]) for b, c in BONES.items()}
+    return Prediction(labels=lab.cpu().numpy(), entropy=ent[sl[0], sl[1]].float().cpu().numpy(),
+                      mutual_info=mi[sl[0], sl[1]].float().cpu().numpy(), confidence=confidence,
+                      area_px=area, placement=pl, log_pi=log_pi.float().cpu().numpy())
+
+
+def predict(model: torch.nn.Module, image: np.ndarray, *, samples: int | None = None, seed: int = 0) -> Prediction:
+    """Prediction for one radiograph (float32 H x W in [0, 1], any size); see the module docstring."""
+    return next(predict_many(model, [image], batch_size=1, samples=samples, seed=seed))
+
+
+def entropy_png(entropy: np.ndarray, classes: int = len(CLASS_NAMES)) -> np.ndarray:
+    """Entropy map as uint8: 0 -> 0, log(classes) (the maximum) -> 255."""
+    return np.round(np.clip(entropy / np.log(classes), 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- persistence
+def save_model(model: torch.nn.Module, path: str | Path, extra: dict | None = None) -> None:
+    """Write weights + ModelSpec (+ `extra` JSON-able notes) to `path` atomically."""
+    spec: ModelSpec = model.spec
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    payload = {"format": "osteobench-segmentation-1", "spec": spec.to_dict(), "state_dict": state,
+               "extra": extra or {}}
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    atomic_write_bytes(path, buf.getvalue())
+
+
+def load_model(path: str | Path, device: torch.device | str = "cpu") -> torch.nn.Module:
+    """Rebuild the network saved by :func:`save_model`, in eval mode, on `device`."""
+    path = Path(path)
+    if not path.is_file():
+        raise BenchError(f"segmentation model {path} does not exist; train one with `bench run` "
+                         "(its segment stage writes model.pt)")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file
+        raise BenchError(f"cannot read segmentation model {path}: {exc}") from exc
+    if not isinstance(payload, dict) or payload.get("format") != "osteobench-segmentation-1":
+        raise BenchError(f"{path} is not an osteobench segmentation model (model.pt of a segment stage)")
+    model = build_model(ModelSpec.from_dict(payload["spec"]))
+    model.load_state_dict(payload["state_dict"])
+    model.spec.extra = payload.get("extra", {})
+    return model.to(device).eval()
+
+
+def load_images(paths: Sequence[str | Path]) -> list[np.ndarray]:
+    """Read radiographs for prediction (bench.data.imageio conventions)."""
+    from bench.data.imageio import read_image
+
+    return [read_image(Path(p)).pixels for p in paths]

@@ -1,0 +1,230 @@
+"""The `segment` stage: train on `seg`, predict every image of `seg` and `cls`, evaluate (issue 4).
+
+Output folder::
+
+    model.pt                          weights + ModelSpec (+ training notes), see predict.load_model
+    labels/<role>/<image_id>.png      predicted uint8 label map at native resolution, every image
+    confidence/<role>.parquet         image_id, bone, confidence, area_px, present
+    uncertainty/<role>/<image_id>.png entropy of the mixture mean, 8 bit (255 = log 8 nats), working size
+    uncertainty/<role>.parquet        image_id, mean_entropy, mean_mutual_info (nats, image area)
+    eval.json                         training summary and, per evaluated `seg` split, the metrics below
+    figures/<image_id>.png            image | label overlay | entropy, for a few evaluation images
+
+Evaluation conventions: Dice per bone at native resolution, against the exact phantom truth
+(``truth/`` masks, when the dataset has them) and against each annotator; a bone absent from both
+maps is left out of its mean (NaN). GED, Hungarian-matched IoU and pixel ECE at the working
+resolution (the image's area on the canvas), samples in the compact weighted form unless
+``segmentation.eval_samples`` asks for the standard form; annotations weighted by beta.
+The single-decoder ablation is this stage with ``segmentation.model=single``.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from bench.data.format import BONES, Dataset
+from bench.registry import Stage
+from bench.stage import StageContext, derive_seed
+from methods.segmentation.config import SegmentationConfig  # importing it registers the section
+from methods.segmentation.data import SegData, choose_canvas, load_split
+from methods.segmentation.predict import entropy_png, predict_many, save_model
+from methods.segmentation.train import annotations_of, iter_samples, train_segmentation
+
+ROLES = ("seg", "cls")
+
+
+def truth_mask(dataset: Dataset, image_id: str) -> np.ndarray | None:
+    """The exact label map of a phantom image (``truth/`` of the dataset), or None."""
+    from bench.data.imageio import read_label_map
+
+    p = Path(dataset.root) / "truth" / "masks" / f"{image_id}.png"
+    return read_label_map(p) if p.is_file() else None
+
+
+def _write_png(path: Path, array: np.ndarray) -> None:
+    from bench.data.imageio import write_label_map
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_label_map(path, array)
+
+
+def predict_dataset(model: torch.nn.Module, dataset: Dataset, role: str, out_dir: Path, *, batch_size: int,
+                    keep: set[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Write labels, uncertainty and confidence of every image; return the label maps of `keep`."""
+    ids = dataset.image_ids
+    conf_rows, unc_rows, kept = [], [], {}
+    images = (dataset.image(i) for i in ids)
+    for image_id, pred in zip(ids, predict_many(model, images, batch_size=batch_size)):
+        _write_png(out_dir / "labels" / role / f"{image_id}.png", pred.labels)
+        _write_png(out_dir / "uncertainty" / role / f"{image_id}.png", entropy_png(pred.entropy))
+        for bone in BONES:
+            conf_rows.append({"image_id": image_id, "bone": bone, "confidence": pred.confidence[bone],
+                              "area_px": pred.area_px[bone], "present": pred.area_px[bone] > 0})
+        unc_rows.append({"image_id": image_id, "mean_entropy": float(pred.entropy.mean()),
+                         "mean_mutual_info": float(pred.mutual_info.mean())})
+        if image_id in keep:
+            kept[image_id] = pred.labels
+    (out_dir / "confidence").mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(conf_rows, columns=["image_id", "bone", "confidence", "area_px", "present"]).to_parquet(
+        out_dir / "confidence" / f"{role}.parquet", index=False)
+    pd.DataFrame(unc_rows, columns=["image_id", "mean_entropy", "mean_mutual_info"]).to_parquet(
+        out_dir / "uncertainty" / f"{role}.parquet", index=False)
+    return kept
+
+
+def _mean_dice(rows: list[dict[str, float]]) -> dict[str, float]:
+    """Per-bone nan-mean over images, plus `mean` (over bones)."""
+    out = {b: float(np.nanmean([r[b] for r in rows])) if rows and not all(np.isnan(r[b]) for r in rows)
+           else float("nan") for b in BONES}
+    vals = [v for v in out.values() if not np.isnan(v)]
+    out["mean"] = float(np.mean(vals)) if vals else float("nan")
+    return out
+
+
+def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labels: dict[str, np.ndarray],
+                   cfg: SegmentationConfig, seed: int) -> dict[str, Any]:
+    """Dice (truth, annotators), GED, Hungarian IoU and pixel ECE of one split (module docstring)."""
+    from methods.segmentation.evaluate import dice_per_bone, ged, hungarian_iou, pixel_ece
+
+    truth_rows, ann_rows = [], {}
+    for image_id in data.image_ids:
+        pred = labels[image_id]
+        truth = truth_mask(dataset, image_id)
+        if truth is not None:
+            truth_rows.append(dice_per_bone(pred, truth))
+        for name, mask in dataset.masks(image_id).items():
+            ann_rows.setdefault(name, []).append(dice_per_bone(pred, mask))
+    geds, hious, ece_probs, ece_labels, ece_beta = [], [], [], [], []
+    for i, maps, w, mean in iter_samples(model, data, batch_size=cfg.predict_batch,
+                                         eval_samples=cfg.eval_samples, seed=seed):
+        ann, beta = annotations_of(data, i)
+        geds.append(float(ged(maps, ann, sample_weights=w, annotation_weights=beta)))
+        hious.append(float(hungarian_iou(maps, ann, sample_weights=w, annotation_weights=beta)))
+        ece_probs.append(mean.float().cpu().numpy())
+        ece_labels.append(ann)
+        ece_beta.append(beta)
+    out: dict[str, Any] = {"n_images": len(data)}
+    out["dice_truth"] = _mean_dice(truth_rows) if truth_rows else None
+    out["dice_annotators"] = {a: _mean_dice(r) for a, r in sorted(ann_rows.items())}
+    out["ged"] = float(np.nanmean(geds)) if geds else float("nan")
+    out["hungarian_iou"] = float(np.nanmean(hious)) if hious else float("nan")
+    out["ece"] = float(pixel_ece(ece_probs, ece_labels, annotation_weights=ece_beta)) if ece_probs else float("nan")
+    return out
+
+
+def write_figures(out_dir: Path, dataset: Dataset, ids: list[str], labels: dict[str, np.ndarray],
+                  role: str) -> list[str]:
+    """image | label overlay | entropy for each of `ids` (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from PIL import Image
+
+    fig_dir = out_dir / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    cmap = plt.get_cmap("tab10")
+    written = []
+    for image_id in ids:
+        img = dataset.image(image_id)
+        lab = labels[image_id]
+        ent = np.asarray(Image.open(out_dir / "uncertainty" / role / f"{image_id}.png"))
+        overlay = np.repeat(img[..., None], 3, axis=2)
+        for c in range(1, 8):
+            overlay[lab == c] = 0.5 * overlay[lab == c] + 0.5 * np.asarray(cmap(c - 1)[:3])
+        fig, axes = plt.subplots(1, 3, figsize=(9, 4.5))
+        for ax, im, title, kw in ((axes[0], img, "radiograph", {"cmap": "gray"}),
+                                  (axes[1], overlay, "predicted bones", {}),
+                                  (axes[2], ent / 255.0 * np.log(8), "entropy (nats)", {"cmap": "magma"})):
+            shown = ax.imshow(im, **kw)
+            ax.set_title(title)
+            ax.axis("off")
+        fig.colorbar(shown, ax=axes[2], fraction=0.046)
+        fig.suptitle(image_id)
+        fig.savefig(fig_dir / f"{image_id}.png", dpi=80, bbox_inches="tight")
+        plt.close(fig)
+        written.append(image_id)
+    return written
+
+
+def segment_stage(ctx: StageContext) -> dict[str, Any]:
+    """Train the configured segmentation model and write the outputs listed in the module docstring."""
+    cfg: SegmentationConfig = ctx.config.segmentation
+    cfg.validate()
+    seg = ctx.datasets["seg"]
+    annotators = cfg.annotator_list
+    train_ids = seg.manifest.loc[seg.manifest["split"] == "train", "image_id"].astype(str).tolist()
+    canvas = choose_canvas(seg, train_ids, cfg.working_size, cfg.canvas_aspect)
+    train = load_split(seg, ["train"], canvas, ctx.device, annotators)
+    val = load_split(seg, ["val"], canvas, ctx.device, annotators, allow_empty=True)
+    result = train_segmentation(cfg, train, val if len(val) else None, seed=ctx.seed, device=ctx.device,
+                                log=ctx.log, progress=sys.stderr.isatty())
+    model = result.model
+    train_info = {"best_epoch": result.best_epoch, "best_val_ged": result.best_val_ged,
+                  "epochs": result.epochs, "seconds_per_epoch": result.seconds_per_epoch,
+                  "canvas": list(canvas), "n_train": len(train), "n_val": len(val),
+                  "annotators": train.annotators, "model": cfg.model}
+    save_model(model, ctx.out_dir / "model.pt", extra={"train": train_info})
+    evals = {s: val if s == "val" else load_split(seg, [s], canvas, ctx.device, annotators, allow_empty=True)
+             for s in cfg.split_list}
+    keep = {i for d in evals.values() for i in d.image_ids}
+    labels: dict[str, np.ndarray] = {}
+    for role in ROLES:
+        if role not in ctx.datasets:
+            continue
+        got = predict_dataset(model, ctx.datasets[role], role, ctx.out_dir, batch_size=cfg.predict_batch,
+                              keep=keep if role == "seg" else set())
+        labels.update(got)
+    report: dict[str, Any] = {"train": train_info, "splits": {}}
+    for split, data in evals.items():
+        if not len(data):
+            continue
+        res = evaluate_split(model, seg, data, labels, cfg, derive_seed(ctx.seed, "segmentation", "eval", split))
+        report["splits"][split] = res
+        for name, value in _flat_metrics(split, res).items():
+            ctx.log(name, value)
+    (ctx.out_dir / "eval.json").write_text(json.dumps(_jsonable(report), indent=2, sort_keys=True))
+    fig_split = next((s for s in reversed(list(evals)) if len(evals[s])), None)
+    figures = write_figures(ctx.out_dir, seg, evals[fig_split].image_ids[:cfg.figures], labels, "seg") \
+        if fig_split and cfg.figures > 0 else []
+    summary = {"best_epoch": result.best_epoch, "best_val_ged": result.best_val_ged,
+               "seconds_per_epoch": result.seconds_per_epoch, "figures": figures}
+    for split, res in report["splits"].items():
+        summary[f"{split}_ged"] = res["ged"]
+        if res["dice_truth"]:
+            summary[f"{split}_dice_truth_mean"] = res["dice_truth"]["mean"]
+    return _jsonable(summary)
+
+
+def _jsonable(obj: Any) -> Any:
+    """NaN -> None (strict JSON), numpy scalars -> Python."""
+    if isinstance(obj, dict):
+        return {k: _jsonable(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_jsonable(v) for v in obj]
+    if isinstance(obj, (float, np.floating)):
+        return None if np.isnan(obj) else float(obj)
+    if isinstance(obj, np.integer):
+        return int(obj)
+    return obj
+
+
+def _flat_metrics(split: str, res: dict[str, Any]) -> dict[str, float]:
+    """Metric names for ctx.log / MLflow: seg_<split>_<metric>[_<bone>]."""
+    out = {f"seg_{split}_{k}": float(res[k]) for k in ("ged", "hungarian_iou", "ece")}
+    if res["dice_truth"]:
+        out.update({f"seg_{split}_dice_truth_{b}": v for b, v in res["dice_truth"].items()})
+    for a, d in res["dice_annotators"].items():
+        out[f"seg_{split}_dice_{a}_mean"] = d["mean"]
+    if res["dice_annotators"]:
+        out[f"seg_{split}_dice_annotators_mean"] = float(np.nanmean([d["mean"] for d in res["dice_annotators"].values()]))
+    return out
+
+
+SEGMENT = Stage("segment", segment_stage, sections=("segmentation", "run"), datasets=("seg", "cls"))

@@ -1,0 +1,202 @@
+"""Training loop of the segmentation model (segmentation.md §6 and §8; paper eq. 7-9).
+
+* MoSE: soft-IoU cost of every (sample, annotation) pair, relaxed OT coupling (row sums <= gamma,
+  column sums = beta), loss = <T*, C> + lambda * KL(t || pi/S) with the reference normalisation
+  (see methods.segmentation.ot). Single decoder: beta-weighted CE + soft Dice.
+* Adam (lr, weight decay); ReduceLROnPlateau and the gamma scheduler both watch, once per epoch,
+  the cumulative mean of all per-iteration training losses since epoch 0 (the reference's signal;
+  ``plateau_signal="cumulative"``) or the epoch's mean training loss (``"epoch"``, which reacts
+  within a short schedule).
+* Model selection: the weights with the lowest validation GED (compact weighted form, K x S samples,
+  hard argmax maps, annotations weighted by beta), checked every ``val_every`` epochs; without a
+  validation split the last weights are kept.
+* CUDA: bf16 autocast for the network, float32 for probabilities, costs and the loss; channels_last.
+  The only host synchronisation inside an epoch is the OT solve's copy of the B x N x M cost;
+  losses are accumulated on the device and read once per epoch. CPU: float32 throughout.
+* Randomness: initialisation, batch order, augmentation and latent noise each come from their own
+  generator seeded from (seed, purpose); on CPU the same seed gives the same weights.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Iterator
+
+import numpy as np
+import torch
+
+from bench.stage import derive_seed
+from methods.segmentation.config import SegmentationConfig
+from methods.segmentation.data import SegData, augment
+from methods.segmentation.model import ModelSpec, SegOutput, build_model
+
+LogFn = Callable[[str, float, int], None]
+
+
+@dataclass
+class TrainResult:
+    model: torch.nn.Module
+    best_epoch: int                   # epoch (0-based) whose weights were kept
+    best_val_ged: float               # their validation GED (nan without a validation split)
+    epochs: int                       # epochs run
+    seconds_per_epoch: float          # mean wall time of a training epoch (validation excluded)
+    history: list[dict] = field(default_factory=list)   # one dict of logged metrics per epoch
+
+
+def make_spec(cfg: SegmentationConfig, canvas: tuple[int, int], classes: int) -> ModelSpec:
+    return ModelSpec(kind=cfg.model, classes=classes, widths=cfg.widths, experts=cfg.experts,
+                     samples=cfg.samples, latent=cfg.latent, head=cfg.head, bn_momentum=cfg.bn_momentum,
+                     canvas=tuple(canvas), standardize=cfg.standardize, convs=cfg.convs)
+
+
+def autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return torch.autocast("cpu", enabled=False)
+
+
+def _generator(device: torch.device, seed: int, purpose: str) -> torch.Generator:
+    gen = torch.Generator(device=device)
+    gen.manual_seed(derive_seed(seed, "segmentation", purpose))
+    return gen
+
+
+def forward_eval(model: torch.nn.Module, x: torch.Tensor, eval_samples: int,
+                 generator: torch.Generator | None) -> SegOutput:
+    """Compact form (eval_samples = 0) or the standard form with `eval_samples` draws."""
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.no_grad(), autocast(x.device):
+        if eval_samples > 0:
+            return model.sample_standard(x, eval_samples, generator=generator)
+        return model(x, generator=generator)
+
+
+def iter_samples(model: torch.nn.Module, data: SegData, *, batch_size: int = 8, eval_samples: int = 0,
+                 seed: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray, torch.Tensor]]:
+    """Per image of `data`: (index, hard sample maps N x h x w uint8, weights N, mean probs C x h x w),
+    cropped to the image's area on the canvas."""
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=data.images.device)
+    gen.manual_seed(seed)
+    try:
+        for start in range(0, len(data), batch_size):
+            out = forward_eval(model, data.images[start:start + batch_size], eval_samples, gen)
+            maps = out.logits.float().argmax(2).to(torch.uint8).cpu().numpy()
+            weights = out.weights.float().cpu().numpy()
+            mean = out.mean_probs()
+            for i in range(maps.shape[0]):
+                pl = data.placements[start + i]
+                rs, cs = slice(pl.top, pl.top + pl.size[0]), slice(pl.left, pl.left + pl.size[1])
+                yield start + i, maps[i][:, rs, cs], weights[i], mean[i][:, rs, cs]
+    finally:
+        model.train(was_training)
+
+
+def annotations_of(data: SegData, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """The used annotations of image `index` (M' x h x w uint8, cropped) and their weights."""
+    pl = data.placements[index]
+    beta = data.beta[index].cpu().numpy()
+    keep = beta > 0
+    lab = data.labels[index][:, pl.top:pl.top + pl.size[0], pl.left:pl.left + pl.size[1]].cpu().numpy()
+    return lab[keep], beta[keep] / beta[keep].sum()
+
+
+def validation_ged(model: torch.nn.Module, data: SegData, *, batch_size: int = 8, eval_samples: int = 0,
+                   seed: int = 0) -> float:
+    """Mean over images of the weighted GED between the model's samples and the annotations."""
+    from methods.segmentation.evaluate import ged
+
+    values = []
+    for i, maps, w, _ in iter_samples(model, data, batch_size=batch_size, eval_samples=eval_samples, seed=seed):
+        ann, beta = annotations_of(data, i)
+        values.append(float(ged(maps, ann, sample_weights=w, annotation_weights=beta)))
+    return float(np.nanmean(values)) if values else float("nan")
+
+
+def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | None, *, seed: int,
+                       device: torch.device | str = "cpu", classes: int = 8, log: LogFn | None = None,
+                       progress: bool = False) -> TrainResult:
+    """Train the configured model on `train`, select by GED on `val`; see the module docstring."""
+    from tqdm.auto import tqdm
+
+    from methods.segmentation.ot import GammaScheduler, ot_loss, soft_iou_cost
+    from methods.segmentation.single import ce_dice_loss
+
+    cfg.validate()
+    device = torch.device(device)
+    model = build_model(make_spec(cfg, train.canvas, classes), seed=derive_seed(seed, "segmentation", "init"))
+    model = model.to(device)
+    if device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    lr_sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor,
+                                                          patience=cfg.lr_patience, min_lr=cfg.min_lr)
+    gamma_sched = GammaScheduler(cfg.gamma_schedule, cfg.gamma0, cfg.gamma_anneal_epochs, cfg.gamma_patience)
+    g_order, g_aug, g_z = (_generator(device, seed, p) for p in ("order", "augment", "latent"))
+    mose = cfg.model == "mose"
+    n = len(train)
+    bs = min(cfg.batch_size, n)
+    cum_sum, cum_count = 0.0, 0
+    best = (float("inf"), -1, None)
+    history: list[dict] = []
+    train_seconds = 0.0
+    for epoch in tqdm(range(cfg.epochs), disable=not progress, desc="segmentation", unit="epoch"):
+        started = time.perf_counter()
+        model.train()
+        gamma = float(gamma_sched.gamma) if mose else 1.0
+        order = torch.randperm(n, generator=g_order, device=device)
+        sums = torch.zeros(3, device=device)                       # loss, transport|ce, kl|dice
+        batches = 0
+        for start in range(0, n - bs + 1, bs):                     # full batches only (BN, equal weight)
+            idx = order[start:start + bs]
+            x, y, beta = train.images[idx], train.labels[idx], train.beta[idx]
+            if cfg.augment:
+                x, y = augment(x, y, flip_p=cfg.flip_p, vflip_p=cfg.vflip_p, rotate_deg=cfg.rotate_deg,
+                               scale_range=cfg.scale_range, generator=g_aug)
+            if device.type == "cuda":
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device):
+                out = model(x, generator=g_z)
+            if mose:
+                cost = soft_iou_cost(out.probs, y)          # integer maps: one class plane at a time
+                res = ot_loss(cost, out.log_weights.float(), beta, gamma=gamma, lam=cfg.lam, solver=cfg.ot_solver)
+                loss, parts = res.loss, (res.transport, res.kl)
+            else:
+                loss, ce, dice = ce_dice_loss(out.logits[:, 0], y, beta)
+                parts = (ce, dice)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sums += torch.stack([loss.detach(), parts[0].detach(), parts[1].detach()]).float()
+            batches += 1
+        epoch_sums = sums.cpu().numpy()                            # the epoch's one read-back
+        train_seconds += time.perf_counter() - started
+        cum_sum += float(epoch_sums[0])
+        cum_count += batches
+        cum_mean = cum_sum / max(cum_count, 1)
+        means = epoch_sums / max(batches, 1)
+        row = {"train_loss": means[0], "lr": opt.param_groups[0]["lr"]}
+        row.update({"transport": means[1], "kl": means[2], "gamma": gamma} if mose
+                   else {"ce": means[1], "dice_loss": means[2]})
+        signal = cum_mean if cfg.plateau_signal == "cumulative" else float(means[0])
+        lr_sched.step(signal)
+        if mose:
+            gamma_sched.step(epoch, signal)
+        if val is not None and len(val) and ((epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1):
+            v = validation_ged(model, val, batch_size=cfg.predict_batch, seed=derive_seed(seed, "val"))
+            row["val_ged"] = v
+            if v < best[0]:
+                best = (v, epoch, {k: t.detach().clone() for k, t in model.state_dict().items()})
+        history.append({"epoch": epoch, **{k: float(v) for k, v in row.items()}})
+        if log is not None:
+            for k, v in row.items():
+                log(k, float(v), epoch)
+    best_ged, best_epoch, state = best
+    if state is not None:
+        model.load_state_dict(state)
+    else:
+        best_ged, best_epoch = float("nan"), cfg.epochs - 1
+    model.eval()
+    return TrainResult(model, best_epoch, best_ged, cfg.epochs, train_seconds / cfg.epochs, history)

@@ -1,0 +1,56 @@
+"""Config sections of SSL pretraining: `ssl`, `multicrop`, `augment`, `heads` (paper "Contrastive
+self-supervised pretraining": ResNet-50, LARC, cosine annealing, batch 128).
+
+Where the paper is silent (epochs, learning rate, temperature, weight decay) the values follow
+the strongest public recipes (ssl.md): SimCLR's linear scaling lr = 0.3 · B / 256 with LARC and a
+10-epoch warm-up, temperature 0.1, weight decay 1e-6. The `smoke` profile swaps the ResNet-50 for a
+ResNet-18 and shrinks views, heads and epochs so the whole paper suite runs on a CPU in minutes;
+its numbers only show that the pipeline runs.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from bench.config import register_section
+from methods.augment import AugmentConfig
+from methods.multicrop import MultiCropConfig
+from methods.ssl.heads import HEAD_PROFILES, HeadConfig
+
+
+@dataclass
+class SSLConfig:
+    """Self-supervised pretraining of the encoder on bone patches."""
+
+    method: Literal["simclr", "supcon", "swav", "vicreg"] = "simclr"   # SSL objective
+    crop_policy: Literal["bone-aware", "conventional"] = "bone-aware"  # multi-crop policy (Table 7 ablates it)
+    encoder: str = "resnet50"                   # timm backbone (paper: ResNet-50)
+    epochs: int = 100                           # pretraining epochs (paper silent; solo-learn's short schedule)
+    batch_size: int = 128                       # patches per step (paper: 128)
+    optimizer: Literal["larc", "lars", "adam"] = "larc"  # paper: LARC
+    lr: float = 0.15                            # base learning rate (SimCLR scaling 0.3 * 128 / 256)
+    weight_decay: float = 1e-6                  # weight decay (not on biases and norms)
+    warmup_epochs: int = 10                     # linear warm-up before the cosine decay
+    temperature: float = 0.1                    # NT-Xent / SupCon / SwAV temperature
+    swav_epsilon: float = 0.05                  # SwAV Sinkhorn entropy
+    swav_iterations: int = 3                    # SwAV Sinkhorn iterations
+    swav_freeze_epochs: int = 1                 # SwAV prototypes frozen for the first epochs
+    vicreg_sim: float = 25.0                    # VICReg invariance weight
+    vicreg_std: float = 25.0                    # VICReg variance weight
+    vicreg_cov: float = 1.0                     # VICReg covariance weight
+    cls_train: Literal["auto", "always", "never"] = "auto"  # add `cls` train patches (auto: SupCon only, with labels)
+    max_steps_per_epoch: int = 0                # cap on steps per epoch; 0 = every patch once
+
+
+register_section("ssl", SSLConfig, {
+    "smoke": {"encoder": "resnet18", "epochs": 2, "batch_size": 32, "warmup_epochs": 0, "lr": 0.05,
+              "max_steps_per_epoch": 6},
+    "quick": {"epochs": 30, "warmup_epochs": 3},
+    "paper": {"epochs": 100},
+})
+register_section("multicrop", MultiCropConfig, {
+    "smoke": {"global_size": 64, "local_size": 32},
+    "quick": {"global_size": 160, "local_size": 64},
+})
+register_section("augment", AugmentConfig)
+register_section("heads", HeadConfig, {p: dict(v) for p, v in HEAD_PROFILES.items()})

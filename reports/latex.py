@@ -1,0 +1,56 @@
+"""LaTeX text helpers: escaping and number cells (booktabs tables; see tables.py).
+
+Numbers are printed with a fixed number of decimals; ``-0.00`` is printed as ``0.00``. Signed
+differences (Δ columns) are printed in math mode with an explicit sign, as ``$-0.12$`` or
+``$+0.03$``, so the minus sign is a real minus and not a hyphen.
+"""
+from __future__ import annotations
+
+import math
+
+_ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+            "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
+            "<": r"$<$", ">": r"$>$",
+            # a few non-ASCII characters that plain pdflatex (utf8 input, OT1/T1 fonts) cannot set
+            "±": r"$\pm$", "Δ": r"$\Delta$", "γ": r"$\gamma$", "λ": r"$\lambda$", "β": r"$\beta$",
+            "–": "--", "—": "---", "≥": r"$\geq$", "≤": r"$\leq$", "×": r"$\times$"}
+_SUPERSCRIPTS = str.maketrans("⁰¹²³⁴⁵⁶⁷⁸⁹", "0123456789")
+
+
+def escape(text: object) -> str:
+    """Escape LaTeX special characters of plain text (entry names, row labels, info cells).
+
+    Unicode superscript digits (citation marks such as ``Jang et al. ⁹``) become ``\\textsuperscript``.
+    """
+    out = []
+    for ch in str(text):
+        if ch in _ESCAPES:
+            out.append(_ESCAPES[ch])
+        elif ch in "⁰¹²³⁴⁵⁶⁷⁸⁹":
+            out.append(r"\textsuperscript{" + ch.translate(_SUPERSCRIPTS) + "}")
+        else:
+            out.append(ch)
+    return "".join(out)
+
+
+def fmt(value: float, digits: int) -> str:
+    """``value`` with `digits` decimals; NaN → ``--``; negative zero → ``0.00``."""
+    if value is None or not math.isfinite(value):
+        return "--"
+    text = f"{value:.{digits}f}"
+    return f"{0.0:.{digits}f}" if float(text) == 0.0 else text
+
+
+def displayed(value: float, digits: int) -> float:
+    """The value as it is displayed (rounded to `digits`); NaN stays NaN. Emphasis compares these."""
+    if value is None or not math.isfinite(value):
+        return math.nan
+    return float(fmt(value, digits))
+
+
+def signed(value: float, digits: int) -> str:
+    """A difference with an explicit sign: ``-0.12``/``+0.03``/``0.00`` (``--`` for NaN)."""
+    text = fmt(value, digits)
+    if text == "--" or float(text) == 0.0:
+        return text
+    return text if text.startswith("-") else "+" + text

@@ -1,0 +1,195 @@
+"""Segmentation data on the device, augmentation, training and the segment stage on the smoke phantom."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench.data.format import BONES, Dataset, write_manifest
+from bench.data.imageio import read_label_map, write_label_map, write_png16
+from bench.errors import BenchError
+from bench.stage import derive_seed
+from methods.segmentation.data import augment, choose_canvas, image_to_canvas, load_split, one_hot, place
+from methods.segmentation.model import build_model
+
+
+# --------------------------------------------------------------------------- data
+def tiny_seg_dataset(root: Path) -> Path:
+    """Three 30 x 20 images; annotators a (all), b (img0, img1), none for img2's b; img3 unannotated."""
+    root.mkdir(parents=True)
+    (root / "images").mkdir()
+    rows, ann = [], []
+    for i in range(4):
+        img = np.zeros((30, 20), np.float32)
+        img[5:25, 8:12] = 0.9
+        write_png16(root / "images" / f"img{i}.png", img)
+        rows.append({"image_id": f"img{i}", "subject_id": f"s{i}", "path": f"images/img{i}.png",
+                     "split": "train", "laterality": "L", "pixel_spacing_mm": 1.0, "site": "A"})
+        for a, w in (("a", 0.5), ("b", 0.5)) if i < 2 else ((("a", 1.0),) if i == 2 else ()):
+            lab = np.zeros((30, 20), np.uint8)
+            lab[5:25, 8:12] = 1 if a == "a" else 2
+            (root / "masks" / f"img{i}").mkdir(parents=True, exist_ok=True)
+            write_label_map(root / "masks" / f"img{i}" / f"{a}.png", lab)
+            ann.append({"image_id": f"img{i}", "annotator": a, "weight": w})
+    write_manifest(pd.DataFrame(rows), root / "manifest.csv")
+    pd.DataFrame(ann).to_csv(root / "annotators.csv", index=False)
+    return root
+
+
+def test_placement_and_canvas_by_hand(tmp_path):
+    pl = place((280, 180), (128, 88))          # scale min(128/280, 88/180) = 0.457 -> 128 x 82
+    assert (pl.size, pl.top, pl.left) == ((128, 82), 0, 3)
+    pl = place((100, 300), (128, 88))          # landscape: scale 88/300 -> 29 x 88, centred rows
+    assert (pl.size, pl.top, pl.left) == ((29, 88), 49, 0)
+    ds = Dataset.open(tiny_seg_dataset(tmp_path / "d"))
+    assert choose_canvas(ds, ds.image_ids, 64) == (64, 48)           # 64 * 20/30 = 42.7 -> 48
+    assert choose_canvas(ds, ds.image_ids, 64, aspect=1.0) == (64, 64)
+    t, pl = image_to_canvas(np.ones((30, 20), np.float32), (64, 48))
+    assert pl.size == (64, 43) and t[0, :, :pl.left].abs().sum() == 0 and t[0, :, pl.left + 43:].abs().sum() == 0
+    assert torch.allclose(t[0, :, pl.left:pl.left + 43], torch.ones(64, 43))
+
+
+def test_load_split_annotators_and_beta(tmp_path):
+    ds = Dataset.open(tiny_seg_dataset(tmp_path / "d"))
+    data = load_split(ds, ["train"], (30, 20), annotators=())
+    assert data.image_ids == ["img0", "img1", "img2"]          # img3 has no annotation: skipped
+    assert data.annotators == ["a", "b"]
+    assert torch.allclose(data.beta, torch.tensor([[0.5, 0.5], [0.5, 0.5], [1.0, 0.0]]))
+    assert data.labels.shape == (3, 2, 30, 20) and data.labels.dtype == torch.uint8
+    assert data.labels[2, 1].sum() == 0                          # missing annotation: background, beta 0
+    assert set(data.labels[0, 1].unique().tolist()) == {0, 2}
+    only_b = load_split(ds, ["train"], (30, 20), annotators=("b",))
+    assert only_b.image_ids == ["img0", "img1"] and torch.equal(only_b.beta, torch.ones(2, 1))
+    with pytest.raises(BenchError, match="does not list"):
+        load_split(ds, ["train"], (30, 20), annotators=("zz",))
+    with pytest.raises(BenchError, match="has an annotation"):
+        load_split(ds, ["test"], (30, 20))
+    assert len(load_split(ds, ["test"], (30, 20), allow_empty=True)) == 0
+    assert torch.equal(one_hot(data.labels[:1], 3).argmax(2), data.labels[:1].long())
+
+
+def test_augment_identity_flips_and_rotation_geometry():
+    gen = torch.Generator().manual_seed(0)
+    img = torch.rand(3, 1, 24, 16)
+    lab = torch.randint(0, 8, (3, 2, 24, 16), dtype=torch.uint8)
+    i0, l0 = augment(img, lab, flip_p=0.0, rotate_deg=0.0, scale_range=0.0, generator=gen)
+    assert torch.allclose(i0, img, atol=1e-5) and torch.equal(l0, lab)
+    i1, l1 = augment(img, lab, flip_p=1.0, rotate_deg=0.0, scale_range=0.0, generator=gen)
+    assert torch.allclose(i1, img.flip(2, 3), atol=1e-5) and torch.equal(l1, lab.flip(2, 3))
+    # rotation on a non-square canvas keeps a disc a disc of the same area (no shear from the aspect)
+    h, w = 64, 40
+    yy, xx = torch.meshgrid(torch.arange(h) + 0.5 - h / 2, torch.arange(w) + 0.5 - w / 2, indexing="ij")
+    disc = ((xx / 12) ** 2 + (yy / 12) ** 2 <= 1).to(torch.uint8)[None, None].repeat(4, 1, 1, 1)
+    _, rot = augment(disc.float(), disc, flip_p=0.5, rotate_deg=40.0, scale_range=0.0,
+                     generator=torch.Generator().manual_seed(1))
+    assert set(rot.unique().tolist()) <= {0, 1}
+    for b in range(4):
+        m = rot[b, 0].bool()
+        assert abs(m.sum().item() - disc[0, 0].sum().item()) <= 0.04 * disc[0, 0].sum().item()
+        vx, vy = (xx[m] ** 2).mean().item(), (yy[m] ** 2).mean().item()
+        assert abs(vx - vy) < 0.06 * (vx + vy) and abs((xx[m] * yy[m]).mean().item()) < 0.03 * (vx + vy)
+
+
+# --------------------------------------------------------------------------- training on the smoke phantom
+@pytest.fixture(scope="module")
+def phantoms(tmp_path_factory) -> dict[str, Path]:
+    from bench.data.phantom import synthesize
+
+    root = tmp_path_factory.mktemp("phantom")
+    return {"seg": synthesize(root / "public", "public", "smoke", seed=0),
+            "cls": synthesize(root / "clinical", "clinical", "smoke", seed=0)}
+
+
+def run_segment(phantoms: dict[str, Path], cache: Path, sets: dict | None = None, seed: int = 0) -> Path:
+    import methods.segmentation.config  # noqa: F401  (registers the section)
+    from bench.config import resolve
+    from bench.stage import run_stage
+    from methods.segmentation.stage import SEGMENT
+
+    config = resolve("smoke", sets={"run.device": "cpu", **(sets or {})})
+    datasets = {role: Dataset.open(p) for role, p in phantoms.items()}
+    return run_stage(SEGMENT, cache_root=cache, key=f"seed{seed}", material={}, config=config, seed=seed,
+                     inputs={}, datasets=datasets, device=torch.device("cpu"))
+
+
+def check_outputs(out: Path, phantoms: dict[str, Path]) -> dict:
+    from PIL import Image
+
+    for role, root in phantoms.items():
+        ds = Dataset.open(root)
+        for image_id in ds.image_ids:
+            lab = read_label_map(out / "labels" / role / f"{image_id}.png")
+            assert lab.shape == ds.image(image_id).shape and lab.max() <= 7
+            assert (out / "uncertainty" / role / f"{image_id}.png").is_file()
+        conf = pd.read_parquet(out / "confidence" / f"{role}.parquet")
+        assert list(conf.columns) == ["image_id", "bone", "confidence", "area_px", "present"]
+        assert len(conf) == 7 * len(ds.image_ids) and set(conf["bone"]) == set(BONES)
+        assert conf["confidence"].between(0, 1).all()
+        assert ((conf["area_px"] > 0) == conf["present"]).all()
+        assert (conf.loc[~conf["present"], "confidence"] == 0).all()
+        one = conf[conf["image_id"] == ds.image_ids[0]].set_index("bone")
+        lab = read_label_map(out / "labels" / role / f"{ds.image_ids[0]}.png")
+        assert [one.loc[b, "area_px"] for b in BONES] == [int((lab == c).sum()) for c in BONES.values()]
+    ent = np.asarray(Image.open(next((out / "uncertainty" / "seg").iterdir())))
+    assert ent.dtype == np.uint8 and ent.shape[0] == 128              # working resolution (smoke canvas)
+    report = json.loads((out / "eval.json").read_text())
+    assert set(report["splits"]) == {"val", "test"}
+    assert list((out / "figures").glob("*.png"))
+    hist = pd.read_parquet(out / "history.parquet")
+    assert {"train_loss", "val_ged", "lr"} <= set(hist["metric"])
+    return report
+
+
+def test_segment_stage_reaches_dice_08_on_the_smoke_phantom(phantoms, tmp_path):
+    """The smoke profile's MoSE model, trained on CPU, segments the held-out phantom images."""
+    out = run_segment(phantoms, tmp_path)
+    report = check_outputs(out, phantoms)
+    for split in ("val", "test"):
+        res = report["splits"][split]
+        assert res["dice_truth"]["mean"] >= 0.8, (split, res["dice_truth"])
+        assert 0 <= res["ged"] < 0.5 and 0.5 < res["hungarian_iou"] <= 1 and 0 <= res["ece"] < 0.1
+        assert set(res["dice_annotators"]) == {"a1", "a2", "a3"}
+    hist = pd.read_parquet(out / "history.parquet")
+    for metric in ("transport", "kl", "gamma"):
+        assert metric in set(hist["metric"])
+    from methods.segmentation.predict import load_model
+
+    model = load_model(out / "model.pt")
+    assert model.spec.kind == "mose" and model.spec.canvas[0] == 128
+
+
+@pytest.mark.slow
+def test_single_decoder_variant_trains(phantoms, tmp_path):
+    """Paper Table 5's single-decoder ablation: the same stage with segmentation.model=single."""
+    out = run_segment(phantoms, tmp_path, sets={"segmentation.model": "single"})
+    report = check_outputs(out, phantoms)
+    assert report["splits"]["test"]["dice_truth"]["mean"] >= 0.8, report["splits"]["test"]["dice_truth"]
+    hist = pd.read_parquet(out / "history.parquet")
+    assert {"ce", "dice_loss"} <= set(hist["metric"]) and "kl" not in set(hist["metric"])
+
+
+@pytest.mark.parametrize("head, solver", [("shared", "exact"), ("per_expert", "greedy")])
+def test_same_seed_same_weights_and_metrics(phantoms, head, solver):
+    """CPU determinism: two trainings with one seed give bit-identical weights and histories."""
+    from methods.segmentation.config import SegmentationConfig
+    from methods.segmentation.train import train_segmentation
+
+    ds = Dataset.open(phantoms["seg"])
+    cfg = SegmentationConfig(base_width=4, max_width=8, levels=3, convs=1, samples=2, working_size=32,
+                             epochs=2, batch_size=4, gamma_schedule="linear", gamma_anneal_epochs=1,
+                             head=head, ot_solver=solver)
+    train = load_split(ds, ["train"], (32, 24))
+    val = load_split(ds, ["val"], (32, 24))
+    runs = [train_segmentation(cfg, train, val, seed=s) for s in (3, 3, 4)]
+    a, b, c = (r.model.state_dict() for r in runs)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert runs[0].history == runs[1].history
+    assert any(not torch.equal(a[k], c[k]) for k in a)
+    h = runs[0].history
+    assert [r["gamma"] for r in h] == [0.5, 1.0] and all(np.isfinite(r["val_ged"]) for r in h)
+    init = build_model(runs[0].model.spec, seed=derive_seed(3, "segmentation", "init")).state_dict()
+    assert any(not torch.equal(init[k], a[k]) for k in a if k.startswith("head"))   # the head trained

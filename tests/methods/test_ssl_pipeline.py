@@ -1,0 +1,103 @@
+"""Pretraining, probe and supervised stages on smoke phantoms, with exact-mask patches (no segmentation)."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench.config import resolve
+from bench.data.format import Dataset
+from bench.data.phantom import synthesize
+from bench.stage import run_stage, stage_key
+from methods.extract import EXTRACT
+from methods.patch_store import PatchStore
+from methods.ssl.pretrain import load_encoder, pretraining_set
+from methods.entries import PRETRAIN, PROBE_WHOLE
+from methods.stages import PROBE, SUPERVISED
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("ssl")
+    datasets = {"seg": Dataset.open(synthesize(root / "pub", "public", "smoke", seed=1)),
+                "cls": Dataset.open(synthesize(root / "cli", "clinical", "smoke", seed=1))}
+    return root, datasets
+
+
+def _cfg(**sets):
+    base = {"patches.source": "truth", "ssl.epochs": 1, "ssl.max_steps_per_epoch": 2, "ssl.batch_size": 16,
+            "probe.epochs": 4, "supervised.epochs": 1, "supervised.input_size": 32, "run.device": "cpu"}
+    return resolve("smoke", sets={**base, **sets})
+
+
+def _run(stage, cfg, env, inputs, seed=0):
+    root, datasets = env
+    key, material = stage_key(stage, cfg, seed, {k: v.name for k, v in inputs.items()}, {}, "cpu")
+    return run_stage(stage, cache_root=root / "cache", key=key, material=material, config=cfg, seed=seed,
+                     inputs=inputs, datasets=datasets, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def patches(env):
+    return _run(EXTRACT, _cfg(), env, {})
+
+
+def test_supcon_pretraining_set_adds_labelled_cls_train_patches(patches):
+    store = PatchStore.open(patches)
+    seg_rows, seg_labels = pretraining_set(store, use_cls_train=False)
+    all_rows, labels = pretraining_set(store, use_cls_train=True)
+    idx = store.index.set_index("row")
+    assert set(idx.loc[seg_rows, "role"]) == {"seg"} and (seg_labels == -1).all()
+    extra = all_rows[len(seg_rows):]
+    assert set(idx.loc[extra, "role"]) == {"cls"} and set(idx.loc[extra, "split"]) == {"train"}
+    assert (labels[len(seg_rows):] == idx.loc[extra, "label"].astype(int).to_numpy()).all()
+    assert not idx.loc[all_rows, "missing"].any()
+
+
+@pytest.mark.parametrize("method", ["simclr", "supcon", "swav", "vicreg"])
+def test_each_ssl_method_pretrains_with_finite_loss(env, patches, method):
+    cfg = _cfg(**{"ssl.method": method})
+    out = _run(PRETRAIN, cfg, env, {"extract": patches})
+    history = pd.read_parquet(out / "history.parquet")
+    assert np.isfinite(history["value"]).all() and (history["metric"] == "ssl_loss").all()
+    trained = load_encoder(out)
+    torch.manual_seed(0)
+    from methods.encoders import build_encoder
+
+    fresh = build_encoder(cfg.ssl.encoder)
+    w_trained = trained.state_dict()["conv1.weight"]
+    assert w_trained.shape == fresh.state_dict()["conv1.weight"].shape
+    if method == "simclr":  # same seed → same encoder: rerunning the stage elsewhere reproduces it bit for bit
+        again = _run(PRETRAIN, cfg, (env[0] / "again", env[1]), {"extract": patches})
+        assert torch.equal(load_encoder(again).state_dict()["conv1.weight"], w_trained)
+        assert not torch.equal(fresh.state_dict()["conv1.weight"], w_trained)
+
+
+def test_probe_writes_bone_predictions_for_every_usable_cls_patch(env, patches):
+    cfg = _cfg()
+    pre = _run(PRETRAIN, cfg, env, {"extract": patches})
+    out = _run(PROBE, cfg, env, {"extract": patches, "pretrain": pre})
+    preds = pd.read_parquet(out / "bone_predictions.parquet")
+    store = PatchStore.open(patches)
+    usable = store.present(role="cls")
+    assert len(preds) == len(usable)
+    assert set(preds["split"]) == {"train", "val", "test"}
+    assert preds["p_pos"].between(0, 1).all()
+    history = pd.read_parquet(out / "history.parquet")
+    assert set(history["metric"]) >= {"train_loss", "val_macro_f1"}
+
+
+def test_whole_image_probe_gives_one_prediction_per_subject(env, patches):
+    cfg = _cfg()
+    pre = _run(PRETRAIN, cfg, env, {"extract": patches})
+    out = _run(PROBE_WHOLE, cfg, env, {"pretrain": pre})
+    preds = pd.read_parquet(out / "predictions.parquet")
+    manifest = env[1]["cls"].manifest
+    assert sorted(preds["subject_id"]) == sorted(manifest["subject_id"])
+
+
+def test_supervised_stage_trains_end_to_end(env, patches):
+    out = _run(SUPERVISED, _cfg(), env, {"extract": patches})
+    preds = pd.read_parquet(out / "bone_predictions.parquet")
+    assert len(preds) == len(PatchStore.open(patches).present(role="cls"))
