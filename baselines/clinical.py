@@ -6,7 +6,6 @@ by validation AUC; the test split is only scored.
 """
 from __future__ import annotations
 
-import numpy as np
 import pandas as pd
 from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
