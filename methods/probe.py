@@ -46,6 +46,8 @@ class ProbeResult:
     history: list[dict[str, float]]     # per epoch: train_loss, val_macro_f1, val_auc
     best_epoch: int
     head: nn.Linear
+    feature_mean: torch.Tensor | None = None    # train-split feature standardisation (None: standardize off)
+    feature_std: torch.Tensor | None = None
 
 
 def cross_entropy(train_labels: torch.Tensor, class_weight: str) -> nn.CrossEntropyLoss:
@@ -72,6 +74,7 @@ def train_probe(features: torch.Tensor, index: pd.DataFrame, cfg: ProbeConfig, g
     if labels[train_mask.numpy()].nunique() < 2:
         raise BenchError("the train split holds bones of a single class; the probe needs both labels")
     x = features.to(device, torch.float32)
+    mean = std = None
     if cfg.standardize:
         mean = x[train_mask.to(device)].mean(0, keepdim=True)
         std = x[train_mask.to(device)].std(0, keepdim=True).clamp_min(1e-6)
@@ -110,7 +113,7 @@ def train_probe(features: torch.Tensor, index: pd.DataFrame, cfg: ProbeConfig, g
     with torch.no_grad():
         p_pos = torch.softmax(head(x), dim=1)[:, 1].cpu().numpy()
     bones = index[["subject_id", "split", "bone"]].assign(y_true=labels.astype("Int64"), p_pos=p_pos)
-    return ProbeResult(bones.reset_index(drop=True), history, best, head)
+    return ProbeResult(bones.reset_index(drop=True), history, best, head, mean, std)
 
 
 def subject_metrics(rows: pd.DataFrame, p_pos) -> dict[str, float]:

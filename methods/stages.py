@@ -57,6 +57,9 @@ def _write(ctx: StageContext, result: ProbeResult, subject_level: bool) -> dict:
     else:
         preds.to_parquet(ctx.out_dir / "bone_predictions.parquet", index=False)
     torch.save(result.head.state_dict(), ctx.out_dir / "head.pt")
+    if result.feature_mean is not None:   # the probe's standardisation, for `bench export`
+        torch.save({"mean": result.feature_mean.cpu(), "std": result.feature_std.cpu()},
+                   ctx.out_dir / "feature_stats.pt")
     summary = {"best_epoch": result.best_epoch, "n_patches": int(len(preds))}
     (ctx.out_dir / "probe.json").write_text(json.dumps(summary))
     return {"metrics": {"best_epoch": float(result.best_epoch)}}

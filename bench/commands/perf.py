@@ -2,8 +2,8 @@
 
 Targets are functions in PERF_TARGETS taking the parsed arguments and returning a dict of
 results; they print their own lines. Implemented: `phantom` (images/s of the phantom renderer
-for the public and clinical presets, on one CPU core). Later targets (ssl, seg, suite) are
-added to the dict.
+for the public and clinical presets, on one CPU core). Later targets (ssl, suite) are
+added to the dict. `seg`: segmentation step time and OT share (methods.segmentation.perf).
 """
 from __future__ import annotations
 
@@ -78,9 +78,17 @@ def perf_phantom(args: argparse.Namespace) -> dict:
     return results
 
 
+def perf_seg(args: argparse.Namespace) -> list[dict]:
+    """Segmentation training step at batch --batch-size and the OT solve's share (issue 4)."""
+    from methods.segmentation.perf import perf_seg as run_seg
+
+    return run_seg(args.profile, args.device, batch=args.batch_size, steps=args.repeats)
+
+
 #: target name -> benchmark function.
-PERF_TARGETS: dict[str, Callable[[argparse.Namespace], dict]] = {
+PERF_TARGETS: dict[str, Callable[[argparse.Namespace], dict | list]] = {
     "phantom": perf_phantom,
+    "seg": perf_seg,
 }
 
 
@@ -91,12 +99,23 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--repeats", type=int, default=4, metavar="N",
                         help="items timed per measurement (default: 4)")
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="paper",
-                        help="data size (default: paper, i.e. full size)")
+                        help="data size / config profile (default: paper, i.e. full size)")
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="seg: torch device "
+                        "(default: cuda when available)")
+    parser.add_argument("--batch-size", type=int, default=16, metavar="B", help="seg: images per step (default: 16)")
     parser.set_defaults(func=run)
 
 
+def _cuda() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
 def run(args: argparse.Namespace) -> int:
-    if args.repeats < 1:
-        raise BenchError("--repeats must be at least 1")
+    if args.repeats < 1 or args.batch_size < 1:
+        raise BenchError("--repeats and --batch-size must be at least 1")
     PERF_TARGETS[args.target](args)
     return 0

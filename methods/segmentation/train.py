@@ -115,14 +115,50 @@ def validation_ged(model: torch.nn.Module, data: SegData, *, batch_size: int = 8
     return float(np.nanmean(values)) if values else float("nan")
 
 
+def make_optimizer(model: torch.nn.Module, cfg: SegmentationConfig) -> torch.optim.Optimizer:
+    """Adam (reference); the fused CUDA kernel on a GPU."""
+    cuda = next(model.parameters()).device.type == "cuda"
+    return torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=cuda or None)
+
+
+def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: SegmentationConfig, x: torch.Tensor,
+               y: torch.Tensor, beta: torch.Tensor, *, gamma: float, g_aug: torch.Generator,
+               g_z: torch.Generator) -> torch.Tensor:
+    """One optimiser step on a batch; returns the detached (loss, transport|ce, kl|dice) on the device.
+
+    MoSE: soft-IoU costs, relaxed OT plan (the step's one host synchronisation), eq. 7 loss;
+    single decoder: beta-weighted CE + soft Dice. Shared by the training loop and `bench perf seg`.
+    """
+    from methods.segmentation.ot import ot_loss, soft_iou_cost
+    from methods.segmentation.single import ce_dice_loss
+
+    if cfg.augment:
+        x, y = augment(x, y, flip_p=cfg.flip_p, vflip_p=cfg.vflip_p, rotate_deg=cfg.rotate_deg,
+                       scale_range=cfg.scale_range, generator=g_aug)
+    if x.device.type == "cuda":
+        x = x.contiguous(memory_format=torch.channels_last)
+    with autocast(x.device):
+        out = model(x, generator=g_z)
+    if cfg.model == "mose":
+        cost = soft_iou_cost(out.probs, y)          # integer maps: one class plane at a time
+        res = ot_loss(cost, out.log_weights.float(), beta, gamma=gamma, lam=cfg.lam, solver=cfg.ot_solver)
+        loss, parts = res.loss, (res.transport, res.kl)
+    else:
+        loss, ce, dice = ce_dice_loss(out.logits[:, 0], y, beta)
+        parts = (ce, dice)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return torch.stack([loss.detach(), parts[0].detach(), parts[1].detach()]).float()
+
+
 def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | None, *, seed: int,
                        device: torch.device | str = "cpu", classes: int = 8, log: LogFn | None = None,
                        progress: bool = False) -> TrainResult:
     """Train the configured model on `train`, select by GED on `val`; see the module docstring."""
     from tqdm.auto import tqdm
 
-    from methods.segmentation.ot import GammaScheduler, ot_loss, soft_iou_cost
-    from methods.segmentation.single import ce_dice_loss
+    from methods.segmentation.ot import GammaScheduler
 
     cfg.validate()
     device = torch.device(device)
@@ -130,7 +166,7 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = make_optimizer(model, cfg)
     lr_sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor,
                                                           patience=cfg.lr_patience, min_lr=cfg.min_lr)
     gamma_sched = GammaScheduler(cfg.gamma_schedule, cfg.gamma0, cfg.gamma_anneal_epochs, cfg.gamma_patience)
@@ -151,25 +187,8 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
         batches = 0
         for start in range(0, n - bs + 1, bs):                     # full batches only (BN, equal weight)
             idx = order[start:start + bs]
-            x, y, beta = train.images[idx], train.labels[idx], train.beta[idx]
-            if cfg.augment:
-                x, y = augment(x, y, flip_p=cfg.flip_p, vflip_p=cfg.vflip_p, rotate_deg=cfg.rotate_deg,
-                               scale_range=cfg.scale_range, generator=g_aug)
-            if device.type == "cuda":
-                x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(device):
-                out = model(x, generator=g_z)
-            if mose:
-                cost = soft_iou_cost(out.probs, y)          # integer maps: one class plane at a time
-                res = ot_loss(cost, out.log_weights.float(), beta, gamma=gamma, lam=cfg.lam, solver=cfg.ot_solver)
-                loss, parts = res.loss, (res.transport, res.kl)
-            else:
-                loss, ce, dice = ce_dice_loss(out.logits[:, 0], y, beta)
-                parts = (ce, dice)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sums += torch.stack([loss.detach(), parts[0].detach(), parts[1].detach()]).float()
+            sums += train_step(model, opt, cfg, train.images[idx], train.labels[idx], train.beta[idx],
+                               gamma=gamma, g_aug=g_aug, g_z=g_z)
             batches += 1
         epoch_sums = sums.cpu().numpy()                            # the epoch's one read-back
         train_seconds += time.perf_counter() - started

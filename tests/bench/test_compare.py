@@ -229,7 +229,7 @@ def toy_clone():
 
 
 def test_runner_results_of_identical_entries_compare_equal(tmp_path, toy_clone):
-    from conftest import write_tiny_dataset
+    from tiny_data import write_tiny_dataset
 
     from bench.runner import Runner
 

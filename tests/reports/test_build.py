@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-from conftest import SUITE, write_suite
+from suite_data import SUITE, write_suite
 
 from bench import registry
 from bench.cli import main
@@ -125,7 +125,7 @@ def test_cli_does_not_import_reports_at_startup():
 
 def _seg_like(ctx):
     """A final stage that leaves an example picture in figures/ and a subject prediction table."""
-    from conftest import png_bytes, predictions
+    from suite_data import png_bytes, predictions
 
     (ctx.out_dir / "figures").mkdir()
     (ctx.out_dir / "figures" / "case.png").write_bytes(png_bytes())

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import SUITE, predictions, png_bytes, write_suite
+from suite_data import SUITE, predictions, png_bytes, write_suite
 from PIL import Image
 from sklearn.metrics import roc_auc_score, roc_curve
 

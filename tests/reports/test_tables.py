@@ -10,7 +10,7 @@ import types
 import numpy as np
 import pandas as pd
 import pytest
-from conftest import METRICS, SUITE, write_suite
+from suite_data import METRICS, SUITE, write_suite
 
 from bench import results as store
 from reports import latex, tables as tab

@@ -1,0 +1,197 @@
+"""Screening a batch of image files with a predictor (issue 10): inputs, batches, progress, outputs.
+
+The engine part of `bench predict`; it knows no model. A predictor (a loaded
+:class:`methods.bundle.Bundle`) has ``predict(radiographs, names, batch_size=...)`` returning, per
+image, an object with ``row()`` (flat dict), ``record()`` (nested dict) and ``overlay_png()``
+(bytes), and ``describe()`` (a dict for predictions.json).
+
+Inputs: files and folders (searched recursively, hidden entries and the output folder skipped,
+sorted); every file of a folder is tried, since DICOM files often have no extension. A missing path, an empty folder, an
+unreadable or non-image file is reported (stderr, the ``skipped`` list of predictions.json and a
+``skipped`` row of predictions.csv) and the others go on.
+
+Outputs in the folder `out`, each written to a temporary file and renamed into place:
+
+    predictions.csv     one row per input: file, name, overlay, error, then the predictor's row
+    predictions.json    {"model": ..., "images": [record + file + overlay], "skipped": [{file, error}]}
+    overlays/<name>.png one per processed image
+
+``name`` is the file's stem, suffixed with a short hash of its path when two inputs share a stem.
+JSON: NaN is written as null.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import pandas as pd
+
+from bench.atomic import atomic_write_bytes, atomic_write_text
+from bench.data.imageio import Radiograph, read_image
+from bench.errors import BenchError
+
+
+@dataclass
+class Skipped:
+    file: str
+    error: str
+
+
+@dataclass
+class Report:
+    """What :func:`run_predictions` did."""
+
+    out_dir: Path
+    rows: list[dict[str, Any]] = field(default_factory=list)      # processed images (CSV rows)
+    records: list[dict[str, Any]] = field(default_factory=list)   # processed images (JSON records)
+    skipped: list[Skipped] = field(default_factory=list)
+
+    @property
+    def processed(self) -> int:
+        return len(self.rows)
+
+
+def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[Skipped]]:
+    """Files named or found under folders (module docstring), and the paths that gave none."""
+    files: list[Path] = []
+    skipped: list[Skipped] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_file():
+            files.append(path)
+        elif path.is_dir():
+            found = sorted(p for p in path.rglob("*") if p.is_file()
+                           and not any(part.startswith(".") for part in p.relative_to(path).parts))
+            if not found:
+                skipped.append(Skipped(str(path), "the folder holds no files"))
+            files += found
+        else:
+            skipped.append(Skipped(str(path), "no such file or folder"))
+    unique = list(dict.fromkeys(files))
+    return unique, skipped
+
+
+def unique_names(files: Sequence[Path]) -> list[str]:
+    """File stems, made unique with a short hash of the path where stems repeat."""
+    stems = [f.stem or f.name for f in files]
+    counts = pd.Series(stems).value_counts()
+    return [s if counts[s] == 1 else f"{s}-{hashlib.sha1(str(f.resolve()).encode()).hexdigest()[:8]}"
+            for s, f in zip(stems, files)]
+
+
+def read_inputs(files: Sequence[Path], pixel_spacing_mm: float | None) -> list[Radiograph | Skipped]:
+    """Read each file (bench.data.imageio); the spacing fills in where the file states none."""
+    out: list[Radiograph | Skipped] = []
+    for f in files:
+        try:
+            rad = read_image(f)
+        except BenchError as exc:
+            out.append(Skipped(str(f), str(exc)))
+            continue
+        except OSError as exc:
+            out.append(Skipped(str(f), f"cannot read {f}: {exc}"))
+            continue
+        if rad.pixel_spacing_mm is None and pixel_spacing_mm:
+            rad.pixel_spacing_mm = float(pixel_spacing_mm)
+        out.append(rad)
+    return out
+
+
+def _predict(predictor: Any, rads: list[Radiograph], names: list[str], batch_size: int) -> list[Any]:
+    """Predict a batch; when it fails, image by image so that one bad image skips only itself."""
+    try:
+        return predictor.predict(rads, names, batch_size=batch_size)
+    except (BenchError, RuntimeError, ValueError) as exc:
+        if len(rads) == 1:
+            return [exc]
+    out: list[Any] = []
+    for rad, name in zip(rads, names):
+        try:
+            out += predictor.predict([rad], [name], batch_size=1)
+        except (BenchError, RuntimeError, ValueError) as exc:
+            out.append(exc)
+    return out
+
+
+def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str | Path, *, batch_size: int = 8,
+                    overlays: bool = True, pixel_spacing_mm: float | None = None,
+                    progress: bool | None = None) -> Report:
+    """Screen every image under `inputs` and write the outputs into `out_dir` (module docstring)."""
+    from tqdm.auto import tqdm
+
+    if batch_size < 1:
+        raise BenchError(f"--batch-size must be >= 1, got {batch_size}")
+    out_dir = Path(out_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise BenchError(f"--out {out_dir} is a file; give a folder for the predictions")
+    files, skipped = collect_inputs(inputs)
+    own = out_dir.resolve()
+    files = [f for f in files if own not in f.resolve().parents]   # never screen our own overlays on a rerun
+    names = unique_names(files)
+    report = Report(out_dir, skipped=list(skipped))
+    results: dict[int, tuple[dict, dict] | Skipped] = {}
+    bar = tqdm(total=len(files), unit="image", desc="screening", file=sys.stderr,
+               disable=not (sys.stderr.isatty() if progress is None else progress))
+    for start in range(0, len(files), batch_size):
+        idx = list(range(start, min(start + batch_size, len(files))))
+        read = read_inputs([files[i] for i in idx], pixel_spacing_mm)
+        ok = [(i, r) for i, r in zip(idx, read) if isinstance(r, Radiograph)]
+        results.update({i: r for i, r in zip(idx, read) if isinstance(r, Skipped)})
+        preds = _predict(predictor, [r for _, r in ok], [names[i] for i, _ in ok], batch_size) if ok else []
+        for (i, _), pred in zip(ok, preds):
+            if isinstance(pred, Exception):
+                results[i] = Skipped(str(files[i]), f"prediction failed for {files[i]}: {pred}")
+                continue
+            overlay = ""
+            if overlays:
+                overlay = f"overlays/{names[i]}.png"
+                atomic_write_bytes(out_dir / overlay, pred.overlay_png())
+            head = {"file": str(files[i]), "name": names[i], "overlay": overlay}
+            results[i] = ({**head, "error": "", **pred.row()}, {**head, **pred.record()})
+        bar.update(len(idx))
+    bar.close()
+    for i in range(len(files)):
+        res = results[i]
+        if isinstance(res, Skipped):
+            report.skipped.append(res)
+        else:
+            report.rows.append(res[0])
+            report.records.append(res[1])
+    write_outputs(report, predictor.describe() if hasattr(predictor, "describe") else {})
+    return report
+
+
+def write_outputs(report: Report, model: dict[str, Any]) -> None:
+    """predictions.csv and predictions.json (atomically)."""
+    skipped_rows = [{"file": s.file, "name": "", "overlay": "", "error": s.error, "status": "skipped"}
+                    for s in report.skipped]
+    frame = pd.DataFrame(report.rows + skipped_rows)
+    if frame.empty:
+        frame = pd.DataFrame(columns=["file", "name", "overlay", "error", "status"])
+    if "prediction" in frame.columns:
+        frame["prediction"] = frame["prediction"].astype("Int64")
+    atomic_write_text(report.out_dir / "predictions.csv", frame.to_csv(index=False))
+    doc = {"model": model, "images": report.records, "skipped": [vars(s) for s in report.skipped]}
+    atomic_write_text(report.out_dir / "predictions.json",
+                      json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
+
+
+def json_safe(value: Any) -> Any:
+    """JSON-safe values: NaN/inf → None, numpy scalars → Python, tuples → lists."""
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, Path):
+        return str(value)
+    return value

@@ -1,0 +1,293 @@
+"""`bench export` / `bench predict` (issue 10): round trip against a smoke run, DICOM polarity and
+orientation, bad inputs and bad bundles, the flag logic.
+
+One tiny smoke run of the full method (simclr) per module: a 3-level U-Net trained for 2 epochs on a
+32-row canvas (its bones are poor, so patches.min_confidence=0 keeps enough of them for the probe),
+one SSL step, a 5-epoch probe.
+"""
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from bench import registry
+from bench.cli import main
+from bench.data.format import BONES, Dataset
+from bench.data.imageio import read_image
+from bench.errors import BenchError
+from bench.runner import Runner
+from methods.bones import BonePatch
+from methods.bundle import export_bundle, load_bundle
+from methods.screen import ScreenConfig, assess
+
+SETS = ["segmentation.levels=3", "segmentation.base_width=4", "segmentation.working_size=32",
+        "segmentation.epochs=2", "segmentation.figures=0", "segmentation.eval_splits=",
+        "patches.figure_images=0", "patches.min_confidence=0", "ssl.epochs=1", "ssl.max_steps_per_epoch=1",
+        "ssl.batch_size=8", "probe.epochs=5"]
+PERMISSIVE = ScreenConfig(min_bones=1, min_confidence=0.0)   # decisions even from the tiny model
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    import torch
+
+    registry.load_entries()
+    root = tmp_path_factory.mktemp("predict")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # the machine's cores are shared: one thread wastes none spinning; restored below
+    try:
+        outcomes = Runner(root / "results", suite="s", profile="smoke", sets=[*SETS, "run.num_threads=1"],
+                          device="cpu", progress=False).run(["simclr"], [0])
+        assert outcomes[0].status == "done", outcomes[0].error
+        folder = root / "results" / "s" / "simclr" / "seed0"
+        config = json.loads((folder / "config.json").read_text())
+        bundle_path = export_bundle(folder, root / "model.osteo")
+        yield {"root": root, "folder": folder, "config": config, "bundle": bundle_path,
+               "cls": Dataset.open(Path(config["data"]["cls"]))}
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def bundle(run):
+    return load_bundle(run["bundle"], "cpu")
+
+
+def _radiographs(dataset: Dataset, ids: list[str]):
+    rads = []
+    spacing = dataset.manifest.set_index("image_id")["pixel_spacing_mm"]
+    for image_id in ids:
+        rad = read_image(dataset.image_path(image_id))
+        rad.pixel_spacing_mm = float(spacing[image_id])     # the run's extract used the manifest's spacing
+        rads.append(rad)
+    return rads
+
+
+def test_bundle_reproduces_the_runs_bone_and_subject_probabilities(run, bundle):
+    dataset = run["cls"]
+    manifest = dataset.manifest
+    results = bundle.predict(_radiographs(dataset, manifest["image_id"].tolist()),
+                             manifest["image_id"].tolist(), screen=PERMISSIVE)
+    probe_dir = run["root"] / "results" / "cache" / "probe" / run["config"]["stages"]["probe"]
+    ref = pd.read_parquet(probe_dir / "bone_predictions.parquet").set_index(["subject_id", "bone"])["p_pos"]
+    ours = {(sid, bone): p for sid, res in zip(manifest["subject_id"], results)
+            for bone, p in res.bone_probability.items() if np.isfinite(p)}
+    assert set(ours) == set(ref.index)                      # the same bones usable, image by image
+    assert len(ours) >= 20
+    diff = np.abs(np.array([ours[k] for k in ref.index]) - ref.to_numpy())
+    assert diff.max() < 1e-5
+    # subject level (eq. 10) against the run's predictions.parquet; the smoke phantom has one image per subject
+    subjects = pd.read_parquet(run["folder"] / "predictions.parquet").set_index("subject_id")
+    for sid, res in zip(manifest["subject_id"], results):
+        if sid not in subjects.index:    # no usable bone: the probe scored none, the run has no row
+            assert res.n_bones == 0 and np.isnan(res.probability)
+            assert res.prediction is None and res.status == "withheld" and "no-bones" in res.flags
+            continue
+        row = subjects.loc[sid]
+        assert res.n_bones == row["n_bones"]
+        assert abs(res.probability - row["p_pos"]) < 1e-5
+        assert res.prediction == row["y_pred"]
+    assert (subjects["split"] == "test").sum() >= 2
+    assert not any("out-of-distribution" in res.flags for res in results)   # the run's own images
+
+
+def test_cli_export_is_deterministic_and_cli_predict_writes_outputs(run, tmp_path, capsys):
+    again = tmp_path / "again.osteo"
+    assert main(["export", str(run["folder"]), "--out", str(again)]) == 0
+    assert hashlib.sha256(again.read_bytes()).digest() == hashlib.sha256(run["bundle"].read_bytes()).digest()
+    dataset = run["cls"]
+    test_ids = dataset.manifest.loc[dataset.manifest["split"] == "test", "image_id"].tolist()
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    for image_id in test_ids:
+        (inputs / f"{image_id}.png").write_bytes(dataset.image_path(image_id).read_bytes())
+    (inputs / "notes.txt").write_text("not an image")
+    (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
+    (tmp_path / "empty").mkdir()
+    out = tmp_path / "out"
+    code = main(["predict", str(run["bundle"]), str(inputs), str(tmp_path / "empty"), "--out", str(out),
+                 "--device", "cpu", "--batch-size", "4", "--pixel-spacing", "0.8", "--min-bones", "1",
+                 "--min-confidence", "0"])
+    err = capsys.readouterr().err
+    assert code == 0
+    assert "notes.txt" in err and "not a PNG, JPEG, TIFF or DICOM" in err
+    assert "broken.png" in err and "cannot read image" in err
+    assert "holds no files" in err
+    frame = pd.read_csv(out / "predictions.csv")
+    done = frame[frame["status"] != "skipped"].set_index("name")
+    assert sorted(done.index) == sorted(test_ids) and (frame["status"] == "skipped").sum() == 3
+    subjects = pd.read_parquet(run["folder"] / "predictions.parquet").set_index("subject_id")
+    sid = dataset.manifest.set_index("image_id")["subject_id"]
+    for image_id, row in done.iterrows():
+        if sid[image_id] in subjects.index:
+            ref = subjects.loc[sid[image_id]]
+            assert abs(row["probability"] - ref["p_pos"]) < 1e-5
+            assert row["decision"] == ("osteoporosis" if ref["y_pred"] == 1 else "normal")
+        else:
+            assert np.isnan(row["probability"]) and row["decision"] == "withheld"
+        from PIL import Image
+
+        with Image.open(out / row["overlay"]) as im:
+            assert im.format == "PNG" and im.size[0] > 500
+    doc = json.loads((out / "predictions.json").read_text())
+    assert len(doc["images"]) == len(test_ids) and len(doc["skipped"]) == 3
+    nested = inputs / "preds"               # an output folder inside the inputs: its overlays are never inputs
+    for _ in range(2):
+        assert main(["predict", str(run["bundle"]), str(inputs), "--out", str(nested), "--device", "cpu",
+                     "--pixel-spacing", "0.8"]) == 0
+    assert len(pd.read_csv(nested / "predictions.csv")) == len(test_ids) + 2
+    assert doc["model"]["source"]["entry"] == "simclr" and doc["model"]["threshold"] == 0.5
+    assert set(doc["images"][0]["bones"]) == set(BONES)
+
+
+def test_nothing_processable_exits_2_with_messages(run, tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    junk = tmp_path / "scan.dcm"
+    junk.write_bytes(b"DICM but not really")
+    code = main(["predict", str(run["bundle"]), str(tmp_path / "empty"), str(junk), str(tmp_path / "nowhere.png"),
+                 "--out", str(tmp_path / "out"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "holds no files" in err and "scan.dcm" in err and "no such file or folder" in err
+    assert "no image could be screened" in err
+    assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())["skipped"]) == 3
+
+
+def _write_dicom(path: Path, stored: np.ndarray, photometric: str) -> None:
+    import pydicom
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
+
+    meta = FileMetaDataset()
+    meta.MediaStorageSOPClassUID = SecondaryCaptureImageStorage
+    meta.MediaStorageSOPInstanceUID = generate_uid()
+    meta.TransferSyntaxUID = ExplicitVRLittleEndian
+    ds = pydicom.Dataset()
+    ds.file_meta = meta
+    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
+    ds.Modality = "CR"
+    ds.Rows, ds.Columns = stored.shape
+    ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
+    ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
+    ds.PixelSpacing = [0.8, 0.8]
+    ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
+    try:
+        ds.save_as(path, enforce_file_format=True)      # pydicom >= 3
+    except TypeError:
+        ds.save_as(path, write_like_original=False)     # pydicom 2.x
+
+
+def test_dicom_monochrome1_and_2_read_upright_and_bone_bright(run, bundle, tmp_path):
+    dataset = run["cls"]
+    image_id = dataset.manifest["image_id"].iloc[0]
+    png = read_image(dataset.image_path(image_id))
+    stored = np.round(png.pixels.astype(np.float64) * 65535).astype(np.uint16)
+    assert not np.array_equal(stored, stored[::-1]) and not np.array_equal(stored, stored[:, ::-1])
+    _write_dicom(tmp_path / "m2.dcm", stored, "MONOCHROME2")
+    _write_dicom(tmp_path / "m1", 65535 - stored, "MONOCHROME1")           # no extension: sniffed by content
+    rads = [read_image(tmp_path / "m2.dcm"), read_image(tmp_path / "m1")]
+    for rad in rads:
+        assert rad.pixels.shape == png.pixels.shape and rad.pixel_spacing_mm == pytest.approx(0.8)
+        np.testing.assert_array_equal(rad.pixels, png.pixels)               # same orientation and polarity
+    png.pixel_spacing_mm = 0.8
+    a, b, c = bundle.predict([png, *rads], ["png", "m2", "m1"], screen=PERMISSIVE)
+    for other in (b, c, bundle.predict_file(tmp_path / "m1", screen=PERMISSIVE)):
+        assert other.bone_probability == pytest.approx(a.bone_probability, nan_ok=True)
+        assert other.probability == pytest.approx(a.probability, nan_ok=True)
+
+
+def _rezip(src: Path, dst: Path, drop: str = "", meta_update: dict | None = None, corrupt: str = "") -> Path:
+    with zipfile.ZipFile(src) as zin, zipfile.ZipFile(dst, "w") as zout:
+        for name in zin.namelist():
+            data = zin.read(name)
+            if name == drop:
+                continue
+            if name == "bundle.json" and meta_update:
+                data = json.dumps({**json.loads(data), **meta_update}).encode()
+            if name == corrupt:
+                data = data[:-8] + b"\x00" * 8
+            zout.writestr(name, data)
+    return dst
+
+
+def test_incompatible_or_damaged_bundles_are_refused(run, tmp_path, capsys):
+    src = run["bundle"]
+    cases = [
+        (_rezip(src, tmp_path / "v99.osteo", meta_update={"format_version": 99}), "format version 99"),
+        (_rezip(src, tmp_path / "v0.osteo", meta_update={"format_version": 0}), "export the run again"),
+        (_rezip(src, tmp_path / "other.osteo", meta_update={"format": "something"}), "not an osteobench bundle"),
+        (_rezip(src, tmp_path / "lacks.osteo", drop="encoder.safetensors"), "lacks encoder.safetensors"),
+        (_rezip(src, tmp_path / "bad.osteo", corrupt="head.safetensors"), "checksum"),
+        (tmp_path / "missing.osteo", "does not exist"),
+    ]
+    (tmp_path / "text.osteo").write_text("hello")
+    cases.append((tmp_path / "text.osteo", "not a zip archive"))
+    for path, message in cases:
+        with pytest.raises(BenchError, match=message):
+            load_bundle(path)
+    assert main(["predict", str(tmp_path / "v99.osteo"), str(tmp_path), "--out", str(tmp_path / "o")]) == 2
+    assert "upgrade osteobench" in capsys.readouterr().err
+    assert main(["export", str(tmp_path), "--out", str(tmp_path / "x.osteo")]) == 2
+    assert "not a run folder" in capsys.readouterr().err
+
+
+def _bone(name: str, missing: bool = False, confidence: float = 0.9, reason: str = "") -> BonePatch:
+    return BonePatch(name, BONES[name], None, missing=missing, reason=reason if missing else "",
+                     bbox=None if missing else (0, 0, 10, 10), confidence=confidence)
+
+
+def test_flags_withhold_or_lower_confidence_as_documented():
+    cfg = ScreenConfig()                      # min_bones 4, min_confidence 0.6, min_side_fraction 0.5
+    canvas = (512, 384)
+    whole = [_bone(b) for b in BONES]
+    assert assess(whole, (2000, 1500), canvas, cfg) == ([], [], "ok")
+    three = [_bone(b, missing=i >= 3, reason="absent") for i, b in enumerate(BONES)]
+    flags, notes, status = assess(three, (2000, 1500), canvas, cfg)
+    assert status == "withheld" and flags == ["missing-bones", "too-few-bones"]
+    assert "M2 (absent)" in notes[0] and "3 usable bone(s) < 4" in notes[1]
+    none = [_bone(b, missing=True, reason="absent") for b in BONES]
+    assert assess(none, (2000, 1500), canvas, cfg)[0] == ["missing-bones", "too-few-bones", "no-bones"]
+    vague = [_bone(b, confidence=0.4) for b in BONES]
+    assert assess(vague, (2000, 1500), canvas, cfg)[::2] == (["low-confidence-segmentation"], "low-confidence")
+    flags, notes, status = assess(whole, (150, 400), canvas, cfg)   # 150 < 0.5 * 384
+    assert (flags, status) == (["image-too-small"], "low-confidence") and "150 px < 192 px" in notes[0]
+    five = [_bone(b, missing=i == 0, reason="cut") for i, b in enumerate(BONES)]
+    assert assess(five, (2000, 1500), canvas, cfg)[::2] == (["missing-bones"], "ok")
+    ref = 0.04                                # the run's 99th percentile of the mean entropy
+    assert assess(whole, (2000, 1500), canvas, cfg, 0.0499, ref) == ([], [], "ok")        # < 1.25 × 0.04
+    flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, 0.0501, ref)
+    assert (flags, status) == (["out-of-distribution"], "low-confidence") and "0.0501 nats > 1.25 × 0.0400" in notes[0]
+    with pytest.raises(BenchError, match="min_bones"):
+        ScreenConfig.from_dict({}, min_bones=9)
+
+
+def test_withheld_results_carry_no_decision(run, bundle):
+    subjects = pd.read_parquet(run["folder"] / "predictions.parquet")
+    sid = subjects.loc[subjects["n_bones"].between(1, 6), "subject_id"].iloc[0]
+    manifest = run["cls"].manifest
+    rad = _radiographs(run["cls"], [manifest.loc[manifest["subject_id"] == sid, "image_id"].iloc[0]])[0]
+    strict = bundle.predict([rad], ["x"], screen=ScreenConfig(min_bones=7))[0]
+    loose = bundle.predict([rad], ["x"], screen=PERMISSIVE)[0]
+    assert strict.status == "withheld" and strict.decision == "withheld" and strict.prediction is None
+    assert "too-few-bones" in strict.flags
+    assert strict.probability == pytest.approx(loose.probability, nan_ok=True)   # still reported
+    png = io.BytesIO(strict.overlay_png())
+    assert png.getvalue()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_an_image_more_uncertain_than_the_runs_own_is_flagged_out_of_distribution(run):
+    ours = load_bundle(run["bundle"])
+    rad = _radiographs(run["cls"], [run["cls"].manifest["image_id"].iloc[0]])[0]
+    entropy = ours.predict([rad], ["x"], screen=PERMISSIVE)[0].mean_entropy
+    ours.meta["reference"]["mean_entropy"]["q99"] = entropy / 1.3       # as if the run's images were surer
+    res = ours.predict([rad], ["x"], screen=PERMISSIVE)[0]
+    assert "out-of-distribution" in res.flags and res.status == "low-confidence"
+    assert ours.predict([rad], ["x"], screen=ScreenConfig(min_bones=1, min_confidence=0, ood_factor=1.4))[0].flags \
+        == [f for f in res.flags if f != "out-of-distribution"]
