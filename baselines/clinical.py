@@ -7,15 +7,10 @@ by validation AUC; the test split is only scored.
 from __future__ import annotations
 
 import pandas as pd
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
 
+from baselines.logistic import C_GRID, fit_logistic
 from bench.errors import BenchError
-from bench.metrics import classification_metrics, select_best
 from bench.stage import StageContext
-
-C_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
 
 
 def subject_covariates(manifest: pd.DataFrame) -> pd.DataFrame:
@@ -36,25 +31,8 @@ def subject_covariates(manifest: pd.DataFrame) -> pd.DataFrame:
 def fit_clinical(ctx: StageContext) -> dict:
     """Stage: fit on train, select C on val, write subject-level predictions for every split."""
     table = subject_covariates(ctx.datasets["cls"].manifest)
-    labelled = table["y_true"].notna()
-    train = table[labelled & (table["split"] == "train")]
-    val = table[labelled & (table["split"] == "val")]
-    if train["y_true"].nunique() < 2:
-        raise BenchError("the train split of the `cls` dataset holds a single class; cannot fit")
-    features = ["age", "female"]
-    history, models = [], []
-    for i, c in enumerate(ctx.options.get("c_grid", C_GRID)):
-        model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=1000))
-        model.fit(train[features].to_numpy(), train["y_true"].astype(int).to_numpy())
-        p_val = model.predict_proba(val[features].to_numpy())[:, 1]
-        m = classification_metrics(val["y_true"].astype(int).to_numpy(), p_val)
-        history.append({"val_macro_f1": m["macro_f1"], "val_auc": m["auc"]})
-        models.append(model)
-        ctx.log("val_macro_f1", m["macro_f1"], epoch=i)
-    best = select_best(history)
-    p = models[best].predict_proba(table[features].to_numpy())[:, 1]
-    out = table[["subject_id", "split", "y_true"]].assign(p_pos=p)
+    fit = fit_logistic(table, ["age", "female"], ctx.options.get("c_grid", C_GRID), ctx.log)
+    out = table[["subject_id", "split", "y_true"]].assign(p_pos=fit.p_pos)
     out.to_parquet(ctx.out_dir / "predictions.parquet", index=False)
-    coef = models[best][-1].coef_[0]
-    return {"metrics": {"C": float(ctx.options.get("c_grid", C_GRID)[best]),
-                        "coef_age": float(coef[0]), "coef_female": float(coef[1])}}
+    coef = fit.model[-1].coef_[0]
+    return {"metrics": {"C": fit.c, "coef_age": float(coef[0]), "coef_female": float(coef[1])}}

@@ -87,7 +87,7 @@ def train_supervised(encoder: nn.Module, patches: torch.Tensor, index: pd.DataFr
         total = torch.zeros((), device=device)
         for start in range(0, len(order), cfg.batch_size):
             batch = order[start:start + cfg.batch_size]
-            x = _augment(to_input(data[batch], cfg.input_size), cfg, generator)
+            x = flip_augment(to_input(data[batch], cfg.input_size), cfg, generator)
             if cuda:
                 x = x.contiguous(memory_format=torch.channels_last)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
@@ -110,7 +110,7 @@ def train_supervised(encoder: nn.Module, patches: torch.Tensor, index: pd.DataFr
     return ProbeResult(bones.reset_index(drop=True), history, best, model.head)
 
 
-def _augment(x: torch.Tensor, cfg: SupervisedConfig, generator: torch.Generator) -> torch.Tensor:
+def flip_augment(x: torch.Tensor, cfg: SupervisedConfig, generator: torch.Generator) -> torch.Tensor:
     """Random horizontal and vertical flips per sample (drawn on the CPU generator, applied on device)."""
     if not cfg.flips:
         return x

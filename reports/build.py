@@ -32,6 +32,7 @@ from reports import index as idx
 from reports import tables as tab
 from reports.significance import run_tests
 from reports.summary import best_full_entry, summarise
+from reports.tuning import tuning_section
 
 TABLES_DIR = "tables"
 FIGURES_DIR = "figures"
@@ -96,7 +97,9 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
         _write_tables(tmp / TABLES_DIR, tables, tests, known, summary, cfg, page)
         _write_figures(tmp / FIGURES_DIR, results, suite, tables, predictions, metrics, known, fig5_entry,
                        n_boot, seed, cfg, page)
-        (tmp / INDEX_FILE).write_text(idx.render(page), encoding="utf-8")
+        tuning = tuning_section(results, copy_to=tmp / FIGURES_DIR / "tuning", link_prefix=f"{FIGURES_DIR}/tuning")
+        (tmp / INDEX_FILE).write_text(idx.render(page) + ("\n" + "\n".join(tuning) + "\n" if tuning else ""),
+                                      encoding="utf-8")
     if mlflow:
         _log_mlflow(results, suite, out, tracking_uri, {"n_boot": n_boot, "seed": seed, "split": cfg.split,
                                                         "entries": ",".join(present), "best_entry": best or ""})

@@ -1,0 +1,214 @@
+"""One `bench tune` session (issue 8): set up, run trials until the study's budget, write outputs.
+
+Outputs, under ``<results>/tune/<study>/`` (each file written atomically; rewritten by every
+session, so the last worker to finish leaves the complete picture)::
+
+    journal.log             the Optuna journal (default storage; resumable, shared by workers)
+    summary.json            study, target, storage, trial counts, best trial, files, notes
+    trials.csv              one row per trial: number, state, value, parameters, metrics, worker
+    best.yaml               the best parameters as a `bench run --config` overlay (bench.tune.overlay)
+    history.png  importance.png  slice_gamma0_lam.png     (bench.tune.plots)
+    trials/<number>/        downstream: a trial's stage outputs while it runs (kept with tune.keep_trial_outputs)
+
+Trial configs are resolved like a run's (profile → --config files → --set → the entry's own
+overrides) with the trial's parameters added to the --set layer; a --set of a searched key is
+refused (narrow its range with tune.* instead). The downstream target also forces
+``segmentation.eval_splits=val``.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import pandas as pd
+
+from bench.atomic import atomic_write_text
+from bench.config import Config, parse_sets, resolve
+from bench.errors import BenchError
+from bench.stage import stable_hash
+from bench.tune import plots, study as st
+from bench.tune.objective import DIRECTIONS, DownstreamObjective, SegObjective, check_entry, require_mose
+from bench.tune.overlay import OVERLAY_FILE, write_overlay
+from bench.tune.space import make_space, searched_keys, suggest
+from bench.tune.trial_log import TrialLogger
+
+TARGETS = tuple(DIRECTIONS)
+OBJECTIVE_TEXT = {"seg": "validation GED of the segmentation model (lower is better)",
+                  "downstream": "validation macro-F1 at 4 decimals + 1e-5 x validation AUC (higher is better)"}
+MACHINE_KEYS = ("run.device", "run.num_threads", "data.seg", "data.cls")   # may differ between workers
+
+
+@dataclass
+class TuneRequest:
+    """Everything `bench tune` was asked (see bench.commands.tune for the options)."""
+
+    target: str
+    trials: int
+    study: str
+    results: Path = Path("results")
+    storage: str = ""
+    profile: str = "smoke"
+    entry: str = "simclr"
+    seed: int = 0
+    config_files: Sequence[str | Path] = ()
+    sets: Sequence[str] = ()
+    data_seg: str = ""
+    data_cls: str = ""
+    device: str | None = None
+    plugins: Sequence[str] = ()
+    tracking_uri: str | None = None
+    mlflow: bool = True
+    progress: bool = False
+    notes: list[str] = field(default_factory=list)
+
+
+def check_request(req: TuneRequest) -> None:
+    if req.target not in TARGETS:
+        raise BenchError(f"unknown tuning target {req.target!r}; choose one of {', '.join(TARGETS)}")
+    if not isinstance(req.trials, int) or isinstance(req.trials, bool) or req.trials < 1:
+        raise BenchError(f"--trials must be a positive number of trials (the study's total), got {req.trials!r}")
+    st.check_study_name(req.study)
+
+
+class Setup:
+    """The resolved pieces of a session: base config, space, entry, trial configs."""
+
+    def __init__(self, req: TuneRequest):
+        from bench import registry
+
+        check_request(req)
+        registry.load_entries(req.plugins)
+        self.req = req
+        self.entry = registry.get(req.entry) if req.target == "downstream" else None
+        user = parse_sets(req.sets)
+        clash = sorted(set(user) & set(searched_keys()))
+        if clash:
+            raise BenchError(f"--set {', '.join(clash)}: these keys are searched; narrow their range with "
+                             "tune.* options instead (e.g. --set tune.lam_low=1 --set tune.lam_high=1)")
+        extra = {}
+        if req.data_seg:
+            extra["data.seg"] = str(Path(req.data_seg).expanduser().resolve())
+        if req.data_cls:
+            extra["data.cls"] = str(Path(req.data_cls).expanduser().resolve())
+        if req.device:
+            extra["run.device"] = req.device
+        if req.target == "downstream":
+            extra["segmentation.eval_splits"] = "val"      # the test split is never touched
+        self.sets = {**user, **extra}
+        if self.entry is not None:
+            check_entry(self.entry)
+        self.base = self.config({})
+        require_mose(self.base)
+        self.space = make_space(self.base.tune, self.base.segmentation)
+        self.study_dir = Path(req.results) / "tune" / req.study
+
+    def config(self, overrides: dict[str, Any]) -> Config:
+        entry = self.entry
+        return resolve(self.req.profile, config_files=self.req.config_files, sets={**self.sets, **overrides},
+                       entry_overrides=entry.overrides if entry else None, entry_name=entry.name if entry else "")
+
+    def identity(self) -> dict[str, Any]:
+        fixed = self.base.to_dict()
+        fixed.pop("tune", None)                        # search settings; the ranges are in `space`
+        for key in MACHINE_KEYS + searched_keys():
+            section, name = key.split(".", 1)
+            fixed.get(section, {}).pop(name, None)
+        return {"target": self.req.target, "direction": DIRECTIONS[self.req.target], "profile": self.req.profile,
+                "entry": self.entry.name if self.entry else "", "seed": self.req.seed,
+                "space": self.space.to_dict(), "config_hash": stable_hash(fixed)[:16]}
+
+    def objective(self) -> Any:
+        from bench.data.provision import open_all, provide
+        from bench.runner import _set_determinism, resolve_device
+
+        device = resolve_device(self.base.run.device)
+        _set_determinism(self.base)
+        datasets = open_all(provide(self.base, Path(self.req.results) / "cache", self.req.progress))
+        if self.req.target == "seg":
+            return SegObjective(self.base, datasets, self.req.seed, device)
+        return DownstreamObjective(self.entry, self.base, datasets, self.req.seed, device,
+                                   self.study_dir / "trials", self.base.tune.keep_trial_outputs)
+
+
+def run_tune(req: TuneRequest) -> dict[str, Any]:
+    """Run a session of study `req.study` (module docstring); return the summary written."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    setup = Setup(req)
+    results = Path(req.results)
+    mlflow_db = st.sqlite_file(req.tracking_uri) if req.tracking_uri else (results / "mlflow.db").resolve()
+    store = st.open_storage(req.storage, setup.study_dir, mlflow_db)
+    direction = DIRECTIONS[req.target]
+    study = st.open_study(store, req.study, direction)
+    with store.locked():
+        session = st.join(study, setup.identity())
+    st.configure(study, setup.base.tune, req.seed, session, shared_lock=store.lock_path is not None)
+    objective = setup.objective()
+    logger = TrialLogger(results, req.study, uri=req.tracking_uri, enabled=req.mlflow,
+                         params={"target": req.target, "profile": req.profile, "storage": store.description,
+                                 **setup.identity(), "config": setup.base.to_dict()},
+                         tags={"osteobench.tune_target": req.target})
+
+    def evaluate(trial: Any) -> Any:
+        return objective(trial, setup.config(suggest(trial, setup.space)))
+
+    def on_end(trial: Any, frozen: Any, record: Any, error: str) -> None:
+        logger.end(trial, frozen, record, error)
+        value = "-" if frozen.value is None else f"{frozen.value:.4f}"
+        print(f"tune {req.study}: trial {frozen.number} {frozen.state.name} value {value} "
+              f"{json.dumps(frozen.params, default=str)}", flush=True)
+
+    try:
+        st.run_trials(study, store, req.trials, evaluate, max_failures=setup.base.tune.max_failures,
+                      on_start=logger.start, on_end=on_end)
+    finally:
+        logger.close()
+    return write_outputs(study, setup, store, session)
+
+
+def write_outputs(study: Any, setup: Setup, store: st.StudyStorage, session: int) -> dict[str, Any]:
+    """summary.json, trials.csv, best.yaml and the figures (module docstring)."""
+    from optuna.trial import TrialState
+
+    req, out = setup.req, setup.study_dir
+    out.mkdir(parents=True, exist_ok=True)
+    trials = study.get_trials(deepcopy=False)
+    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    label = "validation GED" if req.target == "seg" else "validation score"
+    files, notes = plots.draw_all(study, out, label)
+    best = None
+    if counts["complete"]:
+        b = study.best_trial
+        best = {"number": b.number, "value": b.value, "params": dict(b.params),
+                "metrics": {k: (v if math.isfinite(v) else None) for k, v in b.user_attrs.items()
+                            if isinstance(v, (int, float)) and not isinstance(v, bool)},
+                "mlflow_run_id": b.user_attrs.get("mlflow_run_id", "")}
+        header = [f"bench tune: study {req.study}, target {req.target} ({OBJECTIVE_TEXT[req.target]})",
+                  f"best trial {b.number} of {len(trials)}, value {b.value:.6g}, profile {req.profile}"
+                  + (f", entry {setup.entry.name}" if setup.entry else ""),
+                  f"use: bench run --config {out / OVERLAY_FILE} ...  (epoch counts are those of profile "
+                  f"{req.profile})"]
+        write_overlay(out / OVERLAY_FILE, b.params, header, req.profile)
+        files["overlay"] = OVERLAY_FILE
+    else:
+        notes.append("no complete trial yet: no best parameters and no overlay")
+    rows = [{"number": t.number, "state": t.state.name, "value": t.value,
+             **{f"param_{k}": v for k, v in t.params.items()},
+             **{k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
+             "worker": t.user_attrs.get(st.WORKER, ""),
+             "seconds": t.duration.total_seconds() if t.duration is not None else math.nan} for t in trials]
+    atomic_write_text(out / "trials.csv", pd.DataFrame(rows).to_csv(index=False))
+    files["trials"] = "trials.csv"
+    summary = {"study": req.study, "target": req.target, "direction": study.direction.name.lower(),
+               "objective": OBJECTIVE_TEXT[req.target], "profile": req.profile,
+               "entry": setup.entry.name if setup.entry else None, "seed": req.seed,
+               "storage": store.description, "sessions": int(study.user_attrs.get(st.SESSIONS, session + 1)),
+               "requested_trials": req.trials,
+               "trials": {"total": len(trials), **counts}, "space": setup.space.to_dict(),
+               "best": best, "files": files, "notes": notes}
+    atomic_write_text(out / "summary.json", json.dumps(summary, indent=2, default=str) + "\n")
+    return summary

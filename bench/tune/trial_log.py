@@ -1,0 +1,98 @@
+"""MLflow logging of a study (issue 8): a parent run per study, a child run per trial.
+
+Uses bench.tracking.Tracker for the store (explicit URI, default ``sqlite:///<results>/mlflow.db``,
+tables created before any worker logs) and for the parent: experiment ``osteobench/tune``, parent
+run = ``Tracker.entry_run("tune", <study>)`` (get-or-create, so workers and resumed sessions share
+it), tagged ``osteobench.optuna_study``. Each trial opens a child run ``<study>/trial<NNNN>``
+(tags ``mlflow.parentRunId``, ``osteobench.run_type=trial``, ``osteobench.optuna_study``,
+``osteobench.optuna_trial``) when it starts; its id goes into the trial's user attribute
+``mlflow_run_id``. When the trial ends the child gets the trial's parameters, the objective value,
+final metrics, per-epoch history (``<stage>/<metric>`` at step = epoch; a pruned trial logs its
+reported intermediate values as ``objective/intermediate``), the tag ``optuna.state`` and the status
+FINISHED (COMPLETE, PRUNED), FAILED (FAIL, with ``traceback.txt``) or KILLED (interrupted).
+"""
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from bench.tracking import TAG_PARENT, TAG_TYPE, Tracker, _key, _retry_locked, flatten
+
+SUITE = "tune"                            # experiment osteobench/tune
+TAG_STUDY = "osteobench.optuna_study"
+TAG_TRIAL = "osteobench.optuna_trial"
+TAG_STATE = "optuna.state"
+RUN_ID_ATTR = "mlflow_run_id"
+
+
+class TrialLogger:
+    """Logs trials of one study; every method is a no-op when tracking is disabled."""
+
+    def __init__(self, results: Path, study: str, uri: str | None = None, enabled: bool = True,
+                 params: Mapping[str, Any] | None = None, tags: Mapping[str, str] | None = None):
+        self.tracker = Tracker(results, uri=uri, enabled=enabled)
+        self.enabled = self.tracker.enabled
+        self.study = study
+        self.parent = ""
+        if not self.enabled:
+            return
+        self.experiment = self.tracker.experiment_id(SUITE)
+        self.parent = self.tracker.entry_run(SUITE, study, tags={TAG_STUDY: study, **(tags or {})})
+        if params and not self._call("get_run", self.parent).data.params:
+            self._batch(self.parent, params=flatten(params))
+
+    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        fn = getattr(self.tracker.client, method)
+        return _retry_locked(lambda: fn(*args, **kwargs))
+
+    def _batch(self, run_id: str, params: Mapping[str, Any] | None = None,
+               metrics: list[tuple[str, float, int]] = ()) -> None:
+        from mlflow.entities import Metric, Param
+        from mlflow.utils import validation as v
+
+        now = int(time.time() * 1000)
+        items = [Param(_key(k), str(x)[:v.MAX_PARAM_VAL_LENGTH]) for k, x in (params or {}).items()]
+        for i in range(0, len(items), v.MAX_PARAMS_TAGS_PER_BATCH):
+            self._call("log_batch", run_id, params=items[i:i + v.MAX_PARAMS_TAGS_PER_BATCH])
+        ms = [Metric(_key(k), float(x), now, int(step)) for k, x, step in metrics]
+        for i in range(0, len(ms), v.MAX_METRICS_PER_BATCH):
+            self._call("log_batch", run_id, metrics=ms[i:i + v.MAX_METRICS_PER_BATCH])
+
+    def start(self, trial: Any) -> str:
+        """Open the trial's child run and record its id on the trial."""
+        if not self.enabled:
+            return ""
+        tags = {TAG_PARENT: self.parent, TAG_TYPE: "trial", TAG_STUDY: self.study, TAG_TRIAL: str(trial.number)}
+        run = self._call("create_run", self.experiment, tags=tags, run_name=f"{self.study}/trial{trial.number:04d}")
+        trial.set_user_attr(RUN_ID_ATTR, run.info.run_id)
+        return run.info.run_id
+
+    def end(self, trial: Any, frozen: Any, record: Any, error: str) -> None:
+        """Log the finished trial (`frozen`: its FrozenTrial) and close its child run."""
+        run_id = trial.user_attrs.get(RUN_ID_ATTR, "") if self.enabled else ""
+        if not run_id:
+            return
+        state = frozen.state.name
+        metrics: list[tuple[str, float, int]] = []
+        if frozen.value is not None:
+            metrics.append(("objective", float(frozen.value), 0))
+        if record is not None:
+            metrics += [(k, float(v), 0) for k, v in record.metrics.items()]
+            metrics += [(k, float(v), int(step)) for k, v, step in record.history]
+        else:
+            metrics += [("objective/intermediate", float(v), int(s)) for s, v in sorted(frozen.intermediate_values.items())]
+        try:
+            self._batch(run_id, params={**frozen.params, "trial_number": frozen.number}, metrics=metrics)
+            self._call("set_tag", run_id, TAG_STATE, state)
+            if error and state == "FAIL":
+                self._call("log_text", run_id, error, "traceback.txt")
+        finally:
+            status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED"}.get(state, "KILLED" if error == "interrupted"
+                                                                        else "FAILED")
+            self._call("set_terminated", run_id, status)
+
+    def close(self) -> None:
+        """Mark the parent run finished (a later session reopens nothing: children carry the state)."""
+        if self.enabled and self.parent:
+            self._call("set_terminated", self.parent, "FINISHED")

@@ -1,0 +1,140 @@
+"""Every Table 8 baseline trains and predicts on smoke phantoms (exact masks stand in for segmentation)."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from sklearn.impute import SimpleImputer
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
+
+from bench.config import resolve
+from bench.data.format import BONES, Dataset
+from bench.data.phantom import synthesize
+from bench.runner import evaluate
+from bench.stage import run_stage, stage_key
+from baselines.entries import DEEPDXA, HSIEH, JANG, RADIOGRAMMETRY, WANG
+from baselines.landmark_detector import LANDMARKS
+from methods.extract import EXTRACT
+from methods.patch_store import PatchStore
+
+LANDMARK_BONES = list(BONES)
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)   # the CI machine's two cores are shared; one thread is faster there
+    root = tmp_path_factory.mktemp("baselines")
+    datasets = {"seg": Dataset.open(synthesize(root / "pub", "public", "smoke", seed=1)),
+                "cls": Dataset.open(synthesize(root / "cli", "clinical", "smoke", seed=1))}
+    yield root, datasets
+    torch.set_num_threads(threads)
+
+
+def _cfg(**sets):
+    base = {"patches.source": "truth", "supervised.epochs": 2, "supervised.input_size": 32,
+            "radiogrammetry.source": "truth", "roi.source": "annotator", "run.device": "cpu"}
+    return resolve("smoke", sets={**base, **sets})
+
+
+def _run(stage, cfg, env, inputs, seed=0):
+    root, datasets = env
+    key, material = stage_key(stage, cfg, seed, {k: v.name for k, v in inputs.items()}, {}, "cpu")
+    return run_stage(stage, cache_root=root / "cache", key=key, material=material, config=cfg, seed=seed,
+                     inputs=inputs, datasets=datasets, device=torch.device("cpu"))
+
+
+@pytest.fixture(scope="module")
+def landmarks(env):
+    return _run(LANDMARKS, _cfg(), env, {})
+
+
+def _check_subject_predictions(out, manifest):
+    preds = pd.read_parquet(out / "predictions.parquet")
+    assert sorted(preds["subject_id"]) == sorted(manifest["subject_id"].unique())
+    assert preds["p_pos"].between(0, 1).all()
+    subjects, metrics = evaluate(out)
+    assert set(metrics) >= {"train", "val", "test"}
+    history = pd.read_parquet(out / "history.parquet")
+    assert {"train_loss", "val_macro_f1"} <= set(history["metric"])
+    return preds
+
+
+def test_deepdxa_trains_resnet18_on_bone_patches(env):
+    cfg = _cfg()
+    patches = _run(EXTRACT, cfg, env, {})
+    out = _run(DEEPDXA, cfg, env, {"extract": patches})
+    preds = pd.read_parquet(out / "bone_predictions.parquet")
+    assert len(preds) == len(PatchStore.open(patches).present(role="cls"))
+    head = torch.load(out / "head.pt")
+    assert head["weight"].shape == (2, 512)   # ResNet-18's 512 features (ResNet-50 would give 2048)
+    _, metrics = evaluate(out)
+    assert metrics["test"]["n"] == env[1]["cls"].manifest.query("split == 'test'")["subject_id"].nunique()
+
+
+def test_jang_one_jittered_box_per_radiograph(env):
+    out = _run(JANG, _cfg(), env, {})
+    manifest = env[1]["cls"].manifest
+    _check_subject_predictions(out, manifest)
+    boxes = pd.read_csv(out / "boxes.csv")
+    assert len(boxes) == len(manifest)
+    h, w = env[1]["cls"].image(manifest["image_id"].iloc[0]).shape
+    # the wrist box is a fraction of the radiograph, not the whole field
+    area = ((boxes.row1 - boxes.row0) * (boxes.col1 - boxes.col0)) / (h * w)
+    assert (area < 0.6).all() and (area > 0.02).all()
+
+
+def test_landmark_detector_learns_and_reports_mm_error(env, landmarks):
+    report = json.loads((landmarks / "landmark_error.json").read_text())
+    seg, cls = env[1]["seg"], env[1]["cls"]
+    n_test = (seg.manifest["split"] == "test").sum()
+    assert report["seg_test"]["n"] <= 7 * n_test and report["seg_test"]["n"] >= 5 * n_test
+    # chance level (a landmark anywhere on the hand) is several centimetres; the detector is far better
+    assert report["seg_test"]["mean_mm"] < 10.0
+    assert set(report["seg_test"]["per_landmark_mm"]) == set(LANDMARK_BONES)
+    found = pd.read_parquet(landmarks / "landmarks.parquet")
+    assert len(found) == 7 * (len(seg.manifest) + len(cls.manifest))
+    test = found[(found.role == "seg") & (found.split == "test")].dropna(subset=["error_mm"])
+    assert test["error_mm"].mean() == pytest.approx(report["seg_test"]["mean_mm"])
+    stage = json.loads((landmarks / "_stage.json").read_text())
+    assert stage["summary"]["metrics"]["landmark_error_mm_seg_test"] == pytest.approx(report["seg_test"]["mean_mm"])
+
+
+def test_hsieh_predicts_per_landmark_roi_and_averages(env, landmarks):
+    out = _run(HSIEH, _cfg(), env, {"landmarks": landmarks})
+    preds = pd.read_parquet(out / "bone_predictions.parquet")
+    cls = env[1]["cls"].manifest
+    assert len(preds) == 7 * cls["subject_id"].nunique() and set(preds["bone"]) == set(LANDMARK_BONES)
+    subjects, metrics = evaluate(out)
+    mean = preds.groupby("subject_id")["p_pos"].mean()
+    np.testing.assert_allclose(subjects.set_index("subject_id").loc[mean.index, "p_pos"], mean.to_numpy())
+    assert "landmark_error_mm_seg_test" in metrics["extra"]
+
+
+def test_wang_one_prediction_per_subject(env, landmarks):
+    out = _run(WANG, _cfg(), env, {"landmarks": landmarks})
+    _check_subject_predictions(out, env[1]["cls"].manifest)
+
+
+def test_radiogrammetry_tracks_true_cortical_index_and_matches_sklearn(env):
+    out = _run(RADIOGRAMMETRY, _cfg(), env, {})
+    check = json.loads((out / "truth_check.json").read_text())
+    assert check["truth_r_subject"] >= 0.8 and check["truth_r_bone"] >= 0.75
+    table = pd.read_csv(out / "subject_2mci.csv", dtype={"subject_id": str})
+    bones = ["M2", "M3", "M4", "radius"]
+    assert table[bones].notna().mean().mean() > 0.9
+    assert table["mci"].between(0.1, 0.8).all()
+    stage = json.loads((out / "_stage.json").read_text())["summary"]["metrics"]
+    train = table[table.split == "train"]
+    model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(),
+                          LogisticRegression(C=stage["C"], max_iter=1000))
+    model.fit(train[bones].to_numpy(), train["y_true"].astype(int))
+    preds = pd.read_parquet(out / "predictions.parquet").set_index("subject_id").loc[table.subject_id]
+    np.testing.assert_allclose(preds["p_pos"], model.predict_proba(table[bones].to_numpy())[:, 1], rtol=1e-6)
+    # thinner cortices mean osteoporosis: the fitted model's mean 2MCI effect is protective
+    assert model[-1].coef_[0].sum() < 0
