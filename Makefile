@@ -20,6 +20,8 @@ $(STAMP): pyproject.toml
 	$(VENV)/bin/python -m pip install -q --upgrade pip
 	$(VENV)/bin/python -m pip install -q $(TORCH_SPEC)
 	$(VENV)/bin/python -m pip install -q -e '.[test]'
+	# the cluster extras (Ray, psycopg) are optional: their tests skip with a reason when absent
+	$(VENV)/bin/python -m pip install -q -e '.[test,cluster]' || echo "osteobench: cluster extras not installed; cluster tests will skip"
 	touch $(STAMP)
 
 demo: $(STAMP)

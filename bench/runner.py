@@ -6,13 +6,22 @@ several entries, e.g. one seed's segmentation model, is computed once), evaluate
 predictions (paper eq. 10 aggregation, metrics per split) and writes
 ``results/<suite>/<entry>/seed<k>/`` atomically. A finished run whose key is unchanged is skipped;
 a failing run is recorded with its traceback and the suite goes on.
+
+Where runs execute is the executor's business (bench.executors: ``local`` in this process, ``ray``
+as Ray tasks across a cluster). :meth:`Runner.execute_one` computes and stores one run wherever it
+executes (a Ray worker rebuilds the runner from :class:`RunnerSpec`); :meth:`Runner.finish` logs a
+finished run to MLflow in the driver, so one process writes the tracking store. Stage keys are
+computed under a lock per key (bench.executors.locking): concurrent runs sharing a stage compute
+it once and reuse it.
 """
 from __future__ import annotations
 
+import os
+import socket
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -23,6 +32,7 @@ from bench.config import Config, resolve
 from bench.data.format import Dataset
 from bench.data.provision import open_all, planned_paths, provide
 from bench.errors import BenchError
+from bench.executors.locking import data_lock, stage_lock
 from bench.metrics import aggregate_subjects, split_metrics
 from bench.registry import Entry, get
 from bench.stage import (STAGE_MARKER, dataset_fingerprint, is_cached, read_history, run_stage,
@@ -54,12 +64,41 @@ class Outcome:
     seconds: float = 0.0
     error: str = ""
     metrics: dict[str, Any] = field(default_factory=dict)
+    run_key: str = ""                                       # the run's key (MLflow config hash)
+    stage_keys: dict[str, str] = field(default_factory=dict)
+    path: str = ""                                          # its results folder (done, skipped)
+    params: dict[str, Any] = field(default_factory=dict)    # the resolved config (MLflow params)
+    traceback: str = ""                                     # failed: the traceback text
+    attempts: int = 1                                       # executions, retries included
+    host: str = ""                                          # the machine that executed it
 
 
-def resolve_device(name: str):
-    """`auto` → cuda when available else cpu; `cuda` without a GPU is a user error."""
+@dataclass(frozen=True)
+class RunnerSpec:
+    """What rebuilds an equivalent Runner in another process or on another node (absolute paths)."""
+
+    results: str
+    suite: str
+    profile: str
+    config_files: tuple[str, ...]
+    sets: tuple[str, ...]
+    plugins: tuple[str, ...]
+
+    def build(self) -> "Runner":
+        """A runner without tracker or progress bar (the driver tracks and shows progress)."""
+        return Runner(self.results, suite=self.suite, profile=self.profile, config_files=self.config_files,
+                      sets=self.sets, plugins=self.plugins, progress=False)
+
+
+def resolve_device(name: str, check: bool = True):
+    """`auto` → cuda when available else cpu; `cuda` without a GPU is a user error.
+
+    With ``check=False`` (a cluster driver that may have no GPU itself) `cuda` is taken as given.
+    """
     import torch
 
+    if not check and (name == "cpu" or name.startswith("cuda")):
+        return torch.device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -75,7 +114,8 @@ class Runner:
     def __init__(self, results: str | Path, *, suite: str = "adhoc", profile: str = "smoke",
                  config_files: Sequence[str | Path] = (), sets: Sequence[str] = (),
                  data_seg: str = "", data_cls: str = "", device: str | None = None,
-                 tracker: Any = None, progress: bool | None = None):
+                 tracker: Any = None, progress: bool | None = None, plugins: Sequence[str] = (),
+                 executor: Any = None):
         self.results = Path(results)
         self.cache_root = self.results / "cache"
         self.suite = suite
@@ -90,6 +130,10 @@ class Runner:
             self.sets.append(f"run.device={device}")
         self.tracker = tracker
         self.progress = sys.stderr.isatty() if progress is None else progress
+        self.plugins = list(plugins)         # plugin modules a worker imports to find the entries
+        self.executor = executor             # None: bench.executors.local.LocalExecutor
+        self.check_device = True             # False in a cluster driver: the workers have the GPUs
+        self.auto_device: str | None = None  # what `auto` means where runs execute, if not here (cluster)
         self._datasets: dict[tuple, tuple[dict[str, Path], dict[str, Dataset], dict[str, str]]] = {}
 
     # ------------------------------------------------------------------ configuration and plan
@@ -97,12 +141,23 @@ class Runner:
         return resolve(self.profile, config_files=self.config_files, sets=self.sets,
                        entry_overrides=entry.overrides, entry_name=entry.name)
 
+    def device(self, config: Config):
+        """The torch.device runs of `config` execute on (``auto`` as the executor says, if it does)."""
+        name = config.run.device
+        if name == "auto" and self.auto_device:
+            name = self.auto_device
+        return resolve_device(name, self.check_device)
+
     def _data(self, config: Config, generate: bool):
         """Dataset folders, opened datasets and fingerprints for a config (memoised)."""
         ident = (config.data.seg, config.data.cls, config.data.phantom_seed,
                  config.data.phantom_profile or config.profile)
         if ident not in self._datasets:
-            paths = provide(config, self.cache_root, self.progress) if generate else self._existing_paths(config)
+            if generate:
+                with data_lock(self.cache_root):      # concurrent runners generate a phantom once
+                    paths = provide(config, self.cache_root, self.progress)
+            else:
+                paths = self._existing_paths(config)
             if paths is None:
                 return None
             fingerprints = {role: dataset_fingerprint(p) for role, p in paths.items()}
@@ -115,7 +170,7 @@ class Runner:
 
     def plan_run(self, entry: Entry, seed: int, generate: bool = True) -> PlannedRun:
         config = self.configure(entry)
-        device = resolve_device(config.run.device)
+        device = self.device(config)
         data = self._data(config, generate)
         stages: list[PlannedStage] = []
         keys: dict[str, str] = {}
@@ -140,39 +195,48 @@ class Runner:
     def plan(self, entry_names: Iterable[str], seeds: Iterable[int], generate: bool = False) -> list[PlannedRun]:
         return [self.plan_run(get(n), s, generate) for n in entry_names for s in seeds]
 
+    def spec(self) -> RunnerSpec:
+        """The recipe of this runner for a worker process (paths made absolute)."""
+        env_plugins = [p.strip() for p in os.environ.get("OSTEOBENCH_PLUGINS", "").split(",") if p.strip()]
+        return RunnerSpec(results=str(self.results.expanduser().resolve()), suite=self.suite, profile=self.profile,
+                          config_files=tuple(str(Path(f).expanduser().resolve()) for f in self.config_files),
+                          sets=tuple(self.sets), plugins=tuple(dict.fromkeys([*env_plugins, *self.plugins])))
+
     # ------------------------------------------------------------------ execution
     def validate(self, entry_names: Sequence[str]) -> list[Entry]:
         """Resolve every entry's config and device so user errors surface before any work starts."""
         entries = [get(n) for n in entry_names]
         for entry in entries:
-            resolve_device(self.configure(entry).run.device)
+            self.device(self.configure(entry))
         return entries
 
     def run(self, entry_names: Sequence[str], seeds: Sequence[int]) -> list[Outcome]:
-        from tqdm.auto import tqdm
+        """Every (entry, seed), through the runner's executor (local by default); outcomes in that order."""
+        from bench.executors.local import LocalExecutor
 
+        executor = self.executor or LocalExecutor()
+        executor.prepare(self)
         entries = self.validate(entry_names)
-        outcomes: list[Outcome] = []
-        bar = tqdm(total=len(entries) * len(seeds), disable=not self.progress, unit="run",
-                   desc=f"suite {self.suite}", file=sys.stderr)
-        for entry in entries:
-            if self.tracker is not None:
+        if self.tracker is not None:
+            for entry in entries:
                 self.tracker.entry_run(self.suite, entry.name, tags=_entry_tags(entry))
-            for seed in seeds:
-                bar.set_postfix_str(f"{entry.name} seed{seed}")
-                outcomes.append(self._run_one(entry, seed, bar))
-                bar.update(1)
-        bar.close()
-        return outcomes
+        return executor.execute(self, [(entry, seed) for entry in entries for seed in seeds])
 
-    def _run_one(self, entry: Entry, seed: int, bar: Any) -> Outcome:
+    def skipped(self, planned: PlannedRun) -> Outcome:
+        """The outcome of a run whose results for the same run key exist already."""
+        path = store.run_dir(self.results, self.suite, planned.entry.name, planned.seed)
+        return Outcome(planned.entry.name, planned.seed, "skipped", 0.0, metrics=store.read_run(path).metrics,
+                       run_key=planned.run_key or "", path=str(path), host=socket.gethostname())
+
+    def execute_one(self, entry: Entry, seed: int, bar: Any = None) -> Outcome:
+        """Plan, compute (through the locked stage cache) and store one run; a failure is recorded."""
         started = time.time()
         planned: PlannedRun | None = None
+        host = socket.gethostname()
         try:
             planned = self.plan_run(entry, seed, generate=True)
             if planned.done:
-                metrics = store.read_run(store.run_dir(self.results, self.suite, entry.name, seed)).metrics
-                return Outcome(entry.name, seed, "skipped", 0.0, metrics=metrics)
+                return self.skipped(planned)
             config = planned.config
             device = resolve_device(config.run.device)
             _set_determinism(config)
@@ -180,13 +244,15 @@ class Runner:
             outputs: dict[str, Path] = {}
             keys: dict[str, str] = {}
             for stage in entry.stages:
-                bar.set_postfix_str(f"{entry.name} seed{seed}: {stage.name}")
+                if bar is not None:
+                    bar.set_postfix_str(f"{entry.name} seed{seed}: {stage.name}")
                 key, material = stage_key(stage, config, seed, {i: keys[i] for i in stage.inputs},
                                           fingerprints, device.type)
                 keys[stage.name] = key
-                outputs[stage.name] = run_stage(
-                    stage, cache_root=self.cache_root, key=key, material=material, config=config,
-                    seed=seed, inputs={i: outputs[i] for i in stage.inputs}, datasets=datasets, device=device)
+                with stage_lock(self.cache_root, stage.name, key):   # one computes, the others reuse
+                    outputs[stage.name] = run_stage(
+                        stage, cache_root=self.cache_root, key=key, material=material, config=config, seed=seed,
+                        inputs={i: outputs[i] for i in stage.inputs}, datasets=datasets, device=device)
             predictions, metrics = evaluate(outputs[entry.stages[-1].name])
             history = pd.concat([read_history(p) for p in outputs.values()], ignore_index=True)
             run_config = {"suite": self.suite, "entry": entry.name, "seed": seed, "profile": self.profile,
@@ -195,27 +261,50 @@ class Runner:
             path = store.write_run(self.results, self.suite, entry.name, seed, config=run_config,
                                    metrics=metrics, predictions=predictions,
                                    history=history if len(history) else None)
-            if self.tracker is not None:
-                self.tracker.log_seed_run(
-                    self.suite, entry.name, seed, params=config.to_dict(), metrics=metrics,
-                    history=history if len(history) else None,
-                    artifacts=[path / "config.json", path / "metrics.json", path / "predictions.parquet"],
-                    tags={"osteobench.stage_keys": ",".join(f"{k}={v}" for k, v in keys.items())},
-                    config_hash=planned.run_key or "")
-            return Outcome(entry.name, seed, "done", time.time() - started, metrics=metrics)
+            return Outcome(entry.name, seed, "done", time.time() - started, metrics=metrics,
+                           run_key=planned.run_key or "", stage_keys=keys, path=str(path),
+                           params=config.to_dict(), host=host)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # failure isolation: record and go on
-            text = traceback.format_exc()
-            store.write_failure(self.results, self.suite, entry.name, seed, text)
-            if self.tracker is not None:
-                try:
-                    self.tracker.log_failure(self.suite, entry.name, seed, text,
-                                             config_hash=planned.run_key or "" if planned else "")
-                except Exception:  # tracking must not hide the real failure
-                    pass
-            message = str(exc) if isinstance(exc, BenchError) else f"{type(exc).__name__}: {exc}"
-            return Outcome(entry.name, seed, "failed", time.time() - started, error=message)
+            return self.failed(entry.name, seed, exc, traceback.format_exc(), started,
+                               run_key=planned.run_key or "" if planned else "")
+
+    def failed(self, entry: str, seed: int, exc: BaseException | str, text: str, started: float,
+               run_key: str = "", host: str = "") -> Outcome:
+        """Record a failed attempt (``seed<k>.failed/traceback.txt``) and return its outcome."""
+        store.write_failure(self.results, self.suite, entry, seed, text)
+        message = (exc if isinstance(exc, str) else str(exc) if isinstance(exc, BenchError)
+                   else f"{type(exc).__name__}: {exc}")
+        return Outcome(entry, seed, "failed", time.time() - started, error=message, run_key=run_key,
+                       traceback=text, host=host or socket.gethostname())
+
+    def finish(self, outcome: Outcome) -> Outcome:
+        """Log a finished run (or a failure) to MLflow; a tracking error fails a done run."""
+        if self.tracker is None or outcome.status == "skipped":
+            return outcome
+        try:
+            if outcome.status == "failed":
+                self.tracker.log_failure(self.suite, outcome.entry, outcome.seed, outcome.traceback or outcome.error,
+                                         config_hash=outcome.run_key)
+                return outcome
+            path = Path(outcome.path)
+            history_file = path / store.HISTORY_FILE
+            self.tracker.log_seed_run(
+                self.suite, outcome.entry, outcome.seed, params=outcome.params, metrics=outcome.metrics,
+                history=pd.read_parquet(history_file) if history_file.is_file() else None,
+                artifacts=[path / store.CONFIG_FILE, path / store.METRICS_FILE, path / store.PREDICTIONS_FILE],
+                tags={"osteobench.stage_keys": ",".join(f"{k}={v}" for k, v in outcome.stage_keys.items())},
+                config_hash=outcome.run_key)
+            return outcome
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:
+            if outcome.status == "failed":      # tracking must not hide the real failure
+                return outcome
+            failed = self.failed(outcome.entry, outcome.seed, exc, traceback.format_exc(), time.time(),
+                                 run_key=outcome.run_key, host=outcome.host)
+            return replace(failed, seconds=outcome.seconds, attempts=outcome.attempts)
 
 
 def evaluate(stage_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:

@@ -16,6 +16,21 @@
 - Concurrency: get-or-create and seed logging hold an ``fcntl`` lock on ``<db>.lock`` (or
   ``<results>/.mlflow.lock``), so processes of one machine never duplicate a run; SQLite
   "database is locked" beyond MLflow's 20 s busy timeout is retried with backoff.
+
+Tracking server (issue 11): ``--tracking-uri http://host:5000`` logs to an MLflow tracking
+server, the one place a cluster's runs meet (a `bench run --executor ray` driver logs every run
+itself, so only the driver needs to reach it). Start one on a PostgreSQL backend::
+
+    createdb mlflow        # or: psql -c 'create database mlflow'
+    mlflow server --backend-store-uri postgresql://user:pass@dbhost:5432/mlflow \
+        --artifacts-destination /shared/mlartifacts --host 127.0.0.1 --port 5000
+
+or, for one lab machine, on SQLite: ``mlflow server --backend-store-uri sqlite:////abs/mlflow.db
+--artifacts-destination /abs/mlartifacts --host 127.0.0.1 --port 5000``. The server proxies
+artifacts (``--serve-artifacts``, MLflow's default), so clients need no access to the artifact
+store; ``--host 0.0.0.0`` (and ``--allowed-hosts``) opens it to the cluster's network. A server
+URI is checked at ``<uri>/health`` before use, so a server that is not running is a quick
+BenchError rather than MLflow's minutes of retries.
 """
 from __future__ import annotations
 
@@ -77,6 +92,24 @@ def _normalise_uri(uri: str) -> str:
     query = uri.split("?", 1)[1] if "?" in uri else ""
     out = "sqlite:///" + path.resolve().as_posix()
     return f"{out}?{query}" if query else out
+
+
+def check_server(uri: str, timeout: float = 10.0) -> None:
+    """Raise BenchError unless an MLflow tracking server answers ``GET <uri>/health`` with 200."""
+    import urllib.error
+    import urllib.request
+
+    url = uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http/https only)
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        problem = str(getattr(exc, "reason", exc))
+    raise BenchError(f"no MLflow tracking server answers at {uri} ({url}: {problem}). Start one, e.g. "
+                     "`mlflow server --backend-store-uri sqlite:////abs/mlflow.db --host 127.0.0.1 --port 5000` "
+                     "(or a postgresql:// backend), or leave --tracking-uri out for sqlite:///<results>/mlflow.db")
 
 
 def flatten(config: Mapping, prefix: str = "") -> dict[str, str | float | int | bool]:
@@ -196,6 +229,8 @@ class Tracker:
             return
         db = _sqlite_path(self.uri)
         self._lock_path = (db.parent / f"{db.name}.lock") if db else self.results / ".mlflow.lock"
+        if urlparse(self.uri).scheme in ("http", "https"):
+            check_server(self.uri)
         from mlflow import MlflowClient
 
         try:  # first use creates the database file and its tables (migrations, ~1-2 s)

@@ -2,8 +2,11 @@
 
 Targets are functions in PERF_TARGETS taking the parsed arguments and returning a dict of
 results; they print their own lines. Implemented: `phantom` (images/s of the phantom renderer
-for the public and clinical presets, on one CPU core). Later targets (ssl, suite) are
-added to the dict. `seg`: segmentation step time and OT share (methods.segmentation.perf).
+for the public and clinical presets, on one CPU core). `seg`: segmentation step time and OT
+share (methods.segmentation.perf). `ssl`: pretraining samples/s of the harness end to end, of the
+model alone and of a conventional CPU-fed fp32 pipeline (methods.ssl.perf). `suite`: projected
+wall time of ``bench run --suite S --profile P --seeds ...`` from measured stage steps
+(bench.perf_suite, cost models in methods.perf_suite).
 """
 from __future__ import annotations
 
@@ -80,15 +83,46 @@ def perf_phantom(args: argparse.Namespace) -> dict:
 
 def perf_seg(args: argparse.Namespace) -> list[dict]:
     """Segmentation training step at batch --batch-size and the OT solve's share (issue 4)."""
+    from bench.runner import resolve_device
     from methods.segmentation.perf import perf_seg as run_seg
 
-    return run_seg(args.profile, args.device, batch=args.batch_size, steps=args.repeats)
+    return run_seg(args.profile, str(resolve_device(args.device)), batch=args.batch_size or 16, steps=args.repeats)
+
+
+def perf_ssl(args: argparse.Namespace) -> dict:
+    """SSL pretraining: (a) end to end, (b) model-only ceiling, (c) conventional pipeline (issue 9)."""
+    from methods.ssl.perf import perf_ssl as run_ssl
+
+    return run_ssl(args.profile, args.device, batch=args.batch_size, steps=args.repeats, warmup=args.warmup,
+                   method=args.method, patches=args.patches, workers=args.workers)
+
+
+def perf_suite(args: argparse.Namespace) -> dict:
+    """Projected wall time of a suite at a profile and seeds, from measured per-stage steps (issue 9)."""
+    from bench import registry
+    from bench.perf_suite import cost_models, device_name, plan_suite, print_projection, project
+    from bench.runner import resolve_device
+    from methods.perf_suite import builtin_cost_models
+
+    registry.load_entries(args.plugin)
+    device = resolve_device(args.device)
+    names = registry.resolve_suite(args.suite)
+    stages = plan_suite(names, args.seeds, args.profile, str(device), results=str(args.results))
+    models = {**builtin_cost_models(device, steps=args.repeats, warmup=args.warmup), **cost_models()}
+    proj = project(stages, device, models)
+    print_projection(proj, f"projected `bench run --suite {args.suite} --profile {args.profile} --seeds "
+                           f"{' '.join(map(str, args.seeds))}`: {len(names)} entries, {len(stages)} distinct stage "
+                           f"computations; {args.repeats} timed steps per measurement after {args.warmup} warm-up; "
+                           f"device {device_name(device)}")
+    return {"total_seconds": proj.total_seconds, "stages": proj.by_stage(), "unpriced": proj.unpriced}
 
 
 #: target name -> benchmark function.
 PERF_TARGETS: dict[str, Callable[[argparse.Namespace], dict | list]] = {
     "phantom": perf_phantom,
     "seg": perf_seg,
+    "ssl": perf_ssl,
+    "suite": perf_suite,
 }
 
 
@@ -100,9 +134,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="items timed per measurement (default: 4)")
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="paper",
                         help="data size / config profile (default: paper, i.e. full size)")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="seg: torch device "
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="seg, ssl, suite: torch device "
                         "(default: cuda when available)")
-    parser.add_argument("--batch-size", type=int, default=16, metavar="B", help="seg: images per step (default: 16)")
+    parser.add_argument("--batch-size", type=int, default=None, metavar="B",
+                        help="seg: images per step (default: 16); ssl: patches per step (default: the profile's "
+                        "ssl.batch_size, 128 at paper)")
+    parser.add_argument("--warmup", type=int, default=3, metavar="N",
+                        help="ssl, suite: untimed warm-up steps per measurement (default: 3)")
+    parser.add_argument("--method", choices=("simclr", "supcon", "swav", "vicreg"), default="simclr",
+                        help="ssl: SSL objective (default: simclr)")
+    parser.add_argument("--patches", default=None, metavar="DIR",
+                        help="ssl: a patch store (an extract stage folder) instead of a synthetic one")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="ssl: DataLoader workers of the conventional pipeline (default: all usable cores)")
+    parser.add_argument("--suite", default="paper", help="suite: the suite to project (default: paper)")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="suite: seeds (default: 0 1 2)")
+    parser.add_argument("--results", default="results", help="suite: results folder whose cached phantoms are "
+                        "used for the plan when present (default: ./results)")
+    parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
+                        help="suite: import MODULE to register more entries (repeatable)")
     parser.set_defaults(func=run)
 
 
@@ -115,7 +165,12 @@ def _cuda() -> bool:
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.repeats < 1 or args.batch_size < 1:
+    if args.repeats < 1 or (args.batch_size is not None and args.batch_size < 1):
         raise BenchError("--repeats and --batch-size must be at least 1")
+    if args.warmup < 0 or (args.workers is not None and args.workers < 0):
+        raise BenchError("--warmup and --workers must be at least 0")
+    if args.patches is not None and not Path(args.patches).is_dir():
+        raise BenchError(f"--patches {args.patches} is not a folder; give an extract stage's output folder "
+                         "(results/cache/extract/<key>)")
     PERF_TARGETS[args.target](args)
     return 0

@@ -1,4 +1,8 @@
-"""`bench run`: execute entries of a suite across seeds (see bench.runner)."""
+"""`bench run`: execute entries of a suite across seeds (see bench.runner and bench.executors).
+
+    bench run --suite paper --profile quick
+    bench run --suite paper --profile quick --executor ray --address auto --tracking-uri http://head:5000
+"""
 from __future__ import annotations
 
 import argparse
@@ -37,14 +41,26 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--name", default=None, help="results sub-folder for --entry runs (default: adhoc)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="seeds (default: 0 for smoke, 0 1 2 otherwise)")
     add_common_run_options(p)
-    p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: sqlite:///<results>/mlflow.db)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow URI: a tracking server http://host:5000 or a database (default: "
+                        "sqlite:///<results>/mlflow.db)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--dry-run", action="store_true", help="print the plan and what is cached; run nothing")
+    p.add_argument("--executor", default="local", choices=["local", "ray"],
+                   help="local: runs one after another in this process (default); ray: each (entry, seed) a Ray "
+                        "task (one GPU, or --cpus-per-task CPUs); the results folder must be shared by all nodes")
+    p.add_argument("--address", default=None, metavar="auto|HOST:PORT|ray://HOST:PORT",
+                   help="the Ray cluster (default: $RAY_ADDRESS, else one started on this machine with "
+                        "`ray start`, else a new local Ray instance)")
+    p.add_argument("--retries", type=int, default=None, metavar="N",
+                   help="extra attempts of a failed run (default: 1 with --executor ray, 0 locally)")
+    p.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N",
+                   help="CPUs a Ray task asks for (default: 1)")
     p.set_defaults(func=run_command)
 
 
 def run_command(args: argparse.Namespace) -> int:
     from bench import registry
+    from bench.executors import make_executor
     from bench.runner import Runner
 
     registry.load_entries(args.plugin)
@@ -57,17 +73,27 @@ def run_command(args: argparse.Namespace) -> int:
     if not names:
         raise BenchError("no entries selected; `bench list` shows what is registered")
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.profile]
+    executor = make_executor(args.executor, address=args.address, retries=args.retries,
+                             cpus_per_task=args.cpus_per_task)
     runner = Runner(args.results, suite=suite, profile=args.profile, config_files=args.config_files,
-                    sets=args.sets, data_seg=args.data_seg, data_cls=args.data_cls, device=args.device)
-    runner.validate(names)
-    if not args.dry_run and not args.no_mlflow:
+                    sets=args.sets, data_seg=args.data_seg, data_cls=args.data_cls, device=args.device,
+                    plugins=args.plugin, executor=executor)
+    if args.executor == "ray":
+        runner.check_device = False        # the cluster's nodes have the GPUs, maybe not this driver
+    if args.dry_run:
+        runner.validate(names)
+        print_plan(runner, names, seeds)
+        return 0
+    if args.executor == "local":
+        runner.validate(names)             # user errors before the tracking store is opened
+    if not args.no_mlflow:
         from bench.tracking import Tracker
 
         runner.tracker = Tracker(args.results, uri=args.tracking_uri)
-    if args.dry_run:
-        print_plan(runner, names, seeds)
-        return 0
-    outcomes = runner.run(names, seeds)
+    try:
+        outcomes = runner.run(names, seeds)
+    finally:
+        executor.close()
     print_summary(outcomes, Path(args.results) / suite)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
@@ -97,6 +123,8 @@ def print_summary(outcomes, suite_dir: Path) -> None:
         rows.append({"entry": o.entry, "seed": o.seed, "status": o.status, "seconds": f"{o.seconds:.1f}",
                      "val_macro_f1": _fmt(val.get("macro_f1")), "test_f1": _fmt(test.get("f1")),
                      "test_auc": _fmt(test.get("auc")), "test_acc": _fmt(test.get("accuracy"))})
+        if any(getattr(x, "attempts", 1) > 1 for x in outcomes):
+            rows[-1]["attempts"] = getattr(o, "attempts", 1)
     if rows:
         print(pd.DataFrame(rows).to_string(index=False))
     failed = [o for o in outcomes if o.status == "failed"]

@@ -3,6 +3,7 @@
     bench tune --target seg --trials 30 --study seg-gl
     bench tune --target downstream --entry simclr --trials 20 --study simclr-gl --profile quick
     bench run --suite table3 --config results/tune/seg-gl/best.yaml
+    bench tune --target seg --trials 40 --study seg-gl --workers 4 --storage postgresql://bench@dbhost/optuna
 
 Rerunning with the same --study resumes it (--trials is the study's total); several processes
 with the same arguments share the trials. bench.tune is imported when the command runs, so the
@@ -29,6 +30,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="Optuna storage: a database URL (sqlite:////abs/optuna.db, postgresql://...) or a journal "
                         "file path (default: <results>/tune/NAME/journal.log)")
     p.add_argument("--entry", default="simclr", help="full-method entry of the downstream target (default: simclr)")
+    p.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="worker processes on the study (default 1); with a postgresql:// --storage, machines "
+                        "running the same command share the study too")
     p.add_argument("--seed", type=int, default=0, help="training seed of every trial and base seed of the sampler")
     add_common_run_options(p)
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: sqlite:///<results>/mlflow.db)")
@@ -41,11 +45,14 @@ def tune_command(args: argparse.Namespace) -> int:
 
     if args.trials < 1:
         raise BenchError(f"--trials must be a positive number of trials (the study's total), got {args.trials}")
+    if args.workers < 1:
+        raise BenchError(f"--workers must be a positive number of processes, got {args.workers}")
     req = TuneRequest(target=args.target, trials=args.trials, study=args.study, results=args.results,
                       storage=args.storage, profile=args.profile, entry=args.entry, seed=args.seed,
                       config_files=args.config_files, sets=args.sets, data_seg=args.data_seg,
                       data_cls=args.data_cls, device=args.device, plugins=args.plugin,
-                      tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow, progress=sys.stderr.isatty())
+                      tracking_uri=args.tracking_uri, mlflow=not args.no_mlflow, progress=sys.stderr.isatty(),
+                      workers=args.workers)
     summary = run_tune(req)
     t = summary["trials"]
     print(f"study {summary['study']} ({summary['objective']}): {t['total']} trials, {t['complete']} complete, "

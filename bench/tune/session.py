@@ -14,12 +14,23 @@ Trial configs are resolved like a run's (profile → --config files → --set �
 overrides) with the trial's parameters added to the --set layer; a --set of a searched key is
 refused (narrow its range with tune.* instead). The downstream target also forces
 ``segmentation.eval_splits=val``.
+
+Workers (issue 11): ``--workers N`` starts N worker processes (multiprocessing ``spawn``: a fresh
+interpreter each, no inherited CUDA or database state) on the one study; each is a session of its
+own (its own sampler stream) and they share the budget under the study lock (bench.tune.study).
+On a machine with several GPUs (device cuda or auto) worker i sees only GPU i mod #GPUs.
+The parent first checks the request, creates the storage's tables, the MLflow store and the
+phantom data, so workers never race to create them; it writes the outputs once all have ended.
+Workers on several machines: run `bench tune` with the same arguments and a shared
+``--storage postgresql://...`` on each (with ``--workers`` per machine, e.g. its GPU count).
 """
 from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+import os
+import sys
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -63,6 +74,8 @@ class TuneRequest:
     mlflow: bool = True
     progress: bool = False
     notes: list[str] = field(default_factory=list)
+    workers: int = 1                     # worker processes of this session (module docstring)
+    outputs: bool = True                 # write summary.json and the rest at the end (workers: no)
 
 
 def check_request(req: TuneRequest) -> None:
@@ -70,6 +83,8 @@ def check_request(req: TuneRequest) -> None:
         raise BenchError(f"unknown tuning target {req.target!r}; choose one of {', '.join(TARGETS)}")
     if not isinstance(req.trials, int) or isinstance(req.trials, bool) or req.trials < 1:
         raise BenchError(f"--trials must be a positive number of trials (the study's total), got {req.trials!r}")
+    if not isinstance(req.workers, int) or isinstance(req.workers, bool) or req.workers < 1:
+        raise BenchError(f"--workers must be a positive number of processes, got {req.workers!r}")
     st.check_study_name(req.study)
 
 
@@ -144,9 +159,11 @@ def run_tune(req: TuneRequest) -> dict[str, Any]:
     store = st.open_storage(req.storage, setup.study_dir, mlflow_db)
     direction = DIRECTIONS[req.target]
     study = st.open_study(store, req.study, direction)
+    if req.workers > 1:
+        return _run_workers(req, setup, store, study)
     with store.locked():
         session = st.join(study, setup.identity())
-    st.configure(study, setup.base.tune, req.seed, session, shared_lock=store.lock_path is not None)
+    st.configure(study, setup.base.tune, req.seed, session, shared_lock=store.shared_lock)
     objective = setup.objective()
     logger = TrialLogger(results, req.study, uri=req.tracking_uri, enabled=req.mlflow,
                          params={"target": req.target, "profile": req.profile, "storage": store.description,
@@ -167,7 +184,84 @@ def run_tune(req: TuneRequest) -> dict[str, Any]:
                       on_start=logger.start, on_end=on_end)
     finally:
         logger.close()
-    return write_outputs(study, setup, store, session)
+    return write_outputs(study, setup, store, session) if req.outputs else {}
+
+
+def _run_workers(req: TuneRequest, setup: Setup, store: st.StudyStorage, study: Any) -> dict[str, Any]:
+    """Start `req.workers` spawned worker sessions, wait for them, write the outputs (module docstring)."""
+    import multiprocessing
+
+    from bench.data.provision import provide
+    from bench.executors.locking import data_lock
+
+    if not store.shared_lock:
+        req.notes.append(f"{store.description} has no lock shared by workers: the study may run up to "
+                         f"{req.workers - 1} trials beyond --trials")
+    cache = Path(req.results) / "cache"
+    with data_lock(cache):
+        provide(setup.base, cache, req.progress)             # phantom data once, before the workers
+    if req.mlflow:
+        from bench.tracking import Tracker
+
+        Tracker(Path(req.results), uri=req.tracking_uri)     # creates the store's tables once
+    worker_req = replace(req, workers=1, outputs=False, progress=False, notes=[])
+    gpus = _gpu_ids(setup.base.run.device)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=_worker_main, args=(worker_req, gpus[i % len(gpus)] if gpus else None),
+                         name=f"bench-tune-{i}") for i in range(req.workers)]
+    try:
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+    except KeyboardInterrupt:                 # the workers got the signal too: let them fail their trials
+        for p in procs:
+            p.join(30)
+            if p.is_alive():
+                p.terminate()
+        raise
+    codes = [p.exitcode for p in procs]
+    sessions = int(study.user_attrs.get(st.SESSIONS, req.workers))
+    summary = write_outputs(study, setup, store, sessions - 1)
+    if any(code != 0 for code in codes):
+        raise BenchError(f"{sum(c != 0 for c in codes)} of {req.workers} tune workers failed (exit codes {codes}; "
+                         "their messages are above). The study keeps every finished trial: fix the cause and rerun "
+                         "the same command to resume")
+    return summary
+
+
+def _gpu_ids(device: str) -> list[str]:
+    """The GPUs workers are spread over, round robin (``device`` cuda or auto with GPUs); [] otherwise.
+
+    An explicit ``cuda:<k>`` keeps every worker on that GPU; ``CUDA_VISIBLE_DEVICES`` is respected.
+    """
+    from bench.runner import resolve_device
+
+    if str(resolve_device(device)) != "cuda":
+        return []
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return [v.strip() for v in visible.split(",") if v.strip()]
+    import torch
+
+    return [str(i) for i in range(torch.cuda.device_count())]
+
+
+def _worker_main(req: TuneRequest, gpu: str | None = None) -> None:
+    """Entry point of a spawned worker: one session (on GPU `gpu` if given); a user error exits 2."""
+    import logging
+
+    if gpu is not None:                        # read when CUDA initialises, i.e. after this line
+        os.environ["CUDA_VISIBLE_DEVICES"] = gpu
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    logging.getLogger("alembic").setLevel(logging.WARNING)
+    try:
+        run_tune(req)
+    except BenchError as exc:
+        print(f"bench tune worker {os.getpid()}: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    except KeyboardInterrupt:
+        sys.exit(130)
 
 
 def write_outputs(study: Any, setup: Setup, store: st.StudyStorage, session: int) -> dict[str, Any]:

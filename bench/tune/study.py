@@ -12,11 +12,14 @@ Never the MLflow database: both keep an ``alembic_version`` table and Optuna the
 
 Budget: ``--trials N`` is the study's total, counted over COMPLETE, PRUNED, FAIL and RUNNING trials
 (RUNNING so that concurrent workers do not overshoot, FAIL so that a failing objective cannot loop
-forever). A worker counts and asks for its next trial while holding the study lock (``fcntl`` on
-``<storage file>.tune-lock``), so workers sharing a journal or SQLite file never exceed N. Optuna's
-``MaxTrialsCallback`` is not used: it checks after a trial ends, so concurrent workers start trials
-beyond N. A server database has no shared lock: workers on several machines may overshoot by at
-most (workers - 1) trials. Rerunning with a larger N resumes the study and adds trials.
+forever). A worker counts and asks for its next trial while holding the study lock, so workers
+never exceed N. The lock is ``fcntl`` on ``<storage file>.tune-lock`` for a journal or SQLite file,
+and a PostgreSQL session-level advisory lock (``pg_advisory_lock``, key :data:`ADVISORY_KEY`) for a
+``postgresql://`` storage, which holds across machines (issue 11: ``bench tune --workers N`` and
+workers on several nodes). Optuna's ``MaxTrialsCallback`` is not used: it checks after a trial
+ends, so concurrent workers start trials beyond N. Other server databases (MySQL) have no shared
+lock: workers there may overshoot by at most (workers - 1) trials. Rerunning with a larger N
+resumes the study and adds trials.
 
 Stale trials: JournalStorage has no heartbeat. Each trial records its worker (``host:pid``); when a
 session starts, RUNNING trials of dead processes of this machine are marked FAIL.
@@ -65,6 +68,7 @@ IDENTITY = "tune.identity"
 SESSIONS = "tune.sessions"
 WORKER = "tune.worker"
 ERROR = "tune.error"
+ADVISORY_KEY = 0x6F737465_74756E65    # "ostetune": the PostgreSQL advisory lock key (a bigint) of the budget
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -86,10 +90,26 @@ class StudyStorage:
     storage: Any
     description: str
     lock_path: Path | None
+    advisory: Any = None          # PostgreSQL: a SQLAlchemy engine (NullPool) for pg_advisory_lock
+
+    @property
+    def shared_lock(self) -> bool:
+        """Whether the workers of this storage share a lock (module docstring)."""
+        return self.advisory is not None or (self.lock_path is not None and fcntl is not None)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
-        """Exclusive across the processes that share the storage file (no-op without one)."""
+        """Exclusive across the processes that share the storage (no-op without a lock)."""
+        if self.advisory is not None:
+            from sqlalchemy import text
+
+            with self.advisory.connect() as conn:       # the lock dies with the connection
+                conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": ADVISORY_KEY})
+                try:
+                    yield
+                finally:
+                    conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
+            return
         if self.lock_path is None or fcntl is None:
             yield
             return
@@ -107,6 +127,20 @@ def sqlite_file(url: str) -> Path | None:
         return None
     path = url[len("sqlite:///"):].split("?", 1)[0]
     return None if path in ("", ":memory:") else Path(path).expanduser().resolve()
+
+
+def database_url(spec: str) -> str:
+    """`spec` with a PostgreSQL driver that is installed: SQLAlchemy 2.1 maps a bare ``postgresql://``
+    to psycopg 3; where only psycopg2 is installed, ``postgresql+psycopg2://`` is used instead."""
+    import importlib.util
+
+    from sqlalchemy.engine import make_url
+
+    url = make_url(spec)
+    if (url.drivername == "postgresql" and importlib.util.find_spec("psycopg") is None
+            and importlib.util.find_spec("psycopg2") is not None):
+        return url.set(drivername="postgresql+psycopg2").render_as_string(hide_password=False)
+    return spec
 
 
 def open_storage(spec: str, study_dir: Path, mlflow_db: Path | None = None) -> StudyStorage:
@@ -131,14 +165,22 @@ def open_storage(spec: str, study_dir: Path, mlflow_db: Path | None = None) -> S
         if db is not None and not db.parent.is_dir():
             raise BenchError(f"--storage {shown}: folder {db.parent} does not exist")
         lock = db.with_name(f"{db.name}.tune-lock") if db is not None else None
+        advisory = None
         try:
-            with StudyStorage(None, shown, lock).locked():   # first use creates the tables: one process at a time
+            spec = database_url(spec)
+            if make_url(spec).get_backend_name() == "postgresql":
+                from sqlalchemy import create_engine
+                from sqlalchemy.pool import NullPool
+
+                advisory = create_engine(spec, poolclass=NullPool)
+            with StudyStorage(None, shown, lock, advisory).locked():   # first use creates the tables: one at a time
                 storage = RDBStorage(spec)
         except Exception as exc:
             raise BenchError(f"cannot open the Optuna storage {shown}: {type(exc).__name__}: {exc}. Give a reachable "
                              "database URL (sqlite:////abs/path/optuna.db, postgresql://user@host/db with its driver "
-                             "installed), or leave --storage out for a journal file under <results>/tune/<study>/") from exc
-        return StudyStorage(storage, shown, lock)
+                             "installed: pip install 'psycopg[binary]'), or leave --storage out for a journal file under "
+                             "<results>/tune/<study>/") from exc
+        return StudyStorage(storage, shown, lock, advisory)
     path = Path(spec).expanduser().resolve() if spec else (Path(study_dir) / JOURNAL_FILE).resolve()
     if clash(path):
         raise BenchError(f"--storage {path} is the MLflow database; give the journal another file name")

@@ -6,11 +6,14 @@ patches being unlabeled (−1: only their own crops are positives). The patch st
 device once (uint16); every step indexes a batch there, draws the multi-crop views (bone-aware or
 conventional) and the paper's augmentations on the device, runs the encoder once per view size,
 and applies the method's loss. LARC + warm-up + cosine decay; bf16 autocast and channels_last on
-CUDA; the loss is read back once per epoch, not per step.
+CUDA; the loss is read back once per epoch, not per step. The step is :func:`pretrain_step`
+(:func:`gather` + :func:`make_views` + :func:`train_step` on a :class:`Pretrainer`), the same
+function ``bench perf ssl`` times (methods.ssl.perf).
 """
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -18,12 +21,12 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.stage import StageContext
-from methods.augment import augment
+from methods.augment import AugmentConfig, augment
 from methods.encoders import build_encoder
-from methods.multicrop import multicrop
+from methods.multicrop import MultiCropConfig, multicrop
 from methods.patch_store import PatchStore
-from methods.ssl import config as _config  # noqa: F401  (registers the config sections)
-from methods.ssl.heads import build_head
+from methods.ssl.config import SSLConfig  # importing it registers the config sections
+from methods.ssl.heads import HeadConfig, build_head
 from methods.ssl.lars import LARC, LARS, cosine_schedule, param_groups, set_lr
 from methods.ssl.losses import nt_xent, supcon, swav, vicreg_multicrop
 
@@ -62,6 +65,103 @@ def _loss(method: str, cfg, head: nn.Module, feats: list[torch.Tensor], labels: 
                             cov_coeff=cfg.vicreg_cov).total
 
 
+@dataclass
+class Pretrainer:
+    """Encoder, head and optimiser of one pretraining run: the state :func:`train_step` updates.
+
+    Built by :func:`build_pretrainer`; shared by :func:`pretrain_stage` and ``bench perf ssl``
+    (methods.ssl.perf), so the benchmark times the stage's own step. ``fast`` = bf16 autocast and
+    channels_last (the stage uses it exactly on CUDA; the benchmark's conventional reference
+    turns it off to get eager fp32).
+    """
+
+    cfg: SSLConfig
+    encoder: nn.Module
+    head: nn.Module
+    model: nn.ModuleDict
+    opt: torch.optim.Optimizer
+    device: torch.device
+    fast: bool
+
+    def start_epoch(self, epoch: int) -> None:
+        """Train mode; SwAV keeps its prototypes frozen for the first ``ssl.swav_freeze_epochs``."""
+        self.model.train()
+        if self.cfg.method == "swav":
+            self.head.prototypes.freeze_for_epoch(epoch, self.cfg.swav_freeze_epochs)
+
+
+def build_pretrainer(cfg: SSLConfig, heads: HeadConfig, device: torch.device | str, fast: bool | None = None
+                     ) -> Pretrainer:
+    """Encoder + the method's head on `device` and the configured optimiser (LARC/LARS foreach, AdamW foreach).
+
+    `fast` defaults to ``device.type == "cuda"`` (bf16 autocast + channels_last only on a GPU).
+    """
+    device = torch.device(device)
+    fast = device.type == "cuda" if fast is None else fast
+    encoder = build_encoder(cfg.encoder).to(device)
+    head = build_head(cfg.method, encoder.num_features, heads).to(device)
+    model = nn.ModuleDict({"encoder": encoder, "head": head})
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+    groups = param_groups(model, cfg.weight_decay)
+    if cfg.optimizer == "adam":
+        opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
+    else:
+        opt = (LARC if cfg.optimizer == "larc" else LARS)(groups, lr=cfg.lr, momentum=0.9)
+    return Pretrainer(cfg, encoder, head, model, opt, device, fast)
+
+
+def resident_store(store: PatchStore, device: torch.device | str) -> torch.Tensor:
+    """The whole store on `device` as uint16, viewed as bit-identical int16 for gathering (see :func:`gather`)."""
+    return store.tensor(device).view(torch.int16)
+
+
+def gather(data16: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
+    """Rows of a resident int16-viewed uint16 store → float B×1×P×P in [0, 1], all on its device.
+
+    (uint16 indexing kernels are sparse on CUDA: gather through the int16 view, widen, unwrap.)
+    """
+    return ((data16.index_select(0, rows).to(torch.int32) & 0xFFFF).float() / 65535.0).unsqueeze(1)
+
+
+def make_views(x: torch.Tensor, mc: MultiCropConfig, aug: AugmentConfig, policy: str,
+               generator: torch.Generator) -> list[torch.Tensor]:
+    """Multi-crop views of a batch (globals first), each augmented, on the batch's device."""
+    return [augment(v, aug, generator) for v in multicrop(x, mc, policy, generator)]
+
+
+def train_step(p: Pretrainer, views: list[torch.Tensor], labels: torch.Tensor, lr: float, n_global: int
+               ) -> torch.Tensor:
+    """One optimiser step on ready views: encoder per view size, method loss, backward, update.
+
+    Returns the detached loss on the device (no host synchronisation).
+    """
+    set_lr(p.opt, lr)
+    with torch.autocast(device_type=p.device.type, dtype=torch.bfloat16, enabled=p.fast):
+        feats = _encode(p.encoder, views, n_global, p.fast)
+    loss = _loss(p.cfg.method, p.cfg, p.head, [f.float() for f in feats], labels, n_global)
+    p.opt.zero_grad(set_to_none=True)
+    loss.backward()
+    p.opt.step()
+    return loss.detach()
+
+
+def pretrain_step(p: Pretrainer, data16: torch.Tensor, rows: torch.Tensor, labels: torch.Tensor,
+                  mc: MultiCropConfig, aug: AugmentConfig, generator: torch.Generator, lr: float) -> torch.Tensor:
+    """The stage's whole step: gather `rows` from the resident store, views, :func:`train_step`."""
+    views = make_views(gather(data16, rows), mc, aug, p.cfg.crop_policy, generator)
+    return train_step(p, views, labels, lr, mc.n_global)
+
+
+def steps_per_epoch(cfg: SSLConfig, n_patches: int) -> tuple[int, int]:
+    """(batch, steps per epoch) for `n_patches` pretraining patches: full batches, capped by max_steps_per_epoch."""
+    batch = min(cfg.batch_size, n_patches)
+    steps = n_patches // batch
+    if cfg.max_steps_per_epoch:
+        steps = min(steps, cfg.max_steps_per_epoch)
+    return batch, steps
+
+
 def pretrain_stage(ctx: StageContext) -> dict:
     """Stage `pretrain`: writes encoder.pt (timm name + state dict) and logs the loss per epoch."""
     cfg, mc, aug, heads = ctx.config.ssl, ctx.config.multicrop, ctx.config.augment, ctx.config.heads
@@ -69,61 +169,37 @@ def pretrain_stage(ctx: StageContext) -> dict:
     use_cls = cfg.cls_train == "always" or (cfg.cls_train == "auto" and cfg.method == "supcon")
     rows, labels = pretraining_set(store, use_cls)
     device = ctx.device
-    cuda = device.type == "cuda"
-    # the store stays resident as uint16; batches are gathered through the bit-identical int16 view
-    # (uint16 indexing kernels are sparse on CUDA) and widened on the device
-    data16 = store.tensor(device).view(torch.int16)
+    # the store stays resident on the device as uint16; batches are gathered and augmented there
+    data16 = resident_store(store, device)
     rows_dev = torch.as_tensor(rows.copy(), device=device)
     targets = torch.as_tensor(labels, device=device)
-    encoder = build_encoder(cfg.encoder).to(device)
-    head = build_head(cfg.method, encoder.num_features, heads).to(device)
-    model = nn.ModuleDict({"encoder": encoder, "head": head})
-    if cuda:
-        model = model.to(memory_format=torch.channels_last)
-    groups = param_groups(model, cfg.weight_decay)
-    if cfg.optimizer == "adam":
-        opt = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
-    else:
-        opt = (LARC if cfg.optimizer == "larc" else LARS)(groups, lr=cfg.lr, momentum=0.9)
-    batch = min(cfg.batch_size, len(rows))
-    steps = len(rows) // batch
-    if cfg.max_steps_per_epoch:
-        steps = min(steps, cfg.max_steps_per_epoch)
+    p = build_pretrainer(cfg, heads, device)
+    batch, steps = steps_per_epoch(cfg, len(rows))
     total, step = cfg.epochs * steps, 0
     gen = ctx.torch_generator("pretrain", device=device)
     for epoch in range(cfg.epochs):
-        model.train()
-        if cfg.method == "swav":
-            head.prototypes.freeze_for_epoch(epoch, cfg.swav_freeze_epochs)
+        p.start_epoch(epoch)
         order = torch.randperm(len(rows), generator=gen, device=device)
         running = torch.zeros((), device=device)
         for s in range(steps):
             idx = order[s * batch:(s + 1) * batch]
-            x = ((data16.index_select(0, rows_dev[idx]).to(torch.int32) & 0xFFFF).float() / 65535.0).unsqueeze(1)
-            views = [augment(v, aug, gen) for v in multicrop(x, mc, cfg.crop_policy, gen)]
-            set_lr(opt, cosine_schedule(step, total, cfg.lr, warmup=cfg.warmup_epochs * steps))
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
-                feats = _encode(encoder, views, mc.n_global, cuda)
-            loss = _loss(cfg.method, cfg, head, [f.float() for f in feats], targets[idx], mc.n_global)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            running += loss.detach()
+            lr = cosine_schedule(step, total, cfg.lr, warmup=cfg.warmup_epochs * steps)
+            running += pretrain_step(p, data16, rows_dev[idx], targets[idx], mc, aug, gen, lr)
             step += 1
         ctx.log("ssl_loss", float(running) / max(steps, 1), epoch=epoch)
-    torch.save({"encoder": cfg.encoder, "state_dict": encoder.state_dict()}, ctx.out_dir / ENCODER_FILE)
+    torch.save({"encoder": cfg.encoder, "state_dict": p.encoder.state_dict()}, ctx.out_dir / ENCODER_FILE)
     (ctx.out_dir / "pretrain.json").write_text(json.dumps({"patches": int(len(rows)), "steps": int(total)}))
     return {"patches": int(len(rows)), "steps": int(total)}
 
 
-def _encode(encoder: nn.Module, views: list[torch.Tensor], n_global: int, cuda: bool) -> list[torch.Tensor]:
+def _encode(encoder: nn.Module, views: list[torch.Tensor], n_global: int, channels_last: bool) -> list[torch.Tensor]:
     """Pooled features per view, one encoder pass per view resolution (globals, then locals)."""
     out: list[torch.Tensor] = []
     for group in (views[:n_global], views[n_global:]):
         if not group:
             continue
         x = torch.cat(group)
-        if cuda:
+        if channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         out.extend(encoder(x).chunk(len(group)))
     return out

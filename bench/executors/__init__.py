@@ -1,0 +1,63 @@
+"""Executors of a suite's (entry, seed) runs (issue 11): ``local`` and ``ray``.
+
+The runner (bench.runner.Runner) plans, computes and records one run (``execute_one``) and logs a
+finished one to MLflow (``finish``); an executor decides where and in which order runs execute:
+
+    local   in this process, one after another (the default; `bench run` as it always was)
+    ray     each (entry, seed) a Ray task (one GPU, or CPUs on CPU-only clusters), on a local Ray
+            instance or a running cluster (``--address auto | host:6379 | ray://host:10001``)
+
+Both produce the same results layout and, for the same seeds, the same numbers: a run computes
+the same stage keys with the same seeded generators wherever it executes. Shared stages meet in the
+content-addressed stage cache under a lock per key (bench.executors.locking).
+"""
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol, Sequence
+
+from bench.errors import BenchError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from bench.registry import Entry
+    from bench.runner import Outcome, Runner
+
+EXECUTORS: tuple[str, ...] = ("local", "ray")
+
+
+class Executor(Protocol):
+    """Runs (entry, seed) tasks of a runner; returns their outcomes in the order given."""
+
+    name: str
+
+    def prepare(self, runner: "Runner") -> None:
+        """Adjust the runner before its configs are validated (e.g. the device a cluster offers)."""
+
+    def execute(self, runner: "Runner", tasks: Sequence[tuple["Entry", int]]) -> list["Outcome"]:
+        """Execute every task; each outcome has passed through ``runner.finish``."""
+
+    def close(self) -> None:
+        """Release what the executor started (a Ray instance it launched)."""
+
+
+def make_executor(name: str, *, address: str | None = None, retries: int | None = None,
+                  cpus_per_task: float = 1.0) -> Executor:
+    """The executor called `name`; `retries` defaults to 0 for local and 1 for ray."""
+    if retries is not None and retries < 0:
+        raise BenchError(f"--retries must be 0 or more, got {retries}")
+    if cpus_per_task <= 0:
+        raise BenchError(f"--cpus-per-task must be positive, got {cpus_per_task}")
+    if name == "local":
+        if address:
+            raise BenchError("--address names a Ray cluster; it needs --executor ray")
+        from bench.executors.local import LocalExecutor
+
+        return LocalExecutor(retries=0 if retries is None else retries)
+    if name == "ray":
+        from bench.executors.ray_executor import RayExecutor
+
+        return RayExecutor(address=address, retries=1 if retries is None else retries,
+                           cpus_per_task=cpus_per_task)
+    raise BenchError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
+
+
+__all__ = ["EXECUTORS", "Executor", "make_executor"]

@@ -1,0 +1,57 @@
+"""Cross-process locks for the shared stage cache (issue 11).
+
+Convention: the content-addressed stage cache (bench.stage) is the meeting point of concurrent
+runs, whether they are Ray tasks on several nodes, several `bench run` processes, or one process.
+A stage key is computed under an exclusive lock file ``<cache>/.locks/<stage>-<key>.lock``: the
+first holder computes, every other holder blocks on the lock, then finds the finished folder
+(``_stage.json`` present) and reuses it. Phantom generation holds ``<cache>/.locks/phantom.lock``.
+
+The lock is POSIX ``fcntl.flock`` on a file of the results folder, so it is as shared as that
+folder: exclusive across the processes of one machine, and across machines on NFSv4 (or NFSv3 with
+lockd), where Linux maps ``flock`` to byte-range locks. A lock dies with its process, so a
+crashed holder never blocks the others.
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+from pathlib import Path
+from typing import Iterator
+
+try:  # POSIX; elsewhere one process per results folder is assumed and the lock is a no-op
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+LOCK_DIR = ".locks"
+
+
+def lock_path(cache_root: Path, name: str) -> Path:
+    """``<cache_root>/.locks/<name>.lock``."""
+    return Path(cache_root) / LOCK_DIR / f"{name}.lock"
+
+
+@contextlib.contextmanager
+def file_lock(path: str | os.PathLike) -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) for the duration of the block."""
+    path = Path(path)
+    if fcntl is None:  # pragma: no cover
+        yield
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+def stage_lock(cache_root: Path, stage: str, key: str):
+    """The lock of one stage key (module docstring)."""
+    return file_lock(lock_path(cache_root, f"{stage}-{key}"))
+
+
+def data_lock(cache_root: Path):
+    """The lock around generating (or checking) the cached phantom datasets."""
+    return file_lock(lock_path(cache_root, "phantom"))

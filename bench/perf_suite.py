@@ -1,0 +1,334 @@
+"""Projected wall time of a suite from measured per-stage step times (`bench perf suite`, issue 9).
+
+The engine knows no method. It asks the runner for the plan of ``bench run --suite S --profile P
+--seeds ...`` (:meth:`bench.runner.Runner.plan_run`, the ``--dry-run`` logic), keeps each distinct
+(stage name, stage key) once, exactly as the content-addressed stage cache computes it once, and
+prices every distinct stage with a *cost model* looked up by the stage function
+(``module.qualname``). A cost model returns a :class:`StageCost`: the measured seconds of one
+unit of work (a training step, an image, a forward batch) and how many units the resolved config
+and the dataset sizes imply, per part (e.g. train steps, validation passes, prediction), so the
+projection is Σ units × seconds per part. Cost models live with the code they measure
+(methods.perf_suite holds those of the built-in stages, built on the generic instruments of
+:class:`Measurer`; plugins add theirs with :func:`register_cost`); an unknown stage is listed as
+unpriced rather than guessed.
+
+Where the phantom datasets are not generated yet, their fingerprints (which key every stage) are
+replaced by their planned folder names, so the plan's keys differ from the real ones but are
+equal exactly where the real ones are equal: the count of distinct stages is the runner's.
+
+Timing convention (:func:`time_steps`): warm-up calls excluded, the device synchronised once
+before and once after the timed calls (the harness never synchronises inside its steps), the
+mean time per call.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterable, Mapping, Sequence, TypeVar
+
+import numpy as np
+import torch
+from torch import nn
+
+from bench.config import Config
+from bench.data.provision import planned_paths
+from bench.errors import BenchError
+from bench.registry import Stage
+from bench.runner import PlannedRun, Runner
+
+T = TypeVar("T")
+
+
+# --------------------------------------------------------------------------- timing
+def sync(device: Any) -> None:
+    """Wait for the device's queued work (CUDA only; a no-op on CPU)."""
+    device = torch.device(device)
+    if device.type == "cuda" and torch.cuda.is_available():
+        torch.cuda.synchronize(device)
+
+
+def device_name(device: Any) -> str:
+    """Human-readable name of the device: the GPU's name, or the CPU with its usable cores and threads."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"{torch.cuda.get_device_name(device)} (CUDA {torch.version.cuda})"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"CPU ({cores} cores, {torch.get_num_threads()} torch threads)"
+
+
+def time_steps(step: Callable[[int], Any], steps: int, warmup: int, device: Any) -> float:
+    """Mean seconds per call of ``step(i)`` over `steps` timed calls after `warmup` untimed ones."""
+    if steps < 1 or warmup < 0:
+        raise BenchError(f"time_steps needs steps >= 1 and warmup >= 0, got steps={steps}, warmup={warmup}")
+    for i in range(warmup):
+        step(i)
+    sync(device)
+    start = time.perf_counter()
+    for i in range(steps):
+        step(warmup + i)
+    sync(device)
+    return (time.perf_counter() - start) / steps
+
+
+def seeded_build(build: Callable[[], T], seed: int = 0) -> T:
+    """``build()`` with its initialisation drawn from a seeded fork of the global RNG (left untouched)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build()
+
+
+class Measurer:
+    """Measuring instruments of one `bench perf suite` run; results cached by key (a configuration's repr).
+
+    ``train_step_s``: a training step of a network on random inputs (Adam foreach; bf16 autocast
+    and channels_last on CUDA, the harness's rule); ``forward_s``: an eval forward per sample;
+    ``per_image_s``: CPU work per radiograph on one phantom image of a preset written to a temp folder.
+    """
+
+    def __init__(self, device: Any, steps: int = 3, warmup: int = 1):
+        self.device, self.steps, self.warmup = torch.device(device), steps, warmup
+        self._memo: dict[Any, Any] = {}
+        self._tmp = tempfile.TemporaryDirectory(prefix="bench-perf-")
+
+    def cached(self, key: Any, fn: Callable[[], Any]) -> Any:
+        if key not in self._memo:
+            self._memo[key] = fn()
+        return self._memo[key]
+
+    def time(self, step: Callable[[int], Any], device: Any = None) -> float:
+        return time_steps(step, self.steps, self.warmup, device or self.device)
+
+    # ------------------------------------------------------------------ networks
+    def train_step_s(self, key: Any, build: Callable[[], nn.Module], sample: tuple[int, ...], batch: int,
+                     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+                     target: Callable[[int], torch.Tensor] | None = None, lr: float = 1e-4) -> float:
+        """Seconds per step of Adam (foreach) on random inputs B×sample, bf16 autocast + channels_last on CUDA."""
+        def measure() -> float:
+            dev, cuda = self.device, self.device.type == "cuda"
+            gen = torch.Generator(device=dev).manual_seed(0)
+            model = seeded_build(build).to(dev)
+            if cuda:
+                model = model.to(memory_format=torch.channels_last)
+            model.train()
+            opt = torch.optim.Adam(model.parameters(), lr=lr, foreach=True)
+            x = torch.rand(batch, *sample, generator=gen, device=dev)
+            if cuda and x.dim() == 4:
+                x = x.contiguous(memory_format=torch.channels_last)
+            y = target(batch).to(dev) if target else torch.randint(0, 2, (batch,), generator=gen, device=dev)
+            fn = loss_fn or nn.functional.cross_entropy
+
+            def step(_: int) -> None:
+                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=cuda):
+                    out = model(x)
+                loss = fn(out.float(), y)
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+            return self.time(step)
+        return self.cached(("train", key, sample, batch), measure)
+
+    def forward_s(self, key: Any, build: Callable[[], nn.Module], sample: tuple[int, ...], batch: int) -> float:
+        """Seconds per *sample* of an eval forward at `batch` (no_grad, the same autocast rule)."""
+        def measure() -> float:
+            dev, cuda = self.device, self.device.type == "cuda"
+            model = seeded_build(build).to(dev).eval()
+            if cuda:
+                model = model.to(memory_format=torch.channels_last)
+            x = torch.rand(batch, *sample, generator=torch.Generator(device=dev).manual_seed(0), device=dev)
+
+            @torch.no_grad()
+            def step(_: int) -> None:
+                with torch.autocast(device_type=dev.type, dtype=torch.bfloat16, enabled=cuda):
+                    model(x)
+            return self.time(step) / batch
+        return self.cached(("forward", key, sample, batch), measure)
+
+    # ------------------------------------------------------------------ per-image CPU work
+    def case_files(self, preset: str, profile: str) -> tuple[Path, Path, float]:
+        """One phantom radiograph of `preset` at `profile` written as PNG + exact label map (cached)."""
+        def make() -> tuple[Path, Path, float]:
+            from bench.data.imageio import write_label_map, write_png16
+            from bench.data.phantom import PhantomConfig, dataset_styles, make_case
+
+            cfg = PhantomConfig.for_preset(preset, profile)
+            case = make_case(cfg, 0, 0, dataset_styles(cfg, 0))
+            img, lab = Path(self._tmp.name) / f"{preset}.png", Path(self._tmp.name) / f"{preset}-labels.png"
+            write_png16(img, case.rendering.image)
+            write_label_map(lab, case.rendering.truth)
+            return img, lab, cfg.pixel_spacing_mm
+        return self.cached(("case", preset, profile), make)
+
+    def per_image_s(self, key: Any, preset: str, profile: str,
+                    work: Callable[[np.ndarray, np.ndarray, float], Any]) -> float:
+        """Seconds per image of read image + read label map + work(image, labels, spacing), on the CPU."""
+        from bench.data.imageio import read_image, read_label_map
+
+        img, lab, spacing = self.case_files(preset, profile)
+        return self.cached(("image", key, preset, profile), lambda: self.time(
+            lambda _: work(read_image(img).pixels, read_label_map(lab), spacing), "cpu"))
+
+
+# --------------------------------------------------------------------------- cost models
+@dataclass
+class CostPart:
+    """One kind of work of a stage: `units` repetitions of something measured at `seconds` each."""
+
+    name: str           # e.g. "train steps", "val forward", "predict images"
+    units: float        # how many (from the config and the dataset sizes)
+    seconds: float      # measured seconds per unit
+
+    @property
+    def total(self) -> float:
+        return self.units * self.seconds
+
+
+@dataclass
+class StageCost:
+    """A stage's projected cost: the sum of its parts."""
+
+    parts: list[CostPart] = field(default_factory=list)
+    note: str = ""      # how the units were counted (shown in the table)
+
+    @property
+    def seconds(self) -> float:
+        return sum(p.total for p in self.parts)
+
+
+#: a cost model prices one stage under a resolved config on a device.
+CostModel = Callable[[Stage, Config, Any], StageCost]
+_COST_MODELS: dict[str, CostModel] = {}
+
+
+def stage_fn_name(stage: Stage) -> str:
+    return f"{stage.fn.__module__}.{stage.fn.__qualname__}"
+
+
+def register_cost(fn_name: str, model: CostModel) -> CostModel:
+    """Register the cost model of the stage function `fn_name` (``module.qualname``)."""
+    _COST_MODELS[fn_name] = model
+    return model
+
+
+def cost_models() -> dict[str, CostModel]:
+    return dict(_COST_MODELS)
+
+
+# --------------------------------------------------------------------------- plan
+class PlanningRunner(Runner):
+    """A runner that plans without generating data: missing phantom datasets get placeholder fingerprints."""
+
+    def _data(self, config: Config, generate: bool):
+        found = super()._data(config, False)
+        if found is not None:
+            return found
+        paths = planned_paths(config, self.cache_root)
+        return paths, {}, {role: f"planned:{path.name}" for role, path in paths.items()}
+
+
+@dataclass
+class DistinctStage:
+    """One stage the suite computes once: its key, the first (entry, seed) needing it and who shares it."""
+
+    name: str
+    key: str
+    stage: Stage
+    config: Config
+    entry: str
+    seed: int
+    users: list[str] = field(default_factory=list)   # "entry/seed<k>" of every run using it
+
+
+def distinct_stages(plans: Iterable[PlannedRun]) -> list[DistinctStage]:
+    """Each (stage name, key) of the plans once, in plan order (what the stage cache computes)."""
+    out: dict[tuple[str, str], DistinctStage] = {}
+    for planned in plans:
+        for stage, ps in zip(planned.entry.stages, planned.stages):
+            if ps.key is None:
+                raise BenchError(f"stage {ps.name} of {planned.entry.name} has no key (datasets missing)")
+            ident = (ps.name, ps.key)
+            if ident not in out:
+                out[ident] = DistinctStage(ps.name, ps.key, stage, planned.config, planned.entry.name, planned.seed)
+            out[ident].users.append(f"{planned.entry.name}/seed{planned.seed}")
+    return list(out.values())
+
+
+def plan_suite(entries: Sequence[str], seeds: Sequence[int], profile: str, device: str,
+               sets: Sequence[str] = (), results: str = "results") -> list[DistinctStage]:
+    """The distinct stages of running `entries` × `seeds` at `profile` (``bench run --dry-run``'s plan)."""
+    runner = PlanningRunner(results, suite="perf", profile=profile, sets=sets, device=device, progress=False)
+    runner.validate(entries)
+    return distinct_stages(runner.plan(entries, seeds, generate=False))
+
+
+# --------------------------------------------------------------------------- projection
+@dataclass
+class Projection:
+    rows: list[dict[str, Any]]                # one per distinct stage
+    unpriced: list[str]                       # stage functions without a cost model
+
+    @property
+    def total_seconds(self) -> float:
+        return sum(r["seconds"] for r in self.rows)
+
+    def by_stage(self) -> dict[str, dict[str, float]]:
+        """Per stage name: how many distinct computations and their projected seconds."""
+        out: dict[str, dict[str, float]] = {}
+        for r in self.rows:
+            agg = out.setdefault(r["stage"], {"count": 0, "seconds": 0.0})
+            agg["count"] += 1
+            agg["seconds"] += r["seconds"]
+        return out
+
+
+def project(stages: Sequence[DistinctStage], device: Any,
+            models: Mapping[str, CostModel] | None = None) -> Projection:
+    """Price every distinct stage (cost models cache their measurements, so seeds cost one measurement)."""
+    models = cost_models() if models is None else models
+    rows, unpriced = [], []
+    for ds in stages:
+        fn = stage_fn_name(ds.stage)
+        model = models.get(fn)
+        row = {"stage": ds.name, "key": ds.key, "entry": ds.entry, "seed": ds.seed, "users": len(ds.users)}
+        if model is None:
+            if fn not in unpriced:
+                unpriced.append(fn)
+            rows.append({**row, "seconds": 0.0, "parts": [], "note": "no cost model"})
+            continue
+        cost = model(ds.stage, ds.config, device)
+        rows.append({**row, "seconds": cost.seconds, "parts": [(p.name, p.units, p.seconds) for p in cost.parts],
+                     "note": cost.note})
+    return Projection(rows, unpriced)
+
+
+def format_hours(seconds: float) -> str:
+    h, rem = divmod(int(round(seconds)), 3600)
+    return f"{h}:{rem // 60:02d}:{rem % 60:02d}"
+
+
+def print_projection(proj: Projection, header: str) -> None:
+    """Per distinct configuration (stage + how it was counted), per stage, and the total."""
+    import pandas as pd
+
+    print(header)
+    if not proj.rows:
+        print("  nothing to run")
+        return
+    frame = pd.DataFrame(proj.rows)
+    detail = frame.groupby(["stage", "note"], sort=False).agg(runs=("key", "size"), each_s=("seconds", "first"),
+                                                              total_s=("seconds", "sum")).reset_index()
+    for r in detail.itertuples():
+        parts = next(row["parts"] for row in proj.rows if row["stage"] == r.stage and row["note"] == r.note)
+        split = "; ".join(f"{name} {units:,.0f} x {sec * 1e3:.2f} ms" for name, units, sec in parts)
+        print(f"  {r.stage:15s} x{r.runs:<3d} {format_hours(r.each_s):>9s} each  {r.note}"
+              + (f"  [{split}]" if split else ""))
+    total = proj.total_seconds
+    print(f"  {'stage':15s} {'computed':>8s} {'projected':>10s} {'share':>6s}")
+    for stage, agg in proj.by_stage().items():
+        share = agg["seconds"] / total if total > 0 else 0.0
+        print(f"  {stage:15s} {int(agg['count']):8d} {format_hours(agg['seconds']):>10s} {100 * share:5.1f}%")
+    print(f"  {'total':15s} {len(proj.rows):8d} {format_hours(total):>10s}  ({total / 3600:.2f} h)")
+    if proj.unpriced:
+        print(f"  not priced (no cost model): {', '.join(proj.unpriced)}")

@@ -1,0 +1,454 @@
+"""Beyond one machine (issue 11): a real local Ray cluster, a real MLflow server, a real PostgreSQL.
+
+Checks: a suite (the toy entries, which share their first stage, one of which always fails, and
+the clinical baseline) through the Ray executor gives the local executor's results byte for byte,
+executes nowhere in the driver, computes each shared stage key once, retries the failing run once,
+logs from the driver to MLflow and resumes with nothing redone; two concurrent runs of one stage key
+compute it once (the lock per key); a suite logged to a real `mlflow server` on a loopback port is
+read back with MlflowClient (params, metrics, proxied artifacts); a server that is not there is a
+BenchError; a two-worker `bench tune --workers 2` study on a real PostgreSQL (initdb into a temp
+folder, as a non-root user when run as root) completes exactly N trials with unique numbers, and
+the PostgreSQL advisory lock excludes other sessions. A test whose service cannot start here is
+skipped with the reason.
+"""
+from __future__ import annotations
+
+import json
+import os
+import pwd
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from glob import glob
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench import registry, results as store
+from bench.cli import main
+from bench.errors import BenchError
+from bench.registry import Entry, Stage
+from bench.runner import Runner
+
+TESTS = Path(__file__).parent
+ENTRIES = ["toy", "toy-fail", "clinical"]
+CLUSTER_ENTRIES = "OSTEOBENCH_TEST_CLUSTER_ENTRIES"    # set for Ray workers: importing this module registers cl-crash
+TINY_SEG = ["segmentation.levels=3", "segmentation.base_width=4", "segmentation.max_width=16",
+            "segmentation.working_size=32", "segmentation.epochs=1", "segmentation.batch_size=16",
+            "segmentation.predict_batch=16", "run.device=cpu", "tune.startup_trials=2"]
+
+
+@pytest.fixture(autouse=True)
+def toy_registered():
+    registry.load_entries(["toy_entries"])
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _runner(root: Path, data: Path, **kw) -> Runner:
+    return Runner(root, suite="c", profile="smoke", data_seg=str(data), data_cls=str(data), progress=False,
+                  plugins=["toy_entries"], **kw)
+
+
+def _log_lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def _constant_predictions(ctx, value: float) -> dict:
+    """Subject predictions p_pos = `value` for every subject of `cls` (a one-stage entry's output)."""
+    rows = [{"subject_id": s, "split": sp, "y_true": int(y), "p_pos": value}
+            for s, sp, y in ctx.datasets["cls"].manifest[["subject_id", "split", "label"]].itertuples(index=False)]
+    pd.DataFrame(rows).to_parquet(ctx.out_dir / "predictions.parquet", index=False)
+    return {"metrics": {"v": value}}
+
+
+def _crash_once(ctx) -> dict:
+    """SIGKILL its own process (a lost Ray worker) the first time, succeed the second."""
+    marker = ctx.out_dir.parent / "crashed-once"
+    if not marker.exists():
+        marker.write_text(str(os.getpid()))
+        os.kill(os.getpid(), signal.SIGKILL)
+    return _constant_predictions(ctx, 0.75)
+
+
+CRASH = Entry("cl-crash", "kills its worker once", stages=(Stage("cl_crash", _crash_once, datasets=("cls",)),),
+              kind="example")
+if os.environ.get(CLUSTER_ENTRIES):
+    registry.register(CRASH)
+
+
+# --------------------------------------------------------------------------- Ray
+@pytest.fixture(scope="module")
+def ray_cluster(tmp_path_factory):
+    """A real local Ray cluster with 2 CPUs; its workers import toy_entries and append to TOY_LOG."""
+    ray = pytest.importorskip("ray", reason="Ray is not installed (pip install 'osteobench[cluster]')")
+    log = tmp_path_factory.mktemp("ray_log") / "toy.log"
+    saved = {k: os.environ.get(k) for k in ("PYTHONPATH", "TOY_LOG", CLUSTER_ENTRIES)}
+    os.environ["PYTHONPATH"] = os.pathsep.join([str(TESTS), *filter(None, [saved["PYTHONPATH"]])])
+    os.environ["TOY_LOG"] = str(log)      # workers inherit the environment of the cluster started here
+    os.environ[CLUSTER_ENTRIES] = "1"
+    try:
+        import logging
+
+        ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level=logging.WARNING,
+                 log_to_driver=False)                  # "local": a new cluster, never one already running here
+    except Exception as exc:  # pragma: no cover - depends on the machine
+        _restore(saved)
+        pytest.skip(f"a local Ray cluster cannot start here: {type(exc).__name__}: {exc}")
+    yield ray, log
+    ray.shutdown()
+    _restore(saved)
+
+
+def _restore(saved: dict) -> None:
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+def test_ray_executor_matches_local_and_shares_stages(ray_cluster, tiny_dataset, tmp_path, monkeypatch):
+    from bench.executors.ray_executor import RayExecutor
+    from bench.tracking import Tracker
+
+    _, log = ray_cluster
+    local = _runner(tmp_path / "local", tiny_dataset).run(ENTRIES, [0, 1])
+    log.write_text("")
+
+    def not_here(*args, **kwargs):
+        raise AssertionError("a run executed in the driver process")
+
+    tracker = Tracker(tmp_path / "ray")
+    monkeypatch.setattr(Runner, "execute_one", not_here)              # the driver only plans and tracks
+    remote = _runner(tmp_path / "ray", tiny_dataset, tracker=tracker, executor=RayExecutor(retries=1)).run(ENTRIES, [0, 1])
+
+    expected = [(e, s, "failed" if e == "toy-fail" else "done") for e in ENTRIES for s in (0, 1)]
+    assert [(o.entry, o.seed, o.status) for o in local] == expected
+    assert [(o.entry, o.seed, o.status) for o in remote] == expected
+    assert [o.attempts for o in remote] == [1, 1, 2, 2, 1, 1]           # the failing run was retried once
+    for o in remote:
+        if o.status == "failed":
+            assert "always fails" in o.error
+            text = (store.failure_dir(tmp_path / "ray", "c", o.entry, o.seed) / store.TRACEBACK_FILE).read_text()
+            assert "RuntimeError" in text
+            continue
+        a = store.read_run(store.run_dir(tmp_path / "local", "c", o.entry, o.seed))
+        b = store.read_run(store.run_dir(tmp_path / "ray", "c", o.entry, o.seed))
+        assert json.dumps(a.metrics, sort_keys=True) == json.dumps(b.metrics, sort_keys=True)
+        assert json.dumps(a.config, sort_keys=True) == json.dumps(b.config, sort_keys=True)   # same run and stage keys
+        pd.testing.assert_frame_equal(a.predictions, b.predictions)
+        for name in (store.METRICS_FILE, store.PREDICTIONS_FILE):
+            assert (Path(a.path) / name).read_bytes() == (Path(b.path) / name).read_bytes()
+    # toy and toy-fail share toy_prep: computed once per seed across 2 concurrent slots and the retries
+    assert sorted(_log_lines(log)) == ["toy_prep"] * 2 + ["toy_probe"] * 2
+
+    client = tracker.client                                           # MLflow written by the driver
+    exp = client.get_experiment_by_name("osteobench/c")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = {r.data.tags["osteobench.entry"]: r for r in runs if r.data.tags.get("osteobench.run_type") == "entry"}
+    assert set(parents) == set(ENTRIES) and parents["toy-fail"].info.status == "FAILED"
+    for o in remote:
+        if o.status == "done":
+            child = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[o.entry].info.run_id
+                     and r.data.tags.get("osteobench.seed") == str(o.seed)]
+            assert len(child) == 1 and child[0].data.metrics["test_auc"] == pytest.approx(o.metrics["test"]["auc"])
+
+    again = _runner(tmp_path / "ray", tiny_dataset, executor=RayExecutor(retries=0)).run(ENTRIES, [0, 1])
+    assert [o.status for o in again] == ["skipped", "skipped", "failed", "failed", "skipped", "skipped"]
+    assert sorted(_log_lines(log)) == ["toy_prep"] * 2 + ["toy_probe"] * 2   # resumed: nothing redone
+
+
+def test_a_lost_task_is_retried_once_then_recorded(ray_cluster, tiny_dataset, tmp_path):
+    from bench.executors.ray_executor import RayExecutor
+
+    def runner(retries: int) -> Runner:
+        return Runner(tmp_path, suite="c", data_seg=str(tiny_dataset), data_cls=str(tiny_dataset), device="cpu",
+                      progress=False, plugins=["test_cluster"], executor=RayExecutor(retries=retries))
+
+    registry.register(CRASH)
+    try:
+        retried = runner(1).run(["cl-crash"], [0])       # its worker is killed once, the resubmitted task succeeds
+        (tmp_path / "cache" / "cl_crash" / "crashed-once").unlink()
+        lost = runner(0).run(["cl-crash", "clinical"], [1])   # killed again, no retry left
+    finally:
+        registry.unregister("cl-crash")
+    assert (retried[0].status, retried[0].attempts) == ("done", 2)
+    assert retried[0].metrics["extra"]["v"] == 0.75 and not store.failure_dir(tmp_path, "c", "cl-crash", 0).exists()
+    assert [(o.entry, o.status) for o in lost] == [("cl-crash", "failed"), ("clinical", "done")]   # isolated
+    assert "was lost" in lost[0].error
+    assert "was lost" in (store.failure_dir(tmp_path, "c", "cl-crash", 1) / store.TRACEBACK_FILE).read_text()
+
+
+def test_ray_cli_and_user_errors(ray_cluster, tiny_dataset, tmp_path, capsys):
+    args = ["run", "--entry", "clinical", "--name", "cli", "--seeds", "0", "--results", str(tmp_path),
+            "--data-seg", str(tiny_dataset), "--data-cls", str(tiny_dataset), "--no-mlflow", "--executor", "ray"]
+    assert main(args) == 0
+    assert store.is_complete(tmp_path, "cli", "clinical", 0)
+    assert "1 run, 0 already done, 0 failed" in capsys.readouterr().out
+    if not ray_cluster[0].cluster_resources().get("GPU"):
+        assert main(args + ["--device", "cuda", "--name", "cuda"]) == 2
+        assert "has no GPU" in capsys.readouterr().err
+    assert main(["run", "--entry", "clinical", "--executor", "local", "--address", "auto", "--results",
+                 str(tmp_path)]) == 2
+    assert "--executor ray" in capsys.readouterr().err
+
+
+def test_missing_ray_is_a_clear_error(monkeypatch):
+    import builtins
+
+    from bench.executors import make_executor
+
+    real_import = builtins.__import__
+
+    def no_ray(name, *args, **kwargs):
+        if name == "ray" or name.startswith("ray."):
+            raise ImportError("No module named 'ray'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_ray)
+    with pytest.raises(BenchError, match=r"osteobench\[cluster\]"):
+        make_executor("ray").connect()
+    with pytest.raises(BenchError, match="unknown executor"):
+        make_executor("slurm")
+
+
+# --------------------------------------------------------------------------- the lock per stage key
+SLOW_LOG: Path | None = None
+
+
+def _slow_stage(ctx) -> dict:
+    with open(SLOW_LOG, "a") as fh:
+        fh.write(f"{threading.get_ident()}\n")
+    time.sleep(0.5)                          # widen the window in which a second run could start it too
+    value = float(ctx.rng("v").uniform())
+    rows = [{"subject_id": s, "split": sp, "y_true": int(y), "p_pos": value}
+            for s, sp, y in ctx.datasets["cls"].manifest[["subject_id", "split", "label"]].itertuples(index=False)]
+    pd.DataFrame(rows).to_parquet(ctx.out_dir / "predictions.parquet", index=False)
+    return {"metrics": {"v": value}}
+
+
+def test_concurrent_runs_compute_a_stage_key_once(tiny_dataset, tmp_path):
+    global SLOW_LOG
+    SLOW_LOG = tmp_path / "slow.log"
+    registry.register(Entry("cl-slow", "slow one-stage entry", stages=(Stage("cl_slow", _slow_stage, datasets=("cls",)),),
+                            kind="example"))
+    try:
+        barrier = threading.Barrier(2)
+        outcomes = {}
+
+        def go(suite: str) -> None:
+            runner = Runner(tmp_path / "r", suite=suite, data_seg=str(tiny_dataset), data_cls=str(tiny_dataset),
+                            device="cpu", progress=False)
+            runner.plan_run(registry.get("cl-slow"), 0)                  # datasets opened before the race
+            barrier.wait()
+            outcomes[suite] = runner.execute_one(registry.get("cl-slow"), 0)
+
+        threads = [threading.Thread(target=go, args=(s,)) for s in ("a", "b")]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    finally:
+        registry.unregister("cl-slow")
+    assert [outcomes[s].status for s in ("a", "b")] == ["done", "done"]
+    assert len(_log_lines(SLOW_LOG)) == 1                          # one computed, the other waited and reused
+    assert outcomes["a"].stage_keys == outcomes["b"].stage_keys
+    assert outcomes["a"].metrics == outcomes["b"].metrics
+
+
+# --------------------------------------------------------------------------- MLflow server
+@pytest.fixture
+def mlflow_server(tmp_path):
+    exe = Path(sys.executable).with_name("mlflow")
+    if not exe.is_file():
+        pytest.skip("the mlflow command is not installed next to this Python")
+    port = free_port()
+    log = open(tmp_path / "server.log", "w")
+    proc = subprocess.Popen([str(exe), "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+                             "--artifacts-destination", str(tmp_path / "server-artifacts"), "--host", "127.0.0.1",
+                             "--port", str(port), "--workers", "1"], stdout=log, stderr=subprocess.STDOUT,
+                            start_new_session=True, cwd=tmp_path)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2) as r:
+                    if r.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.time() > deadline:
+                pytest.skip(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-800:]}")
+            time.sleep(0.5)
+        yield url, tmp_path / "server-artifacts"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, 15)          # the server's own process group (start_new_session)
+            try:
+                proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+        log.close()
+
+
+def test_a_suite_logs_to_a_real_mlflow_server(mlflow_server, tiny_dataset, tmp_path):
+    from mlflow import MlflowClient
+
+    url, artifacts = mlflow_server
+    results = tmp_path / "results"
+    assert main(["run", "--entry", "toy", "clinical", "--name", "srv", "--seeds", "0", "1", "--results", str(results),
+                 "--data-seg", str(tiny_dataset), "--data-cls", str(tiny_dataset), "--device", "cpu",
+                 "--plugin", "toy_entries", "--tracking-uri", url]) == 0
+    client = MlflowClient(tracking_uri=url)
+    exp = client.get_experiment_by_name("osteobench/srv")
+    runs = client.search_runs([exp.experiment_id], max_results=100)
+    parents = {r.data.tags["osteobench.entry"]: r for r in runs if r.data.tags.get("osteobench.run_type") == "entry"}
+    assert set(parents) == {"toy", "clinical"} and all(p.info.status == "FINISHED" for p in parents.values())
+    children = [r for r in runs if r.data.tags.get("osteobench.run_type") == "seed"]
+    assert len(children) == 4
+    for child in children:
+        entry, seed = child.data.tags["osteobench.entry"], int(child.data.tags["osteobench.seed"])
+        assert child.data.tags["mlflow.parentRunId"] == parents[entry].info.run_id
+        saved = store.read_run(store.run_dir(results, "srv", entry, seed))
+        assert child.data.params["run.device"] == "cpu" and child.data.params["profile"] == "smoke"
+        assert child.data.metrics["test_accuracy"] == pytest.approx(saved.metrics["test"]["accuracy"])
+        got = Path(client.download_artifacts(child.info.run_id, "metrics.json", str(tmp_path / "dl" / child.info.run_id)))
+        assert got.read_bytes() == (Path(saved.path) / store.METRICS_FILE).read_bytes()
+    assert len(list(artifacts.rglob("predictions.parquet"))) == 4      # stored by the server (proxied artifacts)
+    assert not (results / "mlflow.db").exists()                         # nothing went to the default store
+
+
+def test_an_absent_server_is_a_quick_bench_error(tmp_path):
+    from bench.tracking import Tracker
+
+    with pytest.raises(BenchError, match="no MLflow tracking server answers"):
+        Tracker(tmp_path, uri=f"http://127.0.0.1:{free_port()}")
+
+
+# --------------------------------------------------------------------------- PostgreSQL
+def _pg_bin(name: str) -> str | None:
+    """`name` on PATH, else in Debian's /usr/lib/postgresql/<version>/bin (the newest version)."""
+    debian = sorted(glob(f"/usr/lib/postgresql/*/bin/{name}"), key=lambda p: int(Path(p).parts[-3]))
+    return shutil.which(name) or (debian[-1] if debian else None)
+
+
+@pytest.fixture(scope="module")
+def postgres_url():
+    """A throw-away PostgreSQL on a free loopback port (data and socket in a temp folder)."""
+    import importlib.util
+
+    if not any(importlib.util.find_spec(m) for m in ("psycopg", "psycopg2")):
+        pytest.skip("no PostgreSQL driver for SQLAlchemy (pip install 'osteobench[cluster]')")
+    initdb, pg_ctl = _pg_bin("initdb"), _pg_bin("pg_ctl")
+    if not (initdb and pg_ctl):
+        pytest.skip("PostgreSQL is not installed (no initdb/pg_ctl; .ci/run installs it with apt-get)")
+    as_user: list[str] = []
+    owner = None
+    if os.geteuid() == 0:                    # initdb refuses to run as root
+        runuser = shutil.which("runuser")
+        for name in ("postgres", "nobody"):
+            try:
+                owner = pwd.getpwnam(name)
+                break
+            except KeyError:
+                continue
+        if runuser is None or owner is None:
+            pytest.skip("running as root, and no runuser or non-root user (postgres, nobody) to run initdb as")
+        as_user = [runuser, "-u", owner.pw_name, "--"]
+    root = Path(tempfile.mkdtemp(prefix="bench-pg-"))
+    if owner is not None:
+        os.chown(root, owner.pw_uid, owner.pw_gid)
+    port = free_port()
+    data = root / "data"
+    try:
+        init = subprocess.run([*as_user, initdb, "-D", str(data), "-A", "trust", "-U", "bench", "-E", "UTF8",
+                               "--no-sync"], capture_output=True, text=True, timeout=120)
+        if init.returncode != 0:
+            pytest.skip(f"initdb failed: {init.stderr[-500:]}")
+        start = subprocess.run([*as_user, pg_ctl, "-D", str(data), "-l", str(root / "server.log"), "-w", "-t", "60",
+                                "-o", f"-p {port} -k {root} -c listen_addresses=127.0.0.1 -c fsync=off", "start"],
+                               capture_output=True, text=True, timeout=120)
+        if start.returncode != 0:
+            log = (root / "server.log").read_text()[-500:] if (root / "server.log").exists() else ""
+            pytest.skip(f"PostgreSQL did not start: {start.stderr[-300:]} {log}")
+        from sqlalchemy import create_engine, text
+
+        from bench.tune.study import database_url
+
+        admin = create_engine(database_url(f"postgresql://bench@127.0.0.1:{port}/postgres"), isolation_level="AUTOCOMMIT")
+        with admin.connect() as conn:
+            conn.execute(text("CREATE DATABASE optuna"))
+        admin.dispose()
+        yield f"postgresql://bench@127.0.0.1:{port}/optuna"
+    finally:
+        if (data / "postmaster.pid").exists():
+            subprocess.run([*as_user, pg_ctl, "-D", str(data), "-m", "fast", "-w", "stop"], capture_output=True,
+                           timeout=120)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def test_advisory_lock_excludes_other_sessions(postgres_url, tmp_path):
+    from sqlalchemy import create_engine, text
+
+    from bench.tune.study import ADVISORY_KEY, database_url, open_storage
+
+    store = open_storage(postgres_url, tmp_path)
+    assert store.shared_lock and store.lock_path is None
+    other = create_engine(database_url(postgres_url))
+
+    def try_lock() -> bool:
+        with other.connect() as conn:
+            got = conn.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": ADVISORY_KEY}).scalar()
+            if got:
+                conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
+            return bool(got)
+
+    with store.locked():
+        assert not try_lock()                # another session (another machine's worker) must wait
+    assert try_lock()
+    other.dispose()
+
+
+def test_two_workers_tune_one_study_on_postgres(postgres_url, tmp_path):
+    import optuna
+    from mlflow import MlflowClient
+
+    from bench.data.phantom import synthesize
+    from bench.tune.study import SESSIONS, WORKER, database_url
+
+    seg = synthesize(tmp_path / "public", "public", "smoke", seed=0)
+    cls = synthesize(tmp_path / "clinical", "clinical", "smoke", seed=0)
+    results = tmp_path / "results"
+    args = ["tune", "--target", "seg", "--trials", "4", "--study", "pg", "--storage", postgres_url, "--workers", "2",
+            "--results", str(results), "--data-seg", str(seg), "--data-cls", str(cls)]
+    assert main(args + [a for s in TINY_SEG for a in ("--set", s)]) == 0
+    study = optuna.load_study(study_name="pg", storage=database_url(postgres_url))
+    assert sorted(t.number for t in study.trials) == [0, 1, 2, 3]       # exactly the budget, unique numbers
+    assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+    assert study.user_attrs[SESSIONS] == 2                              # both workers joined the study
+    assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 4
+    assert 1 <= len({t.user_attrs[WORKER] for t in study.trials}) <= 2
+    assert all(t.user_attrs[WORKER].split(":")[1] != str(os.getpid()) for t in study.trials)  # ran in the workers
+    summary = json.loads((results / "tune" / "pg" / "summary.json").read_text())
+    assert summary["trials"]["total"] == 4 and summary["storage"].startswith("postgresql://")
+    assert summary["best"]["value"] == min(t.value for t in study.trials)
+    client = MlflowClient(tracking_uri=f"sqlite:///{results.resolve() / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("osteobench/tune")
+    parents = client.search_runs([exp.experiment_id], "tags.`osteobench.run_type` = 'entry'")
+    assert len(parents) == 1                                            # one study run for both workers
+    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
+    assert sorted(int(r.data.tags["osteobench.optuna_trial"]) for r in children) == [0, 1, 2, 3]

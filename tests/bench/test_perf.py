@@ -1,0 +1,199 @@
+"""`bench perf ssl|suite` (issue 9): consistent numbers, the conventional pipeline's views, the
+suite projection counting each distinct stage key once, user errors. No timing thresholds."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from bench import registry
+from bench.cli import main
+from bench.config import resolve
+from bench.errors import BenchError
+from bench.perf_suite import CostPart, PlanningRunner, StageCost, plan_suite, project, time_steps
+from bench.runner import Runner
+from methods.multicrop import MultiCropConfig
+from methods.augment import AugmentConfig
+from methods.patch_store import write_store
+from methods.bones import BonePatch
+from methods.perf_suite import Measurer, builtin_cost_models
+from methods.ssl.perf import ConventionalViews, benchmark_ssl, conventional_loader, synthetic_store
+from methods.ssl.pretrain import build_pretrainer, gather, make_views, pretrain_step, train_step
+
+TINY = {"ssl.encoder": "resnet18", "multicrop.global_size": 32, "multicrop.local_size": 16,
+        "patches.patch_size": 40, "heads.hidden_dim": 32, "heads.out_dim": 16, "run.device": "cpu"}
+
+
+def _config(**sets):
+    registry.load_entries()                                  # registers the method's config sections
+    return resolve("smoke", sets={**TINY, **sets})
+
+
+def test_time_steps_excludes_warmup_and_averages(monkeypatch):
+    clock = {"t": 100.0}
+    monkeypatch.setattr("bench.perf_suite.time.perf_counter", lambda: clock["t"])
+    calls = []
+
+    def step(i):
+        calls.append(i)
+        clock["t"] += 0.25 if i >= 2 else 10.0      # warm-up calls are slow and must not count
+    assert time_steps(step, steps=4, warmup=2, device="cpu") == pytest.approx(0.25)
+    assert calls == [0, 1, 2, 3, 4, 5]
+    with pytest.raises(BenchError):
+        time_steps(step, steps=0, warmup=0, device="cpu")
+
+
+def test_synthetic_store_is_bone_like_and_seeded():
+    a = synthetic_store(20, 32, seed=3)
+    assert a.dtype == np.uint16 and a.shape == (20, 32, 32)
+    frac = (a > 0).mean(axis=(1, 2))
+    # ellipse area π·a·b with semi-axes a in [0.30, 0.45], b in [0.07, 0.20] of the side: [0.066, 0.283]
+    assert (frac > 0.05).all() and (frac < 0.30).all()
+    assert np.array_equal(a, synthetic_store(20, 32, seed=3)) and not np.array_equal(a, synthetic_store(20, 32, seed=4))
+
+
+def test_conventional_views_shapes_range_and_worker_independence():
+    mc = MultiCropConfig(global_size=24, local_size=12)
+    array = synthetic_store(12, 40, seed=0)
+    ds = ConventionalViews(array, np.arange(12), np.full(12, -1), mc, AugmentConfig(), seed=5)
+    views, label = ds[3]
+    assert [tuple(v.shape) for v in views] == [(1, 24, 24)] * 2 + [(1, 12, 12)] * 4 and label == -1
+    assert all(v.dtype == torch.float32 and v.min() >= 0 and v.max() <= 1 for v in views)
+    assert all(torch.equal(x, y) for x, y in zip(views, ds[3][0]))     # a function of (seed, index)
+    assert not torch.equal(views[0], views[1])                          # two different global crops
+    in_process = [b for b in torch.utils.data.DataLoader(ds, batch_size=4, num_workers=0)]
+    two_workers = [b for b in torch.utils.data.DataLoader(ds, batch_size=4, num_workers=2)]
+    for (va, _), (vb, _) in zip(in_process, two_workers):
+        assert all(torch.equal(x, y) for x, y in zip(va, vb))
+    batch, labels = next(iter(conventional_loader(ds, 4, 0, pin=False)))
+    assert [tuple(v.shape) for v in batch] == [(4, 1, 24, 24)] * 2 + [(4, 1, 12, 12)] * 4 and labels.shape == (4,)
+
+
+def test_model_only_step_is_the_stage_step_without_its_data_part():
+    cfg = _config()
+    data16 = torch.from_numpy(synthetic_store(8, 40, seed=1)).view(torch.int16)
+    rows, labels = torch.arange(4), torch.full((4,), -1)
+    params = []
+    for split in (False, True):
+        torch.manual_seed(0)
+        p = build_pretrainer(cfg.ssl, cfg.heads, "cpu")
+        p.start_epoch(0)
+        gen = torch.Generator().manual_seed(7)
+        if split:
+            views = make_views(gather(data16, rows), cfg.multicrop, cfg.augment, cfg.ssl.crop_policy, gen)
+            loss = train_step(p, views, labels, 0.05, cfg.multicrop.n_global)
+        else:
+            loss = pretrain_step(p, data16, rows, labels, cfg.multicrop, cfg.augment, gen, 0.05)
+        params.append((loss, [t.detach().clone() for t in p.model.parameters()]))
+    assert torch.equal(params[0][0], params[1][0])
+    assert all(torch.equal(a, b) for a, b in zip(params[0][1], params[1][1]))
+
+
+def test_benchmark_ssl_numbers_are_consistent():
+    r = benchmark_ssl(_config(), "cpu", batch=4, steps=1, warmup=1, n_patches=12, workers=0)
+    assert r["device"].startswith("CPU") and r["batch"] == 4 and r["views"] == "2x32 + 4x16"
+    for feed in ("end_to_end", "model_only", "conventional", "loader_only"):
+        m = r[feed]
+        assert m["step_ms"] > 0 and m["samples_per_s"] == pytest.approx(4 / (m["step_ms"] / 1e3))
+    assert r["end_to_end_over_model_only"] == pytest.approx(
+        r["end_to_end"]["samples_per_s"] / r["model_only"]["samples_per_s"])
+    assert r["end_to_end_over_conventional"] == pytest.approx(
+        r["end_to_end"]["step_ms"] ** -1 / r["conventional"]["step_ms"] ** -1)
+
+
+def test_benchmark_ssl_reads_the_pretraining_rows_of_a_real_store(tmp_path):
+    patches = synthetic_store(10, 40, seed=2)
+    images = []
+    for i in range(10):
+        role, split = ("seg", "train") if i < 6 else ("cls", "train")
+        info = {"image_id": f"im{i}", "subject_id": f"s{i}", "role": role, "split": split,
+                "label": None if role == "seg" else i % 2}
+        bone = BonePatch("ulna", 1, patches[i], coverage=float((patches[i] > 0).mean()))
+        images.append((info, [bone, BonePatch("radius", 2, None, missing=True, reason="absent")]))
+    store = write_store(tmp_path / "store", images, patch_size=40)
+    r = benchmark_ssl(_config(**{"ssl.method": "supcon"}), "cpu", batch=4, steps=1, warmup=0, store=store,
+                      feeds=("end_to_end",))
+    assert "patch store" in r["source"] and r["end_to_end"]["steps"] == 1
+    with pytest.raises(BenchError, match="fewer than the batch"):
+        benchmark_ssl(_config(), "cpu", batch=8, store=store, feeds=("end_to_end",))   # 6 seg patches < 8
+
+
+@pytest.mark.parametrize("kw", [{"batch": 1}, {"steps": 0}, {"feeds": ("ceiling",)}, {"n_patches": 3}])
+def test_benchmark_ssl_rejects_bad_arguments(kw):
+    args = {"batch": 4, "n_patches": 12, **kw}
+    with pytest.raises(BenchError):
+        benchmark_ssl(_config(), "cpu", workers=0, **args)
+
+
+# --------------------------------------------------------------------------- suite projection
+def test_projection_counts_each_distinct_stage_key_once(tmp_path, tiny_dataset):
+    registry.load_entries(["toy_entries"])
+    data = [f"data.seg={tiny_dataset}", f"data.cls={tiny_dataset}"]
+    stages = plan_suite(["toy", "toy-fail"], [0, 1], "smoke", "cpu", sets=data, results=str(tmp_path))
+    runner = Runner(tmp_path, profile="smoke", sets=data, device="cpu", progress=False)
+    planned = {(s.name, s.key) for p in runner.plan(["toy", "toy-fail"], [0, 1], generate=False) for s in p.stages}
+    assert {(s.name, s.key) for s in stages} == planned and len(stages) == len(planned) == 6
+    prep0 = next(s for s in stages if s.name == "toy_prep" and s.seed == 0)
+    assert prep0.users == ["toy/seed0", "toy-fail/seed0"]            # shared: computed once for both
+    models = {"toy_entries.toy_prep": lambda st, cfg, dev: StageCost([CostPart("steps", 10, 0.5)]),
+              "toy_entries.toy_probe": lambda st, cfg, dev: StageCost([CostPart("a", 3, 0.1), CostPart("b", 2, 1.0)])}
+    proj = project(stages, "cpu", models)
+    assert proj.total_seconds == pytest.approx(2 * 5.0 + 2 * 2.3)
+    assert proj.unpriced == ["toy_entries.toy_fail"]
+    assert proj.by_stage()["toy_prep"] == {"count": 2, "seconds": pytest.approx(10.0)}
+
+
+class _FixedMeasurer(Measurer):
+    """Every measurement is 1 ms (per image: 2 ms): the projection is then units × constants."""
+
+    def cached(self, key, fn):
+        return 1e-3
+
+    def per_image_s(self, key, preset, profile, work):
+        return 2e-3
+
+
+def test_paper_suite_plan_without_data_and_units_from_the_config(tmp_path):
+    registry.load_entries()
+    names = registry.resolve_suite("paper")
+    stages = plan_suite(names, [0, 1], "smoke", "cpu", results=str(tmp_path))
+    counts = {}
+    for s in stages:
+        counts[s.name] = counts.get(s.name, 0) + 1
+    # per seed: 2 segmentations (MoSE, single), 2 extracts, 1 extract_raw, 16 pretrainings and probes
+    # (4 methods x full / single-decoder / convcrop / noseg), 7 one-off stages; clinical is unseeded
+    assert counts == {"segment": 4, "extract": 4, "extract_raw": 2, "pretrain": 32, "probe": 32, "supervised": 2,
+                      "deepdxa": 2, "jang": 2, "landmarks": 2, "hsieh": 2, "wang": 2, "radiogrammetry": 2,
+                      "clinical": 1}
+    assert not (tmp_path / "cache" / "phantom").exists()              # planning generated nothing
+    proj = project(stages, "cpu", builtin_cost_models("cpu", measurer=_FixedMeasurer("cpu")))
+    assert proj.unpriced == []
+    rows = {(r["stage"], r["entry"]): dict((n, u) for n, u, _ in r["parts"]) for r in proj.rows if r["seed"] == 0}
+    # smoke phantoms: public 40 images (32/4/4), clinical 60 (48/6/6)
+    seg = rows[("segment", "convcrop-simclr")]                         # the MoSE model's first user
+    assert seg == {"train steps": 60 * 16, "val images (forward)": 60 * 4, "predict seg images": 40,
+                   "predict cls images": 60}
+    assert rows[("pretrain", "simclr")] == {"train steps": 2 * 6}      # 280 patches // 32 = 8, capped at 6
+    assert rows[("supervised", "supervised")]["train steps"] == 3 * 21  # 48 x 7 = 336 patches / 16
+    assert rows[("extract", "convcrop-simclr")] == {"seg images": 40, "cls images": 60}
+    assert proj.by_stage()["extract"]["seconds"] == pytest.approx(4 * 100 * 2e-3)
+
+
+def test_planning_runner_keys_equal_the_runners_when_data_exist(tmp_path, tiny_dataset):
+    registry.load_entries(["toy_entries"])
+    kw = dict(profile="smoke", data_seg=str(tiny_dataset), data_cls=str(tiny_dataset), device="cpu", progress=False)
+    a = [s.key for p in PlanningRunner(tmp_path, **kw).plan(["toy"], [0], generate=False) for s in p.stages]
+    b = [s.key for p in Runner(tmp_path, **kw).plan(["toy"], [0], generate=False) for s in p.stages]
+    assert a == b and None not in a
+
+
+def test_cli_user_errors_exit_2(capsys, tmp_path):
+    assert main(["perf", "ssl", "--batch-size", "0"]) == 2
+    assert "--batch-size" in capsys.readouterr().err
+    assert main(["perf", "ssl", "--patches", str(tmp_path / "nowhere"), "--device", "cpu"]) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert main(["perf", "suite", "--suite", "tabel3", "--device", "cpu", "--results", str(tmp_path)]) == 2
+    assert "unknown suite" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(["perf", "suite", "--device", "cuda", "--results", str(tmp_path)]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
