@@ -239,7 +239,7 @@ class Runner:
                 return self.skipped(planned)
             config = planned.config
             device = resolve_device(config.run.device)
-            _set_determinism(config)
+            set_determinism(config)
             paths, datasets, fingerprints = self._data(config, generate=True)
             outputs: dict[str, Path] = {}
             keys: dict[str, str] = {}
@@ -342,7 +342,7 @@ def _entry_tags(entry: Entry) -> dict[str, str]:
             "osteobench.version": __version__}
 
 
-def _set_determinism(config: Config) -> None:
+def set_determinism(config: Config) -> None:
     import torch
 
     if config.run.num_threads:

@@ -171,7 +171,7 @@ def _final_metrics(metrics: Mapping, prefix: str = "") -> dict[str, float]:
     return out
 
 
-def _key(name: str) -> str:
+def mlflow_key(name: str) -> str:
     r"""An MLflow-valid param/metric key: characters outside ``[/\w.\- :]`` become ``_``,
     empty path parts are dropped (MLflow rejects names that normalise to another path)."""
     name = re.sub(r"[^/\w.\- :]", "_", str(name))
@@ -183,7 +183,7 @@ def _is_locked(exc: BaseException) -> bool:
     return "database is locked" in text or "database table is locked" in text
 
 
-def _retry_locked(call: Callable[[], T], retries: int = LOCK_RETRIES, pause: float = 0.2) -> T:
+def retry_locked(call: Callable[[], T], retries: int = LOCK_RETRIES, pause: float = 0.2) -> T:
     """Run `call`; on SQLite "database is locked" (after MLflow's own busy timeout) wait and retry.
 
     A locked write is rolled back by MLflow's session, so repeating it cannot duplicate
@@ -236,7 +236,7 @@ class Tracker:
         try:  # first use creates the database file and its tables (migrations, ~1-2 s)
             with self._locked():
                 self._client = MlflowClient(tracking_uri=self.uri)
-                _retry_locked(lambda: self._client.search_experiments(max_results=1))
+                retry_locked(lambda: self._client.search_experiments(max_results=1))
         except Exception as exc:
             raise BenchError(f"cannot open the MLflow tracking store {self.uri}: {exc}. Check the URI "
                              "(a writable sqlite:/// path or a running server), or disable tracking "
@@ -281,7 +281,7 @@ class Tracker:
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self.client, method)
-        return _retry_locked(lambda: fn(*args, **kwargs))
+        return retry_locked(lambda: fn(*args, **kwargs))
 
     def _search(self, experiment_id: str, filters: Mapping[str, str], order_by: Sequence[str] = ()) -> list:
         """All active runs of the experiment whose tags equal `filters` (every page)."""
@@ -439,11 +439,11 @@ class Tracker:
         from mlflow.utils import validation as v
 
         batches = [
-            ("params", [Param(k, val) for k, val in {_key(k): str(x)[:v.MAX_PARAM_VAL_LENGTH]
+            ("params", [Param(k, val) for k, val in {mlflow_key(k): str(x)[:v.MAX_PARAM_VAL_LENGTH]
                                                      for k, x in (params or {}).items()}.items()],
              v.MAX_PARAMS_TAGS_PER_BATCH),
             ("tags", [RunTag(k, val) for k, val in _tag_values(tags).items()], v.MAX_PARAMS_TAGS_PER_BATCH),
-            ("metrics", [Metric(_key(k), x, ts, step) for k, x, ts, step in metrics], v.MAX_METRICS_PER_BATCH),
+            ("metrics", [Metric(mlflow_key(k), x, ts, step) for k, x, ts, step in metrics], v.MAX_METRICS_PER_BATCH),
         ]
         for field, items, size in batches:
             for i in range(0, len(items), size):

@@ -137,10 +137,10 @@ class Setup:
 
     def objective(self) -> Any:
         from bench.data.provision import open_all, provide
-        from bench.runner import _set_determinism, resolve_device
+        from bench.runner import set_determinism, resolve_device
 
         device = resolve_device(self.base.run.device)
-        _set_determinism(self.base)
+        set_determinism(self.base)
         datasets = open_all(provide(self.base, Path(self.req.results) / "cache", self.req.progress))
         if self.req.target == "seg":
             return SegObjective(self.base, datasets, self.req.seed, device)

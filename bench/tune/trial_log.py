@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from bench.tracking import TAG_PARENT, TAG_TYPE, Tracker, _key, _retry_locked, flatten
+from bench.tracking import TAG_PARENT, TAG_TYPE, Tracker, mlflow_key, retry_locked, flatten
 
 SUITE = "tune"                            # experiment osteobench/tune
 TAG_STUDY = "osteobench.optuna_study"
@@ -44,7 +44,7 @@ class TrialLogger:
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self.tracker.client, method)
-        return _retry_locked(lambda: fn(*args, **kwargs))
+        return retry_locked(lambda: fn(*args, **kwargs))
 
     def _batch(self, run_id: str, params: Mapping[str, Any] | None = None,
                metrics: list[tuple[str, float, int]] = ()) -> None:
@@ -52,10 +52,10 @@ class TrialLogger:
         from mlflow.utils import validation as v
 
         now = int(time.time() * 1000)
-        items = [Param(_key(k), str(x)[:v.MAX_PARAM_VAL_LENGTH]) for k, x in (params or {}).items()]
+        items = [Param(mlflow_key(k), str(x)[:v.MAX_PARAM_VAL_LENGTH]) for k, x in (params or {}).items()]
         for i in range(0, len(items), v.MAX_PARAMS_TAGS_PER_BATCH):
             self._call("log_batch", run_id, params=items[i:i + v.MAX_PARAMS_TAGS_PER_BATCH])
-        ms = [Metric(_key(k), float(x), now, int(step)) for k, x, step in metrics]
+        ms = [Metric(mlflow_key(k), float(x), now, int(step)) for k, x, step in metrics]
         for i in range(0, len(ms), v.MAX_METRICS_PER_BATCH):
             self._call("log_batch", run_id, metrics=ms[i:i + v.MAX_METRICS_PER_BATCH])
 

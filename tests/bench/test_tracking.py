@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from bench.tracking import (Tracker, _key, _normalise_uri, _retry_locked, default_tracking_uri,
+from bench.tracking import (Tracker, mlflow_key, _normalise_uri, retry_locked, default_tracking_uri,
                             flatten)
 
 ENTRIES = ("simclr", "noseg-simclr")
@@ -78,8 +78,8 @@ def test_default_uri_is_absolute_sqlite(tmp_path, monkeypatch):
 
 
 def test_keys_are_made_mlflow_valid():
-    assert _key("val/dice (mean)") == "val/dice _mean_"
-    assert _key("pretrain//loss/") == "pretrain/loss" and _key("seg.gamma0:x-1") == "seg.gamma0:x-1"
+    assert mlflow_key("val/dice (mean)") == "val/dice _mean_"
+    assert mlflow_key("pretrain//loss/") == "pretrain/loss" and mlflow_key("seg.gamma0:x-1") == "seg.gamma0:x-1"
 
 
 def test_unusable_store_is_a_user_error(tmp_path):
@@ -237,7 +237,7 @@ def test_retry_only_on_database_locked():
             raise MlflowException("(sqlite3.OperationalError) database is locked")
         return "ok"
 
-    assert _retry_locked(flaky, pause=0) == "ok" and len(calls) == 3
+    assert retry_locked(flaky, pause=0) == "ok" and len(calls) == 3
     calls.clear()
 
     def broken():
@@ -245,11 +245,11 @@ def test_retry_only_on_database_locked():
         raise MlflowException("Changing param values is not allowed")
 
     with pytest.raises(MlflowException, match="not allowed"):
-        _retry_locked(broken, pause=0)
+        retry_locked(broken, pause=0)
     assert len(calls) == 1
     calls.clear()
     with pytest.raises(MlflowException, match="locked"):
-        _retry_locked(lambda: calls.append(1) or (_ for _ in ()).throw(
+        retry_locked(lambda: calls.append(1) or (_ for _ in ()).throw(
             MlflowException("database is locked")), retries=4, pause=0)
     assert len(calls) == 4
 

@@ -9,8 +9,12 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bench.errors import BenchError
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -31,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def rewrite_splits(root: Path, seed: int = 0, fractions: tuple[float, float, float] = (0.8, 0.1, 0.1),
-                   kfold: int | None = None) -> "pd.Series":  # noqa: F821
+                   kfold: int | None = None) -> "pd.Series":
     """Reassign `split` (or write `fold`) in root/manifest.csv atomically; returns the new column."""
     import pandas as pd
 
