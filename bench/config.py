@@ -101,9 +101,11 @@ class Config:
     def section_dict(self, name: str) -> dict[str, Any]:
         return _jsonable(dataclasses.asdict(self.section(name)))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self, sections: Iterable[str] | None = None) -> dict[str, Any]:
+        """Profile and section values; only `sections` (those registered) when given."""
+        wanted = set(self._values) if sections is None else set(sections) & set(self._values)
         out: dict[str, Any] = {"profile": self.profile}
-        for name in sorted(self._values):
+        for name in sorted(wanted):
             out[name] = self.section_dict(name)
         return out
 

@@ -182,7 +182,7 @@ class Runner:
             keys[stage.name] = key
             stages.append(PlannedStage(stage.name, key, is_cached(self.cache_root / stage.name / key)))
         run_key = None if data is None else stable_hash(
-            {"entry": entry.name, "stages": keys, "config": config.to_dict(), "version": __version__})[:16]
+            {"entry": entry.name, "stages": keys, "config": entry_config(entry, config), "version": __version__})[:16]
         done = run_key is not None and self._finished(entry.name, seed, run_key)
         return PlannedRun(entry, seed, config, stages, run_key, done)
 
@@ -257,13 +257,13 @@ class Runner:
             history = pd.concat([read_history(p) for p in outputs.values()], ignore_index=True)
             run_config = {"suite": self.suite, "entry": entry.name, "seed": seed, "profile": self.profile,
                           "run_key": planned.run_key, "stages": keys, "version": __version__,
-                          "data": {r: str(p) for r, p in paths.items()}, "config": config.to_dict()}
+                          "data": {r: str(p) for r, p in paths.items()}, "config": entry_config(entry, config)}
             path = store.write_run(self.results, self.suite, entry.name, seed, config=run_config,
                                    metrics=metrics, predictions=predictions,
                                    history=history if len(history) else None)
             return Outcome(entry.name, seed, "done", time.time() - started, metrics=metrics,
                            run_key=planned.run_key or "", stage_keys=keys, path=str(path),
-                           params=config.to_dict(), host=host)
+                           params=entry_config(entry, config), host=host)
         except KeyboardInterrupt:
             raise
         except Exception as exc:  # failure isolation: record and go on
@@ -340,6 +340,16 @@ def _entry_tags(entry: Entry) -> dict[str, str]:
     return {"osteobench.kind": entry.kind, "osteobench.table": entry.table or "",
             "osteobench.row": entry.row or "", "osteobench.parent": entry.parent or "",
             "osteobench.version": __version__}
+
+
+def entry_config(entry: Entry, config: Config) -> dict:
+    """The config of a run: the `data` and `run` sections and those its stages declare.
+
+    Sections registered by modules the entry does not use (which depend on what this process
+    happened to import) stay out, so run keys and config.json agree across processes and nodes.
+    """
+    used = {"data", "run"}.union(*(stage.sections for stage in entry.stages))
+    return config.to_dict(used)
 
 
 def set_determinism(config: Config) -> None:

@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from bench import registry, results as store
-from bench.runner import Runner
+from bench.runner import Runner, entry_config
 
 TESTS = Path(__file__).parent
 
@@ -139,3 +139,27 @@ def test_mlflow_holds_one_parent_per_entry_and_one_child_per_seed(tmp_path, tiny
         assert child.data.params["run.device"] == "cpu"
         assert child.data.metrics["test_auc"] == pytest.approx(saved.metrics["test"]["auc"])
     assert parents["toy-fail"].info.status == "FAILED"
+
+
+def test_run_key_ignores_sections_the_entry_does_not_use(tmp_path, tiny_dataset, monkeypatch):
+    """A section registered by some unrelated import changes neither the run key nor config.json."""
+    import dataclasses
+
+    from bench import config as cfg_mod
+
+    runner = _runner(tmp_path, tiny_dataset)
+    entry = registry.get("toy")
+    before = runner.plan_run(entry, 0)
+
+    @dataclasses.dataclass
+    class Unrelated:
+        knob: int = 1
+
+    monkeypatch.setattr(cfg_mod, "_SECTIONS", dict(cfg_mod._SECTIONS))
+    cfg_mod.register_section("unrelated_test_section", Unrelated)
+    after = runner.plan_run(entry, 0)
+    assert "unrelated_test_section" in after.config.to_dict()
+    assert after.run_key == before.run_key
+    used = {"data", "run"}.union(*(s.sections for s in entry.stages))
+    run_config = entry_config(entry, after.config)
+    assert set(run_config) == {"profile"} | (used & set(after.config.to_dict()))
