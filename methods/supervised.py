@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Literal
+from typing import Callable, Literal
 
 import pandas as pd
 import torch
@@ -57,27 +57,48 @@ class Classifier(nn.Module):
         return self.head(self.encoder(x))
 
 
+#: (raw rows of the data tensor on the device, flip generator or None at evaluation) -> model input
+PrepareFn = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
+
+
 def train_supervised(encoder: nn.Module, patches: torch.Tensor, index: pd.DataFrame, cfg: SupervisedConfig,
                      generator: torch.Generator, device: torch.device | str = "cpu") -> ProbeResult:
     """Train encoder + head on the train rows of `index`; select by subject val macro-F1; score all rows."""
+    def prepare(raw: torch.Tensor, flips: torch.Generator | None) -> torch.Tensor:
+        x = to_input(raw, cfg.input_size)
+        x = x if flips is None else flip_augment(x, cfg, flips)
+        return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+
+    return fit_end_to_end(Classifier(encoder), patches, index, cfg, generator, device, prepare=prepare)
+
+
+def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cfg: SupervisedConfig,
+                   generator: torch.Generator, device: torch.device | str = "cpu", *, prepare: PrepareFn,
+                   batch_size: int | None = None, eval_batch: int = 128) -> ProbeResult:
+    """The one end-to-end loop (module docstring): row i of `data` is sample i of `index`.
+
+    `model` maps ``prepare(rows, generator)`` to 2 logits and has a ``head``; Adam + cosine decay,
+    bf16 autocast on CUDA, the checkpoint with the best subject-level val macro-F1 scores every row.
+    """
     device = torch.device(device)
+    batch_size = batch_size or cfg.batch_size
     labels = pd.to_numeric(index["label"], errors="coerce")
     train_rows = ((index["split"] == "train") & labels.notna()).to_numpy(dtype=bool).copy()
     val_rows = ((index["split"] == "val") & labels.notna()).to_numpy(dtype=bool).copy()
     if labels[train_rows].nunique() < 2:
-        raise BenchError("the train split holds patches of a single class; supervised training needs both")
+        raise BenchError("the train split holds samples of a single class; supervised training needs both")
     cuda = device.type == "cuda"
-    model = Classifier(encoder).to(device)
+    model = model.to(device)
     if cuda:
         model = model.to(memory_format=torch.channels_last)
-    data = patches.to(device)
+    data = data.to(device)
     y = torch.as_tensor(labels.fillna(0).astype(int).to_numpy().copy(), device=device)
     train_idx = torch.nonzero(torch.as_tensor(train_rows)).flatten().to(device)
     val_idx = torch.nonzero(torch.as_tensor(val_rows)).flatten().to(device)
     loss_fn = cross_entropy(y[train_idx], cfg.class_weight)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
-    steps_per_epoch = max(1, -(-len(train_idx) // cfg.batch_size))
+    steps_per_epoch = max(1, -(-len(train_idx) // batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     history: list[dict[str, float]] = []
     best_state = None
@@ -85,11 +106,9 @@ def train_supervised(encoder: nn.Module, patches: torch.Tensor, index: pd.DataFr
         model.train()
         order = train_idx[torch.randperm(len(train_idx), generator=generator).to(device)]
         total = torch.zeros((), device=device)
-        for start in range(0, len(order), cfg.batch_size):
-            batch = order[start:start + cfg.batch_size]
-            x = flip_augment(to_input(data[batch], cfg.input_size), cfg, generator)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
+        for start in range(0, len(order), batch_size):
+            batch = order[start:start + batch_size]
+            x = prepare(data[batch], generator)
             with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
                 loss = loss_fn(model(x).float(), y[batch])
             opt.zero_grad(set_to_none=True)
@@ -97,7 +116,7 @@ def train_supervised(encoder: nn.Module, patches: torch.Tensor, index: pd.DataFr
             opt.step()
             sched.step()
             total += loss.detach() * len(batch)
-        p_val = _predict(model, data[val_idx], cfg, device)
+        p_val = predict_positive(model, data[val_idx], prepare, device, eval_batch)
         val = subject_metrics(index[val_rows], p_val)
         history.append({"train_loss": float(total) / len(order), "val_macro_f1": val["macro_f1"],
                         "val_auc": val["auc"]})
@@ -105,9 +124,9 @@ def train_supervised(encoder: nn.Module, patches: torch.Tensor, index: pd.DataFr
             best_state = copy.deepcopy(model.state_dict())
     best = select_best(history)
     model.load_state_dict(best_state)
-    p_all = _predict(model, data, cfg, device)
-    bones = index[["subject_id", "split", "bone"]].assign(y_true=labels.astype("Int64"), p_pos=p_all)
-    return ProbeResult(bones.reset_index(drop=True), history, best, model.head)
+    p_all = predict_positive(model, data, prepare, device, eval_batch)
+    rows = index[["subject_id", "split", "bone"]].assign(y_true=labels.astype("Int64"), p_pos=p_all)
+    return ProbeResult(rows.reset_index(drop=True), history, best, model.head)
 
 
 def flip_augment(x: torch.Tensor, cfg: SupervisedConfig, generator: torch.Generator) -> torch.Tensor:
@@ -120,14 +139,12 @@ def flip_augment(x: torch.Tensor, cfg: SupervisedConfig, generator: torch.Genera
 
 
 @torch.no_grad()
-def _predict(model: Classifier, patches: torch.Tensor, cfg: SupervisedConfig, device: torch.device):
+def predict_positive(model: nn.Module, data: torch.Tensor, prepare: PrepareFn, device: torch.device,
+                     batch: int = 128):
+    """Softmax probability of the positive class for every row of `data` (no augmentation)."""
     model.eval()
-    cuda = device.type == "cuda"
     out = []
-    for start in range(0, len(patches), 128):
-        x = to_input(patches[start:start + 128], cfg.input_size)
-        if cuda:
-            x = x.contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
-            out.append(torch.softmax(model(x).float(), dim=1)[:, 1])
+    for start in range(0, len(data), batch):
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            out.append(torch.softmax(model(prepare(data[start:start + batch], None)).float(), dim=1)[:, 1])
     return torch.cat(out).cpu().numpy() if out else torch.zeros(0).numpy()
