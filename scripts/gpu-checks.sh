@@ -1,0 +1,94 @@
+#!/usr/bin/env bash
+# The device checks of issues 4, 6 and 9 in one call on a CUDA machine (about 10 minutes on one H100/H200).
+#
+#   scripts/gpu-checks.sh OUTDIR [BUDGET_S]
+#
+# In order, each step with its own time limit, every output under OUTDIR (nothing is lost when a step fails):
+#   1. the CUDA unit tests (on-device augmentation and multi-crop);
+#   2. `bench perf seg --profile paper`: MoSE / single-decoder step time at batch 16 and the OT share;
+#      meanwhile the quick phantoms are generated (one core each: the OT solve is the only CPU work timed);
+#   3. `bench perf ssl --profile paper`: (a) end to end, (b) model-only ceiling, (c) conventional pipeline;
+#   4. three quick-profile trainings side by side on the GPU, seed 0, until BUDGET_S - 120 s:
+#      `radiogrammetry` (MoSE segmentation -> per-bone Dice, GED; predicted-mask 2MCI r vs truth),
+#      the same with `segmentation.model=single` (the Table 5 ablation's segmenter), and the
+#      landmark stage of `hsieh` (landmark error in mm on the seg test split; stopped once written);
+#   5. `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds;
+#   6. OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
+# Without installation: run from the repository root with the dependencies importable (PYTHONPATH).
+set -u
+OUT=${1:?usage: scripts/gpu-checks.sh OUTDIR [BUDGET_S]}
+BUDGET=${2:-560}
+RES=${GPU_CHECKS_RESULTS:-$PWD/gpu-results}
+DEV=${GPU_CHECKS_DEVICE:-cuda}
+RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
+PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
+BENCH="python3 -m bench.cli"
+export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+mkdir -p "$OUT" "$RES"
+T0=$(date +%s)
+now() { echo $(( $(date +%s) - T0 )); }
+log() { echo "[$(now) s] $*" | tee -a "$OUT/timeline.txt"; }
+left() { local l=$(( $1 - $(now) )); [ "$l" -gt 5 ] && echo "$l" || echo 5; }
+
+log "start: $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")')"
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$OUT/timeline.txt" 2>&1
+
+# phantoms of the quick profile, one process per preset, where `bench run --results $RES` looks for them
+for preset in public clinical; do
+  python3 - "$RES" "$preset" "$RUN_PROFILE" >"$OUT/phantom-$preset.txt" 2>&1 <<'EOF' &
+import sys
+from pathlib import Path
+from bench.config import resolve
+from bench.data.phantom import synthesize
+from bench.data.provision import ROLES, planned_paths
+role = {v: k for k, v in ROLES.items()}[sys.argv[2]]
+config = resolve(sys.argv[3])
+path = planned_paths(config, Path(sys.argv[1]) / "cache")[role]
+if not (path / "manifest.csv").is_file():
+    synthesize(path, preset=sys.argv[2], profile=sys.argv[3], seed=config.data.phantom_seed, overwrite=True)
+print("phantom", path)
+EOF
+done
+
+log "cuda tests"
+timeout 120 python3 -m pytest -q -p no:cacheprovider tests/methods/test_augment.py tests/methods/test_multicrop.py \
+  >"$OUT/cuda-tests.txt" 2>&1; log "cuda tests rc=$?"
+
+log "perf seg"
+timeout 120 $BENCH perf seg --profile "$PERF_PROFILE" --device "$DEV" --repeats 10 >"$OUT/perf-seg.txt" 2>&1
+log "perf seg rc=$?"
+wait; log "phantoms ready"
+
+log "perf ssl"
+timeout 180 $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 --warmup 5 >"$OUT/perf-ssl.txt" 2>&1
+log "perf ssl rc=$?"
+
+# quick trainings side by side (OMP threads split between them)
+TRAIN_END=$(( BUDGET - 120 ))
+run() { # name, extra args...
+  local name=$1; shift
+  OMP_NUM_THREADS=5 timeout "$(left $TRAIN_END)" $BENCH run --profile "$RUN_PROFILE" --seeds 0 --device "$DEV" \
+    --results "$RES" --no-mlflow --name "$name" "$@" >"$RES/run-$name.log" 2>&1
+  log "run $name rc=$?"
+}
+log "quick trainings until $TRAIN_END s"
+run mose --entry radiogrammetry &
+run single --entry radiogrammetry --set segmentation.model=single &
+run landmarks --entry hsieh &
+HS=$!
+while kill -0 $HS 2>/dev/null; do
+  if ls "$RES"/cache/landmarks/*/landmark_error.json >/dev/null 2>&1; then
+    log "landmark error written; stopping hsieh"; pkill -f "name landmarks" ; break
+  fi
+  sleep 5
+done
+wait; log "trainings done"
+
+log "perf suite"
+timeout "$(left $(( BUDGET - 10 )))" $BENCH perf suite --profile "$PERF_PROFILE" --device "$DEV" --repeats 3 --warmup 2 \
+  --results "$RES" >"$OUT/perf-suite.txt" 2>&1
+log "perf suite rc=$?"
+
+(cd "$RES" && find . -path ./cache/phantom -prune -o -type f \( -name '*.json' -o -name '*.csv' -o -name '*.log' \
+   -o -name '*.txt' \) -size -4M -print | tar czf "$OUT/results.tgz" -T -)
+log "end"
