@@ -3,9 +3,10 @@
 The paper's augmentations: rotation in ±30°, horizontal and vertical translation within ±10 % of the
 width/height, random horizontal and vertical flips, brightness and contrast from 50 % to 150 %.
 Everything here works on a whole batch (B×1×H×W float, CPU or CUDA) with tensor ops: one
-``F.affine_grid``/``F.grid_sample`` for rotation + translation, flips by ``torch.where`` over a
-flipped copy (exact, no interpolation), intensity by broadcasting per-sample factors. There is no
-per-sample Python loop. Random parameters come only from the ``torch.Generator`` passed in.
+``F.grid_sample`` for flips + rotation + translation (the flips folded into its grid; by
+``torch.where`` over a flipped copy when there is no rotation or translation), intensity by
+broadcasting per-sample factors. There is no per-sample Python loop. Random parameters come only
+from the ``torch.Generator`` passed in.
 
 Conventions chosen:
 
@@ -33,6 +34,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
+from methods.affine import affine_grid
 
 
 @dataclass
@@ -129,12 +131,23 @@ def affine_theta(angle_deg: torch.Tensor, shift: torch.Tensor, height: int, widt
 
 
 def rotate_translate(x: torch.Tensor, angle_deg: torch.Tensor, shift: torch.Tensor,
-                     mode: str = "bilinear") -> torch.Tensor:
-    """Rotate each image by its angle (counter-clockwise, degrees) and shift it; zeros come in."""
+                     mode: str = "bilinear", hflip: torch.Tensor | None = None,
+                     vflip: torch.Tensor | None = None) -> torch.Tensor:
+    """Rotate each image by its angle (counter-clockwise, degrees) and shift it; zeros come in.
+
+    With `hflip`/`vflip` (bool, length B) the image is flipped first, folded into the same grid:
+    sampling the flipped image at q is sampling the image at (±q_x, ±q_y), so negating a row of
+    theta flips exactly (pixel centres are symmetric with align_corners=False) without the two
+    flipped copies of :func:`flip`.
+    """
     b, _, h, w = x.shape
     theta = affine_theta(angle_deg, shift, h, w).to(device=x.device, dtype=x.dtype)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+    if hflip is not None or vflip is not None:
+        one = torch.ones(b, device=x.device, dtype=x.dtype)
+        fx = torch.where(hflip.to(x.device), -one, one) if hflip is not None else one
+        fy = torch.where(vflip.to(x.device), -one, one) if vflip is not None else one
+        theta = theta * torch.stack([fx, fy], dim=1).unsqueeze(-1)
+    return F.grid_sample(x, affine_grid(theta, h, w), mode=mode, padding_mode="zeros", align_corners=False)
 
 
 def flip(x: torch.Tensor, hflip: torch.Tensor, vflip: torch.Tensor) -> torch.Tensor:
@@ -163,10 +176,11 @@ def adjust_intensity(x: torch.Tensor, brightness: torch.Tensor, contrast: torch.
 
 
 def apply(x: torch.Tensor, params: AugmentParams, cfg: AugmentConfig) -> torch.Tensor:
-    """Apply drawn parameters: flips, then rotation + translation, then intensity."""
-    x = flip(x, params.hflip, params.vflip)
+    """Apply drawn parameters: flips, then rotation + translation (one grid), then intensity."""
     if cfg.rotation_deg > 0 or cfg.translate > 0:
-        x = rotate_translate(x, params.angle_deg, params.shift, cfg.interpolation)
+        x = rotate_translate(x, params.angle_deg, params.shift, cfg.interpolation, params.hflip, params.vflip)
+    else:
+        x = flip(x, params.hflip, params.vflip)
     return adjust_intensity(x, params.brightness, params.contrast, cfg.preserve_background)
 
 

@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.errors import BenchError
+from methods.affine import affine_grid
 
 POLICIES = ("bone-aware", "conventional")
 Policy = Literal["bone-aware", "conventional"]
@@ -219,11 +220,10 @@ def sample_crops(patches: torch.Tensor, n: int, scale: tuple[float, float], cfg:
 
 def crop_resize(patches: torch.Tensor, boxes: Boxes, size: int) -> torch.Tensor:
     """Resample each patch's box to size×size with one batched affine grid (bilinear, zeros outside)."""
-    b = patches.shape[0]
     zero = torch.zeros_like(boxes.w)
     theta = torch.stack([torch.stack([boxes.w, zero, 2 * boxes.cx - 1], dim=1),
                          torch.stack([zero, boxes.h, 2 * boxes.cy - 1], dim=1)], dim=1)
-    grid = F.affine_grid(theta.to(patches.dtype), [b, patches.shape[1], size, size], align_corners=False)
+    grid = affine_grid(theta.to(patches.dtype), size, size)
     return F.grid_sample(patches, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 

@@ -14,6 +14,11 @@
 #      landmark stage of `hsieh` (landmark error in mm on the seg test split; stopped once written);
 #   5. `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds;
 #   6. OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
+# GPU_CHECKS_STEPS picks steps (default "tests seg ssl train suite"), GPU_CHECKS_TRAIN the trainings
+# (default "mose single landmarks"). Measured on an H200 (2026-11-26): steps 1-3 take 95 s, step 5
+# 70 s; the landmark stage took 245 s beside the two segmentation trainings, which did not finish in
+# 350 s side by side (MoSE step 105 ms, single 28 ms alone): give them the whole budget, e.g.
+# GPU_CHECKS_STEPS=train GPU_CHECKS_TRAIN="mose single" scripts/gpu-checks.sh OUT 560.
 # Without installation: run from the repository root with the dependencies importable (PYTHONPATH).
 set -u
 OUT=${1:?usage: scripts/gpu-checks.sh OUTDIR [BUDGET_S]}
@@ -22,6 +27,10 @@ RES=${GPU_CHECKS_RESULTS:-$PWD/gpu-results}
 DEV=${GPU_CHECKS_DEVICE:-cuda}
 RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
 PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
+STEPS=" ${GPU_CHECKS_STEPS-tests seg ssl train suite} "
+TRAIN=" ${GPU_CHECKS_TRAIN-mose single landmarks} "
+want() { [[ "$STEPS" == *" $1 "* ]]; }
+wanttrain() { [[ "$TRAIN" == *" $1 "* ]]; }
 BENCH="python3 -m bench.cli"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
 mkdir -p "$OUT" "$RES"
@@ -50,18 +59,22 @@ print("phantom", path)
 EOF
 done
 
-log "cuda tests"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/methods/test_augment.py tests/methods/test_multicrop.py \
-  >"$OUT/cuda-tests.txt" 2>&1; log "cuda tests rc=$?"
-
-log "perf seg"
-timeout 120 $BENCH perf seg --profile "$PERF_PROFILE" --device "$DEV" --repeats 10 >"$OUT/perf-seg.txt" 2>&1
-log "perf seg rc=$?"
+if want tests; then
+  log "cuda tests"
+  timeout 120 python3 -m pytest -q -p no:cacheprovider tests/methods/test_augment.py tests/methods/test_multicrop.py \
+    tests/methods/test_affine.py >"$OUT/cuda-tests.txt" 2>&1; log "cuda tests rc=$?"
+fi
+if want seg; then
+  log "perf seg"
+  timeout 120 $BENCH perf seg --profile "$PERF_PROFILE" --device "$DEV" --repeats 10 >"$OUT/perf-seg.txt" 2>&1
+  log "perf seg rc=$?"
+fi
 wait; log "phantoms ready"
-
-log "perf ssl"
-timeout 180 $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 --warmup 5 >"$OUT/perf-ssl.txt" 2>&1
-log "perf ssl rc=$?"
+if want ssl; then
+  log "perf ssl"
+  timeout 180 $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 --warmup 5 >"$OUT/perf-ssl.txt" 2>&1
+  log "perf ssl rc=$?"
+fi
 
 # quick trainings side by side (OMP threads split between them)
 TRAIN_END=$(( BUDGET - 120 ))
@@ -71,23 +84,29 @@ run() { # name, extra args...
     --results "$RES" --no-mlflow --name "$name" "$@" >"$RES/run-$name.log" 2>&1
   log "run $name rc=$?"
 }
-log "quick trainings until $TRAIN_END s"
-run mose --entry radiogrammetry &
-run single --entry radiogrammetry --set segmentation.model=single &
-run landmarks --entry hsieh &
-HS=$!
-while kill -0 $HS 2>/dev/null; do
-  if ls "$RES"/cache/landmarks/*/landmark_error.json >/dev/null 2>&1; then
-    log "landmark error written; stopping hsieh"; pkill -f "name landmarks" ; break
+want suite || TRAIN_END=$(( BUDGET - 20 ))
+if want train; then
+  log "quick trainings until $TRAIN_END s:$TRAIN"
+  wanttrain mose && run mose --entry radiogrammetry &
+  wanttrain single && run single --entry radiogrammetry --set segmentation.model=single &
+  if wanttrain landmarks; then
+    run landmarks --entry hsieh &
+    HS=$!
+    while kill -0 $HS 2>/dev/null; do
+      if ls "$RES"/cache/landmarks/*/landmark_error.json >/dev/null 2>&1; then
+        log "landmark error written; stopping hsieh"; pkill -f "name landmarks" ; break
+      fi
+      sleep 5
+    done
   fi
-  sleep 5
-done
-wait; log "trainings done"
-
-log "perf suite"
-timeout "$(left $(( BUDGET - 10 )))" $BENCH perf suite --profile "$PERF_PROFILE" --device "$DEV" --repeats 3 --warmup 2 \
-  --results "$RES" >"$OUT/perf-suite.txt" 2>&1
-log "perf suite rc=$?"
+  wait; log "trainings done"
+fi
+if want suite; then
+  log "perf suite"
+  timeout "$(left $(( BUDGET - 10 )))" $BENCH perf suite --profile "$PERF_PROFILE" --device "$DEV" --repeats 3 \
+    --warmup 2 --results "$RES" >"$OUT/perf-suite.txt" 2>&1
+  log "perf suite rc=$?"
+fi
 
 (cd "$RES" && find . -path ./cache/phantom -prune -o -type f \( -name '*.json' -o -name '*.csv' -o -name '*.log' \
    -o -name '*.txt' \) -size -4M -print | tar czf "$OUT/results.tgz" -T -)

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 
 from bench.data.format import Dataset
 from bench.errors import BenchError
+from methods.affine import affine_grid
 
 ASPECT_SAMPLE = 32   # training images read to choose the canvas aspect
 ALIGN = 8            # canvas columns are a multiple of this
@@ -172,7 +173,7 @@ def augment(images: torch.Tensor, labels: torch.Tensor, *, flip_p: float = 0.5, 
     theta[:, 0, 1] = -sin * fy * (h / w)
     theta[:, 1, 0] = sin * fx * (w / h)
     theta[:, 1, 1] = cos * fy
-    grid = F.affine_grid(theta, [b, 1, h, w], align_corners=False)
+    grid = affine_grid(theta, h, w)
     img = F.grid_sample(images, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
     lab = F.grid_sample(labels.float(), grid, mode="nearest", padding_mode="zeros", align_corners=False)
     return img, lab.round().to(torch.uint8)
