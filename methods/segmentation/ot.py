@@ -5,7 +5,9 @@ n = k*S + s) and annotations y_1..y_M (weights beta_m):
 
 * cost (§3): C_nm = 1 - mean over the seven bone classes (background excluded) of the soft IoU
   (I + 1) / (U + 1), I = sum_px p*y, U = sum_px p + sum_px y - I (+1 smoothing, pixel units);
-  two empty masks cost 0. Differentiable w.r.t. the probabilities.
+  two empty masks cost 0. Differentiable w.r.t. the probabilities. Optionally plus w times the
+  mean pixel cross-entropy of the pair (:func:`pixel_ce_cost`, ``segmentation.ce_weight``; the
+  reference's Cityscapes cost), which keeps a class with a saturated softmax learnable.
 * coupling (§4.1): T* = argmin <T, C> over T >= 0 with row sums <= gamma and column sums = beta.
   pi(x) does not enter it. Feasible iff N * gamma >= sum(beta).
   - ``exact``: the LP, solved with POT's network simplex on the balanced problem with a zero-cost
@@ -99,6 +101,23 @@ def soft_iou_cost(probs: Tensor, onehot: Tensor, classes: Sequence[int] = BONE_I
         y_mass = y.reshape(b, m, ck, h * w).sum(-1)                            # B x M x C'
         union = p_mass[:, :, None] + y_mass[:, None] - inter
         return 1.0 - ((inter + smooth) / (union + smooth)).mean(-1)
+
+
+def pixel_ce_cost(logits: Tensor, labels: Tensor) -> Tensor:
+    """B x N x M mean pixel cross-entropy of every (sample, annotation) pair: the reference's
+    ``cost_fn='ce'`` (segmentation.md §3, its Cityscapes configuration), C_nm = mean over pixels of
+    -log softmax(logits_n)[y_m]. ``logits``: B x N x C x H x W; ``labels``: B x M x H x W integers.
+    Float32, outside autocast."""
+    if logits.dim() != 5 or labels.dim() != 4 or labels.shape[0] != logits.shape[0] \
+            or labels.shape[2:] != logits.shape[3:] or labels.dtype.is_floating_point:
+        raise BenchError(f"pixel_ce_cost: logits B x N x C x H x W and integer labels B x M x H x W expected, got "
+                         f"{tuple(logits.shape)} and {tuple(labels.shape)} ({labels.dtype})")
+    b, n, c, h, w = logits.shape
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        logp = torch.log_softmax(logits.float(), dim=2).reshape(b, n, c, h * w)
+        out = [-logp.gather(2, labels[:, j].reshape(b, 1, 1, h * w).long().expand(b, n, 1, h * w)).mean((2, 3))
+               for j in range(labels.shape[1])]
+        return torch.stack(out, dim=2)
 
 
 # ----------------------------------------------------------------------------------- coupling

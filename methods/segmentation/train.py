@@ -129,7 +129,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: Segmenta
     MoSE: soft-IoU costs, relaxed OT plan (the step's one host synchronisation), eq. 7 loss;
     single decoder: beta-weighted CE + soft Dice. Shared by the training loop and `bench perf seg`.
     """
-    from methods.segmentation.ot import ot_loss, soft_iou_cost
+    from methods.segmentation.ot import ot_loss, pixel_ce_cost, soft_iou_cost
     from methods.segmentation.single import ce_dice_loss
 
     if cfg.augment:
@@ -141,6 +141,8 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: Segmenta
         out = model(x, generator=g_z)
     if cfg.model == "mose":
         cost = soft_iou_cost(out.probs, y)          # integer maps: one class plane at a time
+        if cfg.ce_weight > 0:                       # CE keeps a class whose softmax saturated learnable
+            cost = cost + cfg.ce_weight * pixel_ce_cost(out.logits, y)
         res = ot_loss(cost, out.log_weights.float(), beta, gamma=gamma, lam=cfg.lam, solver=cfg.ot_solver)
         loss, parts = res.loss, (res.transport, res.kl)
     else:

@@ -326,3 +326,30 @@ def test_time_ot_solve_reports_both_solvers():
     assert (res["batch"], res["n"], res["m"], res["repeats"]) == (2, 4, 2, 2)
     for key in ("exact_ms_median", "exact_ms_mean", "greedy_ms_median", "greedy_ms_mean"):
         assert math.isfinite(res[key]) and res[key] > 0
+
+
+# --------------------------------------------------------------------------- CE cost (reference cost_fn='ce')
+def test_pixel_ce_cost_matches_torch_cross_entropy_per_pair():
+    import torch.nn.functional as F
+
+    from methods.segmentation.ot import pixel_ce_cost
+
+    gen = torch.Generator().manual_seed(0)
+    logits = torch.randn(2, 3, 8, 5, 4, generator=gen, requires_grad=True)
+    labels = torch.randint(0, 8, (2, 2, 5, 4), generator=gen)
+    cost = pixel_ce_cost(logits, labels)
+    assert cost.shape == (2, 3, 2)
+    for b in range(2):
+        for n in range(3):
+            for m in range(2):
+                ref = F.cross_entropy(logits[b, n][None], labels[b, m][None])
+                assert abs(float(cost[b, n, m]) - float(ref)) < 1e-5
+    cost.sum().backward()
+    assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
+
+
+def test_pixel_ce_cost_rejects_float_labels():
+    from methods.segmentation.ot import pixel_ce_cost
+
+    with pytest.raises(BenchError, match="integer labels"):
+        pixel_ce_cost(torch.zeros(1, 2, 8, 4, 4), torch.zeros(1, 1, 4, 4))

@@ -154,13 +154,16 @@ def check_outputs(out: Path, phantoms: dict[str, Path]) -> dict:
     return report
 
 
-def test_segment_stage_reaches_dice_08_on_the_smoke_phantom(phantoms, tmp_path, one_thread):
-    """The smoke profile's MoSE model, trained on CPU, segments the held-out phantom images."""
-    out = run_segment(phantoms, tmp_path)
+@pytest.mark.parametrize("seed", [0, 1])
+def test_segment_stage_reaches_dice_08_on_the_smoke_phantom(phantoms, tmp_path, one_thread, seed):
+    """The smoke profile's MoSE model, trained on CPU, segments the held-out phantom images, and
+    learns every bone (seed 1 lost M2 with the soft-IoU cost alone: see the smoke profile)."""
+    out = run_segment(phantoms, tmp_path, seed=seed)
     report = check_outputs(out, phantoms)
     for split in ("val", "test"):
         res = report["splits"][split]
         assert res["dice_truth"]["mean"] >= 0.8, (split, res["dice_truth"])
+        assert min(v for k, v in res["dice_truth"].items() if k != "mean") >= 0.7, (split, res["dice_truth"])
         assert 0 <= res["ged"] < 0.5 and 0.5 < res["hungarian_iou"] <= 1 and 0 <= res["ece"] < 0.1
         assert set(res["dice_annotators"]) == {"a1", "a2", "a3"}
     hist = pd.read_parquet(out / "history.parquet")
