@@ -28,7 +28,7 @@ from baselines.hsieh import landmark_metrics, landmark_rois
 from baselines.vgg import build_vgg
 from methods.encoders import to_input
 from methods.probe import ProbeResult
-from methods.supervised import SupervisedConfig, fit_end_to_end, flip_augment
+from methods.supervised import PrepareFn, SupervisedConfig, fit_end_to_end, flip_augment
 
 
 @dataclass
@@ -84,6 +84,12 @@ def train_wang(model: MultiRoiTransformer, rois: torch.Tensor, index: pd.DataFra
                batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu") -> ProbeResult:
     """Train on the train radiographs of `index` (one row per N of `rois`: N×K×H×W) with the shared
     end-to-end loop (methods.supervised.fit_end_to_end); flips are drawn per ROI."""
+    return fit_end_to_end(model, rois, index.assign(bone="roi"), cfg, generator, device,
+                          prepare=roi_prepare(cfg), batch_size=batch_size, eval_batch=16)
+
+
+def roi_prepare(cfg: SupervisedConfig) -> PrepareFn:
+    """N×K×H×W stored ROIs → N×K×1×size×size model input, flips drawn per ROI when training."""
     size = cfg.input_size
 
     def prepare(raw: torch.Tensor, flips: torch.Generator | None) -> torch.Tensor:
@@ -91,9 +97,7 @@ def train_wang(model: MultiRoiTransformer, rois: torch.Tensor, index: pd.DataFra
         flat = to_input(raw.flatten(0, 1), size)
         flat = flat if flips is None else flip_augment(flat, cfg, flips)
         return flat.view(b, k, 1, size, size)
-
-    return fit_end_to_end(model, rois, index.assign(bone="roi"), cfg, generator, device, prepare=prepare,
-                          batch_size=batch_size, eval_batch=16)
+    return prepare
 
 
 def wang_stage(ctx: StageContext) -> dict:

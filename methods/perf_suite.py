@@ -12,11 +12,14 @@ by largest remainder; a user dataset's manifest when ``data.seg``/``data.cls`` n
 * pretrain: :func:`methods.ssl.pretrain.pretrain_step` (methods.ssl.perf, feed (a)) × epochs ×
   steps per epoch of the pretraining set (7 bones or ``patches.raw_count`` raw crops per `seg`
   image, plus the `cls` train patches for SupCon);
-* probe, supervised, deepdxa, jang, hsieh, wang, landmarks: a training step that mirrors the
-  stage's loop body (same model, autocast/channels_last rule, loss and optimiser; the flips
-  left out) × epochs × steps per epoch, plus the per-epoch validation and final prediction
-  forwards, plus the per-image CPU preparation where it is not small: ROI boxes and crops (jang,
-  hsieh, wang), resampling and the annotators' reference landmarks (landmarks);
+* supervised, deepdxa, jang, hsieh, wang: the end-to-end loop's own step
+  (:func:`methods.supervised.supervised_step`) on the stage's own input preparation (resize,
+  flips drawn on the CPU generator, channels_last) from stored samples × epochs × steps per
+  epoch, plus the per-epoch validation and final prediction forwards, plus the per-image CPU
+  preparation where it is not small: ROI boxes and crops (jang, hsieh, wang);
+* probe, landmarks: a training step that mirrors the stage's loop body (same model,
+  autocast/channels_last rule, loss and optimiser) × epochs × steps per epoch, plus the forwards,
+  plus resampling and the annotators' reference landmarks (landmarks);
 * clinical: a two-covariate logistic regression, priced at zero.
 
 Known omissions (small next to training at the paper profile, to be confirmed against one measured
@@ -200,24 +203,50 @@ def probe_cost(m: Measurer, stage, config: Config) -> StageCost:
 
 
 # ---------------------------------------------------------------------------- supervised loops
-def _supervised(m: Measurer, key: Any, build: Callable[[], nn.Module], sample: tuple[int, ...], n: int, train: int,
-                val: int, batch: int, epochs: int, predict_batch: int, lr: float, note: str) -> StageCost:
-    step = m.train_step_s(key, build, sample, batch, lr=lr)
+def _supervised(m: Measurer, key: Any, build: Callable[[], nn.Module], raw: tuple[int, ...], sample: tuple[int, ...],
+                prepare: Callable, n: int, train: int, val: int, batch: int, config: Config, predict_batch: int,
+                note: str) -> StageCost:
+    """The end-to-end loop: :func:`methods.supervised.supervised_step` on the stage's own input preparation
+    (from stored uint16 samples of shape `raw`, flips included) × epochs × steps, plus the forwards."""
+    sup = config.supervised
+    step = m.cached(("supervised-step", key, raw, batch), lambda: _supervised_step_s(m, build, raw, batch, sup, prepare))
     fwd = m.forward_s(key, build, sample, predict_batch)
-    return StageCost([CostPart("train steps", epochs * _ceil(train, batch), step),
-                      CostPart("val forward", epochs * val, fwd), CostPart("final forward", n, fwd)],
-                     note=note + f", {epochs} epochs x {_ceil(train, batch)} steps of {batch}")
+    return StageCost([CostPart("train steps", sup.epochs * _ceil(train, batch), step),
+                      CostPart("val forward", sup.epochs * val, fwd), CostPart("final forward", n, fwd)],
+                     note=note + f", {sup.epochs} epochs x {_ceil(train, batch)} steps of {batch}")
+
+
+def _supervised_step_s(m: Measurer, build: Callable[[], nn.Module], raw: tuple[int, ...], batch: int, sup,
+                       prepare: Callable) -> float:
+    from bench.perf_suite import seeded_build
+    from methods.supervised import supervised_step
+
+    dev = m.device
+    model = seeded_build(build).to(dev)
+    if dev.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    model.train()
+    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=sup.lr,
+                           weight_decay=sup.weight_decay, foreach=True)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10 ** 6)
+    gen = torch.Generator(device=dev).manual_seed(0)
+    x = torch.randint(0, 65536, (batch, *raw), generator=gen, device=dev, dtype=torch.int32)
+    y = torch.randint(0, 2, (batch,), generator=gen, device=dev)
+    flips = torch.Generator().manual_seed(0)
+    loss_fn = nn.CrossEntropyLoss()
+    return m.time(lambda _: supervised_step(model, opt, sched, loss_fn, prepare(x, flips), y))
 
 
 def supervised_cost(m: Measurer, stage, config: Config) -> StageCost:
     """methods.stages.supervised_stage (the `supervised` ablation and DeepDXA): encoder + head on bone patches."""
+    from methods.supervised import patch_prepare
+
     sup, cls = config.supervised, role_sizes(config)["cls"]
     enc = stage.options.get("encoder") or config.ssl.encoder
-    k = len(BONES)
-    size = sup.input_size
-    return _supervised(m, ("classifier", enc), lambda: _Classifier(_encoder(enc)()), (1, size, size), cls.n * k,
-                       cls.train * k, cls.val * k, sup.batch_size, sup.epochs, 128, sup.lr,
-                       f"{enc} at {sup.input_size} px")
+    k, p = len(BONES), config.patches.patch_size
+    return _supervised(m, ("classifier", enc), lambda: _Classifier(_encoder(enc)()), (p, p),
+                       (1, sup.input_size, sup.input_size), patch_prepare(sup), cls.n * k, cls.train * k, cls.val * k,
+                       sup.batch_size, config, 128, f"{enc} at {sup.input_size} px from {p} px patches")
 
 
 def _vgg(config: Config) -> Callable[[], nn.Module]:
@@ -247,10 +276,12 @@ def _landmark_crops(config: Config) -> Callable:
 def jang_cost(m: Measurer, stage, config: Config) -> StageCost:
     from baselines.roi import crop_box, jitter_box, wrist_box
 
+    from methods.supervised import patch_prepare
+
     sup, cls, roi = config.supervised, role_sizes(config)["cls"], config.roi
-    cost = _supervised(m, ("vgg", repr(config.vgg)), _vgg(config), (1, sup.input_size, sup.input_size), cls.n,
-                       cls.train, cls.val, sup.batch_size, sup.epochs, 128, sup.lr,
-                       f"{config.vgg.name}, one ROI per image")
+    size = sup.input_size
+    cost = _supervised(m, ("vgg", repr(config.vgg)), _vgg(config), (size, size), (1, size, size), patch_prepare(sup),
+                       cls.n, cls.train, cls.val, sup.batch_size, config, 128, f"{config.vgg.name}, one ROI per image")
 
     def crop(image, labels, spacing):   # the box over the annotators' maps (3 in the phantom), jittered, cropped
         box = wrist_box([labels] * 3, spacing, roi.forearm_mm) or (0.0, 0.0, *map(float, image.shape))
@@ -259,21 +290,25 @@ def jang_cost(m: Measurer, stage, config: Config) -> StageCost:
 
 
 def hsieh_cost(m: Measurer, stage, config: Config) -> StageCost:
+    from methods.supervised import patch_prepare
+
     sup, cls, k = config.supervised, role_sizes(config)["cls"], len(config.landmarks.bones)
-    cost = _supervised(m, ("vgg", repr(config.vgg)), _vgg(config), (1, sup.input_size, sup.input_size), cls.n * k,
-                       cls.train * k, cls.val * k, sup.batch_size, sup.epochs, 128, sup.lr,
+    size = sup.input_size
+    cost = _supervised(m, ("vgg", repr(config.vgg)), _vgg(config), (size, size), (1, size, size), patch_prepare(sup),
+                       cls.n * k, cls.train * k, cls.val * k, sup.batch_size, config, 128,
                        f"{config.vgg.name}, {k} landmark ROIs per image")
     return _with_rois(m, config, cost, ("landmark-roi", repr(config.roi), sup.input_size, k), _landmark_crops(config))
 
 
 def wang_cost(m: Measurer, stage, config: Config) -> StageCost:
     from baselines.vgg import build_vgg
-    from baselines.wang import MultiRoiTransformer
+    from baselines.wang import MultiRoiTransformer, roi_prepare
 
     sup, cfg, cls, k = config.supervised, config.wang, role_sizes(config)["cls"], len(config.landmarks.bones)
+    size = sup.input_size
     build = lambda: MultiRoiTransformer(build_vgg(config.vgg), k, cfg)  # noqa: E731
-    cost = _supervised(m, ("wang", repr(config.vgg), repr(cfg), k), build, (k, 1, sup.input_size, sup.input_size),
-                       cls.n, cls.train, cls.val, cfg.batch_size, sup.epochs, 16, sup.lr,
+    cost = _supervised(m, ("wang", repr(config.vgg), repr(cfg), k), build, (k, size, size), (k, 1, size, size),
+                       roi_prepare(sup), cls.n, cls.train, cls.val, cfg.batch_size, config, 16,
                        f"{config.vgg.name} x {k} ROIs + transformer")
     return _with_rois(m, config, cost, ("landmark-roi", repr(config.roi), sup.input_size, k), _landmark_crops(config))
 

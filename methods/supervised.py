@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Callable, Literal
+from typing import Any, Callable, Literal
 
 import pandas as pd
 import torch
@@ -64,12 +64,32 @@ PrepareFn = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 def train_supervised(encoder: nn.Module, patches: torch.Tensor, index: pd.DataFrame, cfg: SupervisedConfig,
                      generator: torch.Generator, device: torch.device | str = "cpu") -> ProbeResult:
     """Train encoder + head on the train rows of `index`; select by subject val macro-F1; score all rows."""
+    return fit_end_to_end(Classifier(encoder), patches, index, cfg, generator, device, prepare=patch_prepare(cfg))
+
+
+def patch_prepare(cfg: SupervisedConfig) -> PrepareFn:
+    """Stored patches → model input: :func:`to_input` at ``cfg.input_size``, flips when training
+    (a generator is given), channels_last on CUDA."""
     def prepare(raw: torch.Tensor, flips: torch.Generator | None) -> torch.Tensor:
         x = to_input(raw, cfg.input_size)
         x = x if flips is None else flip_augment(x, cfg, flips)
         return x.contiguous(memory_format=torch.channels_last) if x.is_cuda else x
+    return prepare
 
-    return fit_end_to_end(Classifier(encoder), patches, index, cfg, generator, device, prepare=prepare)
+
+def supervised_step(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, loss_fn: Callable,
+                    x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """One step of the end-to-end loop: bf16 autocast on CUDA, loss, backward, Adam, LR schedule.
+
+    Returns the detached loss on the device (no host synchronisation); shared with `bench perf suite`.
+    """
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=x.is_cuda):
+        loss = loss_fn(model(x).float(), y)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.detach()
 
 
 def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cfg: SupervisedConfig,
@@ -108,14 +128,8 @@ def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cf
         total = torch.zeros((), device=device)
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
-            x = prepare(data[batch], generator)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
-                loss = loss_fn(model(x).float(), y[batch])
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach() * len(batch)
+            loss = supervised_step(model, opt, sched, loss_fn, prepare(data[batch], generator), y[batch])
+            total += loss * len(batch)
         p_val = predict_positive(model, data[val_idx], prepare, device, eval_batch)
         val = subject_metrics(index[val_rows], p_val)
         history.append({"train_loss": float(total) / len(order), "val_macro_f1": val["macro_f1"],
@@ -130,10 +144,13 @@ def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cf
 
 
 def flip_augment(x: torch.Tensor, cfg: SupervisedConfig, generator: torch.Generator) -> torch.Tensor:
-    """Random horizontal and vertical flips per sample (drawn on the CPU generator, applied on device)."""
+    """Random horizontal and vertical flips per sample, drawn on the CPU generator (the same draws on
+    every device) and applied on the device; on CUDA the draws travel through pinned memory without
+    a host synchronisation."""
     if not cfg.flips:
         return x
-    flips = torch.rand(2, x.shape[0], generator=generator).to(x.device) < 0.5
+    flips = torch.rand(2, x.shape[0], generator=generator)
+    flips = (flips.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else flips) < 0.5
     x = torch.where(flips[0].view(-1, 1, 1, 1), x.flip(-1), x)
     return torch.where(flips[1].view(-1, 1, 1, 1), x.flip(-2), x)
 

@@ -343,7 +343,7 @@ def test_pixel_ce_cost_matches_torch_cross_entropy_per_pair():
         for n in range(3):
             for m in range(2):
                 ref = F.cross_entropy(logits[b, n][None], labels[b, m][None])
-                assert abs(float(cost[b, n, m]) - float(ref)) < 1e-5
+                assert abs(float(cost[b, n, m].detach()) - float(ref.detach())) < 1e-5
     cost.sum().backward()
     assert logits.grad is not None and float(logits.grad.abs().sum()) > 0
 
