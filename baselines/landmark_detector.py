@@ -37,6 +37,7 @@ from bench.stage import StageContext
 from baselines.landmarks import (LandmarkConfig, decode, gaussian_targets, heatmap_loss, landmark_errors,
                                  reference_landmarks, to_native, to_working)
 from methods.segmentation.model import UNetBackbone
+from methods.transfer import to_device_async
 
 
 class LandmarkNet(nn.Module):
@@ -166,13 +167,13 @@ def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, gene
     best, best_state = float("inf"), None
     for epoch in range(cfg.epochs):
         model.train()
-        order = torch.randperm(len(train), generator=generator).to(device)
+        order = to_device_async(torch.randperm(len(train), generator=generator), device)
         total = torch.zeros((), device=device)
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
             x, pts = x_all[idx], p_all[idx].clone()
             if cfg.flips:
-                flip = (torch.rand(len(idx), generator=generator) < 0.5).to(device)
+                flip = to_device_async(torch.rand(len(idx), generator=generator), device) < 0.5
                 x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
                 pts[..., 1] = torch.where(flip.view(-1, 1), x.shape[-1] - 1 - pts[..., 1], pts[..., 1])
             target = gaussian_targets(pts, x.shape[-2:], sigma)

@@ -23,6 +23,7 @@ from bench.errors import BenchError
 from bench.metrics import select_best
 from methods.encoders import to_input
 from methods.probe import ProbeResult, cross_entropy, subject_metrics
+from methods.transfer import to_device_async
 
 
 @dataclass
@@ -124,7 +125,7 @@ def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cf
     best_state = None
     for _epoch in range(cfg.epochs):
         model.train()
-        order = train_idx[torch.randperm(len(train_idx), generator=generator).to(device)]
+        order = train_idx[to_device_async(torch.randperm(len(train_idx), generator=generator), device)]
         total = torch.zeros((), device=device)
         for start in range(0, len(order), batch_size):
             batch = order[start:start + batch_size]
@@ -149,8 +150,7 @@ def flip_augment(x: torch.Tensor, cfg: SupervisedConfig, generator: torch.Genera
     a host synchronisation."""
     if not cfg.flips:
         return x
-    flips = torch.rand(2, x.shape[0], generator=generator)
-    flips = (flips.pin_memory().to(x.device, non_blocking=True) if x.is_cuda else flips) < 0.5
+    flips = to_device_async(torch.rand(2, x.shape[0], generator=generator), x.device) < 0.5
     x = torch.where(flips[0].view(-1, 1, 1, 1), x.flip(-1), x)
     return torch.where(flips[1].view(-1, 1, 1, 1), x.flip(-2), x)
 
