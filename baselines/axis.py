@@ -67,15 +67,48 @@ def largest_component(mask: np.ndarray) -> np.ndarray:
     return labelled == (int(np.argmax(sizes)) + 1)
 
 
+def class_window(labels: np.ndarray, value: int) -> tuple[tuple[int, int], np.ndarray] | None:
+    """((row0, col0), mask) of the bounding box of class `value`; None when absent.
+
+    Work on a bone then touches its box, not the whole radiograph (a 3588 x 2515 clinical image
+    holds each bone in a few percent of its pixels); every pixel of the class is inside, so
+    components, centroids and axes are those of the whole map.
+    """
+    mask = labels == value
+    rows = np.flatnonzero(mask.any(axis=1))
+    if rows.size == 0:
+        return None
+    cols = np.flatnonzero(mask.any(axis=0))
+    return (int(rows[0]), int(cols[0])), mask[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1]
+
+
+def component_pixels(labels: np.ndarray, bone: str) -> tuple[np.ndarray, np.ndarray]:
+    """(rows, cols) of the pixels of `bone`'s largest 8-connected component (empty when absent)."""
+    found = class_window(labels, BONES[bone])
+    if found is None:
+        return np.zeros(0, dtype=np.intp), np.zeros(0, dtype=np.intp)
+    (r0, c0), mask = found
+    rows, cols = np.nonzero(largest_component(mask))
+    return rows + r0, cols + c0
+
+
 def _centroid(labels: np.ndarray, names: tuple[str, ...]) -> np.ndarray | None:
-    rows, cols = np.nonzero(np.isin(labels, [BONES[n] for n in names]))
-    return None if rows.size == 0 else np.array([rows.mean(), cols.mean()])
+    """Mean (row, col) of all pixels of the classes `names`; None when none is present."""
+    total, sums = 0, np.zeros(2)
+    for name in names:
+        found = class_window(labels, BONES[name])
+        if found is None:
+            continue
+        (r0, c0), mask = found
+        rows, cols = np.nonzero(mask)
+        total += rows.size
+        sums += (rows.sum() + r0 * rows.size, cols.sum() + c0 * cols.size)
+    return None if total == 0 else sums / total
 
 
 def bone_axis(labels: np.ndarray, bone: str) -> BoneAxis | None:
     """Principal axis of `bone` (a name of bench.data.BONES) in a label map; None when absent."""
-    component = largest_component(labels == BONES[bone])
-    rows, cols = np.nonzero(component)
+    rows, cols = component_pixels(labels, bone)
     if rows.size < MIN_PIXELS:
         return None
     pts = np.stack([rows, cols], axis=1).astype(np.float64)

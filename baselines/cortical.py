@@ -27,8 +27,7 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-from bench.data.format import BONES
-from baselines.axis import BoneAxis, bone_axis, largest_component
+from baselines.axis import BoneAxis, bone_axis, component_pixels
 
 
 @dataclass(frozen=True)
@@ -183,7 +182,8 @@ def measure_bone(image: np.ndarray, labels: np.ndarray, bone: str, spacing_mm: f
         point = axis.from_distal(radius_offset_mm / spacing_mm)
     else:
         point = axis.at_fraction(metacarpal_fraction)
-    component = largest_component(labels == BONES[bone])
+    component = np.zeros(labels.shape, dtype=bool)
+    component[component_pixels(labels, bone)] = True
     u, prof, frac, n = sample_profiles(image, component, axis, point, profiles, window_mm / spacing_mm,
                                        step_px, margin_mm / spacing_mm)
     if n == 0:

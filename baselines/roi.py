@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from bench.config import register_section
 from bench.data.format import BONES
-from baselines.axis import FOREARM, bone_axis, largest_component
+from baselines.axis import FOREARM, bone_axis, component_pixels
 
 Box = tuple[float, float, float, float]   # (row0, col0, row1, col1), row1/col1 exclusive
 
@@ -52,7 +52,7 @@ def wrist_box(label_maps: Iterable[np.ndarray], spacing_mm: float, forearm_mm: f
             axis = bone_axis(labels, bone)
             if axis is None:
                 continue
-            rows, cols = np.nonzero(largest_component(labels == BONES[bone]))
+            rows, cols = component_pixels(labels, bone)
             t = (np.stack([rows, cols], 1) - axis.centre) @ axis.direction
             part = t >= axis.t_max - forearm_mm / spacing_mm
             keep[rows[part], cols[part]] = True
