@@ -20,6 +20,9 @@
 # 350 s side by side (MoSE step 105 ms, single 28 ms alone): give them the whole budget, e.g.
 # GPU_CHECKS_STEPS=train GPU_CHECKS_TRAIN="mose single" scripts/gpu-checks.sh OUT 560.
 # Without installation: run from the repository root with the dependencies importable (PYTHONPATH).
+# On the lent device machine: fill .whl here with `../shared/tools/gpu-wheels.sh pydicom`, carry .whl and run
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .whl-site \
+#     .whl/*.whl && export PYTHONPATH=$PWD/.whl-site && bash scripts/gpu-checks.sh $OUT 565
 set -u
 OUT=${1:?usage: scripts/gpu-checks.sh OUTDIR [BUDGET_S]}
 BUDGET=${2:-560}
