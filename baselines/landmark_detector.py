@@ -148,6 +148,30 @@ def mean_error(model: LandmarkNet, items: list[dict], cfg: LandmarkConfig, devic
     return float(errors["error_mm"].mean()) if len(errors) else float("nan")
 
 
+def landmark_step(model: LandmarkNet, opt: torch.optim.Optimizer, sched, x: torch.Tensor, pts: torch.Tensor,
+                  cfg: LandmarkConfig, generator: torch.Generator) -> torch.Tensor:
+    """One step: flips (CPU-generator draws, no host sync), Gaussian targets, bf16 autocast and
+    channels_last on CUDA, heat-map loss, Adam, LR schedule. Returns the detached loss on the device;
+    shared with `bench perf suite`."""
+    cuda = x.is_cuda
+    pts = pts.clone()
+    if cfg.flips:
+        flip = to_device_async(torch.rand(len(x), generator=generator), x.device) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
+        pts[..., 1] = torch.where(flip.view(-1, 1), x.shape[-1] - 1 - pts[..., 1], pts[..., 1])
+    target = gaussian_targets(pts, x.shape[-2:], cfg.sigma_mm / cfg.mm_per_px)
+    if cuda:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(device_type=x.device.type, dtype=torch.bfloat16, enabled=cuda):
+        logits = model(x)
+    loss = heatmap_loss(logits, target)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    sched.step()
+    return loss.detach()
+
+
 def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, generator: torch.Generator,
                    device: torch.device, log=None) -> LandmarkNet:
     """Train on `train` (images with at least one reference landmark); keep the best val-error epoch."""
@@ -160,7 +184,6 @@ def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, gene
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     x_all, p_all = batch(train, device)
-    sigma = cfg.sigma_mm / cfg.mm_per_px
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, -(-len(train) // cfg.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
@@ -171,22 +194,7 @@ def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, gene
         total = torch.zeros((), device=device)
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start:start + cfg.batch_size]
-            x, pts = x_all[idx], p_all[idx].clone()
-            if cfg.flips:
-                flip = to_device_async(torch.rand(len(idx), generator=generator), device) < 0.5
-                x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-                pts[..., 1] = torch.where(flip.view(-1, 1), x.shape[-1] - 1 - pts[..., 1], pts[..., 1])
-            target = gaussian_targets(pts, x.shape[-2:], sigma)
-            if cuda:
-                x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast(device_type=device.type, dtype=torch.bfloat16, enabled=cuda):
-                logits = model(x)
-            loss = heatmap_loss(logits, target)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
-            sched.step()
-            total += loss.detach() * len(idx)
+            total += landmark_step(model, opt, sched, x_all[idx], p_all[idx], cfg, generator) * len(idx)
         err = mean_error(model, val, cfg, device)
         if log is not None:
             log("landmark_train_loss", float(total) / len(train), epoch)

@@ -17,9 +17,11 @@ by largest remainder; a user dataset's manifest when ``data.seg``/``data.cls`` n
   flips drawn on the CPU generator, channels_last) from stored samples × epochs × steps per
   epoch, plus the per-epoch validation and final prediction forwards, plus the per-image CPU
   preparation where it is not small: ROI boxes and crops (jang, hsieh, wang);
-* probe, landmarks: a training step that mirrors the stage's loop body (same model,
-  autocast/channels_last rule, loss and optimiser) × epochs × steps per epoch, plus the forwards,
-  plus resampling and the annotators' reference landmarks (landmarks);
+* landmarks: the detector's own step (:func:`baselines.landmark_detector.landmark_step`: flips,
+  Gaussian targets, heat-map loss) × epochs × steps, plus the forwards, plus resampling and the
+  annotators' reference landmarks per image;
+* probe: a head step that mirrors the stage's loop body (same model, loss and optimiser) ×
+  epochs × steps per epoch, plus the encoder's feature forwards;
 * clinical: a two-covariate logistic regression, priced at zero.
 
 Known omissions (small next to training at the paper profile, to be confirmed against one measured
@@ -314,8 +316,8 @@ def wang_cost(m: Measurer, stage, config: Config) -> StageCost:
 
 
 def landmarks_cost(m: Measurer, stage, config: Config) -> StageCost:
-    from baselines.landmark_detector import LandmarkNet, resample
-    from baselines.landmarks import heatmap_loss, reference_landmarks
+    from baselines.landmark_detector import LandmarkNet, landmark_step, resample
+    from baselines.landmarks import reference_landmarks
 
     cfg, sizes = config.landmarks, role_sizes(config)
     k, build = len(cfg.bones), (lambda: LandmarkNet(len(cfg.bones), cfg.widths, cfg.convs))
@@ -325,9 +327,24 @@ def landmarks_cost(m: Measurer, stage, config: Config) -> StageCost:
         return 1, max(8, round(s.height * f)), max(8, round(s.width * f))
     seg, cls = sizes["seg"], sizes["cls"]
     h, w = shape(seg)[1:]
-    target = lambda b: torch.softmax(torch.zeros(b, k, h * w), -1).view(b, k, h, w)  # noqa: E731
-    step = m.train_step_s(("landmarks", repr(cfg)), build, shape(seg), min(cfg.batch_size, seg.train),
-                          loss_fn=heatmap_loss, target=target, lr=cfg.lr)
+    batch = min(cfg.batch_size, seg.train)
+
+    def measure_step() -> float:   # the detector's own step on random images and landmarks inside them
+        from bench.perf_suite import seeded_build
+
+        dev = m.device
+        model = seeded_build(build).to(dev)
+        if dev.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        model.train()
+        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10 ** 6)
+        gen = torch.Generator(device=dev).manual_seed(0)
+        x = torch.rand(batch, 1, h, w, generator=gen, device=dev)
+        pts = torch.rand(batch, k, 2, generator=gen, device=dev) * torch.tensor([h - 1.0, w - 1.0], device=dev)
+        flips = torch.Generator().manual_seed(0)
+        return m.time(lambda _: landmark_step(model, opt, sched, x, pts, cfg, flips))
+    step = m.cached(("landmark-step", repr(cfg), h, w, batch), measure_step)
     fwd_seg = m.forward_s(("landmarks", repr(cfg)), build, shape(seg), cfg.batch_size)
     fwd_cls = m.forward_s(("landmarks", repr(cfg)), build, shape(cls), cfg.batch_size)
 
