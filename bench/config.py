@@ -8,7 +8,8 @@ and whatever sections methods register, e.g. ``segmentation``). Values are layer
 
 An entry's overrides come last on purpose: ``single-decoder-simclr`` always has one decoder.
 Overriding a key the entry fixes is reported as a warning. Unknown keys and wrong types raise
-``BenchError`` naming the key and the nearest valid ones.
+``BenchError`` naming the key and the nearest valid ones; so does a section's ``validate()`` (bad
+values, e.g. ``segmentation.gamma0=2``), called on every section once the layers are applied.
 """
 from __future__ import annotations
 
@@ -143,6 +144,10 @@ def resolve(profile: str = "smoke", *, config_files: Iterable[str | Path] = (),
             warnings.warn(f"entry {entry_name!r} fixes {', '.join(clash)}; your value is ignored "
                           "for this entry (an ablation keeps what defines it)", stacklevel=2)
         _apply(values, dict(entry_overrides), f"entry {entry_name}")
+    for section in values.values():   # bad values fail here, before any stage runs, not hours later
+        validate = getattr(section, "validate", None)
+        if callable(validate):
+            validate()
     return Config(profile, values)
 
 

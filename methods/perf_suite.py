@@ -42,7 +42,7 @@ from torch import nn
 
 from bench.config import Config
 from bench.data.format import BONES
-from bench.perf_suite import CostModel, CostPart, Measurer, StageCost
+from bench.perf_suite import CostModel, CostPart, Measurer, StageCost, seeded_build
 
 ROLE_PRESETS = {"seg": "public", "cls": "clinical"}
 
@@ -220,7 +220,6 @@ def _supervised(m: Measurer, key: Any, build: Callable[[], nn.Module], raw: tupl
 
 def _supervised_step_s(m: Measurer, build: Callable[[], nn.Module], raw: tuple[int, ...], batch: int, sup,
                        prepare: Callable) -> float:
-    from bench.perf_suite import seeded_build
     from methods.supervised import supervised_step
 
     dev = m.device
@@ -330,8 +329,6 @@ def landmarks_cost(m: Measurer, stage, config: Config) -> StageCost:
     batch = min(cfg.batch_size, seg.train)
 
     def measure_step() -> float:   # the detector's own step on random images and landmarks inside them
-        from bench.perf_suite import seeded_build
-
         dev = m.device
         model = seeded_build(build).to(dev)
         if dev.type == "cuda":

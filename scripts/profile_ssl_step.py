@@ -34,6 +34,8 @@ def main() -> None:
     args = ap.parse_args()
     dev = torch.device(args.device)
     cuda = dev.type == "cuda"
+    if cuda and not torch.cuda.is_available():
+        raise SystemExit("profile_ssl_step.py: no CUDA device here; pass --device cpu (and e.g. --profile smoke)")
     config = resolve(args.profile, sets={"ssl.method": "simclr"})
     cfg, mc, aug = config.ssl, config.multicrop, config.augment
     array = synthetic_store(args.patches, config.patches.patch_size)

@@ -16,11 +16,11 @@ from bench.config import resolve
 from bench.data.format import BONES, Dataset
 from bench.data.phantom import synthesize
 from bench.runner import evaluate
-from bench.stage import run_stage, stage_key
 from baselines.entries import DEEPDXA, HSIEH, JANG, RADIOGRAMMETRY, WANG
 from baselines.landmark_detector import LANDMARKS
 from methods.extract import EXTRACT
 from methods.patch_store import PatchStore
+from stage_runs import run_cpu_stage
 
 LANDMARK_BONES = list(BONES)
 
@@ -42,16 +42,9 @@ def _cfg(**sets):
     return resolve("smoke", sets={**base, **sets})
 
 
-def _run(stage, cfg, env, inputs, seed=0):
-    root, datasets = env
-    key, material = stage_key(stage, cfg, seed, {k: v.name for k, v in inputs.items()}, {}, "cpu")
-    return run_stage(stage, cache_root=root / "cache", key=key, material=material, config=cfg, seed=seed,
-                     inputs=inputs, datasets=datasets, device=torch.device("cpu"))
-
-
 @pytest.fixture(scope="module")
 def landmarks(env):
-    return _run(LANDMARKS, _cfg(), env, {})
+    return run_cpu_stage(LANDMARKS, _cfg(), env, {})
 
 
 def _check_subject_predictions(out, manifest):
@@ -67,8 +60,8 @@ def _check_subject_predictions(out, manifest):
 
 def test_deepdxa_trains_resnet18_on_bone_patches(env):
     cfg = _cfg()
-    patches = _run(EXTRACT, cfg, env, {})
-    out = _run(DEEPDXA, cfg, env, {"extract": patches})
+    patches = run_cpu_stage(EXTRACT, cfg, env, {})
+    out = run_cpu_stage(DEEPDXA, cfg, env, {"extract": patches})
     preds = pd.read_parquet(out / "bone_predictions.parquet")
     assert len(preds) == len(PatchStore.open(patches).present(role="cls"))
     head = torch.load(out / "head.pt")
@@ -78,7 +71,7 @@ def test_deepdxa_trains_resnet18_on_bone_patches(env):
 
 
 def test_jang_one_jittered_box_per_radiograph(env):
-    out = _run(JANG, _cfg(), env, {})
+    out = run_cpu_stage(JANG, _cfg(), env, {})
     manifest = env[1]["cls"].manifest
     _check_subject_predictions(out, manifest)
     boxes = pd.read_csv(out / "boxes.csv")
@@ -106,7 +99,7 @@ def test_landmark_detector_learns_and_reports_mm_error(env, landmarks):
 
 
 def test_hsieh_predicts_per_landmark_roi_and_averages(env, landmarks):
-    out = _run(HSIEH, _cfg(), env, {"landmarks": landmarks})
+    out = run_cpu_stage(HSIEH, _cfg(), env, {"landmarks": landmarks})
     preds = pd.read_parquet(out / "bone_predictions.parquet")
     cls = env[1]["cls"].manifest
     assert len(preds) == 7 * cls["subject_id"].nunique() and set(preds["bone"]) == set(LANDMARK_BONES)
@@ -117,12 +110,12 @@ def test_hsieh_predicts_per_landmark_roi_and_averages(env, landmarks):
 
 
 def test_wang_one_prediction_per_subject(env, landmarks):
-    out = _run(WANG, _cfg(), env, {"landmarks": landmarks})
+    out = run_cpu_stage(WANG, _cfg(), env, {"landmarks": landmarks})
     _check_subject_predictions(out, env[1]["cls"].manifest)
 
 
 def test_radiogrammetry_tracks_true_cortical_index_and_matches_sklearn(env):
-    out = _run(RADIOGRAMMETRY, _cfg(), env, {})
+    out = run_cpu_stage(RADIOGRAMMETRY, _cfg(), env, {})
     check = json.loads((out / "truth_check.json").read_text())
     assert check["truth_r_subject"] >= 0.8 and check["truth_r_bone"] >= 0.75
     table = pd.read_csv(out / "subject_2mci.csv", dtype={"subject_id": str})

@@ -425,7 +425,7 @@ def test_advisory_lock_excludes_other_sessions(postgres_url, tmp_path):
 
 def test_two_workers_tune_one_study_on_postgres(postgres_url, tmp_path):
     import optuna
-    from mlflow import MlflowClient
+    from study_runs import assert_one_study_run
 
     from bench.data.phantom import synthesize
     from bench.tune.study import SESSIONS, WORKER, database_url
@@ -446,9 +446,4 @@ def test_two_workers_tune_one_study_on_postgres(postgres_url, tmp_path):
     summary = json.loads((results / "tune" / "pg" / "summary.json").read_text())
     assert summary["trials"]["total"] == 4 and summary["storage"].startswith("postgresql://")
     assert summary["best"]["value"] == min(t.value for t in study.trials)
-    client = MlflowClient(tracking_uri=f"sqlite:///{results.resolve() / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("osteobench/tune")
-    parents = client.search_runs([exp.experiment_id], "tags.`osteobench.run_type` = 'entry'")
-    assert len(parents) == 1                                            # one study run for both workers
-    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
-    assert sorted(int(r.data.tags["osteobench.optuna_trial"]) for r in children) == [0, 1, 2, 3]
+    assert_one_study_run(results, 4)

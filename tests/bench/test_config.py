@@ -83,3 +83,13 @@ def test_describe_lists_field_comments():
     rows = {k: doc for k, _, _, doc in config.describe()}
     assert rows["toysec.gamma0"] == "start of the relaxation"
     assert "data.seg" in rows and "run.device" in rows
+
+
+def test_resolve_validates_sections_before_anything_runs():
+    import methods.segmentation.config  # noqa: F401  (registers the section)
+
+    with pytest.raises(BenchError, match="segmentation.ce_weight must be >= 0"):
+        config.resolve("smoke", sets={"segmentation.ce_weight": "-1"})
+    with pytest.raises(BenchError, match="gamma0 must lie in"):
+        config.resolve("paper", sets=["segmentation.gamma0=2"])
+    assert config.resolve("smoke", sets={"segmentation.ce_weight": "0.5"}).segmentation.ce_weight == 0.5

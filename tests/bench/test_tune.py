@@ -205,14 +205,9 @@ def test_two_processes_share_one_journal(phantoms, tmp_path):
     assert len({json.dumps(t.params, sort_keys=True) for t in study.trials}) == 4    # no duplicate proposals
     assert sum(o.count("tune par: trial") for o in outs) == 4
     assert len({t.user_attrs[WORKER] for t in study.trials}) <= 2
-    from mlflow import MlflowClient
+    from study_runs import assert_one_study_run
 
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("osteobench/tune")
-    parents = client.search_runs([exp.experiment_id], "tags.`osteobench.run_type` = 'entry'")
-    assert len(parents) == 1                                          # one study run for both workers
-    children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
-    assert sorted(int(r.data.tags["osteobench.optuna_trial"]) for r in children) == [0, 1, 2, 3]
+    assert_one_study_run(tmp_path, 4)
 
 
 def _perturb(src: Path, dst: Path, split: str, images: bool) -> list[str]:

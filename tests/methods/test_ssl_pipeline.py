@@ -9,9 +9,9 @@ import torch
 from bench.config import resolve
 from bench.data.format import Dataset
 from bench.data.phantom import synthesize
-from bench.stage import run_stage, stage_key
 from methods.extract import EXTRACT
 from methods.patch_store import PatchStore
+from stage_runs import run_cpu_stage
 from methods.ssl.pretrain import load_encoder, pretraining_set
 from methods.entries import PRETRAIN, PROBE_WHOLE
 from methods.stages import PROBE, SUPERVISED
@@ -31,16 +31,9 @@ def _cfg(**sets):
     return resolve("smoke", sets={**base, **sets})
 
 
-def _run(stage, cfg, env, inputs, seed=0):
-    root, datasets = env
-    key, material = stage_key(stage, cfg, seed, {k: v.name for k, v in inputs.items()}, {}, "cpu")
-    return run_stage(stage, cache_root=root / "cache", key=key, material=material, config=cfg, seed=seed,
-                     inputs=inputs, datasets=datasets, device=torch.device("cpu"))
-
-
 @pytest.fixture(scope="module")
 def patches(env):
-    return _run(EXTRACT, _cfg(), env, {})
+    return run_cpu_stage(EXTRACT, _cfg(), env, {})
 
 
 def test_supcon_pretraining_set_adds_labelled_cls_train_patches(patches):
@@ -58,7 +51,7 @@ def test_supcon_pretraining_set_adds_labelled_cls_train_patches(patches):
 @pytest.mark.parametrize("method", ["simclr", "supcon", "swav", "vicreg"])
 def test_each_ssl_method_pretrains_with_finite_loss(env, patches, method):
     cfg = _cfg(**{"ssl.method": method})
-    out = _run(PRETRAIN, cfg, env, {"extract": patches})
+    out = run_cpu_stage(PRETRAIN, cfg, env, {"extract": patches})
     history = pd.read_parquet(out / "history.parquet")
     assert np.isfinite(history["value"]).all() and (history["metric"] == "ssl_loss").all()
     trained = load_encoder(out)
@@ -69,15 +62,15 @@ def test_each_ssl_method_pretrains_with_finite_loss(env, patches, method):
     w_trained = trained.state_dict()["conv1.weight"]
     assert w_trained.shape == fresh.state_dict()["conv1.weight"].shape
     if method == "simclr":  # same seed → same encoder: rerunning the stage elsewhere reproduces it bit for bit
-        again = _run(PRETRAIN, cfg, (env[0] / "again", env[1]), {"extract": patches})
+        again = run_cpu_stage(PRETRAIN, cfg, (env[0] / "again", env[1]), {"extract": patches})
         assert torch.equal(load_encoder(again).state_dict()["conv1.weight"], w_trained)
         assert not torch.equal(fresh.state_dict()["conv1.weight"], w_trained)
 
 
 def test_probe_writes_bone_predictions_for_every_usable_cls_patch(env, patches):
     cfg = _cfg()
-    pre = _run(PRETRAIN, cfg, env, {"extract": patches})
-    out = _run(PROBE, cfg, env, {"extract": patches, "pretrain": pre})
+    pre = run_cpu_stage(PRETRAIN, cfg, env, {"extract": patches})
+    out = run_cpu_stage(PROBE, cfg, env, {"extract": patches, "pretrain": pre})
     preds = pd.read_parquet(out / "bone_predictions.parquet")
     store = PatchStore.open(patches)
     usable = store.present(role="cls")
@@ -90,14 +83,14 @@ def test_probe_writes_bone_predictions_for_every_usable_cls_patch(env, patches):
 
 def test_whole_image_probe_gives_one_prediction_per_subject(env, patches):
     cfg = _cfg()
-    pre = _run(PRETRAIN, cfg, env, {"extract": patches})
-    out = _run(PROBE_WHOLE, cfg, env, {"pretrain": pre})
+    pre = run_cpu_stage(PRETRAIN, cfg, env, {"extract": patches})
+    out = run_cpu_stage(PROBE_WHOLE, cfg, env, {"pretrain": pre})
     preds = pd.read_parquet(out / "predictions.parquet")
     manifest = env[1]["cls"].manifest
     assert sorted(preds["subject_id"]) == sorted(manifest["subject_id"])
 
 
 def test_supervised_stage_trains_end_to_end(env, patches):
-    out = _run(SUPERVISED, _cfg(), env, {"extract": patches})
+    out = run_cpu_stage(SUPERVISED, _cfg(), env, {"extract": patches})
     preds = pd.read_parquet(out / "bone_predictions.parquet")
     assert len(preds) == len(PatchStore.open(patches).present(role="cls"))
