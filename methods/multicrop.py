@@ -3,8 +3,11 @@
 Each patch gives ``n_global`` global views (224 px) and ``n_local`` local views (96 px), the
 paper's 2 + 4. A view is a random-resized crop (torchvision ``RandomResizedCrop`` semantics: area
 fraction ``s`` uniform in the scale range, aspect ratio log-uniform in ``ratio``, position uniform
-inside the patch), resampled to the view size by one batched ``affine_grid``/``grid_sample`` per
-view (bilinear, align_corners=False), on the patches' device.
+inside the patch), resampled to the view size bilinearly (align_corners=False) on the patches'
+device. The ``n`` crops of one view size are drawn at once and resampled by one ``grid_sample`` (the
+crops of a patch stacked along the grid's rows), so a batch takes two resamplings, not n_global +
+n_local. (:mod:`methods.views` composes the paper's flips, rotation and translation into that same
+resampling for SSL pretraining.)
 
 Scale ranges (fractions of the patch area) default to global (0.4, 1.0) and local (0.05, 0.4):
 the multi-crop ranges of DINO (SwAV's own are (0.14, 1.0) and (0.05, 0.14); set
@@ -93,13 +96,19 @@ class Boxes:
     h: torch.Tensor
 
     def cat(self, other: "Boxes") -> "Boxes":
-        """Candidates of both (B×T each) side by side: B×2T."""
-        return Boxes(*(torch.cat([a, b], dim=1) for a, b in zip(vars(self).values(), vars(other).values())))
+        """Candidates of both (…×T each) side by side along the last axis: …×2T."""
+        return Boxes(*(torch.cat([a, b], dim=-1) for a, b in zip(vars(self).values(), vars(other).values())))
 
     def take(self, index: torch.Tensor) -> "Boxes":
-        """Row-wise selection from B×T candidates: index is B (one candidate per sample)."""
-        pick = lambda t: t.gather(1, index[:, None]).squeeze(1)  # noqa: E731
+        """Selection along the last axis: from …×T candidates, `index` (…) picks one each."""
+        pick = lambda t: t.gather(-1, index.unsqueeze(-1)).squeeze(-1)  # noqa: E731
         return Boxes(pick(self.cx), pick(self.cy), pick(self.w), pick(self.h))
+
+    def theta(self) -> torch.Tensor:
+        """…×2×3 ``affine_grid`` matrices mapping a view's normalised coordinates into the box."""
+        zero = torch.zeros_like(self.w)
+        return torch.stack([torch.stack([self.w, zero, 2 * self.cx - 1], dim=-1),
+                            torch.stack([zero, self.h, 2 * self.cy - 1], dim=-1)], dim=-2)
 
 
 def nonzero_table(patches: torch.Tensor) -> torch.Tensor:
@@ -109,11 +118,13 @@ def nonzero_table(patches: torch.Tensor) -> torch.Tensor:
     return F.pad(sat, (1, 0, 1, 0))
 
 
-def draw_boxes(batch: int, tries: int, scale: tuple[float, float], ratio: tuple[float, float],
+def draw_boxes(batch: int, tries: int | tuple[int, ...], scale: tuple[float, float], ratio: tuple[float, float],
                height: int, width: int, generator: torch.Generator, device: torch.device) -> Boxes:
-    """B×T random-resized-crop boxes (area fraction uniform in `scale`, aspect log-uniform)."""
+    """B×T (or B×`tries` for a tuple) random-resized-crop boxes (area fraction uniform in `scale`,
+    aspect log-uniform)."""
     g = generator
-    u = torch.rand((4, batch, tries), generator=g, device=g.device).to(device, non_blocking=True)
+    shape = (batch, *tries) if isinstance(tries, tuple) else (batch, tries)
+    u = torch.rand((4, *shape), generator=g, device=g.device).to(device, non_blocking=True)
     area = (scale[0] + (scale[1] - scale[0]) * u[0]) * (height * width)
     log_r = math.log(ratio[0]) + (math.log(ratio[1]) - math.log(ratio[0])) * u[1]
     aspect = torch.exp(log_r)
@@ -142,7 +153,7 @@ def _pixel_bounds(centre: torch.Tensor, size: torch.Tensor, n: int) -> tuple[tor
 
 
 def box_fractions(table: torch.Tensor, boxes: Boxes) -> torch.Tensor:
-    """Non-zero fraction of each box (B×T) from the summed-area table (four gathers)."""
+    """Non-zero fraction of each box (B×…) from the summed-area table (four gathers)."""
     b, hp, wp = table.shape
     h, w = hp - 1, wp - 1
     x0, x1 = _pixel_bounds(boxes.cx, boxes.w, w)
@@ -168,36 +179,39 @@ def centroid(patches: torch.Tensor) -> torch.Tensor:
 
 
 def recentre(boxes: Boxes, centre: torch.Tensor, height: int, width: int) -> Boxes:
-    """The same box sizes moved to `centre` (B×2, fractions), kept inside the patch, snapped."""
-    cx = torch.minimum(torch.maximum(centre[:, :1].expand_as(boxes.cx), boxes.w / 2), 1 - boxes.w / 2)
-    cy = torch.minimum(torch.maximum(centre[:, 1:].expand_as(boxes.cy), boxes.h / 2), 1 - boxes.h / 2)
+    """The same box sizes (B×…) moved to `centre` (B×2, fractions), kept inside the patch, snapped."""
+    at = lambda c: c.reshape(-1, *([1] * (boxes.cx.dim() - 1))).expand_as(boxes.cx)  # noqa: E731
+    cx = torch.minimum(torch.maximum(at(centre[:, 0]), boxes.w / 2), 1 - boxes.w / 2)
+    cy = torch.minimum(torch.maximum(at(centre[:, 1]), boxes.h / 2), 1 - boxes.h / 2)
     return snap(Boxes(cx, cy, boxes.w, boxes.h), height, width)
 
 
 def candidates(batch: int, scale: tuple[float, float], cfg: MultiCropConfig, policy: Policy, height: int,
                width: int, generator: torch.Generator, device: torch.device,
-               centre: torch.Tensor | None = None) -> Boxes:
-    """The candidate boxes of one crop: 1 (conventional) or ``max_tries`` random draws (bone-aware),
-    followed by their re-centred copies when ``recentre_fallback`` and `centre` are given."""
+               centre: torch.Tensor | None = None, crops: int | None = None) -> Boxes:
+    """The candidate boxes of one crop (B×T), or of `crops` crops at once (B×crops×T): 1
+    (conventional) or ``max_tries`` random draws (bone-aware), followed by their re-centred copies
+    when ``recentre_fallback`` and `centre` are given."""
     tries = cfg.max_tries if policy == "bone-aware" else 1
-    cand = draw_boxes(batch, tries, scale, cfg.ratio, height, width, generator, device)
+    cand = draw_boxes(batch, tries if crops is None else (crops, tries), scale, cfg.ratio, height, width,
+                      generator, device)
     if policy == "bone-aware" and cfg.recentre_fallback and centre is not None:
         cand = cand.cat(recentre(cand, centre, height, width))
     return cand
 
 
 def choose(fractions: torch.Tensor, min_fraction: float) -> torch.Tensor:
-    """Index (B) of the first candidate reaching `min_fraction`, else of the best candidate."""
+    """Index (…) of the first candidate along the last axis reaching `min_fraction`, else of the best."""
     passed = fractions >= min_fraction
-    first = passed.to(torch.uint8).argmax(dim=1)           # argmax returns the first maximum
-    best = fractions.argmax(dim=1)
-    return torch.where(passed.any(dim=1), first, best)
+    first = passed.to(torch.uint8).argmax(dim=-1)          # argmax returns the first maximum
+    best = fractions.argmax(dim=-1)
+    return torch.where(passed.any(dim=-1), first, best)
 
 
 def sample_crops(patches: torch.Tensor, n: int, scale: tuple[float, float], cfg: MultiCropConfig,
                  policy: Policy, generator: torch.Generator, table: torch.Tensor | None = None,
-                 centre: torch.Tensor | None = None) -> list[tuple[Boxes, torch.Tensor]]:
-    """`n` crops per patch: a list of (boxes, non-zero fractions), each of length B.
+                 centre: torch.Tensor | None = None) -> tuple[Boxes, torch.Tensor]:
+    """`n` crops per patch, drawn at once: their boxes (fields B×n) and non-zero fractions (B×n).
 
     `table` (:func:`nonzero_table`) and `centre` (:func:`centroid`) are computed when not given.
     """
@@ -206,28 +220,37 @@ def sample_crops(patches: torch.Tensor, n: int, scale: tuple[float, float], cfg:
         table = nonzero_table(patches)
     if centre is None and policy == "bone-aware" and cfg.recentre_fallback:
         centre = centroid(patches)
-    out = []
-    for _ in range(n):
-        cand = candidates(b, scale, cfg, policy, h, w, generator, patches.device, centre)
-        frac = box_fractions(table, cand)
-        if policy == "conventional":
-            index = torch.zeros(b, dtype=torch.long, device=patches.device)
-        else:
-            index = choose(frac, cfg.min_fraction)
-        out.append((cand.take(index), frac.gather(1, index[:, None]).squeeze(1)))
-    return out
+    cand = candidates(b, scale, cfg, policy, h, w, generator, patches.device, centre, crops=n)
+    frac = box_fractions(table, cand)
+    if policy == "conventional":
+        index = torch.zeros((b, n), dtype=torch.long, device=patches.device)
+    else:
+        index = choose(frac, cfg.min_fraction)
+    return cand.take(index), frac.gather(-1, index.unsqueeze(-1)).squeeze(-1)
+
+
+def crop_group(patches: torch.Tensor, grid: torch.Tensor, mode: str = "bilinear") -> torch.Tensor:
+    """Sample B patches at a B×n×S×S×2 grid (n views each) in one ``grid_sample``: B×n×S×S.
+
+    The n grids of a patch are stacked along the grid's rows, so the patches are not repeated.
+    """
+    b, n, s, s2, _ = grid.shape
+    out = F.grid_sample(patches, grid.reshape(b, n * s, s2, 2), mode=mode, padding_mode="zeros",
+                        align_corners=False)
+    return out.view(b, n, s, s2)
 
 
 def crop_resize(patches: torch.Tensor, boxes: Boxes, size: int) -> torch.Tensor:
-    """Resample each patch's box to size×size with one batched affine grid (bilinear, zeros outside)."""
-    zero = torch.zeros_like(boxes.w)
-    theta = torch.stack([torch.stack([boxes.w, zero, 2 * boxes.cx - 1], dim=1),
-                         torch.stack([zero, boxes.h, 2 * boxes.cy - 1], dim=1)], dim=1)
-    grid = affine_grid(theta.to(patches.dtype), size, size)
-    return F.grid_sample(patches, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    """Resample each patch's box to size×size (bilinear, zeros outside): B×1×size×size for boxes of
+    length B, B×n×size×size for boxes with fields B×n."""
+    grouped = boxes.w.dim() == 2
+    theta = boxes.theta().to(patches.dtype)
+    b, n = theta.shape[0], theta.shape[1] if grouped else 1
+    grid = affine_grid(theta.reshape(b * n, 2, 3), size, size).view(b, n, size, size, 2)
+    return crop_group(patches, grid)
 
 
-def _check(patches: torch.Tensor, policy: str) -> None:
+def check_patches(patches: torch.Tensor, policy: str) -> None:
     if not isinstance(patches, torch.Tensor) or patches.dim() != 4 or patches.shape[1] != 1:
         shape = tuple(patches.shape) if isinstance(patches, torch.Tensor) else type(patches).__name__
         raise BenchError(f"multicrop expects patches as a B×1×P×P tensor, got {shape}")
@@ -248,20 +271,27 @@ def multicrop(patches: torch.Tensor, cfg: MultiCropConfig | None = None, policy:
     """
     cfg = cfg or MultiCropConfig()
     cfg.validate()
-    _check(patches, policy)
+    check_patches(patches, policy)
     if generator is None:
         raise BenchError("multicrop needs an explicitly seeded torch.Generator (randomness is never global)")
     table = nonzero_table(patches)
     centre = centroid(patches) if policy == "bone-aware" and cfg.recentre_fallback else None
     views: list[torch.Tensor] = []
     fractions: list[torch.Tensor] = []
-    for n, scale, size in ((cfg.n_global, cfg.global_scale, cfg.global_size),
-                           (cfg.n_local, cfg.local_scale, cfg.local_size)):
-        for boxes, frac in sample_crops(patches, n, scale, cfg, policy, generator, table, centre):
-            views.append(crop_resize(patches, boxes, size))
-            fractions.append(frac)
+    for n, scale, size in view_groups(cfg):
+        boxes, frac = sample_crops(patches, n, scale, cfg, policy, generator, table, centre)
+        group = crop_resize(patches, boxes, size)
+        views.extend(v.unsqueeze(1) for v in group.unbind(1))
+        fractions.extend(frac.unbind(1))
     return (views, fractions) if return_fractions else views
 
 
+def view_groups(cfg: MultiCropConfig) -> list[tuple[int, tuple[float, float], int]]:
+    """(number of crops, scale range, view size) of the global then the local views; empty groups left out."""
+    return [(n, scale, size) for n, scale, size in ((cfg.n_global, cfg.global_scale, cfg.global_size),
+                                                    (cfg.n_local, cfg.local_scale, cfg.local_size)) if n > 0]
+
+
 __all__ = ["MultiCropConfig", "Boxes", "POLICIES", "nonzero_table", "draw_boxes", "box_fractions",
-           "snap", "centroid", "recentre", "candidates", "choose", "sample_crops", "crop_resize", "multicrop"]
+           "snap", "centroid", "recentre", "candidates", "choose", "sample_crops", "crop_group", "crop_resize",
+           "view_groups", "check_patches", "multicrop"]

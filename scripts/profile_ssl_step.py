@@ -21,7 +21,8 @@ import torch
 from bench.config import resolve
 from bench.perf_suite import seeded_build, time_steps
 from methods.ssl.perf import synthetic_store
-from methods.ssl.pretrain import build_pretrainer, gather, make_views, pretrain_step, train_step
+from methods.ssl.pretrain import build_pretrainer, gather, pretrain_step, train_step
+from methods.views import make_views
 
 
 def main() -> None:

@@ -39,8 +39,8 @@ from bench.stage import derive_seed
 from methods.augment import AugmentConfig
 from methods.multicrop import MultiCropConfig
 from methods.patch_store import PatchStore
-from methods.ssl.pretrain import (build_pretrainer, gather, make_views, pretrain_step, pretraining_set,
-                                  train_step)
+from methods.ssl.pretrain import build_pretrainer, gather, pretrain_step, pretraining_set, train_step
+from methods.views import make_views
 
 UINT16_MAX = 65535
 FEEDS = ("end_to_end", "model_only", "conventional")

@@ -4,8 +4,8 @@ Data (paper "Hand X-ray datasets"): the non-missing patches of the `seg` dataset
 (``ssl.cls_train=auto``) also the `cls` train-split patches with their subject labels, the `seg`
 patches being unlabeled (−1: only their own crops are positives). The patch store is moved to the
 device once (uint16); every step indexes a batch there, draws the multi-crop views (bone-aware or
-conventional) and the paper's augmentations on the device, runs the encoder once per view size,
-and applies the method's loss. LARC + warm-up + cosine decay; bf16 autocast and channels_last on
+conventional) and the paper's augmentations on the device (:func:`methods.views.make_views`, one
+resampling per view size), runs the encoder once per view size, and applies the method's loss. LARC + warm-up + cosine decay; bf16 autocast and channels_last on
 CUDA; the loss is read back once per epoch, not per step. The step is :func:`pretrain_step`
 (:func:`gather` + :func:`make_views` + :func:`train_step` on a :class:`Pretrainer`), the same
 function ``bench perf ssl`` times (methods.ssl.perf).
@@ -21,14 +21,15 @@ from torch import nn
 
 from bench.errors import BenchError
 from bench.stage import StageContext
-from methods.augment import AugmentConfig, augment
+from methods.augment import AugmentConfig
 from methods.encoders import build_encoder
-from methods.multicrop import MultiCropConfig, multicrop
+from methods.multicrop import MultiCropConfig
 from methods.patch_store import PatchStore
 from methods.ssl.config import SSLConfig  # importing it registers the config sections
 from methods.ssl.heads import HeadConfig, build_head
 from methods.ssl.lars import LARC, LARS, cosine_schedule, param_groups, set_lr
 from methods.ssl.losses import nt_xent, supcon, swav, vicreg_multicrop
+from methods.views import make_views
 
 ENCODER_FILE = "encoder.pt"
 
@@ -122,12 +123,6 @@ def gather(data16: torch.Tensor, rows: torch.Tensor) -> torch.Tensor:
     (uint16 indexing kernels are sparse on CUDA: gather through the int16 view, widen, unwrap.)
     """
     return ((data16.index_select(0, rows).to(torch.int32) & 0xFFFF).float() / 65535.0).unsqueeze(1)
-
-
-def make_views(x: torch.Tensor, mc: MultiCropConfig, aug: AugmentConfig, policy: str,
-               generator: torch.Generator) -> list[torch.Tensor]:
-    """Multi-crop views of a batch (globals first), each augmented, on the batch's device."""
-    return [augment(v, aug, generator) for v in multicrop(x, mc, policy, generator)]
 
 
 def train_step(p: Pretrainer, views: list[torch.Tensor], labels: torch.Tensor, lr: float, n_global: int

@@ -76,6 +76,12 @@ def test_crop_resize_samples_the_box():
     torch.testing.assert_close(crop_resize(x, whole, 32), x, atol=1e-5, rtol=0)
     br = Boxes(torch.full((2,), 0.75), torch.full((2,), 0.75), torch.full((2,), 0.5), torch.full((2,), 0.5))
     torch.testing.assert_close(crop_resize(x, br, 16), x[..., 16:, 16:], atol=1e-5, rtol=0)
+    # boxes with fields B×n: one resampling gives each crop's own view
+    group = Boxes(*(torch.stack([a, b], dim=1) for a, b in zip(vars(quad).values(), vars(br).values())))
+    views = crop_resize(x, group, 16)
+    assert views.shape == (2, 2, 16, 16)
+    torch.testing.assert_close(views[:, :1], crop_resize(x, quad, 16), atol=0, rtol=0)
+    torch.testing.assert_close(views[:, 1:], crop_resize(x, br, 16), atol=0, rtol=0)
     # upsampling 2x: every other output pixel on a source pixel boundary is the mean of two
     up = crop_resize(x, quad, 32)
     torch.testing.assert_close(up[..., 1:-1:2, 1:-1:2], x[..., :15, :15] * 0.5625 + x[..., 1:16, :15] * 0.1875
@@ -110,7 +116,9 @@ def test_hopeless_patch_returns_the_best_draw_without_hanging():
     x[1] = 0                                    # an all-zero patch
     cfg = MultiCropConfig(max_tries=16)
     table = nonzero_table(x)
-    [(boxes, frac)] = sample_crops(x, 1, cfg.local_scale, cfg, "bone-aware", _gen(7), table)
+    boxes, frac = sample_crops(x, 1, cfg.local_scale, cfg, "bone-aware", _gen(7), table)
+    assert boxes.w.shape == frac.shape == (4, 1)
+    frac = frac[:, 0]
     cand = candidates(4, cfg.local_scale, cfg, "bone-aware", 48, 48, _gen(7), x.device, centroid(x))
     assert cand.w.shape == (4, 32)                          # 16 draws + their re-centred copies
     all_frac = box_fractions(table, cand)
@@ -128,13 +136,16 @@ def test_passing_patch_takes_the_first_passing_draw():
     x = _corner_bone(4)
     cfg = MultiCropConfig()
     table = nonzero_table(x)
-    [(boxes, frac)] = sample_crops(x, 1, cfg.global_scale, cfg, "bone-aware", _gen(9), table)
-    cand = draw_boxes(4, cfg.max_tries, cfg.global_scale, cfg.ratio, 64, 64, _gen(9), x.device)
-    all_frac = box_fractions(table, cand)                   # the random draws come first
-    first = (all_frac >= 0.1).to(torch.uint8).argmax(1)
-    assert bool((all_frac >= 0.1).any(1).all())
-    torch.testing.assert_close(boxes.cx, cand.cx.gather(1, first[:, None]).squeeze(1))
-    torch.testing.assert_close(frac, all_frac.gather(1, first[:, None]).squeeze(1))
+    boxes, frac = sample_crops(x, 3, cfg.global_scale, cfg, "bone-aware", _gen(9), table)
+    cand = draw_boxes(4, (3, cfg.max_tries), cfg.global_scale, cfg.ratio, 64, 64, _gen(9), x.device)
+    all_frac = box_fractions(table, cand)                   # the random draws come first, crop by crop
+    first = (all_frac >= 0.1).to(torch.uint8).argmax(-1)
+    assert bool((all_frac >= 0.1).any(-1).all())
+    torch.testing.assert_close(boxes.cx, cand.cx.gather(-1, first[..., None]).squeeze(-1))
+    torch.testing.assert_close(frac, all_frac.gather(-1, first[..., None]).squeeze(-1))
+    for j in range(3):                                      # each crop chose among its own candidates only
+        torch.testing.assert_close(frac[:, j], box_fractions(table, Boxes(
+            *(t[:, j] for t in (cand.cx, cand.cy, cand.w, cand.h)))).gather(1, first[:, j:j + 1]).squeeze(1))
 
 
 def test_recentre_fallback_rescues_a_small_bone():
