@@ -4,21 +4,22 @@
 #   scripts/gpu-checks.sh OUTDIR [BUDGET_S]
 #
 # In order, each step with its own time limit, every output under OUTDIR (nothing is lost when a step fails):
-#   1. the CUDA unit tests (on-device augmentation and multi-crop);
-#   2. `bench perf seg --profile paper`: MoSE / single-decoder step time at batch 16 and the OT share;
-#      meanwhile the quick phantoms are generated (one core each: the OT solve is the only CPU work timed);
-#   3. `bench perf ssl --profile paper`: (a) end to end, (b) model-only ceiling, (c) conventional pipeline;
-#   4. three quick-profile trainings side by side on the GPU, seed 0, until BUDGET_S - 120 s:
-#      `radiogrammetry` (MoSE segmentation -> per-bone Dice, GED; predicted-mask 2MCI r vs truth),
-#      the same with `segmentation.model=single` (the Table 5 ablation's segmenter), and the
-#      landmark stage of `hsieh` (landmark error in mm on the seg test split; stopped once written);
-#   5. `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds;
-#   6. OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
-# GPU_CHECKS_STEPS picks steps (default "tests seg ssl train suite"), GPU_CHECKS_TRAIN the trainings
-# (default "mose single landmarks"). Measured on an H200 (2026-11-26): steps 1-3 take 95 s, step 5
-# 70 s; the landmark stage took 245 s beside the two segmentation trainings, which did not finish in
-# 350 s side by side (MoSE step 105 ms, single 28 ms alone): give them the whole budget, e.g.
-# GPU_CHECKS_STEPS=train GPU_CHECKS_TRAIN="mose single" scripts/gpu-checks.sh OUT 560.
+#   tests:   the CUDA unit tests (on-device augmentation, multi-crop, views, transfers without host syncs);
+#   seg:     `bench perf seg --profile paper`: MoSE / single-decoder step time at batch 16 and the OT share;
+#            meanwhile the quick phantoms are generated (one core each: the OT solve is the only CPU work timed);
+#   ssl:     `bench perf ssl --profile paper`: (a) end to end, (b) model-only ceiling, (c) conventional pipeline;
+#   train:   quick-profile trainings side by side on the GPU, seed 0, until the time left is what the later
+#            steps need: `mose` = `radiogrammetry` (MoSE segmentation -> per-bone Dice, GED; predicted-mask
+#            2MCI r vs truth), `single` = the same with `segmentation.model=single` (Table 5's segmenter),
+#            `landmarks` = the landmark stage of `hsieh` (error in mm on the seg test split; stopped once written);
+#   compile: `bench perf ssl --set ssl.compile=default --feeds end_to_end model_only`: (a) and (b) with the
+#            encoder compiled by inductor, and the first step's compile time;
+#   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds;
+#   then OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
+# GPU_CHECKS_STEPS picks steps (default "tests ssl train compile suite"), GPU_CHECKS_TRAIN the trainings
+# (default "mose single": the landmark error was measured on 2026-11-26, 1.42 mm). Measured on an H200
+# (2026-11-26): tests + seg + ssl 95 s, suite 70 s; the landmark stage took 245 s beside the two
+# segmentation trainings, which did not finish in 350 s side by side with it (MoSE step 105 ms, single 28 ms).
 # Without installation: run from the repository root with the dependencies importable (PYTHONPATH).
 # On the lent device machine: fill .whl here with `../shared/tools/gpu-wheels.sh pydicom`, carry .whl and run
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .whl-site \
@@ -30,8 +31,8 @@ RES=${GPU_CHECKS_RESULTS:-$PWD/gpu-results}
 DEV=${GPU_CHECKS_DEVICE:-cuda}
 RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
 PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
-STEPS=" ${GPU_CHECKS_STEPS-tests seg ssl train suite} "
-TRAIN=" ${GPU_CHECKS_TRAIN-mose single landmarks} "
+STEPS=" ${GPU_CHECKS_STEPS-tests ssl train compile suite} "
+TRAIN=" ${GPU_CHECKS_TRAIN-mose single} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 wanttrain() { [[ "$TRAIN" == *" $1 "* ]]; }
 BENCH="python3 -m bench.cli"
@@ -65,7 +66,8 @@ done
 if want tests; then
   log "cuda tests"
   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/methods/test_augment.py tests/methods/test_multicrop.py \
-    tests/methods/test_affine.py tests/methods/test_transfer.py >"$OUT/cuda-tests.txt" 2>&1; log "cuda tests rc=$?"
+    tests/methods/test_views.py tests/methods/test_affine.py tests/methods/test_transfer.py >"$OUT/cuda-tests.txt" 2>&1
+  log "cuda tests rc=$?"
 fi
 if want seg; then
   log "perf seg"
@@ -79,15 +81,17 @@ if want ssl; then
   log "perf ssl rc=$?"
 fi
 
-# quick trainings side by side (OMP threads split between them)
-TRAIN_END=$(( BUDGET - 120 ))
+# quick trainings side by side (OMP threads split between them), leaving the later steps their time
+RESERVE=20
+want compile && RESERVE=$(( RESERVE + 170 ))
+want suite && RESERVE=$(( RESERVE + 100 ))
+TRAIN_END=$(( BUDGET - RESERVE ))
 run() { # name, extra args...
   local name=$1; shift
   OMP_NUM_THREADS=5 timeout "$(left $TRAIN_END)" $BENCH run --profile "$RUN_PROFILE" --seeds 0 --device "$DEV" \
     --results "$RES" --no-mlflow --name "$name" "$@" >"$RES/run-$name.log" 2>&1
   log "run $name rc=$?"
 }
-want suite || TRAIN_END=$(( BUDGET - 20 ))
 if want train; then
   log "quick trainings until $TRAIN_END s:$TRAIN"
   wanttrain mose && run mose --entry radiogrammetry &
@@ -103,6 +107,12 @@ if want train; then
     done
   fi
   wait; log "trainings done"
+fi
+if want compile; then
+  log "perf ssl, compiled encoder"
+  timeout "$(left $(( BUDGET - 110 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \
+    --warmup 3 --set ssl.compile=default --feeds end_to_end model_only >"$OUT/perf-ssl-compile.txt" 2>&1
+  log "perf ssl compiled rc=$?"
 fi
 if want suite; then
   log "perf suite"

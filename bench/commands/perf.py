@@ -91,10 +91,12 @@ def perf_seg(args: argparse.Namespace) -> list[dict]:
 
 def perf_ssl(args: argparse.Namespace) -> dict:
     """SSL pretraining: (a) end to end, (b) model-only ceiling, (c) conventional pipeline (issue 9)."""
+    from bench.config import parse_sets
     from methods.ssl.perf import perf_ssl as run_ssl
 
     return run_ssl(args.profile, args.device, batch=args.batch_size, steps=args.repeats, warmup=args.warmup,
-                   method=args.method, patches=args.patches, workers=args.workers)
+                   method=args.method, patches=args.patches, workers=args.workers, sets=parse_sets(args.sets),
+                   feeds=tuple(args.feeds))
 
 
 def perf_suite(args: argparse.Namespace) -> dict:
@@ -107,7 +109,7 @@ def perf_suite(args: argparse.Namespace) -> dict:
     registry.load_entries(args.plugin)
     device = resolve_device(args.device)
     names = registry.resolve_suite(args.suite)
-    stages = plan_suite(names, args.seeds, args.profile, str(device), results=str(args.results))
+    stages = plan_suite(names, args.seeds, args.profile, str(device), sets=args.sets, results=str(args.results))
     models = {**builtin_cost_models(device, steps=args.repeats, warmup=args.warmup), **cost_models()}
     proj = project(stages, device, models)
     print_projection(proj, f"projected `bench run --suite {args.suite} --profile {args.profile} --seeds "
@@ -145,8 +147,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="ssl: SSL objective (default: simclr)")
     parser.add_argument("--patches", default=None, metavar="DIR",
                         help="ssl: a patch store (an extract stage folder) instead of a synthetic one")
+    parser.add_argument("--feeds", nargs="+", choices=("end_to_end", "model_only", "conventional"),
+                        default=["end_to_end", "model_only", "conventional"],
+                        help="ssl: which of (a) end_to_end, (b) model_only, (c) conventional to measure (default: all)")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="ssl: DataLoader workers of the conventional pipeline (default: all usable cores)")
+    parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
+                        help="ssl, suite: override an option as `bench run --set` does, e.g. --set ssl.compile=default "
+                        "(repeatable)")
     parser.add_argument("--suite", default="paper", help="suite: the suite to project (default: paper)")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="suite: seeds (default: 0 1 2)")
     parser.add_argument("--results", default="results", help="suite: results folder whose cached phantoms are "

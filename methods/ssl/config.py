@@ -40,6 +40,8 @@ class SSLConfig:
     vicreg_cov: float = 1.0                     # VICReg covariance weight
     cls_train: Literal["auto", "always", "never"] = "auto"  # add `cls` train patches (auto: SupCon only, with labels)
     max_steps_per_epoch: int = 0                # cap on steps per epoch; 0 = every patch once
+    compile: Literal["off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"] = "off"
+    # torch.compile mode of the encoder (static shapes, one graph per view size; the last two add CUDA graphs)
 
 
 register_section("ssl", SSLConfig, {

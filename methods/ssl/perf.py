@@ -8,7 +8,7 @@ In one process, on one device, the same architecture, loss and optimiser (one
     there, bf16 autocast + channels_last on CUDA;
 (b) ``model_only``: :func:`methods.ssl.pretrain.train_step` on views generated beforehand and
     already on the device (a pool of ``pool`` batches, cycled): the ceiling of (a);
-(c) ``conventional``: eager fp32 (no autocast, no channels_last), the views made per sample on the
+(c) ``conventional``: eager fp32 (no autocast, no channels_last, no ``ssl.compile``), the views made per sample on the
     CPU with torchvision transforms (RandomResizedCrop, flips, RandomAffine rotation + translation,
     ColorJitter brightness + contrast) in a ``DataLoader`` with ``workers`` processes (default: all
     usable cores) and pinned memory, copied with ``non_blocking=True``; ``loader_only`` is that
@@ -24,6 +24,7 @@ seeded per sample), so they do not depend on the worker that made them.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 from typing import Any
@@ -166,6 +167,9 @@ def benchmark_ssl(config: Config, device: torch.device | str, *, batch: int = 12
             return order[s * batch:(s + 1) * batch]
 
         if "end_to_end" in feeds:
+            if cfg.compile != "off":                        # the first step compiles: timed on its own
+                out["first_step_s"] = time_steps(lambda i: pretrain_step(p, data16, rows_dev[idx(i)], targets[idx(i)],
+                                                                         mc, aug, gen, lr), 1, 0, device)
             step_s = time_steps(lambda i: pretrain_step(p, data16, rows_dev[idx(i)], targets[idx(i)], mc, aug, gen, lr),
                                 steps, warmup, device)
             out["end_to_end"] = _result(step_s, batch, steps)
@@ -197,7 +201,8 @@ def _conventional(config: Config, device: torch.device, array: np.ndarray, rows:
     loader = conventional_loader(dataset, batch, workers, pin, seed)
     batches = _forever(loader)
     loader_s = time_steps(lambda i: next(batches), steps, warmup, "cpu")
-    p = seeded_build(lambda: build_pretrainer(config.ssl, config.heads, device, fast=False), seed)
+    eager = dataclasses.replace(config.ssl, compile="off")
+    p = seeded_build(lambda: build_pretrainer(eager, config.heads, device, fast=False), seed)
     p.start_epoch(config.ssl.swav_freeze_epochs)
 
     def step(i: int) -> torch.Tensor:
@@ -212,7 +217,7 @@ def _conventional(config: Config, device: torch.device, array: np.ndarray, rows:
 
 def perf_ssl(profile: str, device: str, *, batch: int | None = None, steps: int = 10, warmup: int = 3,
              method: str = "simclr", patches: str | None = None, workers: int | None = None,
-             sets: dict | None = None) -> dict[str, Any]:
+             sets: dict | None = None, feeds: tuple[str, ...] = FEEDS) -> dict[str, Any]:
     """`bench perf ssl`: runs :func:`benchmark_ssl` at the profile's config and prints each feed and the ratios."""
     from bench.config import resolve
     from bench.data.phantom import PhantomConfig
@@ -224,15 +229,25 @@ def perf_ssl(profile: str, device: str, *, batch: int | None = None, steps: int 
     batch = batch or config.ssl.batch_size
     store = PatchStore.open(patches) if patches else None
     n = 0 if store is not None else PhantomConfig.for_preset("public", profile).n_images * len(BONES)
-    r = benchmark_ssl(config, dev, batch=batch, steps=steps, warmup=warmup, store=store, n_patches=n, workers=workers)
-    print(f"SSL pretraining step, profile {profile}, {r['method']} {r['encoder']}, batch {r['batch']}, views "
-          f"{r['views']}, {r['source']} ({r['patch_size']} px), {steps} timed steps after {warmup} warm-up, "
+    r = benchmark_ssl(config, dev, batch=batch, steps=steps, warmup=warmup, store=store, n_patches=n, workers=workers,
+                      feeds=feeds)
+    compiled = f", encoder compiled ({config.ssl.compile})" if config.ssl.compile != "off" else ""
+    print(f"SSL pretraining step, profile {profile}, {r['method']} {r['encoder']}{compiled}, batch {r['batch']}, "
+          f"views {r['views']}, {r['source']} ({r['patch_size']} px), {steps} timed steps after {warmup} warm-up, "
           f"device {r['device']}")
+    if "first_step_s" in r:
+        print(f"  first step (compiles the encoder, (a) and (b)) {r['first_step_s']:.1f} s")
     labels = {"end_to_end": "(a) harness end to end", "model_only": "(b) model-only ceiling",
               "conventional": "(c) conventional fp32", "loader_only": "    its loader alone"}
     for key, label in labels.items():
+        if key not in r:
+            continue
         m = r[key]
         extra = f", {m['workers']} workers" if "workers" in m else ""
         print(f"  {label:26s} {m['step_ms']:9.1f} ms/step {m['samples_per_s']:9.1f} samples/s{extra}")
-    print(f"  a/b = {r['end_to_end_over_model_only']:.3f}   a/c = {r['end_to_end_over_conventional']:.2f}")
+    ratios = [f"{name} = {r[key]:.{digits}f}" for name, key, digits in (("a/b", "end_to_end_over_model_only", 3),
+                                                                         ("a/c", "end_to_end_over_conventional", 2))
+              if key in r]
+    if ratios:
+        print("  " + "   ".join(ratios))
     return r

@@ -5,10 +5,11 @@ Data (paper "Hand X-ray datasets"): the non-missing patches of the `seg` dataset
 patches being unlabeled (−1: only their own crops are positives). The patch store is moved to the
 device once (uint16); every step indexes a batch there, draws the multi-crop views (bone-aware or
 conventional) and the paper's augmentations on the device (:func:`methods.views.make_views`, one
-resampling per view size), runs the encoder once per view size, and applies the method's loss. LARC + warm-up + cosine decay; bf16 autocast and channels_last on
-CUDA; the loss is read back once per epoch, not per step. The step is :func:`pretrain_step`
-(:func:`gather` + :func:`make_views` + :func:`train_step` on a :class:`Pretrainer`), the same
-function ``bench perf ssl`` times (methods.ssl.perf).
+resampling per view size), runs the encoder once per view size, and applies the method's loss.
+LARC + warm-up + cosine decay; bf16 autocast and channels_last on CUDA, optionally a compiled
+encoder (``ssl.compile``); the loss is read back once per epoch, not per step. The step is
+:func:`pretrain_step` (:func:`gather` + :func:`make_views` + :func:`train_step` on a
+:class:`Pretrainer`), the same function ``bench perf ssl`` times (methods.ssl.perf).
 """
 from __future__ import annotations
 
@@ -96,6 +97,7 @@ def build_pretrainer(cfg: SSLConfig, heads: HeadConfig, device: torch.device | s
     """Encoder + the method's head on `device` and the configured optimiser (LARC/LARS foreach, AdamW foreach).
 
     `fast` defaults to ``device.type == "cuda"`` (bf16 autocast + channels_last only on a GPU).
+    With ``ssl.compile`` other than ``off`` the encoder is compiled in place (:func:`compile_encoder`).
     """
     device = torch.device(device)
     fast = device.type == "cuda" if fast is None else fast
@@ -104,12 +106,26 @@ def build_pretrainer(cfg: SSLConfig, heads: HeadConfig, device: torch.device | s
     model = nn.ModuleDict({"encoder": encoder, "head": head})
     if fast:
         model = model.to(memory_format=torch.channels_last)
+    compile_encoder(encoder, cfg.compile)
     groups = param_groups(model, cfg.weight_decay)
     if cfg.optimizer == "adam":
         opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
     else:
         opt = (LARC if cfg.optimizer == "larc" else LARS)(groups, lr=cfg.lr, momentum=0.9)
     return Pretrainer(cfg, encoder, head, model, opt, device, fast)
+
+
+def compile_encoder(encoder: nn.Module, mode: str) -> None:
+    """``torch.compile`` the encoder in place (``nn.Module.compile``: its state dict keeps its keys).
+
+    `mode` is ``ssl.compile``: ``off`` (eager), ``default`` (inductor: fused BatchNorm/ReLU kernels
+    forward and backward), ``max-autotune-no-cudagraphs``, or the CUDA-graph modes
+    ``reduce-overhead`` / ``max-autotune``. Shapes are static (``dynamic=False``): one graph per view
+    size. The first step pays the compilation (``bench perf ssl`` reports it as ``compile_s``).
+    """
+    if mode == "off":
+        return
+    encoder.compile(mode=None if mode == "default" else mode, dynamic=False)
 
 
 def resident_store(store: PatchStore, device: torch.device | str) -> torch.Tensor:
