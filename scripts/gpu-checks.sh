@@ -13,8 +13,8 @@
 #            2MCI r vs truth), `single` = the same with `segmentation.model=single` (Table 5's segmenter),
 #            `landmarks` = the landmark stage of `hsieh` (error in mm on the seg test split; stopped once written);
 #   compile: `bench perf ssl --set ssl.compile=default --feeds end_to_end model_only`: (a) and (b) with the
-#            encoder compiled by inductor, and the first step's compile time;
-#   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds;
+#            encoder compiled by inductor, and the first step's compile time (only with 150 s left);
+#   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds (80 s left);
 #   then OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
 # GPU_CHECKS_STEPS picks steps (default "tests ssl train compile suite"), GPU_CHECKS_TRAIN the trainings
 # (default "mose single": the landmark error was measured on 2026-11-26, 1.42 mm). Measured on an H200
@@ -81,11 +81,9 @@ if want ssl; then
   log "perf ssl rc=$?"
 fi
 
-# quick trainings side by side (OMP threads split between them), leaving the later steps their time
-RESERVE=20
-want compile && RESERVE=$(( RESERVE + 170 ))
-want suite && RESERVE=$(( RESERVE + 100 ))
-TRAIN_END=$(( BUDGET - RESERVE ))
+# quick trainings side by side (OMP threads split between them), up to the end of the budget: they come
+# first; compile and suite run afterwards only when enough time is left (150 s and 80 s)
+TRAIN_END=$(( BUDGET - 20 ))
 run() { # name, extra args...
   local name=$1; shift
   OMP_NUM_THREADS=5 timeout "$(left $TRAIN_END)" $BENCH run --profile "$RUN_PROFILE" --seeds 0 --device "$DEV" \
@@ -108,13 +106,14 @@ if want train; then
   fi
   wait; log "trainings done"
 fi
-if want compile; then
+enough() { [ $(( BUDGET - $(now) )) -ge "$1" ] || { log "skipping $2: $(( BUDGET - $(now) )) s left"; false; }; }
+if want compile && enough 150 compile; then
   log "perf ssl, compiled encoder"
   timeout "$(left $(( BUDGET - 110 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \
     --warmup 3 --set ssl.compile=default --feeds end_to_end model_only >"$OUT/perf-ssl-compile.txt" 2>&1
   log "perf ssl compiled rc=$?"
 fi
-if want suite; then
+if want suite && enough 80 suite; then
   log "perf suite"
   timeout "$(left $(( BUDGET - 10 )))" $BENCH perf suite --profile "$PERF_PROFILE" --device "$DEV" --repeats 3 \
     --warmup 2 --results "$RES" >"$OUT/perf-suite.txt" 2>&1
