@@ -28,11 +28,13 @@ VGG_SECTIONS = ("roi", "vgg", "supervised", "run")
 
 DEEPDXA = Stage("deepdxa", supervised_stage, sections=("supervised", "run"), inputs=("extract",),
                 options={"encoder": "resnet18"}, datasets=("cls",))
-JANG = Stage("jang", jang_stage, sections=VGG_SECTIONS, inputs=("segment",), datasets=("cls",))
+JANG = Stage("jang", jang_stage, sections=VGG_SECTIONS, inputs=("segment",), datasets=("cls",),
+             needs=lambda config: () if config.roi.source in ("annotator", "truth") else ("segment",))
 HSIEH = Stage("hsieh", hsieh_stage, sections=VGG_SECTIONS, inputs=("landmarks",), datasets=("cls",))
 WANG = Stage("wang", wang_stage, sections=(*VGG_SECTIONS, "wang"), inputs=("landmarks",), datasets=("cls",))
 RADIOGRAMMETRY = Stage("radiogrammetry", radiogrammetry_stage, sections=("radiogrammetry",), inputs=("segment",),
-                       datasets=("cls",), seeded=False)  # deterministic given its inputs (segment carries the seed)
+                       datasets=("cls",), seeded=False,  # deterministic given its inputs (segment carries the seed)
+                       needs=lambda config: ("segment",) if config.radiogrammetry.source == "predicted" else ())
 
 register(Entry(
     name="deepdxa",

@@ -245,7 +245,9 @@ def distinct_stages(plans: Iterable[PlannedRun]) -> list[DistinctStage]:
     """Each (stage name, key) of the plans once, in plan order (what the stage cache computes)."""
     out: dict[tuple[str, str], DistinctStage] = {}
     for planned in plans:
-        for stage, ps in zip(planned.entry.stages, planned.stages):
+        by_name = {stage.name: stage for stage in planned.entry.stages}
+        for ps in planned.stages:          # the stages the run computes (registry.stages_to_run)
+            stage = by_name[ps.name]
             if ps.key is None:
                 raise BenchError(f"stage {ps.name} of {planned.entry.name} has no key (datasets missing)")
             ident = (ps.name, ps.key)

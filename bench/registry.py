@@ -43,6 +43,23 @@ class Stage:
     options: Mapping[str, Any] = field(default_factory=dict)  # entry-specific options (keyed too)
     seeded: bool = True                         # whether the run seed keys the cache
     datasets: tuple[str, ...] = ("seg", "cls")  # datasets whose fingerprints key the cache
+    needs: Callable[[Any], Iterable[str]] | None = None  # config -> the inputs it reads under it (None: all)
+
+    def reads(self, config: Any) -> tuple[str, ...]:
+        """The inputs this stage reads under `config`: all of ``inputs``, or those ``needs`` names.
+
+        E.g. bone patches cut from the annotators' masks (``patches.source=annotator``) do not read
+        the segmentation model: the stage's cache key then leaves it out, and the runner does not
+        train it unless another stage reads it (:func:`stages_to_run`).
+        """
+        if self.needs is None:
+            return self.inputs
+        needed = set(self.needs(config))
+        unknown = needed - set(self.inputs)
+        if unknown:
+            raise ValueError(f"stage {self.name!r}: needs() named {sorted(unknown)}, not among its inputs "
+                             f"{list(self.inputs)}")
+        return tuple(i for i in self.inputs if i in needed)
 
 
 @dataclass(frozen=True)
@@ -74,6 +91,20 @@ class Entry:
             if missing:
                 raise ValueError(f"entry {self.name!r}: stage {stage.name!r} reads {missing}, "
                                  "which no earlier stage produces")
+
+
+def stages_to_run(entry: Entry, config: Any) -> list[tuple[Stage, tuple[str, ...]]]:
+    """The entry's stages to run under `config`, in entry order, each with the inputs it reads
+    (:meth:`Stage.reads`). A stage that other stages declare as an input is left out when, under
+    `config`, none of the stages that run reads it; a stage nobody declares as an input (the last
+    one, or one run for its own outputs) always runs."""
+    reads = {s.name: s.reads(config) for s in entry.stages}
+    declared = {name for s in entry.stages for name in s.inputs}
+    required = {entry.stages[-1].name} | {s.name for s in entry.stages if s.name not in declared}
+    for stage in reversed(entry.stages):
+        if stage.name in required:
+            required.update(reads[stage.name])
+    return [(s, reads[s.name]) for s in entry.stages if s.name in required]
 
 
 @dataclass(frozen=True)

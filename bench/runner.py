@@ -34,7 +34,7 @@ from bench.data.provision import open_all, planned_paths, provide
 from bench.errors import BenchError
 from bench.executors.locking import data_lock, stage_lock
 from bench.metrics import aggregate_subjects, split_metrics
-from bench.registry import Entry, get
+from bench.registry import Entry, get, stages_to_run
 from bench.stage import (STAGE_MARKER, dataset_fingerprint, is_cached, read_history, run_stage,
                          stable_hash, stage_key)
 
@@ -174,11 +174,11 @@ class Runner:
         data = self._data(config, generate)
         stages: list[PlannedStage] = []
         keys: dict[str, str] = {}
-        for stage in entry.stages:
+        for stage, reads in stages_to_run(entry, config):
             if data is None:
                 stages.append(PlannedStage(stage.name, None, False))
                 continue
-            key, _ = stage_key(stage, config, seed, {i: keys[i] for i in stage.inputs}, data[2], device.type)
+            key, _ = stage_key(stage, config, seed, {i: keys[i] for i in reads}, data[2], device.type)
             keys[stage.name] = key
             stages.append(PlannedStage(stage.name, key, is_cached(self.cache_root / stage.name / key)))
         run_key = None if data is None else stable_hash(
@@ -243,16 +243,16 @@ class Runner:
             paths, datasets, fingerprints = self._data(config, generate=True)
             outputs: dict[str, Path] = {}
             keys: dict[str, str] = {}
-            for stage in entry.stages:
+            for stage, reads in stages_to_run(entry, config):
                 if bar is not None:
                     bar.set_postfix_str(f"{entry.name} seed{seed}: {stage.name}")
-                key, material = stage_key(stage, config, seed, {i: keys[i] for i in stage.inputs},
-                                          fingerprints, device.type)
+                key, material = stage_key(stage, config, seed, {i: keys[i] for i in reads}, fingerprints,
+                                          device.type)
                 keys[stage.name] = key
                 with stage_lock(self.cache_root, stage.name, key):   # one computes, the others reuse
                     outputs[stage.name] = run_stage(
                         stage, cache_root=self.cache_root, key=key, material=material, config=config, seed=seed,
-                        inputs={i: outputs[i] for i in stage.inputs}, datasets=datasets, device=device)
+                        inputs={i: outputs[i] for i in reads}, datasets=datasets, device=device)
             predictions, metrics = evaluate(outputs[entry.stages[-1].name])
             history = pd.concat([read_history(p) for p in outputs.values()], ignore_index=True)
             run_config = {"suite": self.suite, "entry": entry.name, "seed": seed, "profile": self.profile,

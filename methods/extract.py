@@ -198,5 +198,6 @@ def write_contact_sheet(store: PatchStore, datasets: Mapping[str, Dataset], path
 
 
 EXTRACT = Stage("extract", extract_stage, sections=("patches",), inputs=("segment",), datasets=("seg", "cls"),
-                seeded=False)  # deterministic given its inputs (the segment key carries the seed)
+                seeded=False,  # deterministic given its inputs (the segment key carries the seed)
+                needs=lambda config: ("segment",) if config.patches.source == "predicted" else ())
 EXTRACT_RAW = Stage("extract_raw", extract_raw_stage, sections=("patches",), datasets=("seg", "cls"))

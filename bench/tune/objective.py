@@ -32,7 +32,7 @@ import pandas as pd
 from bench.config import Config
 from bench.data.format import Dataset
 from bench.errors import BenchError
-from bench.registry import Entry, Stage
+from bench.registry import Entry, Stage, stages_to_run
 from bench.stage import read_history, run_stage, stage_key
 from bench.tune.data import validation_score, view_fingerprint, without_test
 
@@ -75,12 +75,17 @@ class PruningReporter:
                                      "of earlier trials at this epoch")
 
 
-def check_entry(entry: Entry) -> None:
-    """The downstream entry must run the segmentation stage (else gamma and lambda change nothing)."""
+def check_entry(entry: Entry, config: Config | None = None) -> None:
+    """The downstream entry must run the segmentation stage, and under `config` read it (else gamma and
+    lambda change nothing)."""
     if SEG_STAGE not in [s.name for s in entry.stages]:
         raise BenchError(f"entry {entry.name!r} has no {SEG_STAGE!r} stage (stages: "
                          f"{', '.join(s.name for s in entry.stages)}): gamma and lambda cannot change it; "
                          "choose a full-method entry such as simclr")
+    if config is not None and SEG_STAGE not in [s.name for s, _ in stages_to_run(entry, config)]:
+        raise BenchError(f"entry {entry.name!r} does not read its {SEG_STAGE!r} stage under this configuration "
+                         "(its patches or label maps come from the annotators or the truth): gamma and lambda "
+                         "cannot change it; set patches.source=predicted")
 
 
 def require_mose(config: Config) -> None:
@@ -147,7 +152,7 @@ class DownstreamObjective:
     def __init__(self, entry: Entry, base: Config, datasets: dict[str, Dataset], seed: int, device: Any,
                  trials_dir: Path, keep_outputs: bool = False):
         require_mose(base)
-        check_entry(entry)
+        check_entry(entry, base)
         self.entry, self.seed, self.device = entry, seed, device
         self.views = {role: without_test(ds) for role, ds in datasets.items()}
         self.fingerprints = {role: view_fingerprint(v) for role, v in self.views.items()}
@@ -161,13 +166,13 @@ class DownstreamObjective:
         outputs: dict[str, Path] = {}
         keys: dict[str, str] = {}
         try:
-            for stage in self.entry.stages:
+            for stage, reads in stages_to_run(self.entry, config):
                 run = _reporting(stage, reporter) if stage.name == SEG_STAGE else stage
-                key, material = stage_key(run, config, self.seed, {i: keys[i] for i in run.inputs},
+                key, material = stage_key(run, config, self.seed, {i: keys[i] for i in reads},
                                           self.fingerprints, self.device.type)
                 keys[stage.name] = key
                 outputs[stage.name] = run_stage(run, cache_root=cache, key=key, material=material, config=config,
-                                                seed=self.seed, inputs={i: outputs[i] for i in run.inputs},
+                                                seed=self.seed, inputs={i: outputs[i] for i in reads},
                                                 datasets=self.views, device=self.device)
             score = validation_score(_final_predictions(outputs[self.entry.stages[-1].name]))
             history = [(f"{r.stage}/{r.metric}", float(r.value), int(r.epoch))

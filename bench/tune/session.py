@@ -113,9 +113,9 @@ class Setup:
         if req.target == "downstream":
             extra["segmentation.eval_splits"] = "val"      # the test split is never touched
         self.sets = {**user, **extra}
-        if self.entry is not None:
-            check_entry(self.entry)
         self.base = self.config({})
+        if self.entry is not None:
+            check_entry(self.entry, self.base)
         require_mose(self.base)
         self.space = make_space(self.base.tune, self.base.segmentation)
         self.study_dir = Path(req.results) / "tune" / req.study

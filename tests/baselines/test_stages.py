@@ -131,3 +131,20 @@ def test_radiogrammetry_tracks_true_cortical_index_and_matches_sklearn(env):
     np.testing.assert_allclose(preds["p_pos"], model.predict_proba(table[bones].to_numpy())[:, 1], rtol=1e-6)
     # thinner cortices mean osteoporosis: the fitted model's mean 2MCI effect is protective
     assert model[-1].coef_[0].sum() < 0
+
+
+def test_oracle_label_maps_do_not_train_a_segmenter(env, tmp_path):
+    """radiogrammetry.source=truth reads no segment stage: the runner neither plans nor trains one, and
+    the radiogrammetry output is shared by every seed (it is deterministic given its data)."""
+    from bench.runner import Runner
+
+    root, datasets = env
+    runner = Runner(tmp_path / "results", suite="t", profile="smoke", data_seg=str(datasets["seg"].root),
+                    data_cls=str(datasets["cls"].root), device="cpu", progress=False,
+                    sets=["radiogrammetry.source=truth"])
+    assert [[s.name for s in p.stages] for p in runner.plan(["radiogrammetry"], [0, 1])] == [["radiogrammetry"]] * 2
+    outcomes = runner.run(["radiogrammetry"], [0, 1])
+    assert [o.status for o in outcomes] == ["done", "done"]
+    cache = tmp_path / "results" / "cache"
+    assert not (cache / "segment").exists() and len(list((cache / "radiogrammetry").glob("*/_stage.json"))) == 1
+    assert outcomes[0].metrics["extra"]["truth_r_bone"] >= 0.75

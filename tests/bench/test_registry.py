@@ -28,7 +28,7 @@ def test_suites_select_by_table_and_pattern():
         assert set(registry.resolve_suite("table4")) >= {"toyabl", "toyfull"}  # parent joins for Δ
         assert "toyabl" not in registry.resolve_suite("table3")
         assert "toy" not in registry.resolve_suite("paper")  # kind=example stays out of suites
-        assert registry.select(["toy*"]) == ["toy", "toy-fail", "toyabl", "toyfull"]
+        assert registry.select(["toy*"]) == ["toy", "toy-fail", "toy-optional", "toyabl", "toyfull"]
         with pytest.raises(BenchError, match="did you mean toyfull"):
             registry.get("toyful")
         with pytest.raises(BenchError, match="unknown suite"):
@@ -47,3 +47,23 @@ def test_builtin_entries_are_discovered():
     registry.load_entries()
     assert "clinical" in registry.entries()
     assert registry.entries()["clinical"].table == "table8"
+
+
+def test_stages_to_run_drop_what_no_later_stage_reads():
+    from types import SimpleNamespace
+
+    seg = Stage("seg", _noop)
+    cut = Stage("cut", _noop, inputs=("seg",), needs=lambda c: ("seg",) if c.source == "predicted" else ())
+    side = Stage("side", _noop)                       # nobody's input (run for its own outputs): always runs
+    train = Stage("train", _noop, inputs=("cut",))
+    last = Stage("probe", _noop, inputs=("cut", "train"))
+    entry = Entry("chain", "d", stages=(seg, cut, side, train, last), kind="example")
+    predicted = registry.stages_to_run(entry, SimpleNamespace(source="predicted"))
+    assert [(s.name, reads) for s, reads in predicted] == [("seg", ()), ("cut", ("seg",)), ("side", ()),
+                                                           ("train", ("cut",)), ("probe", ("cut", "train"))]
+    truth = registry.stages_to_run(entry, SimpleNamespace(source="truth"))
+    assert [(s.name, reads) for s, reads in truth] == [("cut", ()), ("side", ()), ("train", ("cut",)),
+                                                       ("probe", ("cut", "train"))]
+    wrong = Stage("cut", _noop, inputs=("seg",), needs=lambda c: ("segment",))
+    with pytest.raises(ValueError, match="not among its inputs"):
+        registry.stages_to_run(Entry("bad", "d", stages=(seg, wrong), kind="example"), SimpleNamespace())

@@ -46,6 +46,24 @@ def test_two_seeds_then_everything_cached(tmp_path, tiny_dataset, monkeypatch):
     assert [o.metrics for o in out2] == [o.metrics for o in out1]
 
 
+def test_a_stage_input_the_config_drops_is_neither_run_nor_keyed(tmp_path, tiny_dataset, monkeypatch):
+    monkeypatch.setenv("TOY_LOG", str(tmp_path / "toy.log"))
+    with_prep = _runner(tmp_path, tiny_dataset).run(["toy-optional"], [0])[0]
+    assert _log(tmp_path) == ["toy_prep", "toy_probe"]
+    runner = _runner(tmp_path, tiny_dataset, sets=["toy.use_prep=false"])
+    planned = runner.plan(["toy-optional"], [0])[0]
+    assert [s.name for s in planned.stages] == ["toy_probe"]
+    without = runner.run(["toy-optional"], [0])[0]
+    assert _log(tmp_path) == ["toy_prep", "toy_probe", "toy_probe"]          # toy_prep did not run again
+    assert without.metrics["extra"]["strength"] == 1.5 != with_prep.metrics["extra"]["strength"]
+    assert without.run_key != with_prep.run_key
+    probes = sorted((tmp_path / "results" / "cache" / "toy_probe").glob("*/_stage.json"))
+    inputs = sorted(sorted(json.loads(p.read_text())["material"]["inputs"]) for p in probes)
+    assert inputs == [[], ["toy_prep"]]                                     # the key holds only what it reads
+    # a seed changes nothing the probe reads without toy_prep except its own seed
+    assert [s.name for s in runner.plan(["toy-optional"], [1])[0].stages] == ["toy_probe"]
+
+
 def test_same_seed_identical_metrics_without_cache(tmp_path, tiny_dataset):
     a = _runner(tmp_path / "a", tiny_dataset).run(["toy"], [3])[0].metrics
     b = _runner(tmp_path / "b", tiny_dataset).run(["toy"], [3])[0].metrics

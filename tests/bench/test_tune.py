@@ -280,6 +280,8 @@ def test_bad_inputs_raise_bench_errors(phantoms, tmp_path, capsys):
                            ({"target": "seg", "sets": TINY + ["segmentation.lam=2"]}, "searched"),
                            ({"target": "downstream", "entry": "noseg-simclr"}, "no 'segment' stage"),
                            ({"target": "downstream", "entry": "single-decoder-simclr"}, "mose"),
+                           ({"target": "downstream", "entry": "simclr", "sets": TINY + ["patches.source=truth"]},
+                            "does not read its 'segment' stage"),
                            ({"target": "downstream", "entry": "simclrr"}, "unknown entry")]:
         with pytest.raises(BenchError, match=match):
             run_tune(TuneRequest(**{**base, **changes}))
@@ -290,7 +292,8 @@ def test_bad_inputs_raise_bench_errors(phantoms, tmp_path, capsys):
 
 @pytest.mark.slow
 def test_downstream_trial_scores_validation_subjects_blind_to_test(phantoms, tmp_path):
-    sets = TINY + ["tune.keep_trial_outputs=true", "patches.source=truth", "ssl.epochs=1",
+    sets = TINY + ["tune.keep_trial_outputs=true", "patches.min_confidence=0", "patches.min_area_mm2=0",
+                   "patches.min_relative_area=0", "patches.min_area_px=1", "ssl.epochs=1",
                    "ssl.max_steps_per_epoch=2", "probe.epochs=4"]
     summary = run_tune(TuneRequest(target="downstream", entry="simclr", trials=1, study="d", results=tmp_path,
                                    data_seg=str(phantoms[0]), data_cls=str(phantoms[1]), sets=sets, mlflow=False))

@@ -1,7 +1,8 @@
 """Toy entries for engine tests (importable as a plugin: PYTHONPATH=tests/bench, module toy_entries).
 
 `toy` has two stages: `toy_prep` draws a per-seed signal strength, `toy_probe` writes per-bone
-probabilities correlated with the label. Each stage execution appends its name to $TOY_LOG;
+probabilities correlated with the label. `toy-optional` is the same, but its probe reads `toy_prep`
+only with ``toy.use_prep=true`` (else it takes ``toy.strength``): a stage input that a config drops. Each stage execution appends its name to $TOY_LOG;
 $TOY_KILL_AT=<stage> makes that stage SIGKILL its own process (an interrupted run).
 """
 from __future__ import annotations
@@ -9,12 +10,23 @@ from __future__ import annotations
 import json
 import os
 import signal
+from dataclasses import dataclass
 
 import numpy as np
 import pandas as pd
 
+from bench.config import register_section
 from bench.data import BONES
 from bench.registry import Entry, Stage, register
+
+
+@dataclass
+class ToyConfig:
+    use_prep: bool = True       # toy-optional: read toy_prep's strength
+    strength: float = 1.5       # toy-optional without toy_prep: this strength
+
+
+register_section("toy", ToyConfig)
 
 
 def _trace(name: str) -> None:
@@ -35,7 +47,10 @@ def toy_prep(ctx) -> dict:
 
 def toy_probe(ctx) -> dict:
     _trace("toy_probe")
-    strength = json.loads((ctx.inputs["toy_prep"] / "prep.json").read_text())["strength"]
+    if "toy_prep" in ctx.inputs:
+        strength = json.loads((ctx.inputs["toy_prep"] / "prep.json").read_text())["strength"]
+    else:
+        strength = ctx.config.toy.strength
     manifest = ctx.datasets["cls"].manifest
     rng = ctx.rng("scores")
     rows = []
@@ -60,4 +75,8 @@ register(Entry("toy", "two-stage toy entry", stages=(PREP, Stage("toy_probe", to
                kind="example", table="table3", row="Toy"))
 register(Entry("toy-fail", "an entry that always fails", stages=(PREP, Stage("toy_fail", toy_fail,
                                                                            inputs=("toy_prep",))),
+               kind="example"))
+register(Entry("toy-optional", "toy whose probe reads toy_prep only with toy.use_prep",
+               stages=(PREP, Stage("toy_probe", toy_probe, sections=("toy",), inputs=("toy_prep",), datasets=("cls",),
+                                   needs=lambda config: ("toy_prep",) if config.toy.use_prep else ())),
                kind="example"))
