@@ -76,8 +76,20 @@ class RunConfig:
     num_threads: int = 0        # torch intra-op threads; 0: torch's default
 
 
+@dataclass
+class CheckpointConfig:
+    """Resumable long trainings (bench.checkpoint); keys no cache: saving and resuming change no result."""
+
+    minutes: float = 10.0       # save a resumable state at epoch ends at most this often; 0: never
+
+    def validate(self) -> None:
+        if not self.minutes >= 0:
+            raise BenchError(f"checkpoint.minutes = {self.minutes} must be >= 0 (0: no resumable states)")
+
+
 register_section("data", DataConfig)
 register_section("run", RunConfig)
+register_section("checkpoint", CheckpointConfig)
 
 
 # --------------------------------------------------------------------------- resolved config

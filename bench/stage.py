@@ -4,12 +4,13 @@ A stage's output lives in ``results/cache/<stage>/<key>`` where the key hashes t
 function, its config sections, the entry's options for it, its inputs' keys, the fingerprints of
 the datasets it reads, the seed (when seeded), the resolved device type and the package version.
 The folder is written atomically and carries ``_stage.json``; a folder without it never exists,
-so an interrupted stage is simply redone.
+so an interrupted stage is redone: long trainings from their last resumable state (bench.checkpoint).
 """
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 import time
 import zlib
 from dataclasses import dataclass, field
@@ -21,6 +22,8 @@ import pandas as pd
 
 from bench import __version__
 from bench.atomic import atomic_dir
+from bench.checkpoint import Resumer, resume_dir
+from bench.errors import BenchError
 from bench.config import Config
 from bench.data.format import Dataset
 from bench.registry import Stage
@@ -88,6 +91,7 @@ class StageContext:
     device: Any                                # torch.device
     options: Mapping[str, Any] = field(default_factory=dict)
     _history: list[dict[str, Any]] = field(default_factory=list)
+    resume_dir: Path | None = None             # where a long training keeps its resumable state (bench.checkpoint)
 
     def rng(self, name: str = "") -> np.random.Generator:
         """A numpy generator seeded from (seed, stage, name)."""
@@ -99,6 +103,14 @@ class StageContext:
         gen = torch.Generator(device=device)
         gen.manual_seed(derive_seed(self.seed, self.stage.name, name))
         return gen
+
+    def resumer(self) -> Resumer:
+        """The stage's resumable state (``checkpoint.minutes``; off without a resume folder)."""
+        try:
+            minutes = float(self.config.section("checkpoint").minutes)
+        except BenchError:                     # a hand-built config without the section: never save
+            minutes = 0.0
+        return Resumer(self.resume_dir, 60.0 * minutes, self._history)
 
     def log(self, metric: str, value: float, epoch: int | None = None) -> None:
         """Record a per-epoch (or final, epoch None) metric; saved as history and sent to MLflow."""
@@ -119,9 +131,10 @@ def run_stage(stage: Stage, *, cache_root: Path, key: str, material: dict[str, A
     target = cache_root / stage.name / key
     if is_cached(target):
         return target
+    resume = resume_dir(cache_root, stage.name, key)
     with atomic_dir(target, overwrite=True) as tmp:
         ctx = StageContext(stage=stage, config=config, seed=seed, out_dir=tmp, inputs=inputs,
-                           datasets=datasets, device=device, options=stage.options)
+                           datasets=datasets, device=device, options=stage.options, resume_dir=resume)
         torch.manual_seed(derive_seed(seed, stage.name, "torch"))
         started = time.time()
         summary = stage.fn(ctx) or {}
@@ -130,6 +143,7 @@ def run_stage(stage: Stage, *, cache_root: Path, key: str, material: dict[str, A
         marker = {"key": key, "material": material, "summary": summary,
                   "seconds": round(time.time() - started, 3)}
         (tmp / STAGE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True, default=str))
+    shutil.rmtree(resume, ignore_errors=True)              # complete: the resumable state is spent
     return target
 
 

@@ -164,7 +164,7 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
     train = load_split(seg, ["train"], canvas, ctx.device, annotators)
     val = load_split(seg, ["val"], canvas, ctx.device, annotators, allow_empty=True)
     result = train_segmentation(cfg, train, val if len(val) else None, seed=ctx.seed, device=ctx.device,
-                                log=ctx.log, progress=sys.stderr.isatty())
+                                log=ctx.log, progress=sys.stderr.isatty(), resume=ctx.resumer())
     model = result.model
     train_info = {"best_epoch": result.best_epoch, "best_val_ged": result.best_val_ged,
                   "epochs": result.epochs, "seconds_per_epoch": result.seconds_per_epoch,

@@ -25,6 +25,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
+from bench.checkpoint import Resumer, generator_states, restore_generators
 from bench.stage import derive_seed
 from methods.segmentation.config import SegmentationConfig
 from methods.segmentation.data import SegData, augment
@@ -156,8 +157,13 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: Segmenta
 
 def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | None, *, seed: int,
                        device: torch.device | str = "cpu", classes: int = 8, log: LogFn | None = None,
-                       progress: bool = False) -> TrainResult:
-    """Train the configured model on `train`, select by GED on `val`; see the module docstring."""
+                       progress: bool = False, resume: Resumer | None = None) -> TrainResult:
+    """Train the configured model on `train`, select by GED on `val`; see the module docstring.
+
+    With `resume` (bench.checkpoint) the loop continues from a saved state and saves one at epoch
+    ends when due: weights, Adam, both plateau schedulers, the three generators, the cumulative
+    loss, the best weights so far and the history; a resumed training ends bit-identical (CPU).
+    """
     from tqdm.auto import tqdm
 
     from methods.segmentation.ot import GammaScheduler
@@ -180,7 +186,29 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
     best = (float("inf"), -1, None)
     history: list[dict] = []
     train_seconds = 0.0
-    for epoch in tqdm(range(cfg.epochs), disable=not progress, desc="segmentation", unit="epoch"):
+    start = 0
+    saved = resume.load(map_location=device) if resume is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        lr_sched.load_state_dict(saved["lr_sched"])
+        gamma_sched.load_state_dict(saved["gamma"])
+        restore_generators(saved["generators"], order=g_order, augment=g_aug, latent=g_z)
+        torch.set_rng_state(saved["torch_rng"])
+        cum_sum, cum_count, train_seconds = saved["cum_sum"], saved["cum_count"], saved["train_seconds"]
+        best, history, start = (saved["best_ged"], saved["best_epoch"], saved["best_state"]), saved["history"], \
+            saved["epoch"] + 1
+
+    def state(epoch: int) -> dict:
+        return {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+                "lr_sched": lr_sched.state_dict(), "gamma": gamma_sched.state_dict(),
+                "generators": generator_states(order=g_order, augment=g_aug, latent=g_z),
+                "torch_rng": torch.get_rng_state(), "cum_sum": cum_sum, "cum_count": cum_count,
+                "train_seconds": train_seconds, "best_ged": best[0], "best_epoch": best[1], "best_state": best[2],
+                "history": history}
+
+    for epoch in tqdm(range(start, cfg.epochs), disable=not progress, desc="segmentation", unit="epoch",
+                      initial=start, total=cfg.epochs):
         started = time.perf_counter()
         model.train()
         gamma = float(gamma_sched.gamma) if mose else 1.0
@@ -214,6 +242,8 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
         if log is not None:
             for k, v in row.items():
                 log(k, float(v), epoch)
+        if resume is not None:
+            resume.save_due(lambda: state(epoch))
     best_ged, best_epoch, state = best
     if state is not None:
         model.load_state_dict(state)

@@ -7,7 +7,8 @@ device once (uint16); every step indexes a batch there, draws the multi-crop vie
 conventional) and the paper's augmentations on the device (:func:`methods.views.make_views`, one
 resampling per view size), runs the encoder once per view size, and applies the method's loss.
 LARC + warm-up + cosine decay; bf16 autocast and channels_last on CUDA, optionally a compiled
-encoder (``ssl.compile``); the loss is read back once per epoch, not per step. The step is
+encoder (``ssl.compile``); the loss is read back once per epoch, not per step; an interrupted
+pretraining resumes from its last saved epoch (bench.checkpoint). The step is
 :func:`pretrain_step` (:func:`gather` + :func:`make_views` + :func:`train_step` on a
 :class:`Pretrainer`), the same function ``bench perf ssl`` times (methods.ssl.perf).
 """
@@ -20,6 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from bench.checkpoint import generator_states, restore_generators
 from bench.errors import BenchError
 from bench.stage import StageContext
 from methods.augment import AugmentConfig
@@ -186,9 +188,17 @@ def pretrain_stage(ctx: StageContext) -> dict:
     targets = torch.as_tensor(labels, device=device)
     p = build_pretrainer(cfg, heads, device)
     batch, steps = steps_per_epoch(cfg, len(rows))
-    total, step = cfg.epochs * steps, 0
+    total, step, first = cfg.epochs * steps, 0, 0
     gen = ctx.torch_generator("pretrain", device=device)
-    for epoch in range(cfg.epochs):
+    resume = ctx.resumer()                   # continue an interrupted pretraining (bench.checkpoint)
+    saved = resume.load(map_location=device)
+    if saved is not None:
+        p.model.load_state_dict(saved["model"])
+        p.opt.load_state_dict(saved["opt"])
+        restore_generators(saved["generators"], pretrain=gen)
+        torch.set_rng_state(saved["torch_rng"])
+        first, step = saved["epoch"] + 1, saved["step"]
+    for epoch in range(first, cfg.epochs):
         p.start_epoch(epoch)
         order = torch.randperm(len(rows), generator=gen, device=device)
         running = torch.zeros((), device=device)
@@ -198,6 +208,9 @@ def pretrain_stage(ctx: StageContext) -> dict:
             running += pretrain_step(p, data16, rows_dev[idx], targets[idx], mc, aug, gen, lr)
             step += 1
         ctx.log("ssl_loss", float(running) / max(steps, 1), epoch=epoch)
+        resume.save_due(lambda: {"epoch": epoch, "step": step, "model": p.model.state_dict(),
+                                 "opt": p.opt.state_dict(), "generators": generator_states(pretrain=gen),
+                                 "torch_rng": torch.get_rng_state()})
     torch.save({"encoder": cfg.encoder, "state_dict": p.encoder.state_dict()}, ctx.out_dir / ENCODER_FILE)
     (ctx.out_dir / "pretrain.json").write_text(json.dumps({"patches": int(len(rows)), "steps": int(total)}))
     return {"patches": int(len(rows)), "steps": int(total)}

@@ -67,6 +67,36 @@ def test_each_ssl_method_pretrains_with_finite_loss(env, patches, method):
         assert not torch.equal(fresh.state_dict()["conv1.weight"], w_trained)
 
 
+@pytest.mark.parametrize("method", ["swav", "simclr"])
+def test_interrupted_pretraining_resumes_to_the_same_encoder(env, patches, monkeypatch, method):
+    """Killed after epoch 1 (its state saved at every epoch end), rerun: the same encoder and loss history
+    as without the interruption; the state is removed once the stage completes. (SwAV: the prototypes
+    are frozen in epoch 0 only, so the resumed epochs must know where they are.)"""
+    from bench.stage import StageContext
+
+    cfg = _cfg(**{"ssl.method": method, "ssl.epochs": 3, "checkpoint.minutes": 1e-9})
+    whole = run_cpu_stage(PRETRAIN, cfg, (env[0] / f"whole-{method}", env[1]), {"extract": patches})
+    original = StageContext.log
+
+    def interrupted(self, metric, value, epoch=None):
+        original(self, metric, value, epoch)
+        if epoch == 1:
+            raise KeyboardInterrupt                 # after epoch 1's loss, before its save
+    monkeypatch.setattr(StageContext, "log", interrupted)
+    root = (env[0] / f"resumed-{method}", env[1])
+    with pytest.raises(KeyboardInterrupt):
+        run_cpu_stage(PRETRAIN, cfg, root, {"extract": patches})
+    states = list((root[0] / "cache" / "pretrain").glob(".*.resume/state.pt"))
+    assert len(states) == 1
+    monkeypatch.setattr(StageContext, "log", original)
+    resumed = run_cpu_stage(PRETRAIN, cfg, root, {"extract": patches})
+    a, b = load_encoder(whole).state_dict(), load_encoder(resumed).state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    pd.testing.assert_frame_equal(pd.read_parquet(whole / "history.parquet"),
+                                  pd.read_parquet(resumed / "history.parquet"))
+    assert len(pd.read_parquet(resumed / "history.parquet")) == 3 and not states[0].parent.exists()
+
+
 def test_probe_writes_bone_predictions_for_every_usable_cls_patch(env, patches):
     cfg = _cfg()
     pre = run_cpu_stage(PRETRAIN, cfg, env, {"extract": patches})

@@ -206,3 +206,41 @@ def test_same_seed_same_weights_and_metrics(phantoms, head, solver):
     assert [r["gamma"] for r in h] == [0.5, 1.0] and all(np.isfinite(r["val_ged"]) for r in h)
     init = build_model(runs[0].model.spec, seed=derive_seed(3, "segmentation", "init")).state_dict()
     assert any(not torch.equal(init[k], a[k]) for k in a if k.startswith("head"))   # the head trained
+
+
+class _Interrupt(Exception):
+    pass
+
+
+def test_interrupted_training_resumes_bit_identical(phantoms, tmp_path):
+    """A training killed after epoch 2 and rerun continues from its saved state to the same weights."""
+    from bench.checkpoint import Resumer
+    from methods.segmentation.config import SegmentationConfig
+    from methods.segmentation.train import train_segmentation
+
+    ds = Dataset.open(phantoms["seg"])
+    cfg = SegmentationConfig(base_width=4, max_width=8, levels=3, convs=1, samples=2, working_size=32,
+                             epochs=5, batch_size=4, gamma_patience=0, lr_patience=0)   # both plateaus move
+    train, val = load_split(ds, ["train"], (32, 24)), load_split(ds, ["val"], (32, 24))
+    whole_log: list = []
+    whole = train_segmentation(cfg, train, val, seed=5, log=lambda *a: whole_log.append(a))
+
+    logged: list = []
+    def log(metric, value, epoch):
+        logged.append({"metric": metric, "value": value, "epoch": epoch})
+        if epoch == 3 and metric == "val_ged":
+            raise _Interrupt                        # after epoch 3's metrics, before its save
+    every_epoch = Resumer(tmp_path / "resume", every_s=1e-9, history=logged)
+    with pytest.raises(_Interrupt):
+        train_segmentation(cfg, train, val, seed=5, log=log, resume=every_epoch)
+    assert (tmp_path / "resume" / "state.pt").is_file()
+    logged.clear()
+    again = Resumer(tmp_path / "resume", every_s=1e-9, history=logged)
+    resumed = train_segmentation(cfg, train, val, seed=5, log=lambda m, v, e: logged.append(
+        {"metric": m, "value": v, "epoch": e}), resume=again)
+    a, b = whole.model.state_dict(), resumed.model.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed.history == whole.history and resumed.best_epoch == whole.best_epoch
+    assert [(m["metric"], m["value"], m["epoch"]) for m in logged] == [tuple(x) for x in whole_log]
+    gammas = [r["gamma"] for r in whole.history]
+    assert gammas[0] == 0.5 and gammas[-1] == 1.0      # the plateau switch happened: its state was resumed
