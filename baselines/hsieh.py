@@ -68,7 +68,8 @@ def hsieh_stage(ctx: StageContext) -> dict:
     require_labels(ctx, "Hsieh")
     sup = ctx.config.supervised
     index, rois, _ = landmark_rois(ctx, ctx.inputs["landmarks"], sup.input_size)
-    result = train_supervised(build_vgg(ctx.config.vgg), rois, index, sup, ctx.torch_generator("train"), ctx.device)
+    result = train_supervised(build_vgg(ctx.config.vgg), rois, index, sup, ctx.torch_generator("train"), ctx.device,
+                              resume=ctx.resumer())
     write_history(ctx, result.history)
     preds = result.bone_predictions
     # several images of a subject: one row per (subject, ROI type), their mean

@@ -72,7 +72,8 @@ def jang_stage(ctx: StageContext) -> dict:
     sup = ctx.config.supervised
     index, rois, boxes = jang_rois(ctx, roi_cfg, sup.input_size)
     boxes.to_csv(ctx.out_dir / "boxes.csv", index=False)
-    result = train_supervised(build_vgg(ctx.config.vgg), rois, index, sup, ctx.torch_generator("train"), ctx.device)
+    result = train_supervised(build_vgg(ctx.config.vgg), rois, index, sup, ctx.torch_generator("train"), ctx.device,
+                              resume=ctx.resumer())
     write_history(ctx, result.history)
     subject_predictions(result.bone_predictions).to_parquet(ctx.out_dir / "predictions.parquet", index=False)
     return {"metrics": {"best_epoch": float(result.best_epoch)}}

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from bench.checkpoint import Resumer, generator_states, restore_generators
 from bench.data.format import Dataset
 from bench.errors import BenchError
 from bench.registry import Stage
@@ -173,8 +174,10 @@ def landmark_step(model: LandmarkNet, opt: torch.optim.Optimizer, sched, x: torc
 
 
 def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, generator: torch.Generator,
-                   device: torch.device, log=None) -> LandmarkNet:
-    """Train on `train` (images with at least one reference landmark); keep the best val-error epoch."""
+                   device: torch.device, log=None, resume: Resumer | None = None) -> LandmarkNet:
+    """Train on `train` (images with at least one reference landmark); keep the best val-error epoch.
+
+    With `resume` (bench.checkpoint) an interrupted training continues from its last saved epoch."""
     train = [i for i in train if np.isfinite(i["truth"]).any()]
     if not train:
         raise BenchError("no `seg` train image has annotator masks to derive landmarks from; the landmark "
@@ -187,8 +190,16 @@ def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, gene
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, -(-len(train) // cfg.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
-    best, best_state = float("inf"), None
-    for epoch in range(cfg.epochs):
+    best, best_state, first = float("inf"), None, 0
+    saved = resume.load(map_location=device) if resume is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        restore_generators(saved["generators"], train=generator)
+        torch.set_rng_state(saved["torch_rng"])
+        best, best_state, first = saved["best"], saved["best_state"], saved["epoch"] + 1
+    for epoch in range(first, cfg.epochs):
         model.train()
         order = to_device_async(torch.randperm(len(train), generator=generator), device)
         total = torch.zeros((), device=device)
@@ -201,6 +212,10 @@ def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, gene
             log("landmark_val_error_mm", err, epoch)
         if best_state is None or (np.isfinite(err) and err < best) or not val:
             best, best_state = (err if np.isfinite(err) else best), copy.deepcopy(model.state_dict())
+        if resume is not None:
+            resume.save_due(lambda: {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+                                     "sched": sched.state_dict(), "generators": generator_states(train=generator),
+                                     "torch_rng": torch.get_rng_state(), "best": best, "best_state": best_state})
     model.load_state_dict(best_state)
     return model
 
@@ -213,7 +228,7 @@ def landmark_stage(ctx: StageContext) -> dict:
     seg = items["seg"]
     model = train_detector([i for i in seg if i["split"] == "train"],
                            [i for i in seg if i["split"] == "val" and np.isfinite(i["truth"]).any()],
-                           cfg, ctx.torch_generator("train"), ctx.device, ctx.log)
+                           cfg, ctx.torch_generator("train"), ctx.device, ctx.log, resume=ctx.resumer())
     detected, report = [], {}
     for role, role_items in items.items():
         found = detect(model, role_items, cfg, ctx.device)

@@ -21,6 +21,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from bench.checkpoint import Resumer
 from bench.config import register_section
 from bench.stage import StageContext
 from baselines.common import require_labels, subject_predictions, write_history
@@ -81,11 +82,12 @@ class MultiRoiTransformer(nn.Module):
 
 
 def train_wang(model: MultiRoiTransformer, rois: torch.Tensor, index: pd.DataFrame, cfg: SupervisedConfig,
-               batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu") -> ProbeResult:
+               batch_size: int, generator: torch.Generator, device: torch.device | str = "cpu",
+               resume: Resumer | None = None) -> ProbeResult:
     """Train on the train radiographs of `index` (one row per N of `rois`: N×K×H×W) with the shared
     end-to-end loop (methods.supervised.fit_end_to_end); flips are drawn per ROI."""
     return fit_end_to_end(model, rois, index.assign(bone="roi"), cfg, generator, device,
-                          prepare=roi_prepare(cfg), batch_size=batch_size, eval_batch=16)
+                          prepare=roi_prepare(cfg), batch_size=batch_size, eval_batch=16, resume=resume)
 
 
 def roi_prepare(cfg: SupervisedConfig) -> PrepareFn:
@@ -109,7 +111,8 @@ def wang_stage(ctx: StageContext) -> dict:
     per_image = index.iloc[::k].reset_index(drop=True) if k else index
     rois = rois.view(n, k, *rois.shape[1:])
     model = MultiRoiTransformer(build_vgg(ctx.config.vgg), k, cfg)
-    result = train_wang(model, rois, per_image, sup, cfg.batch_size, ctx.torch_generator("train"), ctx.device)
+    result = train_wang(model, rois, per_image, sup, cfg.batch_size, ctx.torch_generator("train"), ctx.device,
+                        resume=ctx.resumer())
     write_history(ctx, result.history)
     subject_predictions(result.bone_predictions).to_parquet(ctx.out_dir / "predictions.parquet", index=False)
     return {"metrics": {"best_epoch": float(result.best_epoch), **landmark_metrics(ctx.inputs["landmarks"])}}

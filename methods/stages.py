@@ -87,7 +87,7 @@ def supervised_stage(ctx: StageContext) -> dict:
     patches = torch.from_numpy(np.ascontiguousarray(store.array[rows]).astype(np.float32) / 65535.0)
     encoder = build_encoder(ctx.options.get("encoder") or ctx.config.ssl.encoder)
     result = train_supervised(encoder, patches, index, ctx.config.supervised,
-                              ctx.torch_generator("supervised"), ctx.device)
+                              ctx.torch_generator("supervised"), ctx.device, resume=ctx.resumer())
     return _write(ctx, result, subject_level=False)
 
 

@@ -18,6 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
+from bench.checkpoint import Resumer, generator_states, restore_generators
 from bench.config import register_section
 from bench.errors import BenchError
 from bench.metrics import select_best
@@ -63,9 +64,11 @@ PrepareFn = Callable[[torch.Tensor, "torch.Generator | None"], torch.Tensor]
 
 
 def train_supervised(encoder: nn.Module, patches: torch.Tensor, index: pd.DataFrame, cfg: SupervisedConfig,
-                     generator: torch.Generator, device: torch.device | str = "cpu") -> ProbeResult:
+                     generator: torch.Generator, device: torch.device | str = "cpu",
+                     resume: Resumer | None = None) -> ProbeResult:
     """Train encoder + head on the train rows of `index`; select by subject val macro-F1; score all rows."""
-    return fit_end_to_end(Classifier(encoder), patches, index, cfg, generator, device, prepare=patch_prepare(cfg))
+    return fit_end_to_end(Classifier(encoder), patches, index, cfg, generator, device, prepare=patch_prepare(cfg),
+                          resume=resume)
 
 
 def patch_prepare(cfg: SupervisedConfig) -> PrepareFn:
@@ -95,11 +98,13 @@ def supervised_step(model: nn.Module, opt: torch.optim.Optimizer, sched: Any, lo
 
 def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cfg: SupervisedConfig,
                    generator: torch.Generator, device: torch.device | str = "cpu", *, prepare: PrepareFn,
-                   batch_size: int | None = None, eval_batch: int = 128) -> ProbeResult:
+                   batch_size: int | None = None, eval_batch: int = 128,
+                   resume: Resumer | None = None) -> ProbeResult:
     """The one end-to-end loop (module docstring): row i of `data` is sample i of `index`.
 
     `model` maps ``prepare(rows, generator)`` to 2 logits and has a ``head``; Adam + cosine decay,
     bf16 autocast on CUDA, the checkpoint with the best subject-level val macro-F1 scores every row.
+    With `resume` (bench.checkpoint) an interrupted training continues from its last saved epoch.
     """
     device = torch.device(device)
     batch_size = batch_size or cfg.batch_size
@@ -123,7 +128,16 @@ def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cf
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     history: list[dict[str, float]] = []
     best_state = None
-    for _epoch in range(cfg.epochs):
+    first = 0
+    saved = resume.load(map_location=device) if resume is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["opt"])
+        sched.load_state_dict(saved["sched"])
+        restore_generators(saved["generators"], train=generator)
+        torch.set_rng_state(saved["torch_rng"])
+        history, best_state, first = saved["history"], saved["best_state"], saved["epoch"] + 1
+    for epoch in range(first, cfg.epochs):
         model.train()
         order = train_idx[to_device_async(torch.randperm(len(train_idx), generator=generator), device)]
         total = torch.zeros((), device=device)
@@ -137,6 +151,11 @@ def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cf
                         "val_auc": val["auc"]})
         if select_best(history) == len(history) - 1:  # strictly better than every earlier epoch
             best_state = copy.deepcopy(model.state_dict())
+        if resume is not None:
+            resume.save_due(lambda: {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
+                                     "sched": sched.state_dict(), "generators": generator_states(train=generator),
+                                     "torch_rng": torch.get_rng_state(), "history": history,
+                                     "best_state": best_state})
     best = select_best(history)
     model.load_state_dict(best_state)
     p_all = predict_positive(model, data, prepare, device, eval_batch)

@@ -199,7 +199,7 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
         best, history, start = (saved["best_ged"], saved["best_epoch"], saved["best_state"]), saved["history"], \
             saved["epoch"] + 1
 
-    def state(epoch: int) -> dict:
+    def resumable(epoch: int) -> dict:
         return {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
                 "lr_sched": lr_sched.state_dict(), "gamma": gamma_sched.state_dict(),
                 "generators": generator_states(order=g_order, augment=g_aug, latent=g_z),
@@ -243,7 +243,7 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
             for k, v in row.items():
                 log(k, float(v), epoch)
         if resume is not None:
-            resume.save_due(lambda: state(epoch))
+            resume.save_due(lambda: resumable(epoch))
     best_ged, best_epoch, state = best
     if state is not None:
         model.load_state_dict(state)

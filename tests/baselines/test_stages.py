@@ -148,3 +148,32 @@ def test_oracle_label_maps_do_not_train_a_segmenter(env, tmp_path):
     cache = tmp_path / "results" / "cache"
     assert not (cache / "segment").exists() and len(list((cache / "radiogrammetry").glob("*/_stage.json"))) == 1
     assert outcomes[0].metrics["extra"]["truth_r_bone"] >= 0.75
+
+
+@pytest.mark.parametrize("stage", ["jang", "wang", "landmarks"])
+def test_interrupted_trainings_resume_to_the_same_outputs(env, landmarks, tmp_path, monkeypatch, stage):
+    """The supervised loop (jang: one VGG; wang: the multi-ROI transformer) and the landmark detector,
+    killed just after their first saved epoch and rerun: the same outputs as an uninterrupted run."""
+    from bench.checkpoint import Resumer
+
+    what = {"jang": (JANG, {}, "predictions.parquet"), "wang": (WANG, {"landmarks": landmarks},
+                                                                     "predictions.parquet"),
+            "landmarks": (LANDMARKS, {}, "landmarks.parquet")}
+    fn, inputs, output = what[stage]
+    cfg = _cfg(**{"checkpoint.minutes": 1e-9, "supervised.epochs": 3, "landmarks.epochs": 3})
+    whole = run_cpu_stage(fn, cfg, (tmp_path / "whole", env[1]), inputs)
+    original, saves = Resumer.save, []
+
+    def save_then_die(self, state):
+        original(self, state)
+        saves.append(state["epoch"])
+        raise KeyboardInterrupt                     # killed right after epoch 0's state was written
+    monkeypatch.setattr(Resumer, "save", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_cpu_stage(fn, cfg, (tmp_path / "resumed", env[1]), inputs)
+    monkeypatch.setattr(Resumer, "save", original)
+    assert saves == [0]
+    resumed = run_cpu_stage(fn, cfg, (tmp_path / "resumed", env[1]), inputs)
+    pd.testing.assert_frame_equal(pd.read_parquet(whole / output), pd.read_parquet(resumed / output))
+    pd.testing.assert_frame_equal(pd.read_parquet(whole / "history.parquet"),
+                                  pd.read_parquet(resumed / "history.parquet"))
