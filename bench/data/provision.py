@@ -40,10 +40,13 @@ def provide(config: Config, cache_root: Path, progress: bool = False) -> dict[st
         if getattr(config.data, role):
             raise BenchError(f"--data-{role} {path}: not a dataset folder (no manifest.csv); "
                              "make one with `bench data import` and check it with `bench data check`")
-        from bench.data.phantom import synthesize
+        from bench.data.phantom import PhantomConfig, synthesize
+        from bench.data.phantom.writer import default_workers
 
-        synthesize(path, preset=ROLES[role], profile=config.data.phantom_profile or config.profile,
-                   seed=config.data.phantom_seed, overwrite=True, progress=progress)
+        profile = config.data.phantom_profile or config.profile
+        workers = default_workers(PhantomConfig.for_preset(ROLES[role], profile).n_images)
+        synthesize(path, preset=ROLES[role], profile=profile, seed=config.data.phantom_seed, overwrite=True,
+                   progress=progress, workers=workers)
     return paths
 
 

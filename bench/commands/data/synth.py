@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="signal strength of the latent bone parameters; 1.0 gives an oracle "
                              "AUC of about 0.90, 0 no signal (default: 1.0)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes rendering images (default: all cores, one per 32 images at least)")
     parser.set_defaults(func=run)
 
 
@@ -34,12 +36,14 @@ def run(args: argparse.Namespace) -> int:
     import json
 
     from bench.data.phantom import PhantomConfig, synthesize
+    from bench.data.phantom.writer import default_workers
 
     cfg = PhantomConfig.for_preset(args.preset, args.profile)
     changes = {k: v for k, v in (("n_images", args.n), ("annotators", args.annotators),
                                  ("prevalence", args.prevalence), ("signal", args.signal)) if v is not None}
     cfg = cfg.replace(**changes)
-    out = synthesize(args.out, seed=args.seed, config=cfg, overwrite=args.overwrite, progress=True)
+    workers = default_workers(cfg.n_images) if args.workers is None else args.workers
+    out = synthesize(args.out, seed=args.seed, config=cfg, overwrite=args.overwrite, progress=True, workers=workers)
     meta = json.loads((out / "dataset.json").read_text())
     print(f"wrote {meta['n_images']} {cfg.preset} images ({cfg.height}x{cfg.width} px, "
           f"{cfg.pixel_spacing_mm:g} mm/px, {cfg.annotators} annotators) to {out}")

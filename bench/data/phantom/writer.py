@@ -19,9 +19,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import multiprocessing
+import os
 import sys
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -82,62 +86,124 @@ def _progress(iterable, total: int, enabled: bool, desc: str):
     return iterable
 
 
+@dataclass
+class CaseRecords:
+    """The table rows one written case contributes (manifest, subjects, bones, annotators)."""
+
+    row: dict
+    subject: dict
+    bones: list[dict]
+    weights: list[dict]
+    notes: list[dict]
+
+
+def write_case(cfg: PhantomConfig, seed: int, index: int, styles: list[AnnotatorStyle], folder: Path) -> CaseRecords:
+    """Render case `index` and write its image, exact and annotator label maps into `folder`."""
+    case = make_case(cfg, seed, index, styles)
+    r, subj, nz, iid = case.rendering, case.subject, case.nuisance, case.image_id
+    write_png16(folder / "images" / f"{iid}.png", r.image)
+    write_label_map(folder / "truth" / "masks" / f"{iid}.png", r.truth)
+    (folder / "masks" / iid).mkdir()
+    weights, notes = [], []
+    for a in case.annotations:
+        lm = label_map((cfg.height, cfg.width), r.bones, cfg.pixel_spacing_mm, r.field, a)
+        write_label_map(mask_path(folder, iid, a.style.name), lm)
+        weights.append(dict(image_id=iid, annotator=a.style.name, weight=a.weight))
+        notes.append(dict(image_id=iid, annotator=a.style.name, weight=a.weight,
+                          offset_mm=round(a.offset_mm, 4), exclude_head=a.exclude_head,
+                          smoothing_mm=round(a.style.smoothing_mm, 4),
+                          ripple_mm=round(a.style.ripple_mm, 4)))
+    n_bones = int(sum(r.present.values()))
+    row = dict(image_id=iid, subject_id=subj.subject_id, path=f"images/{iid}.png",
+               sex=subj.sex if cfg.labeled else None, age=subj.age if cfg.labeled else None,
+               t_score=round(subj.t_score, 3) if cfg.labeled else None,
+               label=int(round(subj.t_score, 3) < -2.5) if cfg.labeled else None,
+               laterality=nz.pose.laterality, pixel_spacing_mm=cfg.pixel_spacing_mm,
+               site=nz.site, height=cfg.height, width=cfg.width, n_bones=n_bones,
+               preset=cfg.preset)
+    subject = dict(subject_id=subj.subject_id, image_id=iid, sex=subj.sex, age=subj.age,
+                   t_score=round(subj.t_score, 3), label=int(round(subj.t_score, 3) < -2.5),
+                   size=round(subj.size, 4), n_bones=n_bones, **nz.summary())
+    pixels = r.extra["pixels"]
+    bones = []
+    for k, name in enumerate(TARGETS):
+        b = subj.bone(name)
+        reason = nz.missing_reason if name == nz.missing_bone else ("" if r.present[name] else "out_of_field")
+        bones.append(dict(image_id=iid, subject_id=subj.subject_id, bone=name, class_id=k + 1,
+                          cortical_index=round(b["cortical_index"], 5),
+                          trabecular_density=round(b["trabecular_density"], 5),
+                          outer_diameter_mm=round(b["outer_diameter_mm"], 4),
+                          inner_diameter_mm=round(b["outer_diameter_mm"] * (1 - b["cortical_index"]), 4),
+                          length_mm=round(b["length_mm"], 3), present=bool(r.present[name]),
+                          pixels=pixels[name], missing_reason=reason))
+    return CaseRecords(row, subject, bones, weights, notes)
+
+
+def _write_case_star(args: tuple) -> CaseRecords:
+    return write_case(*args)
+
+
+def default_workers(n_images: int) -> int:
+    """Processes for `n_images`: every usable core, one per 32 images at least (small sets in-process)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(cores, n_images // 32))
+
+
+def written_cases(cfg: PhantomConfig, seed: int, styles: list[AnnotatorStyle], folder: Path,
+                  workers: int) -> Iterator[CaseRecords]:
+    """Every case written into `folder`, its records yielded in index order; with `workers` > 1 the
+    cases render in that many processes (:func:`worker_context`; each case depends on (seed, index)
+    only, so the bytes do not depend on the number of workers)."""
+    jobs = ((cfg, seed, i, styles, folder) for i in range(cfg.n_images))
+    context = worker_context()
+    if workers <= 1 or context is None:
+        yield from map(_write_case_star, jobs)
+        return
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        yield from pool.map(_write_case_star, jobs, chunksize=max(1, min(8, cfg.n_images // (4 * workers))))
+
+
+def worker_context() -> multiprocessing.context.BaseContext | None:
+    """How rendering workers start: forked on Linux (like torch's DataLoader workers: no main-module
+    guard needed, the children only render with numpy/scipy and write PNGs), spawned elsewhere; None
+    (render in this process) when a spawned worker could not re-import the main script (stdin)."""
+    if sys.platform.startswith("linux"):
+        return multiprocessing.get_context("fork")
+    main_file = getattr(sys.modules.get("__main__"), "__file__", None)
+    return multiprocessing.get_context("spawn") if main_file is None or os.path.isfile(main_file) else None
+
+
 def synthesize(out: str | Path, preset: str = "public", profile: str = "smoke", seed: int = 0,
                config: PhantomConfig | None = None, overwrite: bool = False,
-               progress: bool = False) -> Path:
+               progress: bool = False, workers: int = 1) -> Path:
     """Generate a phantom dataset into `out` (atomically) and return the folder.
 
     `config` overrides `preset`/`profile` (build one with PhantomConfig.for_preset(...).replace()).
-    An existing `out` is refused unless `overwrite`.
+    An existing `out` is refused unless `overwrite`. `workers` processes render the images (the
+    output is the same for any number); `bench run` and `bench data synth` use
+    :func:`default_workers` (all cores at the quick and paper sizes). Off Linux the workers are
+    spawned, so a script of your own asking for more than one needs ``if __name__ == "__main__":``.
     """
     cfg = config if config is not None else PhantomConfig.for_preset(preset, profile)
     cfg.validate()
     out = Path(out)
     if out.exists() and not overwrite:
         raise BenchError(f"{out} already exists; choose another --out or pass --overwrite to replace it")
+    if workers < 0:
+        raise BenchError(f"phantom workers = {workers} must be >= 0 (0 or 1: in this process)")
     styles = dataset_styles(cfg, seed)
     auc = oracle_auc(cfg, ORACLE_N, seed)
     rows, bones, subjects, notes, weights = [], [], [], [], []
     with atomic_dir(out, overwrite=overwrite) as tmp:
         for sub in ("images", "masks", "truth/masks"):
             (tmp / sub).mkdir(parents=True)
-        grid_shape = (cfg.height, cfg.width)
-        for i in _progress(range(cfg.n_images), cfg.n_images, progress, f"phantom {cfg.preset}"):
-            case = make_case(cfg, seed, i, styles)
-            r, subj, nz, iid = case.rendering, case.subject, case.nuisance, case.image_id
-            write_png16(tmp / "images" / f"{iid}.png", r.image)
-            write_label_map(tmp / "truth" / "masks" / f"{iid}.png", r.truth)
-            (tmp / "masks" / iid).mkdir()
-            for a in case.annotations:
-                lm = label_map(grid_shape, r.bones, cfg.pixel_spacing_mm, r.field, a)
-                write_label_map(mask_path(tmp, iid, a.style.name), lm)
-                weights.append(dict(image_id=iid, annotator=a.style.name, weight=a.weight))
-                notes.append(dict(image_id=iid, annotator=a.style.name, weight=a.weight,
-                                  offset_mm=round(a.offset_mm, 4), exclude_head=a.exclude_head,
-                                  smoothing_mm=round(a.style.smoothing_mm, 4),
-                                  ripple_mm=round(a.style.ripple_mm, 4)))
-            n_bones = int(sum(r.present.values()))
-            rows.append(dict(image_id=iid, subject_id=subj.subject_id, path=f"images/{iid}.png",
-                             sex=subj.sex if cfg.labeled else None, age=subj.age if cfg.labeled else None,
-                             t_score=round(subj.t_score, 3) if cfg.labeled else None,
-                             label=int(round(subj.t_score, 3) < -2.5) if cfg.labeled else None,
-                             laterality=nz.pose.laterality, pixel_spacing_mm=cfg.pixel_spacing_mm,
-                             site=nz.site, height=cfg.height, width=cfg.width, n_bones=n_bones,
-                             preset=cfg.preset))
-            subjects.append(dict(subject_id=subj.subject_id, image_id=iid, sex=subj.sex, age=subj.age,
-                                 t_score=round(subj.t_score, 3), label=int(round(subj.t_score, 3) < -2.5),
-                                 size=round(subj.size, 4), n_bones=n_bones, **nz.summary()))
-            pixels = r.extra["pixels"]
-            for k, name in enumerate(TARGETS):
-                b = subj.bone(name)
-                reason = nz.missing_reason if name == nz.missing_bone else ("" if r.present[name] else "out_of_field")
-                bones.append(dict(image_id=iid, subject_id=subj.subject_id, bone=name, class_id=k + 1,
-                                  cortical_index=round(b["cortical_index"], 5),
-                                  trabecular_density=round(b["trabecular_density"], 5),
-                                  outer_diameter_mm=round(b["outer_diameter_mm"], 4),
-                                  inner_diameter_mm=round(b["outer_diameter_mm"] * (1 - b["cortical_index"]), 4),
-                                  length_mm=round(b["length_mm"], 3), present=bool(r.present[name]),
-                                  pixels=pixels[name], missing_reason=reason))
+        cases = written_cases(cfg, seed, styles, tmp, workers)
+        for rec in _progress(cases, cfg.n_images, progress, f"phantom {cfg.preset}"):
+            rows.append(rec.row)
+            subjects.append(rec.subject)
+            bones.extend(rec.bones)
+            weights.extend(rec.weights)
+            notes.extend(rec.notes)
         manifest = pd.DataFrame(rows)
         split_seed = cfg.split_seed if cfg.split_seed is not None else seed
         manifest["split"] = assign_splits(manifest, split_seed)
