@@ -12,11 +12,14 @@
 #            steps need: `mose` = `radiogrammetry` (MoSE segmentation -> per-bone Dice, GED; predicted-mask
 #            2MCI r vs truth), `single` = the same with `segmentation.model=single` (Table 5's segmenter),
 #            `landmarks` = the landmark stage of `hsieh` (error in mm on the seg test split; stopped once written);
+#   entry:   one full entry at the paper profile, projected then run: `jang` (VGG16 on the wrist ROI; with
+#            roi.source=annotator, what `auto` picks on the phantom, so it trains no unused segmenter): the
+#            measured stage seconds (cache/jang/*/_stage.json) against the projection (only with 240 s left);
 #   compile: `bench perf ssl --set ssl.compile=default --feeds end_to_end model_only`: (a) and (b) with the
 #            encoder compiled by inductor, and the first step's compile time (only with 150 s left);
 #   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds (80 s left);
 #   then OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
-# GPU_CHECKS_STEPS picks steps (default "tests ssl train compile suite"), GPU_CHECKS_TRAIN the trainings
+# GPU_CHECKS_STEPS picks steps (default "tests ssl train entry compile suite"), GPU_CHECKS_TRAIN the trainings
 # (default "mose single": the landmark error was measured on 2026-11-26, 1.42 mm). Measured on an H200
 # (2026-11-26): tests + seg + ssl 95 s, suite 70 s; the landmark stage took 245 s beside the two
 # segmentation trainings, which did not finish in 350 s side by side with it (MoSE step 105 ms, single 28 ms).
@@ -31,7 +34,7 @@ RES=${GPU_CHECKS_RESULTS:-$PWD/gpu-results}
 DEV=${GPU_CHECKS_DEVICE:-cuda}
 RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
 PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
-STEPS=" ${GPU_CHECKS_STEPS-tests ssl train compile suite} "
+STEPS=" ${GPU_CHECKS_STEPS-tests ssl train entry compile suite} "
 TRAIN=" ${GPU_CHECKS_TRAIN-mose single} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 wanttrain() { [[ "$TRAIN" == *" $1 "* ]]; }
@@ -53,12 +56,16 @@ import sys
 from pathlib import Path
 from bench.config import resolve
 from bench.data.phantom import synthesize
+from bench.data.phantom import PhantomConfig
+from bench.data.phantom.writer import default_workers
 from bench.data.provision import ROLES, planned_paths
 role = {v: k for k, v in ROLES.items()}[sys.argv[2]]
 config = resolve(sys.argv[3])
 path = planned_paths(config, Path(sys.argv[1]) / "cache")[role]
 if not (path / "manifest.csv").is_file():
-    synthesize(path, preset=sys.argv[2], profile=sys.argv[3], seed=config.data.phantom_seed, overwrite=True)
+    workers = default_workers(PhantomConfig.for_preset(sys.argv[2], sys.argv[3]).n_images)
+    synthesize(path, preset=sys.argv[2], profile=sys.argv[3], seed=config.data.phantom_seed, overwrite=True,
+               workers=workers)
 print("phantom", path)
 EOF
 done
@@ -107,6 +114,15 @@ if want train; then
   wait; log "trainings done"
 fi
 enough() { [ $(( BUDGET - $(now) )) -ge "$1" ] || { log "skipping $2: $(( BUDGET - $(now) )) s left"; false; }; }
+if want entry && enough 240 entry; then
+  log "paper entry jang: projection"
+  timeout 120 $BENCH perf suite --entry jang --profile "$PERF_PROFILE" --device "$DEV" --seeds 0 \
+    --set roi.source=annotator --repeats 3 --warmup 2 --results "$RES" >"$OUT/perf-entry-jang.txt" 2>&1
+  log "projection rc=$?; run"
+  timeout "$(left $(( BUDGET - 30 )))" $BENCH run --entry jang --profile "$PERF_PROFILE" --seeds 0 --device "$DEV" \
+    --set roi.source=annotator --results "$RES" --no-mlflow --name paper-jang >"$RES/run-paper-jang.log" 2>&1
+  log "run paper jang rc=$?"
+fi
 if want compile && enough 150 compile; then
   log "perf ssl, compiled encoder"
   timeout "$(left $(( BUDGET - 110 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \

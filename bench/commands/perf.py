@@ -108,11 +108,12 @@ def perf_suite(args: argparse.Namespace) -> dict:
 
     registry.load_entries(args.plugin)
     device = resolve_device(args.device)
-    names = registry.resolve_suite(args.suite)
+    names = [registry.get(n).name for n in args.entries] if args.entries else registry.resolve_suite(args.suite)
+    what = f"--entry {' '.join(names)}" if args.entries else f"--suite {args.suite}"
     stages = plan_suite(names, args.seeds, args.profile, str(device), sets=args.sets, results=str(args.results))
     models = {**builtin_cost_models(device, steps=args.repeats, warmup=args.warmup), **cost_models()}
     proj = project(stages, device, models)
-    print_projection(proj, f"projected `bench run --suite {args.suite} --profile {args.profile} --seeds "
+    print_projection(proj, f"projected `bench run {what} --profile {args.profile} --seeds "
                            f"{' '.join(map(str, args.seeds))}`: {len(names)} entries, {len(stages)} distinct stage "
                            f"computations; {args.repeats} timed steps per measurement after {args.warmup} warm-up; "
                            f"device {device_name(device)}")
@@ -156,6 +157,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="ssl, suite: override an option as `bench run --set` does, e.g. --set ssl.compile=default "
                         "(repeatable)")
     parser.add_argument("--suite", default="paper", help="suite: the suite to project (default: paper)")
+    parser.add_argument("--entry", dest="entries", nargs="+", default=[], metavar="E",
+                        help="suite: project these entries instead of a suite")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="suite: seeds (default: 0 1 2)")
     parser.add_argument("--results", default="results", help="suite: results folder whose cached phantoms are "
                         "used for the plan when present (default: ./results)")

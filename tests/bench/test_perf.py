@@ -194,6 +194,20 @@ def test_cli_user_errors_exit_2(capsys, tmp_path):
     assert "not a folder" in capsys.readouterr().err
     assert main(["perf", "suite", "--suite", "tabel3", "--device", "cpu", "--results", str(tmp_path)]) == 2
     assert "unknown suite" in capsys.readouterr().err
+    assert main(["perf", "suite", "--entry", "simclrr", "--device", "cpu", "--results", str(tmp_path)]) == 2
+    assert "did you mean simclr" in capsys.readouterr().err
+    assert main(["perf", "ssl", "--set", "ssl.compile=fast", "--device", "cpu"]) == 2
+    assert "ssl.compile" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["perf", "suite", "--device", "cuda", "--results", str(tmp_path)]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
+
+
+def test_cli_projects_chosen_entries_with_sets(capsys, tmp_path):
+    """`--entry` projects those entries; `--set` reaches the plan (truth masks: no segmentation)."""
+    args = ["perf", "suite", "--entry", "clinical", "radiogrammetry", "--profile", "smoke", "--device", "cpu",
+            "--seeds", "0", "--results", str(tmp_path), "--repeats", "1", "--warmup", "0"]
+    assert main(args + ["--set", "radiogrammetry.source=truth"]) == 0
+    out = capsys.readouterr().out
+    assert "`bench run --entry clinical radiogrammetry --profile smoke --seeds 0`" in out
+    assert "2 distinct stage computations" in out and "segment" not in out
