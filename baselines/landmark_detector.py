@@ -37,6 +37,7 @@ from bench.registry import Stage
 from bench.stage import StageContext
 from baselines.landmarks import (LandmarkConfig, decode, gaussian_targets, heatmap_loss, landmark_errors,
                                  reference_landmarks, to_native, to_working)
+from methods.optim import adam
 from methods.segmentation.model import UNetBackbone
 from methods.transfer import to_device_async
 
@@ -187,7 +188,7 @@ def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, gene
     if cuda:
         model = model.to(memory_format=torch.channels_last)
     x_all, p_all = batch(train, device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    opt = adam(model.parameters(), device, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = max(1, -(-len(train) // cfg.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
     best, best_state, first = float("inf"), None, 0

@@ -43,6 +43,7 @@ from torch import nn
 from bench.config import Config
 from bench.data.format import BONES
 from bench.perf_suite import CostModel, CostPart, Measurer, StageCost, seeded_build
+from methods.optim import adam
 
 ROLE_PRESETS = {"seg": "public", "cls": "clinical"}
 
@@ -234,8 +235,7 @@ def _supervised_step_s(m: Measurer, build: Callable[[], nn.Module], raw: tuple[i
     if dev.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
     model.train()
-    opt = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=sup.lr,
-                           weight_decay=sup.weight_decay, foreach=True)
+    opt = adam([p for p in model.parameters() if p.requires_grad], dev, lr=sup.lr, weight_decay=sup.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10 ** 6)
     gen = torch.Generator(device=dev).manual_seed(0)
     x = torch.randint(0, 65536, (batch, *raw), generator=gen, device=dev, dtype=torch.int32)
@@ -341,7 +341,7 @@ def landmarks_cost(m: Measurer, stage, config: Config) -> StageCost:
         if dev.type == "cuda":
             model = model.to(memory_format=torch.channels_last)
         model.train()
-        opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = adam(model.parameters(), dev, lr=cfg.lr, weight_decay=cfg.weight_decay)
         sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10 ** 6)
         gen = torch.Generator(device=dev).manual_seed(0)
         x = torch.rand(batch, 1, h, w, generator=gen, device=dev)

@@ -23,6 +23,7 @@ from bench.config import register_section
 from bench.errors import BenchError
 from bench.metrics import select_best
 from methods.encoders import to_input
+from methods.optim import adam
 from methods.probe import ProbeResult, cross_entropy, subject_metrics
 from methods.transfer import to_device_async
 
@@ -123,7 +124,7 @@ def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cf
     val_idx = torch.nonzero(torch.as_tensor(val_rows)).flatten().to(device)
     loss_fn = cross_entropy(y[train_idx], cfg.class_weight)
     params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, foreach=True)
+    opt = adam(params, device, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps_per_epoch = max(1, -(-len(train_idx) // batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     history: list[dict[str, float]] = []

@@ -73,7 +73,8 @@ done
 if want tests; then
   log "cuda tests"
   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/methods/test_augment.py tests/methods/test_multicrop.py \
-    tests/methods/test_views.py tests/methods/test_affine.py tests/methods/test_transfer.py >"$OUT/cuda-tests.txt" 2>&1
+    tests/methods/test_views.py tests/methods/test_affine.py tests/methods/test_transfer.py tests/methods/test_optim.py \
+    >"$OUT/cuda-tests.txt" 2>&1
   log "cuda tests rc=$?"
 fi
 if want seg; then
