@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -33,6 +34,7 @@ from torch import nn
 from bench.checkpoint import Resumer, generator_states, restore_generators
 from bench.data.format import Dataset
 from bench.errors import BenchError
+from bench.hardware import usable_cores
 from bench.registry import Stage
 from bench.stage import StageContext
 from baselines.landmarks import (LandmarkConfig, decode, gaussian_targets, heatmap_loss, landmark_errors,
@@ -72,10 +74,13 @@ def _spacing(rec: dict, role: str) -> float:
     return s
 
 
-def load_images(dataset: Dataset, role: str, cfg: LandmarkConfig) -> list[dict]:
-    """Per image: working tensor, scale, spacing, reference landmarks (NaN where no masks) and keys."""
-    out = []
-    for rec in dataset.manifest.to_dict("records"):
+def load_images(dataset: Dataset, role: str, cfg: LandmarkConfig, threads: int | None = None) -> list[dict]:
+    """Per image: working tensor, scale, spacing, reference landmarks (NaN where no masks) and keys.
+
+    Images load in `threads` threads (default: the usable cores, at most 8): PNG decoding, resampling
+    and most of the axis arithmetic release the GIL; each image's result depends on it alone.
+    """
+    def one(rec: dict) -> dict:
         image_id = str(rec["image_id"])
         spacing = _spacing(rec, role)
         mirror = cfg.canonical_laterality and str(rec.get("laterality", "")).strip().upper().startswith("L")
@@ -83,10 +88,16 @@ def load_images(dataset: Dataset, role: str, cfg: LandmarkConfig) -> list[dict]:
         weights = dataset.annotator_weights(image_id)
         truth = (reference_landmarks(dataset.masks(image_id), weights, spacing, cfg) if weights
                  else np.full((len(cfg.bones), 2), np.nan))
-        out.append({"image_id": image_id, "subject_id": str(rec["subject_id"]), "split": str(rec["split"]),
-                    "role": role, "tensor": tensor.flip(-1) if mirror else tensor, "scale": scale,
-                    "spacing": spacing, "truth": truth, "mirror": mirror})
-    return out
+        return {"image_id": image_id, "subject_id": str(rec["subject_id"]), "split": str(rec["split"]),
+                "role": role, "tensor": tensor.flip(-1) if mirror else tensor, "scale": scale,
+                "spacing": spacing, "truth": truth, "mirror": mirror}
+
+    records = dataset.manifest.to_dict("records")
+    threads = min(8, usable_cores()) if threads is None else threads
+    if threads <= 1 or len(records) < 2:
+        return [one(rec) for rec in records]
+    with ThreadPoolExecutor(threads) as pool:
+        return list(pool.map(one, records))
 
 
 def working_points(item: dict) -> np.ndarray:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from typing import Any
 
 import numpy as np
@@ -35,6 +34,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from bench.config import Config
 from bench.errors import BenchError
+from bench.hardware import usable_cores
 from bench.perf_suite import device_name, seeded_build, time_steps
 from bench.stage import derive_seed
 from methods.augment import AugmentConfig
@@ -118,10 +118,6 @@ def _forever(loader: DataLoader):
 
 
 # --------------------------------------------------------------------------- benchmark
-def usable_cores() -> int:
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-
-
 def _result(step_s: float, batch: int, steps: int) -> dict[str, float]:
     return {"step_ms": step_s * 1e3, "samples_per_s": batch / step_s, "steps": steps}
 

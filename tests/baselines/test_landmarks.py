@@ -94,3 +94,21 @@ def test_targets_loss_and_decoding():
     logits[0, 1] = torch.log(t[0, 1] + 1e-30)
     entropy = -(t[0, :2] * torch.log(t[0, :2] + 1e-30)).sum(dim=(1, 2)).mean()
     assert heatmap_loss(logits, t).item() == pytest.approx(entropy.item(), rel=1e-4)   # minimum: the entropy
+
+
+def test_images_load_the_same_in_threads(tmp_path):
+    """load_images in 3 threads gives, image by image and in order, what one thread gives."""
+    from bench.config import resolve
+    from bench.data.format import Dataset
+    from bench.data.phantom import PhantomConfig, synthesize
+    from baselines.landmark_detector import load_images
+
+    cfg = PhantomConfig.for_preset("public", "smoke").replace(n_images=7)
+    ds = Dataset.open(synthesize(tmp_path / "pub", config=cfg, seed=2))
+    lm = resolve("smoke").section("landmarks")
+    one, three = load_images(ds, "seg", lm, threads=1), load_images(ds, "seg", lm, threads=3)
+    assert [i["image_id"] for i in one] == [i["image_id"] for i in three] == list(ds.manifest["image_id"])
+    for a, b in zip(one, three):
+        assert torch.equal(a["tensor"], b["tensor"]) and a["scale"] == b["scale"] and a["mirror"] == b["mirror"]
+        np.testing.assert_array_equal(a["truth"], b["truth"])
+    assert np.isfinite(np.stack([i["truth"] for i in one])).mean() > 0.8

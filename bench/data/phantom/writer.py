@@ -41,6 +41,7 @@ from bench.data.phantom.presets import GENERATOR_VERSION, PhantomConfig
 from bench.data.phantom.subject import TARGETS, Subject, oracle_auc, sample_subject
 from bench.data.splits import assign_splits
 from bench.errors import BenchError
+from bench.hardware import usable_cores
 
 PRESET_CODE = {"public": 1, "clinical": 2}
 ORACLE_N = 2000
@@ -145,8 +146,7 @@ def _write_case_star(args: tuple) -> CaseRecords:
 
 def default_workers(n_images: int) -> int:
     """Processes for `n_images`: every usable core, one per 32 images at least (small sets in-process)."""
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    return max(1, min(cores, n_images // 32))
+    return max(1, min(usable_cores(), n_images // 32))
 
 
 def written_cases(cfg: PhantomConfig, seed: int, styles: list[AnnotatorStyle], folder: Path,
