@@ -209,7 +209,7 @@ def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, gene
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
         restore_generators(saved["generators"], train=generator)
-        torch.set_rng_state(saved["torch_rng"])
+        torch.set_rng_state(saved["torch_rng"].cpu())
         best, best_state, first = saved["best"], saved["best_state"], saved["epoch"] + 1
     for epoch in range(first, cfg.epochs):
         model.train()

@@ -136,7 +136,7 @@ def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cf
         opt.load_state_dict(saved["opt"])
         sched.load_state_dict(saved["sched"])
         restore_generators(saved["generators"], train=generator)
-        torch.set_rng_state(saved["torch_rng"])
+        torch.set_rng_state(saved["torch_rng"].cpu())
         history, best_state, first = saved["history"], saved["best_state"], saved["epoch"] + 1
     for epoch in range(first, cfg.epochs):
         model.train()

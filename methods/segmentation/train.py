@@ -194,7 +194,7 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
         lr_sched.load_state_dict(saved["lr_sched"])
         gamma_sched.load_state_dict(saved["gamma"])
         restore_generators(saved["generators"], order=g_order, augment=g_aug, latent=g_z)
-        torch.set_rng_state(saved["torch_rng"])
+        torch.set_rng_state(saved["torch_rng"].cpu())
         cum_sum, cum_count, train_seconds = saved["cum_sum"], saved["cum_count"], saved["train_seconds"]
         best, history, start = (saved["best_ged"], saved["best_epoch"], saved["best_state"]), saved["history"], \
             saved["epoch"] + 1

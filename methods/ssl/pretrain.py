@@ -196,7 +196,7 @@ def pretrain_stage(ctx: StageContext) -> dict:
         p.model.load_state_dict(saved["model"])
         p.opt.load_state_dict(saved["opt"])
         restore_generators(saved["generators"], pretrain=gen)
-        torch.set_rng_state(saved["torch_rng"])
+        torch.set_rng_state(saved["torch_rng"].cpu())
         first, step = saved["epoch"] + 1, saved["step"]
     for epoch in range(first, cfg.epochs):
         p.start_epoch(epoch)
