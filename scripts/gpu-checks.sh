@@ -16,8 +16,9 @@
 #   entry:   one full entry at the paper profile, projected then run: `jang` (VGG16 on the wrist ROI; with
 #            roi.source=annotator, what `auto` picks on the phantom, so it trains no unused segmenter): the
 #            measured stage seconds (cache/jang/*/_stage.json) against the projection (only with 240 s left);
-#   compile: `bench perf ssl --set ssl.compile=default --feeds end_to_end model_only`: (a) and (b) with the
-#            encoder compiled by inductor, and the first step's compile time (only with 150 s left);
+#   compile: `bench perf ssl --set ssl.compile=MODE --feeds end_to_end model_only`: (a) and (b) with the
+#            encoder compiled by inductor (MODE default, then reduce-overhead = CUDA graphs), and the first
+#            step's compile time (each only with 150 s left);
 #   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds (80 s left);
 #   then OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
 # GPU_CHECKS_STEPS picks steps (default "tests ssl train entry compile suite"), GPU_CHECKS_TRAIN the trainings
@@ -126,12 +127,14 @@ if want entry && enough 240 entry; then
     --set roi.source=annotator --results "$RES" --no-mlflow --name paper-jang >"$RES/run-paper-jang.log" 2>&1
   log "run paper jang rc=$?"
 fi
-if want compile && enough 150 compile; then
-  log "perf ssl, compiled encoder"
-  timeout "$(left $(( BUDGET - 110 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \
-    --warmup 3 --set ssl.compile=default --feeds end_to_end model_only >"$OUT/perf-ssl-compile.txt" 2>&1
-  log "perf ssl compiled rc=$?"
-fi
+for mode in default reduce-overhead; do
+  if want compile && enough 150 "compile $mode"; then
+    log "perf ssl, encoder compiled ($mode)"
+    timeout "$(left $(( BUDGET - 20 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \
+      --warmup 3 --set ssl.compile=$mode --feeds end_to_end model_only >"$OUT/perf-ssl-compile-$mode.txt" 2>&1
+    log "perf ssl compiled ($mode) rc=$?"
+  fi
+done
 if want suite && enough 80 suite; then
   log "perf suite"
   timeout "$(left $(( BUDGET - 10 )))" $BENCH perf suite --profile "$PERF_PROFILE" --device "$DEV" --repeats 3 \

@@ -18,6 +18,9 @@ from methods.multicrop import MultiCropConfig
 from methods.ssl.heads import HEAD_PROFILES, HeadConfig
 
 
+CompileMode = Literal["off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"]
+
+
 @dataclass
 class SSLConfig:
     """Self-supervised pretraining of the encoder on bone patches."""
@@ -40,8 +43,7 @@ class SSLConfig:
     vicreg_cov: float = 1.0                     # VICReg covariance weight
     cls_train: Literal["auto", "always", "never"] = "auto"  # add `cls` train patches (auto: SupCon only, with labels)
     max_steps_per_epoch: int = 0                # cap on steps per epoch; 0 = every patch once
-    compile: Literal["off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"] = "off"
-    # torch.compile mode of the encoder (static shapes, one graph per view size; the last two add CUDA graphs)
+    compile: CompileMode = "off"                # torch.compile mode of the encoder (reduce-overhead, max-autotune: + CUDA graphs)
 
 
 register_section("ssl", SSLConfig, {
