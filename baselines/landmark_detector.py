@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bench.checkpoint import Resumer, generator_states, restore_generators
+from bench.checkpoint import Resumer, loop_state, restore_loop
 from bench.data.format import Dataset
 from bench.errors import BenchError
 from bench.hardware import usable_cores
@@ -203,14 +203,11 @@ def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, gene
     steps = max(1, -(-len(train) // cfg.batch_size))
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps)
     best, best_state, first = float("inf"), None, 0
+    parts, gens = {"model": model, "opt": opt, "sched": sched}, {"train": generator}
     saved = resume.load(map_location=device) if resume is not None else None
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
-        restore_generators(saved["generators"], train=generator)
-        torch.set_rng_state(saved["torch_rng"].cpu())
-        best, best_state, first = saved["best"], saved["best_state"], saved["epoch"] + 1
+        first = restore_loop(saved, parts, gens)
+        best, best_state = saved["best"], saved["best_state"]
     for epoch in range(first, cfg.epochs):
         model.train()
         order = to_device_async(torch.randperm(len(train), generator=generator), device)
@@ -225,9 +222,7 @@ def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, gene
         if best_state is None or (np.isfinite(err) and err < best) or not val:
             best, best_state = (err if np.isfinite(err) else best), copy.deepcopy(model.state_dict())
         if resume is not None:
-            resume.save_due(lambda: {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                                     "sched": sched.state_dict(), "generators": generator_states(train=generator),
-                                     "torch_rng": torch.get_rng_state(), "best": best, "best_state": best_state})
+            resume.save_due(lambda: loop_state(epoch, parts, gens, best=best, best_state=best_state))
     model.load_state_dict(best_state)
     return model
 

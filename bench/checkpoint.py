@@ -88,6 +88,26 @@ class Resumer:
             shutil.rmtree(self.folder, ignore_errors=True)
 
 
+def loop_state(epoch: int, parts: dict[str, Any], generators: dict[str, Any], **extra: Any) -> dict[str, Any]:
+    """The resumable state of a training loop after `epoch`: the ``state_dict()`` of every part (model,
+    optimiser, schedulers), the generators' states, the global CPU RNG state and `extra` values."""
+    import torch
+
+    return {"epoch": epoch, "parts": {name: part.state_dict() for name, part in parts.items()},
+            "generators": generator_states(**generators), "torch_rng": torch.get_rng_state(), **extra}
+
+
+def restore_loop(saved: dict[str, Any], parts: dict[str, Any], generators: dict[str, Any]) -> int:
+    """Put what :func:`loop_state` saved back into `parts` and `generators`; the epoch to start from."""
+    import torch
+
+    for name, part in parts.items():
+        part.load_state_dict(saved["parts"][name])
+    restore_generators(saved["generators"], **generators)
+    torch.set_rng_state(saved["torch_rng"].cpu())      # a CPU state, whatever the map_location of the load
+    return int(saved["epoch"]) + 1
+
+
 def generator_states(**generators: Any) -> dict[str, Any]:
     """``get_state()`` of each torch.Generator by name (CPU byte tensors, also for CUDA generators)."""
     return {name: g.get_state() for name, g in generators.items()}
@@ -99,4 +119,4 @@ def restore_generators(states: dict[str, Any], **generators: Any) -> None:
         g.set_state(states[name].cpu())
 
 
-__all__ = ["Resumer", "resume_dir", "generator_states", "restore_generators", "STATE_FILE"]
+__all__ = ["Resumer", "loop_state", "restore_loop", "resume_dir", "generator_states", "restore_generators", "STATE_FILE"]

@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from torch import nn
 
-from bench.checkpoint import Resumer, generator_states, restore_generators
+from bench.checkpoint import Resumer, loop_state, restore_loop
 from bench.config import register_section
 from bench.errors import BenchError
 from bench.metrics import select_best
@@ -129,15 +129,11 @@ def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cf
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=cfg.epochs * steps_per_epoch)
     history: list[dict[str, float]] = []
     best_state = None
-    first = 0
+    first, parts, gens = 0, {"model": model, "opt": opt, "sched": sched}, {"train": generator}
     saved = resume.load(map_location=device) if resume is not None else None
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        sched.load_state_dict(saved["sched"])
-        restore_generators(saved["generators"], train=generator)
-        torch.set_rng_state(saved["torch_rng"].cpu())
-        history, best_state, first = saved["history"], saved["best_state"], saved["epoch"] + 1
+        first = restore_loop(saved, parts, gens)
+        history, best_state = saved["history"], saved["best_state"]
     for epoch in range(first, cfg.epochs):
         model.train()
         order = train_idx[to_device_async(torch.randperm(len(train_idx), generator=generator), device)]
@@ -153,10 +149,7 @@ def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cf
         if select_best(history) == len(history) - 1:  # strictly better than every earlier epoch
             best_state = copy.deepcopy(model.state_dict())
         if resume is not None:
-            resume.save_due(lambda: {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                                     "sched": sched.state_dict(), "generators": generator_states(train=generator),
-                                     "torch_rng": torch.get_rng_state(), "history": history,
-                                     "best_state": best_state})
+            resume.save_due(lambda: loop_state(epoch, parts, gens, history=history, best_state=best_state))
     best = select_best(history)
     model.load_state_dict(best_state)
     p_all = predict_positive(model, data, prepare, device, eval_batch)

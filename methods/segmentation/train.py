@@ -25,7 +25,7 @@ from typing import Callable, Iterator
 import numpy as np
 import torch
 
-from bench.checkpoint import Resumer, generator_states, restore_generators
+from bench.checkpoint import Resumer, loop_state, restore_loop
 from bench.stage import derive_seed
 from methods.segmentation.config import SegmentationConfig
 from methods.segmentation.data import SegData, augment
@@ -187,25 +187,17 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
     history: list[dict] = []
     train_seconds = 0.0
     start = 0
+    parts = {"model": model, "opt": opt, "lr_sched": lr_sched, "gamma": gamma_sched}
+    gens = {"order": g_order, "augment": g_aug, "latent": g_z}
     saved = resume.load(map_location=device) if resume is not None else None
     if saved is not None:
-        model.load_state_dict(saved["model"])
-        opt.load_state_dict(saved["opt"])
-        lr_sched.load_state_dict(saved["lr_sched"])
-        gamma_sched.load_state_dict(saved["gamma"])
-        restore_generators(saved["generators"], order=g_order, augment=g_aug, latent=g_z)
-        torch.set_rng_state(saved["torch_rng"].cpu())
+        start = restore_loop(saved, parts, gens)
         cum_sum, cum_count, train_seconds = saved["cum_sum"], saved["cum_count"], saved["train_seconds"]
-        best, history, start = (saved["best_ged"], saved["best_epoch"], saved["best_state"]), saved["history"], \
-            saved["epoch"] + 1
+        best, history = saved["best"], saved["history"]
 
     def resumable(epoch: int) -> dict:
-        return {"epoch": epoch, "model": model.state_dict(), "opt": opt.state_dict(),
-                "lr_sched": lr_sched.state_dict(), "gamma": gamma_sched.state_dict(),
-                "generators": generator_states(order=g_order, augment=g_aug, latent=g_z),
-                "torch_rng": torch.get_rng_state(), "cum_sum": cum_sum, "cum_count": cum_count,
-                "train_seconds": train_seconds, "best_ged": best[0], "best_epoch": best[1], "best_state": best[2],
-                "history": history}
+        return loop_state(epoch, parts, gens, cum_sum=cum_sum, cum_count=cum_count, train_seconds=train_seconds,
+                          best=best, history=history)
 
     for epoch in tqdm(range(start, cfg.epochs), disable=not progress, desc="segmentation", unit="epoch",
                       initial=start, total=cfg.epochs):

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from bench.checkpoint import generator_states, restore_generators
+from bench.checkpoint import loop_state, restore_loop
 from bench.errors import BenchError
 from bench.stage import StageContext
 from methods.augment import AugmentConfig
@@ -191,13 +191,10 @@ def pretrain_stage(ctx: StageContext) -> dict:
     total, step, first = cfg.epochs * steps, 0, 0
     gen = ctx.torch_generator("pretrain", device=device)
     resume = ctx.resumer()                   # continue an interrupted pretraining (bench.checkpoint)
+    parts, gens = {"model": p.model, "opt": p.opt}, {"pretrain": gen}
     saved = resume.load(map_location=device)
     if saved is not None:
-        p.model.load_state_dict(saved["model"])
-        p.opt.load_state_dict(saved["opt"])
-        restore_generators(saved["generators"], pretrain=gen)
-        torch.set_rng_state(saved["torch_rng"].cpu())
-        first, step = saved["epoch"] + 1, saved["step"]
+        first, step = restore_loop(saved, parts, gens), saved["step"]
     for epoch in range(first, cfg.epochs):
         p.start_epoch(epoch)
         order = torch.randperm(len(rows), generator=gen, device=device)
@@ -208,9 +205,7 @@ def pretrain_stage(ctx: StageContext) -> dict:
             running += pretrain_step(p, data16, rows_dev[idx], targets[idx], mc, aug, gen, lr)
             step += 1
         ctx.log("ssl_loss", float(running) / max(steps, 1), epoch=epoch)
-        resume.save_due(lambda: {"epoch": epoch, "step": step, "model": p.model.state_dict(),
-                                 "opt": p.opt.state_dict(), "generators": generator_states(pretrain=gen),
-                                 "torch_rng": torch.get_rng_state()})
+        resume.save_due(lambda: loop_state(epoch, parts, gens, step=step))
     torch.save({"encoder": cfg.encoder, "state_dict": p.encoder.state_dict()}, ctx.out_dir / ENCODER_FILE)
     (ctx.out_dir / "pretrain.json").write_text(json.dumps({"patches": int(len(rows)), "steps": int(total)}))
     return {"patches": int(len(rows)), "steps": int(total)}
