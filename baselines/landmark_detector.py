@@ -74,6 +74,11 @@ def _spacing(rec: dict, role: str) -> float:
     return s
 
 
+def loading_threads() -> int:
+    """Threads :func:`load_images` uses by default: the usable cores, at most 8."""
+    return min(8, usable_cores())
+
+
 def load_images(dataset: Dataset, role: str, cfg: LandmarkConfig, threads: int | None = None) -> list[dict]:
     """Per image: working tensor, scale, spacing, reference landmarks (NaN where no masks) and keys.
 
@@ -93,7 +98,7 @@ def load_images(dataset: Dataset, role: str, cfg: LandmarkConfig, threads: int |
                 "spacing": spacing, "truth": truth, "mirror": mirror}
 
     records = dataset.manifest.to_dict("records")
-    threads = min(8, usable_cores()) if threads is None else threads
+    threads = loading_threads() if threads is None else threads
     if threads <= 1 or len(records) < 2:
         return [one(rec) for rec in records]
     with ThreadPoolExecutor(threads) as pool:

@@ -322,7 +322,7 @@ def wang_cost(m: Measurer, stage, config: Config) -> StageCost:
 
 
 def landmarks_cost(m: Measurer, stage, config: Config) -> StageCost:
-    from baselines.landmark_detector import LandmarkNet, landmark_step, resample
+    from baselines.landmark_detector import LandmarkNet, landmark_step, loading_threads, resample
     from baselines.landmarks import reference_landmarks
 
     cfg, sizes = config.landmarks, role_sizes(config)
@@ -356,8 +356,10 @@ def landmarks_cost(m: Measurer, stage, config: Config) -> StageCost:
         resample(image, spacing, cfg.mm_per_px)
         maps = {f"a{i}": labels for i in range(3)}
         return reference_landmarks(maps, {name: 1 / 3 for name in maps}, spacing, cfg)
+    threads = loading_threads()      # the stage loads its images in threads (landmark_detector.load_images)
     loads = [CostPart(f"load {role} images", sizes[role].n,
-                      m.per_image_s(("landmark-load", repr(cfg)), ROLE_PRESETS[role], _profile(config), load))
+                      m.per_image_s(("landmark-load", repr(cfg)), ROLE_PRESETS[role], _profile(config), load,
+                                    threads=threads))
              for role in ("seg", "cls")]
     return StageCost([*loads, CostPart("train steps", cfg.epochs * _ceil(seg.train, cfg.batch_size), step),
                       CostPart("val forward", cfg.epochs * seg.val, fwd_seg),

@@ -149,7 +149,7 @@ class _FixedMeasurer(Measurer):
     def cached(self, key, fn):
         return 1e-3
 
-    def per_image_s(self, key, preset, profile, work):
+    def per_image_s(self, key, preset, profile, work, threads=1):
         return 2e-3
 
 
@@ -211,3 +211,19 @@ def test_cli_projects_chosen_entries_with_sets(capsys, tmp_path):
     out = capsys.readouterr().out
     assert "`bench run --entry clinical radiogrammetry --profile smoke --seeds 0`" in out
     assert "2 distinct stage computations" in out and "segment" not in out
+
+
+def test_threaded_per_image_time_is_a_round_over_its_threads():
+    """per_image_s with threads=T times T images at once and divides by T (what threaded loading costs)."""
+    import time as _time
+
+    m = Measurer("cpu", steps=2, warmup=0)
+    calls = []
+
+    def work(image, labels, spacing):
+        calls.append(1)
+        _time.sleep(0.05)                      # sleeps overlap in threads, as GIL-free decoding does
+    one = m.per_image_s("k", "public", "smoke", work)
+    four = m.per_image_s("k", "public", "smoke", work, threads=4)
+    assert one == pytest.approx(0.05, rel=0.5) and four == pytest.approx(0.05 / 4, rel=0.6)
+    assert len(calls) == 2 + 2 * 4
