@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import io
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -63,6 +64,8 @@ class Resumer:
         if self.history is not None:
             self.history[:] = saved.get("history", [])
         self.last = self.clock()
+        epoch = saved["state"].get("epoch") if isinstance(saved["state"], dict) else None
+        print(f"resuming from the state saved after epoch {epoch} in {self.folder}", file=sys.stderr)
         return saved["state"]
 
     def save_due(self, make_state: Callable[[], dict[str, Any]]) -> bool:

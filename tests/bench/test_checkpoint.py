@@ -18,7 +18,7 @@ class Clock:
         return self.t
 
 
-def test_saves_when_due_and_restores_history(tmp_path):
+def test_saves_when_due_and_restores_history(tmp_path, capsys):
     clock, history = Clock(), [{"metric": "loss", "value": 1.0, "epoch": 0}]
     r = Resumer(tmp_path / "r", every_s=60.0, history=history, clock=clock)
     made = []
@@ -35,6 +35,7 @@ def test_saves_when_due_and_restores_history(tmp_path):
     again = Resumer(tmp_path / "r", every_s=60.0, history=restored, clock=clock)
     state = again.load()
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.arange(3.0))
+    assert "resuming from the state saved after epoch 1" in capsys.readouterr().err
     assert restored == [{"metric": "loss", "value": 1.0, "epoch": 0}]      # as logged at the save
     again.clear()
     assert not (tmp_path / "r").exists()
