@@ -97,7 +97,9 @@ def stage_dirs(run: Path, run_config: dict[str, Any]) -> dict[str, Path]:
         ran = ", ".join(stages) or "none"
         raise BenchError(f"entry {entry!r} has no {', '.join(lacking)} stage(s) (it ran {ran}); a bundle needs "
                          "segmentation, bone patches, an SSL encoder and a linear probe: export a "
-                         "full-method run (simclr, supcon, swav, vicreg) or its single-decoder-/convcrop- ablation")
+                         "full-method run (simclr, supcon, swav, vicreg) or its single-decoder-/convcrop- ablation, "
+                         "run with patches.source=predicted (patches cut from the annotators' or the true masks "
+                         "train no segmentation model)")
     cache = run.parent.parent.parent / "cache"
     dirs = {s: cache / s / str(stages[s]) for s in REQUIRED_STAGES}
     for name, folder in dirs.items():

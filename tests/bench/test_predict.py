@@ -291,3 +291,13 @@ def test_an_image_more_uncertain_than_the_runs_own_is_flagged_out_of_distributio
     assert "out-of-distribution" in res.flags and res.status == "low-confidence"
     assert ours.predict([rad], ["x"], screen=ScreenConfig(min_bones=1, min_confidence=0, ood_factor=1.4))[0].flags \
         == [f for f in res.flags if f != "out-of-distribution"]
+
+
+def test_a_run_on_oracle_patches_cannot_be_exported(tmp_path):
+    """simclr with patches.source=truth ran no segment stage: the export says why and what to do."""
+    from methods.bundle import stage_dirs
+
+    run_dir = tmp_path / "results" / "s" / "simclr" / "seed0"
+    config = {"entry": "simclr", "stages": {"extract": "a", "pretrain": "b", "probe": "c"}}
+    with pytest.raises(BenchError, match="no segment stage.*it ran extract, pretrain, probe.*patches.source=predicted"):
+        stage_dirs(run_dir, config)
