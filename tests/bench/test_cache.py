@@ -1,0 +1,66 @@
+"""`bench cache`: outputs, leftovers and resumable states counted; clean removes the leftovers of
+keys nobody writes (and resumable states only when asked), keeps a key whose lock is held."""
+from __future__ import annotations
+
+import json
+
+from bench.cache import clean, usage
+from bench.cli import main
+from bench.executors.locking import data_lock, stage_lock
+
+
+def _folder(path, nbytes):
+    path.mkdir(parents=True)
+    (path / "blob.bin").write_bytes(b"x" * nbytes)
+    return path
+
+
+def _cache(root):
+    cache = root / "results" / "cache"
+    done = _folder(cache / "segment" / "aaaa", 100)
+    (done / "_stage.json").write_text(json.dumps({"key": "aaaa"}))
+    leftovers = [_folder(cache / "segment" / ".bbbb.tmp-x1y2", 1000), _folder(cache / "segment" / ".aaaa.old-123", 10),
+                 _folder(cache / "phantom" / ".public-smoke.tmp-zz", 50)]
+    busy = _folder(cache / "pretrain" / ".cccc.tmp-q", 7)
+    resume = _folder(cache / "pretrain" / ".dddd.resume", 300)
+    _folder(cache / "phantom" / "public-smoke", 5)
+    return cache, done, leftovers, busy, resume
+
+
+def test_usage_counts_by_kind(tmp_path):
+    cache, *_ = _cache(tmp_path)
+    by = {u.stage: u for u in usage(cache)}
+    assert set(by) == {"segment", "pretrain", "phantom"}                   # .locks is not a stage
+    assert (by["segment"].outputs, by["segment"].output_bytes) == (1, 100 + len(json.dumps({"key": "aaaa"})))
+    assert (len(by["segment"].leftovers), by["segment"].leftover_bytes) == (2, 1010)
+    assert (len(by["pretrain"].resumable), by["pretrain"].resumable_bytes) == (1, 300)
+    assert by["phantom"].outputs == 1 and len(by["phantom"].leftovers) == 1
+
+
+def test_clean_spares_what_is_being_written_and_resumable_states_unless_asked(tmp_path):
+    cache, done, leftovers, busy, resume = _cache(tmp_path)
+    with stage_lock(cache, "pretrain", "cccc"):              # another process computes pretrain/cccc now
+        would, kept, size = clean(cache, dry_run=True)
+        assert sorted(would) == sorted(leftovers) and kept == [busy] and size == 1060
+        assert all(p.exists() for p in leftovers)
+        removed, kept, size = clean(cache)
+    assert sorted(removed) == sorted(leftovers) and kept == [busy] and size == 1060
+    assert not any(p.exists() for p in leftovers) and busy.exists() and resume.exists() and done.exists()
+    with data_lock(cache):                                   # (the phantom lock does not block stage keys)
+        removed, kept, _ = clean(cache, resumable=True)
+    assert sorted(removed) == sorted([busy, resume]) and kept == []
+    assert done.exists() and (cache / "phantom" / "public-smoke").exists()
+
+
+def test_cli_status_and_clean(tmp_path, capsys):
+    cache, *_ = _cache(tmp_path)
+    results = str(tmp_path / "results")
+    assert main(["cache", "--results", results]) == 0
+    out = capsys.readouterr().out
+    assert "segment" in out and "4 leftover folder(s)" in out and "bench cache clean" in out
+    assert main(["cache", "clean", "--results", results, "--dry-run"]) == 0
+    assert "would remove 4 folder(s)" in capsys.readouterr().out
+    assert main(["cache", "clean", "--results", results]) == 0
+    assert "removed 4 folder(s)" in capsys.readouterr().out
+    assert main(["cache", "--results", str(tmp_path / "nowhere")]) == 2
+    assert "not a cache folder" in capsys.readouterr().err
