@@ -19,9 +19,10 @@
 #   compile: `bench perf ssl --set ssl.compile=MODE --feeds end_to_end model_only`: (a) and (b) with the
 #            encoder compiled by inductor (MODE default, then reduce-overhead = CUDA graphs), and the first
 #            step's compile time (each only with 150 s left);
+#   nchw:    `bench perf ssl --set ssl.channels_last=false`: (a), (b) in NCHW (cuDNN BatchNorm; 90 s left);
 #   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds (80 s left);
 #   then OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
-# GPU_CHECKS_STEPS picks steps (default "tests ssl train entry compile suite"), GPU_CHECKS_TRAIN the trainings
+# GPU_CHECKS_STEPS picks steps (default "tests ssl train entry compile nchw suite"), GPU_CHECKS_TRAIN the trainings
 # (default "mose single": the landmark error was measured on 2026-11-26, 1.42 mm). Measured on an H200
 # (2026-11-26): tests + seg + ssl 95 s, suite 70 s; the landmark stage took 245 s beside the two
 # segmentation trainings, which did not finish in 350 s side by side with it (MoSE step 105 ms, single 28 ms).
@@ -36,7 +37,7 @@ RES=${GPU_CHECKS_RESULTS:-$PWD/gpu-results}
 DEV=${GPU_CHECKS_DEVICE:-cuda}
 RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
 PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
-STEPS=" ${GPU_CHECKS_STEPS-tests ssl train entry compile suite} "
+STEPS=" ${GPU_CHECKS_STEPS-tests ssl train entry compile nchw suite} "
 TRAIN=" ${GPU_CHECKS_TRAIN-mose single} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 wanttrain() { [[ "$TRAIN" == *" $1 "* ]]; }
@@ -135,6 +136,12 @@ for mode in default reduce-overhead; do
     log "perf ssl compiled ($mode) rc=$?"
   fi
 done
+if want nchw && enough 90 nchw; then
+  log "perf ssl, NCHW layout"
+  timeout "$(left $(( BUDGET - 20 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \
+    --warmup 5 --set ssl.channels_last=false --feeds end_to_end model_only >"$OUT/perf-ssl-nchw.txt" 2>&1
+  log "perf ssl NCHW rc=$?"
+fi
 if want suite && enough 80 suite; then
   log "perf suite"
   timeout "$(left $(( BUDGET - 10 )))" $BENCH perf suite --profile "$PERF_PROFILE" --device "$DEV" --repeats 3 \

@@ -44,6 +44,7 @@ class SSLConfig:
     cls_train: Literal["auto", "always", "never"] = "auto"  # add `cls` train patches (auto: SupCon only, with labels)
     max_steps_per_epoch: int = 0                # cap on steps per epoch; 0 = every patch once
     compile: CompileMode = "off"                # torch.compile mode of the encoder (reduce-overhead, max-autotune: + CUDA graphs)
+    channels_last: bool = True                  # on CUDA (bf16): NHWC tensors; false keeps NCHW (cuDNN's BatchNorm)
 
 
 register_section("ssl", SSLConfig, {

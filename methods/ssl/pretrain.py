@@ -74,9 +74,9 @@ class Pretrainer:
     """Encoder, head and optimiser of one pretraining run: the state :func:`train_step` updates.
 
     Built by :func:`build_pretrainer`; shared by :func:`pretrain_stage` and ``bench perf ssl``
-    (methods.ssl.perf), so the benchmark times the stage's own step. ``fast`` = bf16 autocast and
-    channels_last (the stage uses it exactly on CUDA; the benchmark's conventional reference
-    turns it off to get eager fp32).
+    (methods.ssl.perf), so the benchmark times the stage's own step. ``fast`` = bf16 autocast and,
+    with ``ssl.channels_last``, the channels-last layout (the stage uses it exactly on CUDA; the
+    benchmark's conventional reference turns it off to get eager fp32).
     """
 
     cfg: SSLConfig
@@ -86,6 +86,10 @@ class Pretrainer:
     opt: torch.optim.Optimizer
     device: torch.device
     fast: bool
+
+    @property
+    def channels_last(self) -> bool:
+        return self.fast and self.cfg.channels_last
 
     def start_epoch(self, epoch: int) -> None:
         """Train mode; SwAV keeps its prototypes frozen for the first ``ssl.swav_freeze_epochs``."""
@@ -98,7 +102,7 @@ def build_pretrainer(cfg: SSLConfig, heads: HeadConfig, device: torch.device | s
                      ) -> Pretrainer:
     """Encoder + the method's head on `device` and the configured optimiser (LARC/LARS foreach, AdamW foreach).
 
-    `fast` defaults to ``device.type == "cuda"`` (bf16 autocast + channels_last only on a GPU).
+    `fast` defaults to ``device.type == "cuda"`` (bf16 autocast + ``ssl.channels_last`` only on a GPU).
     With ``ssl.compile`` other than ``off`` the encoder is compiled in place (:func:`compile_encoder`).
     """
     device = torch.device(device)
@@ -106,7 +110,7 @@ def build_pretrainer(cfg: SSLConfig, heads: HeadConfig, device: torch.device | s
     encoder = build_encoder(cfg.encoder).to(device)
     head = build_head(cfg.method, encoder.num_features, heads).to(device)
     model = nn.ModuleDict({"encoder": encoder, "head": head})
-    if fast:
+    if fast and cfg.channels_last:
         model = model.to(memory_format=torch.channels_last)
     compile_encoder(encoder, cfg.compile)
     groups = param_groups(model, cfg.weight_decay)
@@ -151,7 +155,7 @@ def train_step(p: Pretrainer, views: list[torch.Tensor], labels: torch.Tensor, l
     """
     set_lr(p.opt, lr)
     with torch.autocast(device_type=p.device.type, dtype=torch.bfloat16, enabled=p.fast):
-        feats = _encode(p.encoder, views, n_global, p.fast)
+        feats = _encode(p.encoder, views, n_global, p.channels_last)
     loss = _loss(p.cfg.method, p.cfg, p.head, [f.float() for f in feats], labels, n_global)
     p.opt.zero_grad(set_to_none=True)
     loss.backward()

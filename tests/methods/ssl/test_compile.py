@@ -55,3 +55,19 @@ def test_compiled_encoder_takes_the_eager_step():
 def test_unknown_compile_mode_is_refused():
     with pytest.raises(BenchError, match="ssl.compile"):
         resolve("smoke", sets={"ssl.compile": "fastest"})
+
+
+def test_channels_last_is_a_choice_of_the_fast_path():
+    """`fast` (CUDA's bf16 path, forced here) lays the encoder out channels-last unless ssl.channels_last=false;
+    both layouts take the same step up to bf16 rounding."""
+    config = resolve("smoke")
+    losses = {}
+    for last in (True, False):
+        cfg = dataclasses.replace(config.ssl, encoder="resnet10t", channels_last=last)
+        p = seeded_build(lambda: build_pretrainer(cfg, config.heads, "cpu", fast=True), 3)
+        w = next(t for t in p.encoder.parameters() if t.dim() == 4 and t.shape[1] > 1 and t.shape[-1] > 1)
+        assert p.channels_last is last
+        assert w.is_contiguous(memory_format=torch.channels_last) is last
+        p.start_epoch(0)
+        losses[last] = train_step(p, *_views(0), cfg.lr, n_global=2)
+    torch.testing.assert_close(losses[True], losses[False], rtol=2e-2, atol=2e-2)
