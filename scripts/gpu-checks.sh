@@ -15,7 +15,8 @@
 #            `landmarks` = the landmark stage of `hsieh` (error in mm on the seg test split; stopped once written);
 #   entry:   one full entry at the paper profile, projected then run: `jang` (VGG16 on the wrist ROI; with
 #            roi.source=annotator, what `auto` picks on the phantom, so it trains no unused segmenter): the
-#            measured stage seconds (cache/jang/*/_stage.json) against the projection (only with 240 s left);
+#            measured stage seconds (cache/jang/*/_stage.json) against the projection (only with 180 s left;
+#            its paper phantoms render on 5 cores per preset during the trainings);
 #   compile: `bench perf ssl --set ssl.compile=MODE --feeds end_to_end model_only`: (a) and (b) with the
 #            encoder compiled by inductor (MODE default, then reduce-overhead = CUDA graphs), and the first
 #            step's compile time (each only with 150 s left);
@@ -52,26 +53,29 @@ left() { local l=$(( $1 - $(now) )); [ "$l" -gt 5 ] && echo "$l" || echo 5; }
 log "start: $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")')"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$OUT/timeline.txt" 2>&1
 
-# phantoms of the quick profile, one process per preset, where `bench run --results $RES` looks for them
-for preset in public clinical; do
-  python3 - "$RES" "$preset" "$RUN_PROFILE" >"$OUT/phantom-$preset.txt" 2>&1 <<'EOF' &
+# phantoms of a profile, one background process per preset, where `bench run --results $RES` looks for them
+gen_phantoms() { # profile, workers per preset (0: all cores)
+  for preset in public clinical; do
+    python3 - "$RES" "$preset" "$1" "$2" >"$OUT/phantom-$1-$preset.txt" 2>&1 <<'EOF' &
 import sys
 from pathlib import Path
 from bench.config import resolve
-from bench.data.phantom import synthesize
-from bench.data.phantom import PhantomConfig
+from bench.data.phantom import PhantomConfig, synthesize
 from bench.data.phantom.writer import default_workers
 from bench.data.provision import ROLES, planned_paths
-role = {v: k for k, v in ROLES.items()}[sys.argv[2]]
-config = resolve(sys.argv[3])
-path = planned_paths(config, Path(sys.argv[1]) / "cache")[role]
+res, preset, profile, workers = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+role = {v: k for k, v in ROLES.items()}[preset]
+config = resolve(profile)
+path = planned_paths(config, Path(res) / "cache")[role]
 if not (path / "manifest.csv").is_file():
-    workers = default_workers(PhantomConfig.for_preset(sys.argv[2], sys.argv[3]).n_images)
-    synthesize(path, preset=sys.argv[2], profile=sys.argv[3], seed=config.data.phantom_seed, overwrite=True,
-               workers=workers)
+    n = PhantomConfig.for_preset(preset, profile).n_images
+    synthesize(path, preset=preset, profile=profile, seed=config.data.phantom_seed, overwrite=True,
+               workers=min(workers, default_workers(n)) if workers else default_workers(n))
 print("phantom", path)
 EOF
-done
+  done
+}
+gen_phantoms "$RUN_PROFILE" 0
 
 if want tests; then
   log "cuda tests"
@@ -104,6 +108,8 @@ run() { # name, extra args...
 }
 if want train; then
   log "quick trainings until $TRAIN_END s:$TRAIN"
+  # meanwhile the paper phantoms of the entry step render on a few cores (not part of any timed stage)
+  want entry && gen_phantoms "$PERF_PROFILE" 5
   wanttrain mose && run mose --entry radiogrammetry &
   wanttrain single && run single --entry radiogrammetry --set segmentation.model=single &
   if wanttrain landmarks; then
@@ -119,7 +125,7 @@ if want train; then
   wait; log "trainings done"
 fi
 enough() { [ $(( BUDGET - $(now) )) -ge "$1" ] || { log "skipping $2: $(( BUDGET - $(now) )) s left"; false; }; }
-if want entry && enough 240 entry; then
+if want entry && enough 180 entry; then
   log "paper entry jang: projection"
   timeout 120 $BENCH perf suite --entry jang --profile "$PERF_PROFILE" --device "$DEV" --seeds 0 \
     --set roi.source=annotator --repeats 3 --warmup 2 --results "$RES" >"$OUT/perf-entry-jang.txt" 2>&1
