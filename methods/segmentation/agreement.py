@@ -25,12 +25,13 @@ def consensus(masks: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> 
     if not masks:
         raise BenchError("consensus needs at least one annotator label map")
     shape = next(iter(masks.values())).shape
-    votes = np.zeros((NUM_CLASSES, *shape), dtype=np.float64)
-    rows, cols = np.indices(shape)
+    votes = np.zeros((NUM_CLASSES, *shape), dtype=np.float32)
     for name, labels in masks.items():
         if labels.shape != shape:
             raise BenchError(f"annotator {name!r} label map is {labels.shape}, the others {shape}")
-        np.add.at(votes, (labels.astype(np.int64), rows, cols), float(weights.get(name, 0.0)))
+        weight = np.float32(weights.get(name, 0.0))
+        for c in range(NUM_CLASSES):
+            votes[c] += weight * (labels == c)
     return votes.argmax(axis=0).astype(np.uint8)
 
 

@@ -12,10 +12,12 @@ Output folder::
 
 Evaluation conventions: Dice per bone at native resolution, against the exact phantom truth
 (``truth/`` masks, when the dataset has them) and against each annotator; a bone absent from both
-maps is left out of its mean (NaN). GED, Hungarian-matched IoU and pixel ECE at the working
-resolution (the image's area on the canvas), samples in the compact weighted form unless
-``segmentation.eval_samples`` asks for the standard form; annotations weighted by beta.
-The single-decoder ablation is this stage with ``segmentation.model=single``.
+maps is left out of its mean (NaN); beside them ``dice_consensus_truth``, the annotators' own
+β-weighted consensus against the truth on the same images (methods.segmentation.agreement): what a
+model that learnt the annotators perfectly would about score. GED, Hungarian-matched IoU and pixel ECE at
+the working resolution (the image's area on the canvas), samples in the compact weighted form unless
+``segmentation.eval_samples`` asks for the standard form; annotations weighted by beta. The
+single-decoder ablation is this stage with ``segmentation.model=single``.
 """
 from __future__ import annotations
 
@@ -92,13 +94,18 @@ def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labe
     """Dice (truth, annotators), GED, Hungarian IoU and pixel ECE of one split (module docstring)."""
     from methods.segmentation.evaluate import dice_per_bone, ged, hungarian_iou, pixel_ece
 
-    truth_rows, ann_rows = [], {}
+    from methods.segmentation.agreement import consensus
+
+    truth_rows, ann_rows, ceiling_rows = [], {}, []
     for image_id in data.image_ids:
         pred = labels[image_id]
         truth = truth_mask(dataset, image_id)
+        masks = dataset.masks(image_id)
         if truth is not None:
             truth_rows.append(dice_per_bone(pred, truth))
-        for name, mask in dataset.masks(image_id).items():
+            if masks:      # the annotators' own consensus against the truth: what learning them can reach
+                ceiling_rows.append(dice_per_bone(consensus(masks, dataset.annotator_weights(image_id)), truth))
+        for name, mask in masks.items():
             ann_rows.setdefault(name, []).append(dice_per_bone(pred, mask))
     geds, hious, ece_probs, ece_labels, ece_beta = [], [], [], [], []
     for i, maps, w, mean in iter_samples(model, data, batch_size=cfg.predict_batch,
@@ -111,6 +118,7 @@ def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labe
         ece_beta.append(beta)
     out: dict[str, Any] = {"n_images": len(data)}
     out["dice_truth"] = _mean_dice(truth_rows) if truth_rows else None
+    out["dice_consensus_truth"] = _mean_dice(ceiling_rows) if ceiling_rows else None
     out["dice_annotators"] = {a: _mean_dice(r) for a, r in sorted(ann_rows.items())}
     out["ged"] = float(np.nanmean(geds)) if geds else float("nan")
     out["hungarian_iou"] = float(np.nanmean(hious)) if hious else float("nan")
@@ -220,6 +228,8 @@ def _flat_metrics(split: str, res: dict[str, Any]) -> dict[str, float]:
     out = {f"seg_{split}_{k}": float(res[k]) for k in ("ged", "hungarian_iou", "ece")}
     if res["dice_truth"]:
         out.update({f"seg_{split}_dice_truth_{b}": v for b, v in res["dice_truth"].items()})
+    if res.get("dice_consensus_truth"):
+        out[f"seg_{split}_dice_consensus_truth_mean"] = res["dice_consensus_truth"]["mean"]
     for a, d in res["dice_annotators"].items():
         out[f"seg_{split}_dice_{a}_mean"] = d["mean"]
     if res["dice_annotators"]:

@@ -13,7 +13,9 @@ from bench.data.format import BONES, Dataset, write_manifest
 from bench.data.imageio import read_label_map, write_label_map, write_png16
 from bench.errors import BenchError
 from bench.stage import derive_seed
+from methods.segmentation.agreement import consensus
 from methods.segmentation.data import augment, choose_canvas, image_to_canvas, load_split, one_hot, place
+from methods.segmentation.evaluate import dice_per_bone
 from methods.segmentation.model import build_model
 
 
@@ -148,6 +150,14 @@ def check_outputs(out: Path, phantoms: dict[str, Path]) -> dict:
     assert ent.dtype == np.uint8 and ent.shape[0] == 128              # working resolution (smoke canvas)
     report = json.loads((out / "eval.json").read_text())
     assert set(report["splits"]) == {"val", "test"}
+    for split, res in report["splits"].items():     # the annotators' consensus against the truth, same images
+        ds = Dataset.open(phantoms["seg"])
+        ids = ds.manifest.loc[ds.manifest["split"] == split, "image_id"].astype(str).tolist()
+        rows = [dice_per_bone(consensus(ds.masks(i), ds.annotator_weights(i)),
+                              read_label_map(ds.root / "truth" / "masks" / f"{i}.png")) for i in ids]
+        for bone in BONES:
+            expected = np.nanmean([r[bone] for r in rows])
+            assert res["dice_consensus_truth"][bone] == pytest.approx(expected) and 0.6 < expected <= 1
     assert list((out / "figures").glob("*.png"))
     hist = pd.read_parquet(out / "history.parquet")
     assert {"train_loss", "val_ged", "lr"} <= set(hist["metric"])
