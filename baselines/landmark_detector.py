@@ -263,4 +263,5 @@ def landmark_stage(ctx: StageContext) -> dict:
     return {"metrics": metrics}
 
 
-LANDMARKS = Stage("landmarks", landmark_stage, sections=("landmarks", "run"), datasets=("seg", "cls"))
+LANDMARKS = Stage("landmarks", landmark_stage, sections=("landmarks", "run"), datasets=("seg", "cls"),
+                  splits=("seg",))   # trained on the `seg` splits; detects on (and scores) every `cls` image

@@ -65,6 +65,15 @@ class DataConfig:
     cls: str = ""               # dataset folder with DXA labels; empty: built-in phantom `clinical`
     phantom_seed: int = 0       # seed of the generated phantoms (shared by every run seed, like a real dataset)
     phantom_profile: str = ""   # size of the generated phantoms; empty: the run's profile
+    folds: int = 0              # k-fold cross-validation of `cls` (bench.data.folds); 0: its own split
+    fold: int = 0               # with folds >= 2: the fold held out as the test split (bench run --folds)
+    fold_seed: int = 0          # draws the folds (when `cls` has no fold column) and each fold's val split
+
+    def validate(self) -> None:
+        if self.folds == 1 or self.folds < 0:
+            raise BenchError(f"data.folds = {self.folds}: use 0 (the dataset's own split) or a number of folds >= 2")
+        if self.folds and not 0 <= self.fold < self.folds:
+            raise BenchError(f"data.fold = {self.fold} is not one of the folds 0..{self.folds - 1}")
 
 
 @dataclass

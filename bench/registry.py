@@ -44,6 +44,7 @@ class Stage:
     seeded: bool = True                         # whether the run seed keys the cache
     datasets: tuple[str, ...] = ("seg", "cls")  # datasets whose fingerprints key the cache
     needs: Callable[[Any], Iterable[str]] | None = None  # config -> the inputs it reads under it (None: all)
+    splits: tuple[str, ...] | Callable[[Any], Iterable[str]] | None = None  # datasets whose split it reads (None: all)
 
     def reads(self, config: Any) -> tuple[str, ...]:
         """The inputs this stage reads under `config`: all of ``inputs``, or those ``needs`` names.
@@ -60,6 +61,19 @@ class Stage:
             raise ValueError(f"stage {self.name!r}: needs() named {sorted(unknown)}, not among its inputs "
                              f"{list(self.inputs)}")
         return tuple(i for i in self.inputs if i in needed)
+
+    def split_roles(self, config: Any) -> tuple[str, ...]:
+        """The datasets whose train/val/test assignment this stage reads under `config`.
+
+        Its cache key holds those datasets' full fingerprints and the content alone (images, masks,
+        labels; bench.stage.content_fingerprint) of the others: e.g. the segmentation model reads
+        the `seg` split, not the `cls` one, so the folds of a cross-validation (bench.data.folds)
+        share it. None (the default): every dataset it declares.
+        """
+        if self.splits is None:
+            return self.datasets
+        roles = set(self.splits(config) if callable(self.splits) else self.splits)
+        return tuple(d for d in self.datasets if d in roles)
 
 
 @dataclass(frozen=True)

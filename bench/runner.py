@@ -29,14 +29,15 @@ import pandas as pd
 
 from bench import __version__, results as store
 from bench.config import Config, resolve
+from bench.data.folds import apply_fold
 from bench.data.format import Dataset
 from bench.data.provision import open_all, planned_paths, provide
 from bench.errors import BenchError
 from bench.executors.locking import data_lock, stage_lock
 from bench.metrics import aggregate_subjects, split_metrics
 from bench.registry import Entry, get, stages_to_run
-from bench.stage import (STAGE_MARKER, dataset_fingerprint, is_cached, read_history, run_stage,
-                         stable_hash, stage_key)
+from bench.stage import (STAGE_MARKER, Fingerprint, is_cached, read_history, run_stage, stable_hash,
+                         stage_key)
 
 
 @dataclass
@@ -90,6 +91,11 @@ class RunnerSpec:
                       sets=self.sets, plugins=self.plugins, progress=False)
 
 
+def fold_suffix(fold: int) -> str:
+    """The results folder of fold k of a cross-validated suite is ``<suite>-fold<k>`` (bench.cv)."""
+    return f"-fold{fold}"
+
+
 def resolve_device(name: str, check: bool = True):
     """`auto` → cuda when available else cpu; `cuda` without a GPU is a user error.
 
@@ -134,12 +140,17 @@ class Runner:
         self.executor = executor             # None: bench.executors.local.LocalExecutor
         self.check_device = True             # False in a cluster driver: the workers have the GPUs
         self.auto_device: str | None = None  # what `auto` means where runs execute, if not here (cluster)
-        self._datasets: dict[tuple, tuple[dict[str, Path], dict[str, Dataset], dict[str, str]]] = {}
+        self._datasets: dict[tuple, tuple[dict[str, Path], dict[str, Dataset], dict[str, Fingerprint]]] = {}
 
     # ------------------------------------------------------------------ configuration and plan
     def configure(self, entry: Entry) -> Config:
-        return resolve(self.profile, config_files=self.config_files, sets=self.sets,
-                       entry_overrides=entry.overrides, entry_name=entry.name)
+        config = resolve(self.profile, config_files=self.config_files, sets=self.sets,
+                         entry_overrides=entry.overrides, entry_name=entry.name)
+        if config.data.folds and not self.suite.endswith(fold_suffix(config.data.fold)):
+            raise BenchError(f"data.folds={config.data.folds} cross-validates the `cls` dataset: run it with "
+                             f"`bench run ... --folds {config.data.folds}`, which stores fold k in "
+                             f"<suite>{fold_suffix(0)[:-1]}k and pools the folds (bench.cv)")
+        return config
 
     def device(self, config: Config):
         """The torch.device runs of `config` execute on (``auto`` as the executor says, if it does)."""
@@ -150,8 +161,8 @@ class Runner:
 
     def _data(self, config: Config, generate: bool):
         """Dataset folders, opened datasets and fingerprints for a config (memoised)."""
-        ident = (config.data.seg, config.data.cls, config.data.phantom_seed,
-                 config.data.phantom_profile or config.profile)
+        d = config.data
+        ident = (d.seg, d.cls, d.phantom_seed, d.phantom_profile or config.profile, d.folds, d.fold, d.fold_seed)
         if ident not in self._datasets:
             if generate:
                 with data_lock(self.cache_root):      # concurrent runners generate a phantom once
@@ -160,8 +171,14 @@ class Runner:
                 paths = self._existing_paths(config)
             if paths is None:
                 return None
-            fingerprints = {role: dataset_fingerprint(p) for role, p in paths.items()}
-            self._datasets[ident] = (paths, open_all(paths), fingerprints)
+            datasets = open_all(paths)
+            fingerprints = {role: Fingerprint.of(p) for role, p in paths.items()}
+            if d.folds and "cls" in datasets:           # k-fold cross-validation (bench.data.folds)
+                cls = datasets["cls"]
+                cls = replace(cls, manifest=apply_fold(cls.manifest, d.folds, d.fold, d.fold_seed))
+                datasets["cls"] = cls
+                fingerprints["cls"] = Fingerprint.of(paths["cls"], cls.manifest["split"])
+            self._datasets[ident] = (paths, datasets, fingerprints)
         return self._datasets[ident]
 
     def _existing_paths(self, config: Config) -> dict[str, Path] | None:
@@ -219,7 +236,7 @@ class Runner:
         entries = self.validate(entry_names)
         if self.tracker is not None:
             for entry in entries:
-                self.tracker.entry_run(self.suite, entry.name, tags=_entry_tags(entry))
+                self.tracker.entry_run(self.suite, entry.name, tags=entry_tags(entry))
         return executor.execute(self, [(entry, seed) for entry in entries for seed in seeds])
 
     def skipped(self, planned: PlannedRun) -> Outcome:
@@ -336,7 +353,7 @@ def evaluate(stage_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return subjects, metrics
 
 
-def _entry_tags(entry: Entry) -> dict[str, str]:
+def entry_tags(entry: Entry) -> dict[str, str]:
     return {"osteobench.kind": entry.kind, "osteobench.table": entry.table or "",
             "osteobench.row": entry.row or "", "osteobench.parent": entry.parent or "",
             "osteobench.version": __version__}

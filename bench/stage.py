@@ -44,11 +44,11 @@ def derive_seed(*parts: int | str) -> int:
     return int(np.random.SeedSequence(ints).generate_state(1)[0])
 
 
-def dataset_fingerprint(root: Path) -> str:
+def dataset_fingerprint(root: Path, manifest: bool = True) -> str:
     """Hash of a dataset's metadata files and its images' names and sizes (cheap, content-sensitive)."""
     root = Path(root)
     h = hashlib.sha256()
-    for name in ("manifest.csv", "annotators.csv", "dataset.json"):
+    for name in ("manifest.csv", "annotators.csv", "dataset.json")[0 if manifest else 1:]:
         p = root / name
         h.update(name.encode())
         h.update(p.read_bytes() if p.is_file() else b"-")
@@ -61,16 +61,58 @@ def dataset_fingerprint(root: Path) -> str:
     return h.hexdigest()
 
 
+SPLIT_COLUMNS: tuple[str, ...] = ("split", "fold")
+
+
+def content_fingerprint(root: Path) -> str:
+    """:func:`dataset_fingerprint` without the split and fold columns: what the data is, not how it is split."""
+    root = Path(root)
+    h = hashlib.sha256()
+    manifest = root / "manifest.csv"
+    if manifest.is_file():
+        frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
+        frame = frame.drop(columns=[c for c in SPLIT_COLUMNS if c in frame.columns])
+        h.update(b"manifest-content:" + frame.to_csv(index=False, lineterminator="\n").encode())
+    h.update(dataset_fingerprint(root, manifest=False).encode())
+    return h.hexdigest()
+
+
+@dataclass(frozen=True)
+class Fingerprint:
+    """A dataset as a stage keys it: `full` (content and splits) or `content` (without the splits)."""
+
+    full: str
+    content: str
+
+    @classmethod
+    def of(cls, root: Path, splits: pd.Series | None = None) -> "Fingerprint":
+        """The folder's fingerprints; `splits` (image_id-aligned, e.g. a fold's) replaces the manifest's split."""
+        content = content_fingerprint(root)
+        if splits is None:
+            return cls(dataset_fingerprint(root), content)
+        return cls(stable_hash({"content": content, "splits": [str(v) for v in splits]}), content)
+
+
+def _fingerprint(value: Fingerprint | str, with_splits: bool) -> str:
+    if isinstance(value, Fingerprint):
+        return value.full if with_splits else value.content
+    return value                         # a plain string (planning placeholders, tests): both at once
+
+
 def stage_key(stage: Stage, config: Config, seed: int, input_keys: Mapping[str, str],
-              data_fingerprints: Mapping[str, str], device_type: str) -> tuple[str, dict[str, Any]]:
-    """The cache key of a stage and the material it hashes (saved beside the output)."""
+              data_fingerprints: Mapping[str, Fingerprint | str], device_type: str) -> tuple[str, dict[str, Any]]:
+    """The cache key of a stage and the material it hashes (saved beside the output).
+
+    A dataset whose split the stage does not read (:meth:`Stage.split_roles`) keys it by its content only."""
+    split_roles = stage.split_roles(config)
     material = {
         "stage": stage.name,
         "fn": f"{stage.fn.__module__}.{stage.fn.__qualname__}",
         "sections": {s: config.section_dict(s) for s in stage.sections},
         "options": dict(stage.options),
         "inputs": dict(input_keys),
-        "data": {d: data_fingerprints[d] for d in stage.datasets if d in data_fingerprints},
+        "data": {d: _fingerprint(data_fingerprints[d], d in split_roles)
+                 for d in stage.datasets if d in data_fingerprints},
         "seed": seed if stage.seeded else None,
         "device": device_type,
         "version": __version__,

@@ -23,9 +23,16 @@ SSL_METHODS: dict[str, str] = {"simclr": "SimCLR", "supcon": "SupCon", "swav": "
 PRETRAIN_SECTIONS = ("ssl", "multicrop", "augment", "heads", "run")
 CITATION = "Hwang, Lee & Yoon, Sci. Rep. 2025"
 
-PRETRAIN = Stage("pretrain", pretrain_stage, sections=PRETRAIN_SECTIONS, inputs=("extract",), datasets=("seg", "cls"))
+
+def pretrain_splits(config) -> tuple[str, ...]:
+    """Pretraining reads every `seg` patch, and the `cls` train split only when it adds its labelled patches."""
+    return ("cls",) if config.ssl.uses_cls_train else ()
+
+
+PRETRAIN = Stage("pretrain", pretrain_stage, sections=PRETRAIN_SECTIONS, inputs=("extract",), datasets=("seg", "cls"),
+                 splits=pretrain_splits)
 PRETRAIN_RAW = Stage("pretrain", pretrain_stage, sections=PRETRAIN_SECTIONS, inputs=("extract_raw",),
-                     options={"patches": "extract_raw"}, datasets=("seg", "cls"))
+                     options={"patches": "extract_raw"}, datasets=("seg", "cls"), splits=pretrain_splits)
 PROBE_WHOLE = Stage("probe", probe_stage, sections=("probe", "multicrop", "patches", "run"), inputs=("pretrain",),
                     options={"whole_image": True}, datasets=("cls",))
 FULL = (SEGMENT, EXTRACT, PRETRAIN, PROBE)

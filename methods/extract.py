@@ -197,7 +197,8 @@ def write_contact_sheet(store: PatchStore, datasets: Mapping[str, Dataset], path
     atomic_write_bytes(path, buf.getvalue())
 
 
+# Neither reads a split: the stages that do take it from their datasets (PatchStore.with_splits).
 EXTRACT = Stage("extract", extract_stage, sections=("patches",), inputs=("segment",), datasets=("seg", "cls"),
                 seeded=False,  # deterministic given its inputs (the segment key carries the seed)
-                needs=lambda config: ("segment",) if config.patches.source == "predicted" else ())
-EXTRACT_RAW = Stage("extract_raw", extract_raw_stage, sections=("patches",), datasets=("seg", "cls"))
+                needs=lambda config: ("segment",) if config.patches.source == "predicted" else (), splits=())
+EXTRACT_RAW = Stage("extract_raw", extract_raw_stage, sections=("patches",), datasets=("seg", "cls"), splits=())

@@ -197,6 +197,27 @@ class PatchStore:
                              f"{array.shape}, store.json n={meta['n']}; rerun the extract stage")
         return cls(root=root, index=index, array=array, meta=meta)
 
+    def with_splits(self, datasets: Mapping[str, Any]) -> "PatchStore":
+        """This store with the split column of the run's datasets (``role`` → bench.data.Dataset).
+
+        The extract stage reads no split (bench.registry.Stage.split_roles), so one store serves
+        every split of the same data, e.g. every fold of a cross-validation; the stages that train
+        or select on a split take it from the datasets they run with, through this.
+        """
+        index = self.index.copy()
+        for role, dataset in datasets.items():
+            rows = (index["role"] == role).to_numpy()
+            if not rows.any():
+                continue
+            split_of = dict(zip(dataset.manifest["image_id"].astype(str), dataset.manifest["split"].astype(str)))
+            ids = index.loc[rows, "image_id"].astype(str)
+            unknown = sorted(set(ids) - set(split_of))
+            if unknown:
+                raise BenchError(f"the patch store {self.root} has `{role}` images the dataset lacks "
+                                 f"({unknown[:3]}); it was cut from other data: clear its cache folder and rerun")
+            index.loc[rows, "split"] = ids.map(split_of).to_numpy()
+        return PatchStore(root=self.root, index=index, array=self.array, meta=self.meta, _tensors=self._tensors)
+
     @property
     def patch_size(self) -> int:
         return int(self.meta["patch_size"])

@@ -161,7 +161,7 @@ def pretrain_cost(m: Measurer, stage, config: Config) -> StageCost:
 
     cfg, sizes = config.ssl, role_sizes(config)
     per_image = config.patches.raw_count if stage.options.get("patches") == "extract_raw" else len(BONES)
-    use_cls = cfg.cls_train == "always" or (cfg.cls_train == "auto" and cfg.method == "supcon")
+    use_cls = cfg.uses_cls_train
     n = per_image * (sizes["seg"].n + (sizes["cls"].train if use_cls else 0))
     batch, spe = steps_per_epoch(cfg, n)
     key = ("pretrain", repr(cfg), repr(config.multicrop), repr(config.augment), repr(config.heads),

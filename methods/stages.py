@@ -72,7 +72,7 @@ def probe_stage(ctx: StageContext) -> dict:
     if ctx.options.get("whole_image"):
         index, images = whole_images(ctx.datasets["cls"], ctx.config.patches.patch_size)
     else:
-        store = PatchStore.open(ctx.inputs[ctx.options.get("patches", "extract")])
+        store = PatchStore.open(ctx.inputs[ctx.options.get("patches", "extract")]).with_splits(ctx.datasets)
         index, rows = cls_patches(store)
         images = torch.from_numpy(np.ascontiguousarray(store.array[rows]).astype(np.float32) / 65535.0)
     features = extract_features(encoder, images, size, ctx.device)
@@ -82,7 +82,7 @@ def probe_stage(ctx: StageContext) -> dict:
 
 def supervised_stage(ctx: StageContext) -> dict:
     """Stage `supervised`: the SSL encoder architecture trained end to end on the bone patches."""
-    store = PatchStore.open(ctx.inputs[ctx.options.get("patches", "extract")])
+    store = PatchStore.open(ctx.inputs[ctx.options.get("patches", "extract")]).with_splits(ctx.datasets)
     index, rows = cls_patches(store)
     patches = torch.from_numpy(np.ascontiguousarray(store.array[rows]).astype(np.float32) / 65535.0)
     encoder = build_encoder(ctx.options.get("encoder") or ctx.config.ssl.encoder)

@@ -16,6 +16,7 @@ experiment, with the folder as artifacts (``mlflow=False`` skips it).
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from importlib.resources import files as package_files
 from pathlib import Path
@@ -92,6 +93,11 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
                           "Table 6 compares with it and Table 8 shows it as \"Ours\".")
     if not tests.available:
         page.notes.append("bench.stats was not available: tables carry no significance markers.")
+    folds = sorted({s for s in metrics["split"] if re.fullmatch(r"fold\d+", s)})
+    if folds and cfg.split == "test":
+        page.notes.append(f"Cross-validated suite (bench.cv): its test split is every subject's out-of-fold "
+                          f"prediction over {len(folds)} folds, pooled; tables/summary.csv also has each fold's "
+                          f"own test metrics (splits {folds[0]}..{folds[-1]}).")
 
     with atomic_dir(out, overwrite=True) as tmp:
         _write_tables(tmp / TABLES_DIR, tables, tests, known, summary, cfg, page)

@@ -2,6 +2,7 @@
 
     bench run --suite paper --profile quick
     bench run --suite paper --profile quick --executor ray --address auto --tracking-uri http://head:5000
+    bench run --suite table8 --folds 5        # 5-fold cross-validation, pooled in results/table8-cv5
 """
 from __future__ import annotations
 
@@ -55,6 +56,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="extra attempts of a failed run (default: 1 with --executor ray, 0 locally)")
     p.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N",
                    help="CPUs a Ray task asks for (default: 1)")
+    p.add_argument("--folds", type=int, default=None, metavar="K",
+                   help="k-fold cross-validation of the labelled dataset: fold k into <suite>-fold<k>, the "
+                        "out-of-fold predictions pooled into <suite>-cv<K> (bench.cv)")
+    p.add_argument("--fold", type=int, nargs="+", default=None, metavar="k",
+                   help="with --folds: run only these folds (pooling waits until every fold is done)")
     p.set_defaults(func=run_command)
 
 
@@ -72,30 +78,64 @@ def run_command(args: argparse.Namespace) -> int:
         names = registry.select(args.entry)
     if not names:
         raise BenchError("no entries selected; `bench list` shows what is registered")
+    if args.fold is not None and args.folds is None:
+        raise BenchError("--fold picks folds of a cross-validation: give the number of folds with --folds K")
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.profile]
+    parts = [(suite, [])]                      # (results suite, extra --set options) per runner
+    if args.folds is not None:
+        from bench import cv
+
+        parts = [(cv.fold_suite(suite, k), cv.fold_sets(args.folds, k)) for k in cv.check_folds(args.folds, args.fold)]
     executor = make_executor(args.executor, address=args.address, retries=args.retries,
                              cpus_per_task=args.cpus_per_task)
-    runner = Runner(args.results, suite=suite, profile=args.profile, config_files=args.config_files,
-                    sets=args.sets, data_seg=args.data_seg, data_cls=args.data_cls, device=args.device,
-                    plugins=args.plugin, executor=executor)
-    if args.executor == "ray":
-        runner.check_device = False        # the cluster's nodes have the GPUs, maybe not this driver
+    runners = [Runner(args.results, suite=name, profile=args.profile, config_files=args.config_files,
+                      sets=[*args.sets, *extra], data_seg=args.data_seg, data_cls=args.data_cls, device=args.device,
+                      plugins=args.plugin, executor=executor) for name, extra in parts]
+    for runner in runners:
+        if args.executor == "ray":
+            runner.check_device = False        # the cluster's nodes have the GPUs, maybe not this driver
+        if args.dry_run or args.executor == "local":
+            runner.validate(names)             # user errors before the tracking store is opened
     if args.dry_run:
-        runner.validate(names)
-        print_plan(runner, names, seeds)
+        for runner in runners:
+            print_plan(runner, names, seeds)
         return 0
-    if args.executor == "local":
-        runner.validate(names)             # user errors before the tracking store is opened
+    tracker = None
     if not args.no_mlflow:
         from bench.tracking import Tracker
 
-        runner.tracker = Tracker(args.results, uri=args.tracking_uri)
+        tracker = Tracker(args.results, uri=args.tracking_uri)
+    outcomes = []
     try:
-        outcomes = runner.run(names, seeds)
+        for runner in runners:
+            runner.tracker = tracker
+            done = runner.run(names, seeds)
+            print_summary(done, Path(args.results) / runner.suite)
+            outcomes += done
     finally:
         executor.close()
-    print_summary(outcomes, Path(args.results) / suite)
+    if args.folds is not None:
+        print_pooled(args.results, suite, args.folds, names, seeds, tracker)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
+
+
+def print_pooled(results: Path, suite: str, folds: int, names: list[str], seeds: list[int], tracker) -> None:
+    """Pool the folds that are complete (bench.cv) and print the out-of-fold test metrics."""
+    from bench import cv
+    from bench.registry import get
+    from bench.runner import entry_tags
+
+    rows = cv.pool_all(results, suite, folds, names, seeds, tracker,
+                       tags={n: entry_tags(get(n)) for n in names})
+    frame = pd.DataFrame(rows)
+    for col in ("test_f1", "test_auc", "test_accuracy"):
+        if col in frame.columns:
+            frame[col] = frame[col].map(_fmt)
+    print(f"out-of-fold test predictions of {folds} folds:")
+    print(frame.fillna("-").to_string(index=False))
+    waiting = int((frame["status"] == "incomplete").sum())
+    print(f"pooled runs in {Path(results) / cv.cv_suite(suite, folds)}"
+          + (f"; {waiting} wait for folds still to run" if waiting else ""))
 
 
 def print_plan(runner, names: list[str], seeds: list[int]) -> None:

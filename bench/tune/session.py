@@ -114,6 +114,10 @@ class Setup:
             extra["segmentation.eval_splits"] = "val"      # the test split is never touched
         self.sets = {**user, **extra}
         self.base = self.config({})
+        if self.base.data.folds:
+            raise BenchError(f"bench tune selects on one validation split; data.folds={self.base.data.folds} "
+                             "cross-validates `bench run --folds`: tune without it, then run the tuned config "
+                             "across the folds")
         if self.entry is not None:
             check_entry(self.entry, self.base)
         require_mose(self.base)

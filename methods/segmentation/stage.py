@@ -237,4 +237,5 @@ def _flat_metrics(split: str, res: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-SEGMENT = Stage("segment", segment_stage, sections=("segmentation", "run"), datasets=("seg", "cls"))
+SEGMENT = Stage("segment", segment_stage, sections=("segmentation", "run"), datasets=("seg", "cls"),
+                splits=("seg",))   # trained and evaluated on the `seg` splits; predicts every `cls` image

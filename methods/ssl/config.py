@@ -46,6 +46,11 @@ class SSLConfig:
     compile: CompileMode = "off"                # torch.compile mode of the encoder (reduce-overhead, max-autotune: + CUDA graphs)
     channels_last: bool = True                  # on CUDA (bf16): NHWC tensors; false keeps NCHW (cuDNN's BatchNorm)
 
+    @property
+    def uses_cls_train(self) -> bool:
+        """Whether pretraining adds the labelled `cls` train patches (``cls_train``; auto: SupCon only)."""
+        return self.cls_train == "always" or (self.cls_train == "auto" and self.method == "supcon")
+
 
 register_section("ssl", SSLConfig, {
     "smoke": {"encoder": "resnet18", "epochs": 2, "batch_size": 32, "warmup_epochs": 0, "lr": 0.05,

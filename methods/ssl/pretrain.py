@@ -182,9 +182,8 @@ def steps_per_epoch(cfg: SSLConfig, n_patches: int) -> tuple[int, int]:
 def pretrain_stage(ctx: StageContext) -> dict:
     """Stage `pretrain`: writes encoder.pt (timm name + state dict) and logs the loss per epoch."""
     cfg, mc, aug, heads = ctx.config.ssl, ctx.config.multicrop, ctx.config.augment, ctx.config.heads
-    store = PatchStore.open(ctx.inputs[ctx.options.get("patches", "extract")])
-    use_cls = cfg.cls_train == "always" or (cfg.cls_train == "auto" and cfg.method == "supcon")
-    rows, labels = pretraining_set(store, use_cls)
+    store = PatchStore.open(ctx.inputs[ctx.options.get("patches", "extract")]).with_splits(ctx.datasets)
+    rows, labels = pretraining_set(store, cfg.uses_cls_train)
     device = ctx.device
     # the store stays resident on the device as uint16; batches are gathered and augmented there
     data16 = resident_store(store, device)

@@ -69,7 +69,7 @@ def toy_fail(ctx) -> dict:
     raise RuntimeError("this toy entry always fails")
 
 
-PREP = Stage("toy_prep", toy_prep, sections=("run",), datasets=("cls",))
+PREP = Stage("toy_prep", toy_prep, sections=("run",), datasets=("cls",), splits=())   # reads no split
 register(Entry("toy", "two-stage toy entry", stages=(PREP, Stage("toy_probe", toy_probe, inputs=("toy_prep",),
                                                                  datasets=("cls",))),
                kind="example", table="table3", row="Toy"))
