@@ -1,7 +1,6 @@
 """k-fold cross-validation: fold splits, split-free stage keys, the fold runs and their pooling (bench.cv)."""
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
