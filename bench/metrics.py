@@ -22,7 +22,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
-from sklearn.metrics import accuracy_score, precision_recall_fscore_support, roc_auc_score
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, brier_score_loss,
+                             precision_recall_fscore_support, roc_auc_score)
 
 from bench.data.format import BONES, SPLITS
 from bench.errors import BenchError
@@ -35,6 +36,7 @@ SUBJECT_COLUMNS: tuple[str, ...] = ("subject_id", "split", "y_true", "p_pos", "y
 BONE_PREDICTION_COLUMNS: tuple[str, ...] = ("subject_id", "split", "bone", "y_true", "p_pos")
 #: Keys of :func:`classification_metrics`, in a stable order.
 METRIC_KEYS: tuple[str, ...] = ("precision", "recall", "f1", "accuracy", "auc", "macro_f1",
+                                "specificity", "npv", "balanced_accuracy", "average_precision", "brier",
                                 "n", "n_pos", "n_unscored", "n_unlabeled")
 #: Subject decision threshold on the mean positive probability (eq. 10 with two classes).
 DECISION_THRESHOLD = 0.5
@@ -140,6 +142,11 @@ def _order_rows(frame: pd.DataFrame) -> pd.DataFrame:
 def classification_metrics(y_true: Any, p_pos: Any, threshold: float = DECISION_THRESHOLD) -> dict[str, float]:
     """Positive-label precision, recall, F1, accuracy, AUC, plus macro-F1 and counts (paper "Metrics").
 
+    Beyond the paper, what a screening study reports beside them: specificity and negative
+    predictive value (recall and precision of the negative class), balanced accuracy, average
+    precision (the area under the precision-recall curve, scikit-learn's step-wise estimate; its
+    chance level is the prevalence) and the Brier score of the probabilities.
+
     ``y_pred = p_pos > threshold`` (strict, as the subject decision). Rows with NaN p_pos count in
     ``n_unscored``, rows with unknown y_true in ``n_unlabeled``; both are excluded from everything
     else. ``n``/``n_pos`` count the scored rows and their positives. Fewer than two classes →
@@ -170,9 +177,12 @@ def classification_metrics(y_true: Any, p_pos: Any, threshold: float = DECISION_
     yp = (ps > threshold).astype(np.int64)
     prec, rec, f1, _ = precision_recall_fscore_support(yt, yp, labels=[0, 1], average=None, zero_division=0)
     out.update(precision=float(prec[1]), recall=float(rec[1]), f1=float(f1[1]),
-               accuracy=float(accuracy_score(yt, yp)), macro_f1=float(np.mean(f1)))
+               accuracy=float(accuracy_score(yt, yp)), macro_f1=float(np.mean(f1)),
+               specificity=float(rec[0]), npv=float(prec[0]), brier=float(brier_score_loss(yt, ps, pos_label=1)))
     if len(classes) == 2:
         out["auc"] = float(roc_auc_score(yt, ps))
+        out["average_precision"] = float(average_precision_score(yt, ps))
+        out["balanced_accuracy"] = float(balanced_accuracy_score(yt, yp))
     return out
 
 

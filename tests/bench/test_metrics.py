@@ -7,7 +7,8 @@ import warnings
 import numpy as np
 import pandas as pd
 import pytest
-from sklearn.metrics import accuracy_score, f1_score, precision_score, recall_score, roc_auc_score
+from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, brier_score_loss,
+                             f1_score, precision_score, recall_score, roc_auc_score)
 
 from bench import BenchError
 from bench.data import BONES
@@ -82,6 +83,24 @@ def test_agrees_with_sklearn_on_random_data(seed):
     assert m["macro_f1"] == pytest.approx(f1_score(y, yp, average="macro", labels=[0, 1], zero_division=0),
                                           abs=1e-12)
     assert (m["n"], m["n_pos"]) == (n, int(y.sum()))
+    assert m["specificity"] == pytest.approx(recall_score(y, yp, pos_label=0, zero_division=0), abs=1e-12)
+    assert m["npv"] == pytest.approx(precision_score(y, yp, pos_label=0, zero_division=0), abs=1e-12)
+    assert m["balanced_accuracy"] == pytest.approx(balanced_accuracy_score(y, yp), abs=1e-12)
+    assert m["average_precision"] == pytest.approx(average_precision_score(y, p), abs=1e-12)
+    assert m["brier"] == pytest.approx(brier_score_loss(y, p), abs=1e-12)
+
+
+def test_screening_metrics_by_hand():
+    # y 0 1 1 0 1, p .2 .7 .4 .6 .9 → decisions 0 1 0 1 1: TN 1, FP 1, TP 2, FN 1
+    m = classification_metrics([0, 1, 1, 0, 1], [0.2, 0.7, 0.4, 0.6, 0.9])
+    assert m["specificity"] == pytest.approx(1 / 2) and m["npv"] == pytest.approx(1 / 2)
+    assert m["balanced_accuracy"] == pytest.approx((2 / 3 + 1 / 2) / 2)
+    assert m["average_precision"] == pytest.approx((1 + 1 + 3 / 4) / 3)      # positives ranked 1st, 2nd, 4th
+    assert m["brier"] == pytest.approx((0.04 + 0.09 + 0.36 + 0.36 + 0.01) / 5)
+    with pytest.warns(SingleClassWarning):
+        one = classification_metrics([1, 1], [0.9, 0.2])
+    assert math.isnan(one["balanced_accuracy"]) and math.isnan(one["average_precision"])
+    assert one["brier"] == pytest.approx((0.01 + 0.64) / 2)
 
 
 @pytest.mark.parametrize("seed", range(10))
