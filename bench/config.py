@@ -68,6 +68,7 @@ class DataConfig:
     folds: int = 0              # k-fold cross-validation of `cls` (bench.data.folds); 0: its own split
     fold: int = 0               # with folds >= 2: the fold held out as the test split (bench run --folds)
     fold_seed: int = 0          # draws the folds (when `cls` has no fold column) and each fold's val split
+    fold_by: str = ""           # a `cls` manifest column, e.g. site: one fold per value (leave-one-site-out)
 
     def validate(self) -> None:
         if self.folds == 1 or self.folds < 0:

@@ -11,7 +11,10 @@ into ``results/S-fold<k>/`` like any suite, then writes the pooled runs::
 
 so ``bench show``, ``bench compare`` (paired tests on all subjects instead of one test split) and
 ``bench report --suite S-cv<K>`` read it as any suite. Pooling is what scikit-learn's
-``cross_val_predict`` returns; the per-fold metrics give the spread between folds. Stages that read
+``cross_val_predict`` returns; the per-fold metrics give the spread between folds. With
+``data.fold_by=site`` each fold holds out one site (external validation), and its own test metrics
+are that site's. The pooled predictions come from K different models, so the pooled AUC also
+reflects how well their scores agree in scale; the per-fold AUCs do not. Stages that read
 no `cls` split (segmentation, patch extraction, landmarks, SSL pretraining but SupCon's) are shared
 by every fold through the stage cache, so K folds cost K probes, not K pretrainings.
 """
@@ -75,8 +78,8 @@ def pool(results: Path, suite: str, folds: int, entry: str, seed: int) -> tuple[
     first = runs[0].config
     config = {"suite": cv_suite(suite, folds), "entry": entry, "seed": seed, "profile": first.get("profile"),
               "run_key": run_key, "folds": folds, "version": first.get("version"), "data": first.get("data"),
-              "fold_runs": [{"fold": k, "run_key": r.config.get("run_key"), "path": str(r.path)}
-                            for k, r in enumerate(runs)],
+              "fold_runs": [{"fold": k, "holds_out": r.config.get("cv", {}).get("holds_out", f"fold {k}"),
+                             "run_key": r.config.get("run_key"), "path": str(r.path)} for k, r in enumerate(runs)],
               "config": _pooled_config(first.get("config", {}))}
     path = store.write_run(results, cv_suite(suite, folds), entry, seed, config=config, metrics=metrics,
                            predictions=pooled)
@@ -118,6 +121,7 @@ def pool_all(results: Path, suite: str, folds: int, entries: Sequence[str], seed
             if path is not None:
                 run = store.read_run(path)
                 row.update({f"test_{m}": run.metrics["test"].get(m) for m in ("f1", "auc", "accuracy")})
+                row["held_out"] = ", ".join(f"{f['fold']}: {f['holds_out']}" for f in run.config["fold_runs"])
                 if status == "pooled" and tracker is not None:
                     tracker.entry_run(cv_suite(suite, folds), entry, tags=(tags or {}).get(entry))
                     tracker.log_seed_run(cv_suite(suite, folds), entry, seed, params=run.config["config"],

@@ -29,7 +29,7 @@ import pandas as pd
 
 from bench import __version__, results as store
 from bench.config import Config, resolve
-from bench.data.folds import apply_fold
+from bench.data.folds import apply_fold, fold_names
 from bench.data.format import Dataset
 from bench.data.provision import open_all, planned_paths, provide
 from bench.errors import BenchError
@@ -162,7 +162,8 @@ class Runner:
     def _data(self, config: Config, generate: bool):
         """Dataset folders, opened datasets and fingerprints for a config (memoised)."""
         d = config.data
-        ident = (d.seg, d.cls, d.phantom_seed, d.phantom_profile or config.profile, d.folds, d.fold, d.fold_seed)
+        ident = (d.seg, d.cls, d.phantom_seed, d.phantom_profile or config.profile, d.folds, d.fold, d.fold_seed,
+                 d.fold_by)
         if ident not in self._datasets:
             if generate:
                 with data_lock(self.cache_root):      # concurrent runners generate a phantom once
@@ -175,7 +176,9 @@ class Runner:
             fingerprints = {role: Fingerprint.of(p) for role, p in paths.items()}
             if d.folds and "cls" in datasets:           # k-fold cross-validation (bench.data.folds)
                 cls = datasets["cls"]
-                cls = replace(cls, manifest=apply_fold(cls.manifest, d.folds, d.fold, d.fold_seed))
+                held_out = fold_names(cls.manifest, d.folds, d.fold_by)[d.fold]
+                cls = replace(cls, manifest=apply_fold(cls.manifest, d.folds, d.fold, d.fold_seed, d.fold_by),
+                              meta={**cls.meta, "cv": {"folds": d.folds, "fold": d.fold, "holds_out": held_out}})
                 datasets["cls"] = cls
                 fingerprints["cls"] = Fingerprint.of(paths["cls"], cls.manifest["split"])
             self._datasets[ident] = (paths, datasets, fingerprints)
@@ -227,6 +230,12 @@ class Runner:
             self.device(self.configure(entry))
         return entries
 
+    def check_data(self, entry_names: Sequence[str]) -> None:
+        """Provide (generate) and open each entry's datasets now, so that data errors (e.g. folds the
+        `cls` dataset cannot make) stop the command before any run instead of failing every run."""
+        for entry in self.validate(entry_names):
+            self._data(self.configure(entry), generate=True)
+
     def run(self, entry_names: Sequence[str], seeds: Sequence[int]) -> list[Outcome]:
         """Every (entry, seed), through the runner's executor (local by default); outcomes in that order."""
         from bench.executors.local import LocalExecutor
@@ -275,6 +284,8 @@ class Runner:
             run_config = {"suite": self.suite, "entry": entry.name, "seed": seed, "profile": self.profile,
                           "run_key": planned.run_key, "stages": keys, "version": __version__,
                           "data": {r: str(p) for r, p in paths.items()}, "config": entry_config(entry, config)}
+            if "cls" in datasets and "cv" in datasets["cls"].meta:
+                run_config["cv"] = datasets["cls"].meta["cv"]     # which fold, and what it holds out
             path = store.write_run(self.results, self.suite, entry.name, seed, config=run_config,
                                    metrics=metrics, predictions=predictions,
                                    history=history if len(history) else None)

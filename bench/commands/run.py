@@ -96,6 +96,8 @@ def run_command(args: argparse.Namespace) -> int:
             runner.check_device = False        # the cluster's nodes have the GPUs, maybe not this driver
         if args.dry_run or args.executor == "local":
             runner.validate(names)             # user errors before the tracking store is opened
+        if args.folds is not None and not args.dry_run:
+            runner.check_data(names)           # folds the `cls` dataset cannot make: one message, exit 2
     if args.dry_run:
         for runner in runners:
             print_plan(runner, names, seeds)
@@ -131,7 +133,8 @@ def print_pooled(results: Path, suite: str, folds: int, names: list[str], seeds:
     for col in ("test_f1", "test_auc", "test_accuracy"):
         if col in frame.columns:
             frame[col] = frame[col].map(_fmt)
-    print(f"out-of-fold test predictions of {folds} folds:")
+    held = frame.pop("held_out").dropna() if "held_out" in frame.columns else pd.Series(dtype=object)
+    print(f"out-of-fold test predictions of {folds} folds" + (f" (held out: {held.iloc[0]})" if len(held) else "") + ":")
     print(frame.fillna("-").to_string(index=False))
     waiting = int((frame["status"] == "incomplete").sum())
     print(f"pooled runs in {Path(results) / cv.cv_suite(suite, folds)}"

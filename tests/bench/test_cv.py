@@ -13,7 +13,7 @@ from sklearn.metrics import roc_auc_score
 
 from bench import cv, registry, results as store
 from bench.config import resolve
-from bench.data.folds import apply_fold, cv_splits, fold_of
+from bench.data.folds import apply_fold, cv_splits, fold_names, fold_of
 from bench.errors import BenchError
 from bench.runner import Runner
 from bench.stage import Fingerprint, dataset_fingerprint, stage_key
@@ -72,6 +72,26 @@ def test_fold_column_is_used_and_checked():
         fold_of(crossing, 3, seed=0)
     with pytest.raises(BenchError, match="not one of the folds"):
         cv_splits(m, 3, 3, seed=0)
+
+
+def test_leave_one_site_out_folds():
+    m = _manifest(30).assign(site=lambda f: np.where(f["subject_id"].str[1:].astype(int) < 12, "north", "east"))
+    assert fold_of(m, 2, seed=0, by="site").tolist() == (m["site"] == "north").astype(int).tolist()  # sorted
+    assert fold_names(m, 2, "site") == ["east", "north"]
+    split = cv_splits(m, 2, 1, seed=0, by="site")
+    assert set(split[m["site"] == "north"]) == {"test"} and "test" not in set(split[m["site"] == "east"])
+    with pytest.raises(BenchError, match="run with --folds 2"):
+        fold_of(m, 3, seed=0, by="site")
+    with pytest.raises(BenchError, match="not a column"):
+        fold_of(m, 2, seed=0, by="scanner")
+    blank = m.copy()
+    blank.loc[0, "site"] = " "
+    with pytest.raises(BenchError, match="no 'site'"):
+        fold_of(blank, 2, seed=0, by="site")
+    moved = m.copy()
+    moved.loc[moved["image_id"] == "s000-1", "site"] = "east"        # one subject imaged at both sites
+    with pytest.raises(BenchError, match="in two folds"):
+        fold_of(moved, 2, seed=0, by="site")
 
 
 def test_stages_that_read_no_split_keep_their_key_across_folds():
@@ -171,6 +191,7 @@ def test_cli_folds_run_each_fold_and_pool_out_of_fold_predictions(tmp_path, tiny
             assert sorted(preds.loc[preds["fold"] == k, "subject_id"]) == sorted(test["subject_id"])
             assert pooled.metrics[f"fold{k}"]["auc"] == pytest.approx(fold_run.metrics["test"]["auc"])
             assert fold_run.config["config"]["data"]["fold"] == k
+            assert fold_run.config["cv"] == {"folds": 3, "fold": k, "holds_out": f"fold {k}"}
         assert pooled.metrics["test"]["auc"] == pytest.approx(roc_auc_score(preds["y_true"], preds["p_pos"]))
         assert pooled.config["config"]["data"]["fold"] == "all"
 
@@ -186,6 +207,22 @@ def test_cli_folds_run_each_fold_and_pool_out_of_fold_predictions(tmp_path, tiny
 
     bad = _cli(tmp_path, tiny_dataset, "--folds", "3", "--fold", "3", "--no-mlflow")
     assert bad.returncode == 2 and "not one of the folds 0..2" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_cli_leave_one_site_out_names_the_sites_and_refuses_a_wrong_fold_count(tmp_path, tiny_dataset):
+    manifest = pd.read_csv(tiny_dataset / "manifest.csv", dtype=str, keep_default_na=False)
+    manifest["site"] = np.where(np.arange(len(manifest)) % 3 == 0, "B", "A")
+    manifest.to_csv(tiny_dataset / "manifest.csv", index=False)
+    wrong = _cli(tmp_path, tiny_dataset, "--folds", "3", "--set", "data.fold_by=site", "--no-mlflow")
+    assert wrong.returncode == 2 and "run with --folds 2" in wrong.stderr and "Traceback" not in wrong.stderr
+    assert not (tmp_path / "toy.log").exists()                                  # nothing ran
+    ok = _cli(tmp_path, tiny_dataset, "--folds", "2", "--set", "data.fold_by=site", "--no-mlflow")
+    assert ok.returncode == 0, ok.stderr
+    assert "held out: 0: A, 1: B" in ok.stdout
+    pooled = store.read_run(store.run_dir(tmp_path / "results", "t-cv2", "toy", 0))
+    site_of = dict(zip(manifest["subject_id"], manifest["site"]))
+    assert {site_of[s] for s in pooled.predictions.loc[pooled.predictions["fold"] == 1, "subject_id"]} == {"B"}
+    assert [f["holds_out"] for f in pooled.config["fold_runs"]] == ["A", "B"]
 
 
 def test_pooling_refuses_folds_that_overlap(tmp_path, tiny_dataset):
