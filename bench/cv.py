@@ -121,7 +121,9 @@ def pool_all(results: Path, suite: str, folds: int, entries: Sequence[str], seed
             if path is not None:
                 run = store.read_run(path)
                 row.update({f"test_{m}": run.metrics["test"].get(m) for m in ("f1", "auc", "accuracy")})
-                row["held_out"] = ", ".join(f"{f['fold']}: {f['holds_out']}" for f in run.config["fold_runs"])
+                named = [f for f in run.config["fold_runs"] if f["holds_out"] != f"fold {f['fold']}"]
+                if named:                                          # leave-one-group-out: which group is which
+                    row["held_out"] = ", ".join(f"{f['fold']}: {f['holds_out']}" for f in run.config["fold_runs"])
                 if status == "pooled" and tracker is not None:
                     tracker.entry_run(cv_suite(suite, folds), entry, tags=(tags or {}).get(entry))
                     tracker.log_seed_run(cv_suite(suite, folds), entry, seed, params=run.config["config"],
