@@ -34,6 +34,7 @@ import torch
 from torch import nn
 
 from bench.config import Config
+from bench.stage import Fingerprint
 from bench.data.provision import planned_paths
 from bench.errors import BenchError
 from bench.registry import Stage
@@ -237,7 +238,9 @@ class PlanningRunner(Runner):
         if found is not None:
             return found
         paths = planned_paths(config, self.cache_root)
-        return paths, {}, {role: f"planned:{path.name}" for role, path in paths.items()}
+        fold = f":fold{config.data.fold}of{config.data.folds}" if config.data.folds else ""
+        return paths, {}, {role: Fingerprint(f"planned:{path.name}" + (fold if role == "cls" else ""),
+                                             f"planned:{path.name}") for role, path in paths.items()}
 
 
 @dataclass
@@ -270,11 +273,20 @@ def distinct_stages(plans: Iterable[PlannedRun]) -> list[DistinctStage]:
 
 
 def plan_suite(entries: Sequence[str], seeds: Sequence[int], profile: str, device: str,
-               sets: Sequence[str] = (), results: str = "results") -> list[DistinctStage]:
-    """The distinct stages of running `entries` × `seeds` at `profile` (``bench run --dry-run``'s plan)."""
-    runner = PlanningRunner(results, suite="perf", profile=profile, sets=sets, device=device, progress=False)
-    runner.validate(entries)
-    return distinct_stages(runner.plan(entries, seeds, generate=False))
+               sets: Sequence[str] = (), results: str = "results", folds: int | None = None) -> list[DistinctStage]:
+    """The distinct stages of running `entries` × `seeds` at `profile` (``bench run --dry-run``'s plan);
+    with `folds`, of every fold of ``bench run --folds`` (stages that read no `cls` split counted once)."""
+    from bench import cv
+
+    parts = [("perf", [])] if folds is None else \
+        [(cv.fold_suite("perf", k), cv.fold_sets(folds, k)) for k in cv.check_folds(folds)]
+    plans = []
+    for suite, extra in parts:
+        runner = PlanningRunner(results, suite=suite, profile=profile, sets=[*sets, *extra], device=device,
+                                progress=False)
+        runner.validate(entries)
+        plans += runner.plan(entries, seeds, generate=False)
+    return distinct_stages(plans)
 
 
 # --------------------------------------------------------------------------- projection

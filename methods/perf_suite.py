@@ -31,6 +31,7 @@ seeds and entries sharing a configuration are measured once.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,8 +60,18 @@ class RoleSize:
 
 
 def role_sizes(config: Config) -> dict[str, RoleSize]:
-    """Image counts per split and native size of both datasets (module docstring)."""
-    return _role_sizes(config.data.seg, config.data.cls, config.data.phantom_profile or config.profile)
+    """Image counts per split and native size of both datasets (module docstring); in a fold of a
+    cross-validation (``data.folds``) the `cls` train and val splits are the fold's (bench.data.folds)."""
+    sizes = _role_sizes(config.data.seg, config.data.cls, config.data.phantom_profile or config.profile)
+    folds = config.data.folds
+    if folds and "cls" in sizes:
+        from bench.data.folds import TRAIN_VAL_FRACTIONS
+
+        cls = sizes["cls"]
+        rest = cls.n * (folds - 1) / folds
+        sizes = {**sizes, "cls": dataclasses.replace(cls, train=round(rest * TRAIN_VAL_FRACTIONS[0]),
+                                                      val=round(rest * TRAIN_VAL_FRACTIONS[1]))}
+    return sizes
 
 
 @functools.lru_cache(maxsize=None)

@@ -110,7 +110,10 @@ def perf_suite(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     names = [registry.get(n).name for n in args.entries] if args.entries else registry.resolve_suite(args.suite)
     what = f"--entry {' '.join(names)}" if args.entries else f"--suite {args.suite}"
-    stages = plan_suite(names, args.seeds, args.profile, str(device), sets=args.sets, results=str(args.results))
+    stages = plan_suite(names, args.seeds, args.profile, str(device), sets=args.sets, results=str(args.results),
+                        folds=args.folds)
+    if args.folds:
+        what += f" --folds {args.folds}"
     models = {**builtin_cost_models(device, steps=args.repeats, warmup=args.warmup), **cost_models()}
     proj = project(stages, device, models)
     print_projection(proj, f"projected `bench run {what} --profile {args.profile} --seeds "
@@ -160,6 +163,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--entry", dest="entries", nargs="+", default=[], metavar="E",
                         help="suite: project these entries instead of a suite")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2], help="suite: seeds (default: 0 1 2)")
+    parser.add_argument("--folds", type=int, default=None, metavar="K",
+                        help="suite: project `bench run --folds K` (every fold; stages that read no `cls` split once)")
     parser.add_argument("--results", default="results", help="suite: results folder whose cached phantoms are "
                         "used for the plan when present (default: ./results)")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",

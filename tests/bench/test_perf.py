@@ -179,6 +179,28 @@ def test_paper_suite_plan_without_data_and_units_from_the_config(tmp_path):
     assert proj.by_stage()["extract"]["seconds"] == pytest.approx(4 * 100 * 2e-3)
 
 
+def test_cross_validated_plan_shares_what_reads_no_cls_split(tmp_path):
+    """`--folds 5`: segmentation, extraction, landmarks and SimCLR pretraining once; probes, SupCon
+    pretraining and the supervised baselines per fold, on the fold's (smaller) train split."""
+    registry.load_entries()
+    names = ["simclr", "supcon", "hsieh", "clinical"]
+    stages = plan_suite(names, [0], "smoke", "cpu", results=str(tmp_path), folds=5)
+    counts = {}
+    for s in stages:
+        counts[s.name] = counts.get(s.name, 0) + 1
+    assert counts == {"segment": 1, "extract": 1, "pretrain": 1 + 5, "probe": 2 * 5, "landmarks": 1, "hsieh": 5,
+                      "clinical": 5}
+    proj = project(stages, "cpu", builtin_cost_models("cpu", measurer=_FixedMeasurer("cpu")))
+    hsieh = [dict((n, u) for n, u, _ in r["parts"]) for r in proj.rows if r["stage"] == "hsieh"]
+    plain = project(plan_suite(["hsieh"], [0], "smoke", "cpu", results=str(tmp_path)), "cpu",
+                    builtin_cost_models("cpu", measurer=_FixedMeasurer("cpu")))
+    single = next(dict((n, u) for n, u, _ in r["parts"]) for r in plain.rows if r["stage"] == "hsieh")
+    # smoke clinical: 60 images; a fold trains on 60 x 4/5 x 8/9 = 43 (val 5) instead of the split's 48 (val 6);
+    # 7 ROIs per image, batch 16, 3 epochs
+    assert single["train steps"] == 3 * 21 and single["val forward"] == 3 * 6 * 7
+    assert all(h["train steps"] == 3 * 19 and h["val forward"] == 3 * 5 * 7 for h in hsieh) and len(hsieh) == 5
+
+
 def test_planning_runner_keys_equal_the_runners_when_data_exist(tmp_path, tiny_dataset):
     registry.load_entries(["toy_entries"])
     kw = dict(profile="smoke", data_seg=str(tiny_dataset), data_cls=str(tiny_dataset), device="cpu", progress=False)
