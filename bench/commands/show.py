@@ -35,7 +35,16 @@ def show_command(args: argparse.Namespace) -> int:
         cfg = run.config
         print(f"{cfg.get('entry')} seed {cfg.get('seed')} (suite {cfg.get('suite')}, profile {cfg.get('profile')}, "
               f"osteobench {cfg.get('version')})")
-        print(f"stages: {json.dumps(cfg.get('stages', {}))}")
+        if "fold_runs" in cfg:                       # a pooled cross-validation run (bench.cv)
+            runs = cfg["fold_runs"]
+            named = [f"fold{f['fold']}: {f['holds_out']}" for f in runs if f["holds_out"] != f"fold {f['fold']}"]
+            first, last = (Path(runs[i]["path"]).parent.parent for i in (0, -1))
+            print(f"out-of-fold predictions of {len(runs)} folds pooled as `test`, each fold's own test metrics as "
+                  f"fold<k>{' (' + ', '.join(named) + ')' if named else ''}; fold runs: {first} ... {last.name}")
+        else:
+            print(f"stages: {json.dumps(cfg.get('stages', {}))}")
+        if "cv" in cfg:
+            print(f"fold {cfg['cv']['fold']} of {cfg['cv']['folds']} (test split: {cfg['cv']['holds_out']})")
         table = pd.DataFrame({s: m for s, m in run.metrics.items() if s != "extra"}).T
         print(table.reindex(columns=[c for c in SHOWN + ["n", "n_pos"] if c in table.columns]).round(4).to_string())
         if "extra" in run.metrics:

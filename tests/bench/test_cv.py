@@ -223,6 +223,11 @@ def test_cli_leave_one_site_out_names_the_sites_and_refuses_a_wrong_fold_count(t
     site_of = dict(zip(manifest["subject_id"], manifest["site"]))
     assert {site_of[s] for s in pooled.predictions.loc[pooled.predictions["fold"] == 1, "subject_id"]} == {"B"}
     assert [f["holds_out"] for f in pooled.config["fold_runs"]] == ["A", "B"]
+    shown = subprocess.run([sys.executable, "-m", "bench.cli", "show", str(store.run_dir(tmp_path / "results", "t-cv2",
+                                                                                          "toy", 0))],
+                           capture_output=True, text=True, timeout=120)
+    assert shown.returncode == 0 and "(fold0: A, fold1: B)" in shown.stdout
+    assert {"fold0", "fold1", "test"} <= {line.split()[0] for line in shown.stdout.splitlines()[2:] if line.strip()}
 
 
 def test_pooling_refuses_folds_that_overlap(tmp_path, tiny_dataset):
