@@ -1,6 +1,6 @@
 """`bench show RESULTS_PATH`: what a results folder holds.
 
-A seed folder shows its config summary and metrics per split; an entry folder its seeds and
+A seed folder shows its config summary and metrics per split (with the AUC's DeLong 95% CI); an entry folder its seeds and
 mean ± std; a suite folder every entry (test split, mean ± std over seeds); the results root
 its suites.
 """
@@ -22,6 +22,24 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("path", type=Path, help="results/<suite>[/<entry>[/seed<k>]] or the results folder")
     p.add_argument("--split", default="test", help="split to summarise (default: test)")
     p.set_defaults(func=show_command)
+
+
+def subset(predictions: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The subject predictions a metrics row was computed on: a split, or fold k of a pooled run (bench.cv)."""
+    if split.startswith("fold") and split[4:].isdigit() and "fold" in predictions.columns:
+        return predictions[predictions["fold"] == int(split[4:])]
+    return predictions[predictions["split"].astype(str) == split]
+
+
+def auc_interval(subjects: pd.DataFrame) -> str:
+    """DeLong 95% confidence interval of the AUC of subject predictions (bench.stats.delong_ci); '-' when undefined."""
+    from bench.stats import delong_ci
+
+    known = subjects.dropna(subset=["y_true", "p_pos"])
+    if known["y_true"].nunique() < 2:
+        return "-"
+    _, low, high = delong_ci(known["y_true"].astype(int).to_numpy(), known["p_pos"].astype(float).to_numpy())
+    return f"{low:.3f}-{high:.3f}"
 
 
 def show_command(args: argparse.Namespace) -> int:
@@ -46,7 +64,9 @@ def show_command(args: argparse.Namespace) -> int:
         if "cv" in cfg:
             print(f"fold {cfg['cv']['fold']} of {cfg['cv']['folds']} (test split: {cfg['cv']['holds_out']})")
         table = pd.DataFrame({s: m for s, m in run.metrics.items() if s != "extra"}).T
-        print(table.reindex(columns=[c for c in SHOWN + ["n", "n_pos"] if c in table.columns]).round(4).to_string())
+        table = table.reindex(columns=[c for c in SHOWN + ["n", "n_pos"] if c in table.columns]).round(4)
+        table["auc 95% CI"] = [auc_interval(subset(run.predictions, s)) for s in table.index]
+        print(table.to_string())
         if "extra" in run.metrics:
             print(f"extra: {json.dumps(run.metrics['extra'], sort_keys=True)}")
         return 0

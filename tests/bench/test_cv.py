@@ -244,3 +244,20 @@ def test_tune_refuses_a_cross_validated_config(tmp_path):
                           "s", "--results", str(tmp_path / "r"), "--set", "data.folds=3"],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 2 and "cross-validates" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_show_gives_the_delong_interval_of_each_row_subjects():
+    from bench.commands.show import auc_interval, subset
+    from bench.stats import delong_ci
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 60)
+    p = np.clip(0.3 * y + rng.uniform(0, 0.7, 60), 0, 1)
+    preds = pd.DataFrame({"subject_id": [f"s{i}" for i in range(60)], "split": "test", "y_true": y, "p_pos": p,
+                          "fold": np.arange(60) % 3})
+    _, low, high = delong_ci(y, p)
+    assert auc_interval(subset(preds, "test")) == f"{low:.3f}-{high:.3f}"
+    one = preds["fold"] == 1
+    _, low, high = delong_ci(y[one], p[one])
+    assert auc_interval(subset(preds, "fold1")) == f"{low:.3f}-{high:.3f}"
+    assert auc_interval(subset(preds.assign(y_true=0), "test")) == "-"          # one class: undefined
