@@ -36,7 +36,8 @@ def auc_interval(subjects: pd.DataFrame) -> str:
     from bench.stats import delong_ci
 
     known = subjects.dropna(subset=["y_true", "p_pos"])
-    if known["y_true"].nunique() < 2:
+    counts = known["y_true"].astype(int).value_counts()
+    if len(counts) < 2 or counts.min() < 2:          # DeLong's variance needs two of each class
         return "-"
     _, low, high = delong_ci(known["y_true"].astype(int).to_numpy(), known["p_pos"].astype(float).to_numpy())
     return f"{low:.3f}-{high:.3f}"

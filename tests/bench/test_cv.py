@@ -261,3 +261,4 @@ def test_show_gives_the_delong_interval_of_each_row_subjects():
     _, low, high = delong_ci(y[one], p[one])
     assert auc_interval(subset(preds, "fold1")) == f"{low:.3f}-{high:.3f}"
     assert auc_interval(subset(preds.assign(y_true=0), "test")) == "-"          # one class: undefined
+    assert auc_interval(subset(preds.assign(y_true=[1] + [0] * 59), "test")) == "-"   # one positive: no variance
