@@ -176,8 +176,9 @@ class Runner:
             fingerprints = {role: Fingerprint.of(p) for role, p in paths.items()}
             if d.folds and "cls" in datasets:           # k-fold cross-validation (bench.data.folds)
                 cls = datasets["cls"]
+                manifest = apply_fold(cls.manifest, d.folds, d.fold, d.fold_seed, d.fold_by)   # checks the folds
                 held_out = fold_names(cls.manifest, d.folds, d.fold_by)[d.fold]
-                cls = replace(cls, manifest=apply_fold(cls.manifest, d.folds, d.fold, d.fold_seed, d.fold_by),
+                cls = replace(cls, manifest=manifest,
                               meta={**cls.meta, "cv": {"folds": d.folds, "fold": d.fold, "holds_out": held_out}})
                 datasets["cls"] = cls
                 fingerprints["cls"] = Fingerprint.of(paths["cls"], cls.manifest["split"])
