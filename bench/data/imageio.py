@@ -16,11 +16,12 @@ files without an extension work):
   (pydicom.pixels.apply_modality_lut / apply_voi_lut, VOI LUT preferred as pydicom does),
   then the VOI output range is mapped to [0, 1]; without VOI the rescaled stored-bit range is.
   MONOCHROME1 (minimum is white) is inverted so bone is bright. Pixel spacing from
-  PixelSpacing, else ImagerPixelSpacing (row spacing, mm).
+  PixelSpacing, else ImagerPixelSpacing (row spacing, mm). The patient and series tags the
+  importer can use are kept in ``Radiograph.header`` (bench.data.dicom_fields).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -38,6 +39,7 @@ class Radiograph:
     pixels: np.ndarray               # float32 H x W in [0, 1], bone bright
     pixel_spacing_mm: float | None   # row spacing in mm, when the file says
     bit_depth: int                   # stored bits of the source
+    header: dict[str, str] = field(default_factory=dict)  # DICOM: patient/series tags (bench.data.dicom_fields)
 
 
 def write_png16(path: Path, image: np.ndarray) -> None:
@@ -230,6 +232,8 @@ def _tiff_spacing(tags: dict) -> float | None:
 def _read_dicom(path: Path) -> Radiograph:
     import pydicom
 
+    from bench.data.dicom_fields import read_header
+
     try:  # pydicom >= 3
         from pydicom.pixels import apply_modality_lut, apply_voi_lut
     except ImportError:  # pydicom 2.x
@@ -258,7 +262,7 @@ def _read_dicom(path: Path) -> Radiograph:
 
             rgb = convert_color_space(stored, photometric, "RGB") if photometric != "RGB" else stored
             pixels, bits = _integer_scale(rgb, None)
-            return Radiograph(pixels.mean(axis=-1).astype(np.float32), _dicom_spacing(ds), bits)
+            return Radiograph(pixels.mean(axis=-1).astype(np.float32), _dicom_spacing(ds), bits, read_header(ds))
         raise BenchError(f"DICOM file {path} has photometric interpretation {photometric}; "
                          "expected MONOCHROME1 or MONOCHROME2 (a grayscale radiograph)")
     values = apply_modality_lut(stored, ds)
@@ -273,7 +277,7 @@ def _read_dicom(path: Path) -> Radiograph:
     pixels = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
-    return Radiograph(pixels.astype(np.float32), _dicom_spacing(ds), int(ds.get("BitsStored", 16)))
+    return Radiograph(pixels.astype(np.float32), _dicom_spacing(ds), int(ds.get("BitsStored", 16)), read_header(ds))
 
 
 def _as_lut_index(values: np.ndarray) -> np.ndarray:

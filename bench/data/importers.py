@@ -9,7 +9,9 @@ Conventions:
   t_score, "PatientID" is subject_id); `columns` overrides them (field -> column, None: absent).
 - label = 1 when t_score < -2.5 (paper: osteoporosis by DXA T-score), derived when only the
   T-score is given; a given label that contradicts the T-score is an error (T = -2.5 excepted).
-- sex is stored as F/M, laterality as L/R; a pixel spacing in the CSV wins over the file's.
+- sex is stored as F/M, laterality as L/R; a pixel spacing in the CSV wins over the file's. Fields
+  the CSV leaves empty (subject id when it has no subject column, sex, age, laterality, site) are
+  taken from DICOM headers (bench.data.dicom_fields) unless `dicom_tags` is off.
 - Images are referenced in place (absolute `path`) or, with `copy`, converted to 16-bit PNG
   under images/. Splits: bench.data.splits.assign_splits with `split_seed`.
 - Unreadable or missing image files: one BenchError naming them all, or with `skip_bad` they are
@@ -22,18 +24,21 @@ import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 
 from bench.atomic import atomic_dir
 from bench.data.coco import CocoImport, load_class_map, load_coco, rasterise
+from bench.data.dicom_fields import header_fields
 from bench.data.format import ANNOTATOR_COLUMNS, MANIFEST_COLUMNS, mask_path, write_manifest
 from bench.data.imageio import read_image, write_label_map, write_png16
 from bench.data.splits import DEFAULT_FRACTIONS, assign_splits
 from bench.errors import BenchError
 
 OSTEOPOROSIS_T = -2.5  # WHO: osteoporosis when the DXA T-score is below -2.5
+SUBJECT_FROM = "_subject_from"   # working column: csv | image (one per image) | header (PatientID) | header-or-image
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".dic")
 #: CSV column names recognised for each field (compared lower case, letters and digits only).
 COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
@@ -71,6 +76,7 @@ class ImportConfig:
     fractions: tuple[float, float, float] = DEFAULT_FRACTIONS  # train/val/test
     overwrite: bool = False                        # replace an existing `out`
     progress: bool | None = None                   # progress bar; None: only on a terminal
+    dicom_tags: bool = True                        # fill what the CSV lacks from DICOM headers (dicom_fields)
 
 
 @dataclass
@@ -181,11 +187,8 @@ def read_metadata(csv: Path, index: ImageIndex, overrides: dict[str, str | None]
         raise BenchError(f"cannot read metadata CSV {csv}: {exc}") from exc
     cols = resolve_columns(list(raw.columns), overrides)
     warnings: list[str] = []
-    if cols["subject_id"] is None:
-        if "subject_id" not in overrides:
-            raise BenchError(f"{csv} has no subject id column (looked for "
-                             f"{', '.join(COLUMN_ALIASES['subject_id'])}); map one with "
-                             "--column subject_id=COLUMN, or --column subject_id= for one subject per image")
+    subject_from = "csv" if cols["subject_id"] else "image" if "subject_id" in overrides else "header"
+    if subject_from == "image":
         warnings.append("no subject column: every image is its own subject")
     errors: list[str] = []
     missing: list[tuple[str, str]] = []
@@ -209,13 +212,13 @@ def read_metadata(csv: Path, index: ImageIndex, overrides: dict[str, str | None]
             errors.append(f"{where}: label {label} contradicts t_score {t:g} (label = t_score < "
                           f"{OSTEOPOROSIS_T}); fix the row, or import without one of the columns "
                           "(--column label= or --column t_score=)")
-        subject = get("subject_id").strip() or (image_id_for(rel) if cols["subject_id"] is None else "")
+        subject = get("subject_id").strip() or (image_id_for(rel) if subject_from != "csv" else "")
         if not subject:
             errors.append(f"{where}: empty subject id")
         rows.append({
             **{c: rec[c] for c in raw.columns
                if c not in cols.values() and c not in MANIFEST_COLUMNS and c != "file"},
-            "image_id": image_id_for(rel), "subject_id": subject, "file": rel,
+            "image_id": image_id_for(rel), "subject_id": subject, "file": rel, SUBJECT_FROM: subject_from,
             "sex": _parse(get("sex"), _SEX, "sex", errors, where) or "",
             "age": _number(get("age"), "age", errors, where, 0, 130), "t_score": t,
             "label": label, "laterality": _parse(get("laterality"), _SIDE, "laterality", errors, where) or "",
@@ -238,8 +241,51 @@ def read_metadata(csv: Path, index: ImageIndex, overrides: dict[str, str | None]
     return df, missing, warnings
 
 
+class HeaderFill:
+    """Fills a manifest row's empty fields from its DICOM header and counts what it filled and where
+    the CSV disagrees with the header (the CSV is kept)."""
+
+    def __init__(self) -> None:
+        self.filled: dict[str, int] = {}
+        self.disagree: dict[str, int] = {}
+
+    def add(self, rec: dict, fields: dict) -> None:
+        for name, value in fields.items():
+            current = rec.get(name)
+            empty = current is None or (isinstance(current, float) and np.isnan(current)) or str(current).strip() == ""
+            if name == "subject_id":
+                empty = rec.get(SUBJECT_FROM) in ("header", "header-or-image")   # no subject column
+            if empty:
+                rec[name] = value
+                self.filled[name] = self.filled.get(name, 0) + 1
+                if name == "subject_id":
+                    rec[SUBJECT_FROM] = "filled"
+            elif name != "subject_id" and not _same(current, value):
+                self.disagree[name] = self.disagree.get(name, 0) + 1
+
+    def warnings(self) -> list[str]:
+        out = []
+        if self.filled:
+            out.append("filled from DICOM headers (the CSV lacked them): " + ", ".join(
+                f"{k} of {n} image(s)" for k, n in sorted(self.filled.items()))
+                + "; --ignore-dicom-tags leaves them empty")
+        if self.disagree:
+            out.append("the CSV and the DICOM headers disagree (the CSV is kept): " + ", ".join(
+                f"{k} in {n} image(s)" for k, n in sorted(self.disagree.items())))
+        return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(b, float):
+        try:
+            return abs(float(a) - b) < 1.0       # ages: a CSV in whole years against a DICOM age
+        except (TypeError, ValueError):
+            return False
+    return str(a).strip().upper() == str(b).strip().upper()
+
+
 def _coco_rows(coco: CocoImport, index: ImageIndex) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
-    """Manifest rows for the COCO images when there is no CSV: one subject per image."""
+    """Manifest rows for the COCO images when there is no CSV: one subject per image (its DICOM PatientID if any)."""
     rows, missing = [], []
     for fname in sorted(coco.images):
         rel = index.find(fname)
@@ -247,7 +293,7 @@ def _coco_rows(coco: CocoImport, index: ImageIndex) -> tuple[pd.DataFrame, list[
             missing.append((fname, f"COCO image not found under {index.root}"))
             continue
         rows.append({"image_id": image_id_for(rel), "subject_id": image_id_for(rel), "file": rel,
-                     "label": None})
+                     SUBJECT_FROM: "header-or-image", "label": None})
     return pd.DataFrame(rows), missing
 
 
@@ -308,6 +354,7 @@ def _write(cfg: ImportConfig, index: ImageIndex, rows: pd.DataFrame, missing: li
            coco: CocoImport | None, coco_of: dict[str, str], warnings: list[str]) -> ImportReport:
     bad: list[tuple[str, str]] = list(missing)
     keep, ann_rows, n_masks = [], [], 0
+    from_header = HeaderFill()
     show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     from tqdm import tqdm
 
@@ -331,6 +378,8 @@ def _write(cfg: ImportConfig, index: ImageIndex, rows: pd.DataFrame, missing: li
             rec = row.to_dict()
             if rad.pixel_spacing_mm and not (rec.get("pixel_spacing_mm", np.nan) > 0):
                 rec["pixel_spacing_mm"] = rad.pixel_spacing_mm
+            if cfg.dicom_tags and rad.header:
+                from_header.add(rec, header_fields(rad.header))
             if cfg.copy:
                 (tmp / "images").mkdir(exist_ok=True)
                 write_png16(tmp / "images" / f"{rec['image_id']}.png", rad.pixels)
@@ -350,7 +399,13 @@ def _write(cfg: ImportConfig, index: ImageIndex, rows: pd.DataFrame, missing: li
                              f"--skip-bad to leave them out):\n  {listing}")
         if not keep:
             raise BenchError("no image could be imported" + (f"; {len(bad)} skipped" if bad else ""))
-        manifest = pd.DataFrame(keep).drop(columns=["file"])
+        warnings += from_header.warnings()
+        unknown = [rec["file"] for rec in keep if rec.get(SUBJECT_FROM) == "header"]
+        if unknown:
+            raise BenchError(f"the CSV has no subject id column and {len(unknown)} image(s) have no DICOM "
+                             f"PatientID to take it from ({', '.join(unknown[:5])}); add a subject column "
+                             "(--column subject_id=COLUMN), or --column subject_id= for one subject per image")
+        manifest = pd.DataFrame(keep).drop(columns=["file", SUBJECT_FROM])
         manifest["label"] = pd.to_numeric(manifest["label"], errors="coerce").astype("Int64")
         manifest["split"] = assign_splits(manifest, cfg.split_seed, tuple(cfg.fractions))
         write_manifest(manifest, tmp / "manifest.csv")
@@ -369,6 +424,7 @@ def _write(cfg: ImportConfig, index: ImageIndex, rows: pd.DataFrame, missing: li
             "classes": dict(sorted(coco.classes.items())) if coco else {},
             "n_images": len(manifest), "n_subjects": int(manifest["subject_id"].nunique()),
             "n_skipped": len(bad),
+            "from_dicom_tags": dict(from_header.filled),
         }
         (tmp / "dataset.json").write_text(json.dumps(meta, indent=2) + "\n")
     return ImportReport(out=Path(cfg.out), n_images=len(manifest),

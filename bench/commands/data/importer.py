@@ -52,6 +52,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--fractions", type=float, nargs=3, default=list(DEFAULT_FRACTIONS),
                         metavar=("TRAIN", "VAL", "TEST"), help="split fractions (default: 0.8 0.1 0.1)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing --out folder")
+    parser.add_argument("--ignore-dicom-tags", action="store_true",
+                        help="do not fill what the CSV lacks (subject id without a subject column, sex, age, "
+                             "laterality, site) from the DICOM headers (PatientID, PatientSex, PatientAge or "
+                             "BirthDate, ImageLaterality, InstitutionName)")
     parser.set_defaults(func=run)
 
 
@@ -78,7 +82,8 @@ def run(args: argparse.Namespace) -> int:
     cfg = ImportConfig(images=images, out=args.out, csv=args.csv, columns=columns, coco=coco,
                        class_map=args.class_map, weights=weights, copy=args.copy,
                        skip_bad=args.skip_bad, split_seed=args.split_seed,
-                       fractions=tuple(args.fractions), overwrite=args.overwrite)
+                       fractions=tuple(args.fractions), overwrite=args.overwrite,
+                       dicom_tags=not args.ignore_dicom_tags)
     report = import_dataset(cfg)
     for warning in report.warnings:
         print(f"bench: warning: {warning}", file=sys.stderr)
