@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("show", help="show a run, an entry, a suite or a results folder")
     p.add_argument("path", type=Path, help="results/<suite>[/<entry>[/seed<k>]] or the results folder")
     p.add_argument("--split", default="test", help="split to summarise (default: test)")
+    p.add_argument("--by", default=None, metavar="COLUMN[:CUT]",
+                   help="a run: its --split metrics per subgroup of a `cls` manifest column, e.g. sex, site, "
+                        "age:65 (bench.subgroups)")
     p.set_defaults(func=show_command)
 
 
@@ -32,15 +35,11 @@ def subset(predictions: pd.DataFrame, split: str) -> pd.DataFrame:
 
 
 def auc_interval(subjects: pd.DataFrame) -> str:
-    """DeLong 95% confidence interval of the AUC of subject predictions (bench.stats.delong_ci); '-' when undefined."""
-    from bench.stats import delong_ci
+    """DeLong 95% confidence interval of the AUC of subject predictions (bench.stats.auc_ci); '-' when undefined."""
+    from bench.stats import auc_ci
 
-    known = subjects.dropna(subset=["y_true", "p_pos"])
-    counts = known["y_true"].astype(int).value_counts()
-    if len(counts) < 2 or counts.min() < 2:          # DeLong's variance needs two of each class
-        return "-"
-    _, low, high = delong_ci(known["y_true"].astype(int).to_numpy(), known["p_pos"].astype(float).to_numpy())
-    return f"{low:.3f}-{high:.3f}"
+    ci = auc_ci(pd.to_numeric(subjects["y_true"], errors="coerce"), pd.to_numeric(subjects["p_pos"], errors="coerce"))
+    return "-" if ci is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
 
 
 def show_command(args: argparse.Namespace) -> int:
@@ -49,9 +48,19 @@ def show_command(args: argparse.Namespace) -> int:
     path: Path = args.path
     if not path.exists():
         raise BenchError(f"{path} does not exist; give a folder under your results folder")
+    if args.by is not None and not (path / "metrics.json").is_file():
+        raise BenchError(f"--by needs a run folder (results/<suite>/<entry>/seed<k>); {path} is not one")
     if (path / "metrics.json").is_file():
         run = store.read_run(path)
         cfg = run.config
+        if args.by is not None:
+            from bench.subgroups import run_manifest, subgroup_table
+
+            table = subgroup_table(run.predictions, run_manifest(cfg, path), args.by, args.split)
+            print(f"{cfg.get('entry')} seed {cfg.get('seed')} (suite {cfg.get('suite')}): {args.split} split by "
+                  f"{args.by}")
+            print(table.to_string(float_format=lambda v: f"{v:.3f}"))
+            return 0
         print(f"{cfg.get('entry')} seed {cfg.get('seed')} (suite {cfg.get('suite')}, profile {cfg.get('profile')}, "
               f"osteobench {cfg.get('version')})")
         if "fold_runs" in cfg:                       # a pooled cross-validation run (bench.cv)

@@ -135,3 +135,16 @@ def delong_ci(y_true: Any, score: Any, alpha: float = 0.05) -> tuple[float, floa
     se = math.sqrt(max(float(cov[0, 0]), 0.0))
     half = float(norm.ppf(1 - alpha / 2)) * se
     return auc, max(0.0, auc - half), min(1.0, auc + half)
+
+
+def auc_ci(y_true: Any, score: Any, alpha: float = 0.05) -> tuple[float, float] | None:
+    """:func:`delong_ci`'s (low, high), or None where DeLong's variance is undefined (fewer than two
+    subjects of a class; NaN labels or scores are left out)."""
+    y = np.asarray(y_true, dtype=float)
+    p = np.asarray(score, dtype=float)
+    keep = np.isfinite(y) & np.isfinite(p)
+    y, p = y[keep].astype(int), p[keep]
+    if min(int((y == 1).sum()), int((y == 0).sum())) < 2:
+        return None
+    _, low, high = delong_ci(y, p, alpha)
+    return low, high
