@@ -288,7 +288,7 @@ def _subdirs(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
-def _complete_runs(results: Path, suite: str, entries: Sequence[str] | None) -> list[Path]:
+def complete_runs(results: Path, suite: str, entries: Sequence[str] | None) -> list[Path]:
     """Folders of the complete runs of `suite` (restricted to `entries`), ordered by entry then seed."""
     results = Path(results)
     _check_name("suite", suite)
@@ -320,7 +320,7 @@ def load_metrics(results: Path, suite: str, entries: Sequence[str] | None = None
     non-numeric values left out). Sorted by entry, seed, split, metric.
     """
     rows = []
-    for path in _complete_runs(results, suite, entries):
+    for path in complete_runs(results, suite, entries):
         run = read_run(path)
         for split, values in run.metrics.items():
             for metric, value in _flatten(values):
@@ -349,7 +349,7 @@ def load_predictions(results: Path, suite: str, entries: Sequence[str] | None = 
     Ordered by entry, seed, then as stored (split, subject_id).
     """
     frames = []
-    for path in _complete_runs(results, suite, entries):
+    for path in complete_runs(results, suite, entries):
         run = read_run(path)
         preds = run.predictions
         frames.append(preds.assign(entry=run.entry, seed=np.int64(run.seed))[

@@ -43,13 +43,13 @@ def parse_by(spec: str) -> tuple[str, float | None]:
 def subject_groups(manifest: pd.DataFrame, column: str, threshold: float | None = None) -> pd.Series:
     """subject_id → group label (module docstring)."""
     if column not in manifest.columns:
-        raise BenchError(f"--by {column}: the `cls` manifest has no such column; columns: "
+        raise BenchError(f"subgroup column {column!r}: the `cls` manifest has no such column; columns: "
                          f"{', '.join(map(str, manifest.columns))}")
     values = manifest[column]
     if threshold is not None:
         values = pd.to_numeric(values, errors="coerce")
         if values.notna().sum() == 0:
-            raise BenchError(f"--by {column}:{threshold:g}: the column holds no numbers to cut")
+            raise BenchError(f"subgroups {column}:{threshold:g}: the column holds no numbers to cut")
     else:
         values = values.astype("string").str.strip().replace("", pd.NA)
     first = values.groupby(manifest["subject_id"].astype(str)).first()

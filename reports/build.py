@@ -32,6 +32,7 @@ from reports import figures as figs
 from reports import index as idx
 from reports import tables as tab
 from reports.significance import run_tests
+from reports.subgroups import subgroup_aucs, subgroup_item
 from reports.summary import best_full_entry, summarise
 from reports.tuning import tuning_section
 
@@ -51,6 +52,7 @@ class ReportConfig:
     alpha: float = 0.05                       # family-wise level of the significance markers (after Holm)
     fig5_entry: str | None = None             # entry of Fig. 5 (default: the best full-method entry)
     examples: int = 4                         # example pictures in the segmentation montage
+    subgroups: tuple[str, ...] = ()           # AUC tables by `cls` manifest columns, e.g. ("sex", "age:65")
     figures: figs.FigureConfig = field(default_factory=figs.FigureConfig)  # figure options
 
 
@@ -101,6 +103,10 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
 
     with atomic_dir(out, overwrite=True) as tmp:
         _write_tables(tmp / TABLES_DIR, tables, tests, known, summary, cfg, page)
+        for spec in cfg.subgroups:                      # beyond the paper (reports.subgroups)
+            label = (lambda n: (known[n].row or n) if n in known else n)
+            frame = subgroup_aucs(results, suite, present, spec, cfg.split)
+            page.tables.append(subgroup_item(frame, spec, cfg.split, label, tmp / TABLES_DIR, TABLES_DIR, cfg.digits))
         _write_figures(tmp / FIGURES_DIR, results, suite, tables, predictions, metrics, known, fig5_entry,
                        n_boot, seed, cfg, page)
         tuning = tuning_section(results, copy_to=tmp / FIGURES_DIR / "tuning", link_prefix=f"{FIGURES_DIR}/tuning")

@@ -26,6 +26,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--fig5-entry", default=None, help="entry of Fig. 5 (default: the best full-method entry)")
     p.add_argument("--best-split", default="test", choices=["test", "val"],
                    help="split on which the best full-method entry is chosen (default: test, as the paper)")
+    p.add_argument("--subgroups", nargs="+", default=[], metavar="COLUMN[:CUT]",
+                   help="also tables of the AUC per subgroup of `cls` manifest columns, e.g. sex site age:65")
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: sqlite:///<results>/mlflow.db)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the report to MLflow")
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE",
@@ -37,7 +39,8 @@ def report_command(args: argparse.Namespace) -> int:
     if args.n_boot < 1:
         raise BenchError(f"--n-boot must be a positive number of bootstrap replicates, got {args.n_boot}")
     build = importlib.import_module("reports.build")
-    config = build.ReportConfig(fig5_entry=args.fig5_entry, best_split=args.best_split)
+    config = build.ReportConfig(fig5_entry=args.fig5_entry, best_split=args.best_split,
+                                subgroups=tuple(args.subgroups))
     index = build.build_report(args.results, args.suite, out=args.out, entries=args.entries, n_boot=args.n_boot,
                                seed=args.seed, config=config, mlflow=not args.no_mlflow,
                                tracking_uri=args.tracking_uri, plugins=args.plugin)
