@@ -4,7 +4,7 @@ Beyond the paper, which reports whole cohorts only. For each ``--subgroups`` spe
 column, or ``column:threshold``; bench.subgroups) and each entry, the cell is the mean ± std
 (ddof=1) over seeds of the AUC of the subjects of that group on the report's split, with the
 group's mean subject count; a group with one class in a seed has no AUC there (NaN, left out of
-the mean). Written as ``tables/subgroups_<column>.csv`` and shown in ``report.md``.
+the mean). Written as ``tables/subgroups_<spec>.csv`` (``age:65`` → ``subgroups_age_65.csv``) and shown in ``report.md``.
 """
 from __future__ import annotations
 
@@ -38,10 +38,10 @@ def subgroup_aucs(results: Path, suite: str, entries: Sequence[str], spec: str, 
 def subgroup_item(frame: pd.DataFrame, spec: str, split: str, label: Callable[[str], str], folder: Path,
                   prefix: str, digits: int = 2) -> TableItem:
     """The table of one spec: rows = entries (paper row labels), columns = groups; its CSV in `folder`."""
-    column, _ = parse_by(spec)
+    parse_by(spec)
     agg = frame.groupby(["entry", "group"]).agg(mean=("auc", "mean"), std=("auc", "std"), seeds=("auc", "count"),
                                                  n=("n", "mean")).reset_index()
-    name = re.sub(r"[^A-Za-z0-9_]+", "_", column)
+    name = re.sub(r"[^A-Za-z0-9_]+", "_", spec).strip("_")     # age:65 -> age_65
     agg.to_csv(folder / f"subgroups_{name}.csv", index=False)
 
     def cell(r) -> str:

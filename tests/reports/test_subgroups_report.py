@@ -31,5 +31,5 @@ def test_subgroup_tables_average_each_group_auc_over_seeds(tmp_path, tiny_datase
         assert len(finite) == (3 if group == "F" else 0)            # train: F 42 (9 positive), M 6 (none)
     text = index.read_text()
     assert "### Subgroups: AUC by sex" in text and "### Subgroups: AUC by age:60" in text
-    assert "(tables/subgroups_age.csv)" in text.replace("<", "").replace(">", "")
-    assert set(pd.read_csv(index.parent / "tables" / "subgroups_age.csv")["group"]) <= {"<60", ">=60", "unknown"}
+    assert "(tables/subgroups_age_60.csv)" in text.replace("<", "").replace(">", "")
+    assert set(pd.read_csv(index.parent / "tables" / "subgroups_age_60.csv")["group"]) <= {"<60", ">=60", "unknown"}
