@@ -58,14 +58,19 @@ def check_folds(folds: int, only: Sequence[int] | None = None) -> list[int]:
     return chosen
 
 
-def pool(results: Path, suite: str, folds: int, entry: str, seed: int) -> tuple[str, Path | None]:
-    """Pool one (entry, seed) over the folds: ('pooled' | 'unchanged', its folder) or ('incomplete', None)."""
+def pool(results: Path, suite: str, folds: int, entry: str, seed: int,
+         expected: Sequence[str | None] | None = None) -> tuple[str, Path | None]:
+    """Pool one (entry, seed) over the folds: ('pooled' | 'unchanged', its folder), or (why not, None):
+    'incomplete' while a fold has no run, 'outdated' while a fold's run has another key than the
+    `expected` one of that fold (e.g. made with other options by an earlier ``--fold`` run)."""
     runs = []
     for k in range(folds):
         name = fold_suite(suite, k)
         if not store.is_complete(results, name, entry, seed):
             return "incomplete", None
         runs.append(store.read_run(store.run_dir(results, name, entry, seed)))
+        if expected is not None and expected[k] is not None and runs[-1].config.get("run_key") != expected[k]:
+            return "outdated", None
     run_key = stable_hash({"folds": [r.config.get("run_key") for r in runs]})[:16]
     target = store.run_dir(results, cv_suite(suite, folds), entry, seed)
     if store.is_complete(results, cv_suite(suite, folds), entry, seed) and \
@@ -111,12 +116,14 @@ def _pooled_config(config: dict) -> dict:
 
 
 def pool_all(results: Path, suite: str, folds: int, entries: Sequence[str], seeds: Sequence[int],
-             tracker: Any = None, tags: dict[str, dict[str, str]] | None = None) -> list[dict[str, Any]]:
-    """Pool every (entry, seed) whose folds are all complete; log new pooled runs to `tracker` (MLflow)."""
+             tracker: Any = None, tags: dict[str, dict[str, str]] | None = None,
+             expected: dict[tuple[str, int], list[str | None]] | None = None) -> list[dict[str, Any]]:
+    """Pool every (entry, seed) whose folds are all complete (and, with `expected`, have the run keys the
+    current options give: (entry, seed) -> key per fold); log new pooled runs to `tracker` (MLflow)."""
     rows = []
     for entry in entries:
         for seed in seeds:
-            status, path = pool(Path(results), suite, folds, entry, seed)
+            status, path = pool(Path(results), suite, folds, entry, seed, (expected or {}).get((entry, seed)))
             row: dict[str, Any] = {"entry": entry, "seed": seed, "status": status}
             if path is not None:
                 run = store.read_run(path)

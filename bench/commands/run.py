@@ -117,18 +117,27 @@ def run_command(args: argparse.Namespace) -> int:
     finally:
         executor.close()
     if args.folds is not None:
-        print_pooled(args.results, suite, args.folds, names, seeds, tracker)
+        fold_runners = runners if args.fold is None else [
+            Runner(args.results, suite=cv.fold_suite(suite, k), profile=args.profile, config_files=args.config_files,
+                   sets=[*args.sets, *cv.fold_sets(args.folds, k)], data_seg=args.data_seg, data_cls=args.data_cls,
+                   device=args.device, plugins=args.plugin) for k in range(args.folds)]
+        for runner in fold_runners:
+            runner.check_device = args.executor != "ray"
+        expected = {(n, s): [r.plan_run(registry.get(n), s, generate=False).run_key for r in fold_runners]
+                    for n in names for s in seeds}
+        print_pooled(args.results, suite, args.folds, names, seeds, tracker, expected)
     return 1 if any(o.status == "failed" for o in outcomes) else 0
 
 
-def print_pooled(results: Path, suite: str, folds: int, names: list[str], seeds: list[int], tracker) -> None:
-    """Pool the folds that are complete (bench.cv) and print the out-of-fold test metrics."""
+def print_pooled(results: Path, suite: str, folds: int, names: list[str], seeds: list[int], tracker,
+                 expected: dict | None = None) -> None:
+    """Pool the folds that are complete and current (bench.cv) and print the out-of-fold test metrics."""
     from bench import cv
     from bench.registry import get
     from bench.runner import entry_tags
 
     rows = cv.pool_all(results, suite, folds, names, seeds, tracker,
-                       tags={n: entry_tags(get(n)) for n in names})
+                       tags={n: entry_tags(get(n)) for n in names}, expected=expected)
     frame = pd.DataFrame(rows)
     for col in ("test_f1", "test_auc", "test_accuracy"):
         if col in frame.columns:
@@ -136,9 +145,9 @@ def print_pooled(results: Path, suite: str, folds: int, names: list[str], seeds:
     held = frame.pop("held_out").dropna() if "held_out" in frame.columns else pd.Series(dtype=object)
     print(f"out-of-fold test predictions of {folds} folds" + (f" (held out: {held.iloc[0]})" if len(held) else "") + ":")
     print(frame.fillna("-").to_string(index=False))
-    waiting = int((frame["status"] == "incomplete").sum())
+    waiting = int(frame["status"].isin(["incomplete", "outdated"]).sum())
     print(f"pooled runs in {Path(results) / cv.cv_suite(suite, folds)}"
-          + (f"; {waiting} wait for folds still to run" if waiting else ""))
+          + (f"; {waiting} wait for folds still to run (or to rerun with these options)" if waiting else ""))
 
 
 def print_plan(runner, names: list[str], seeds: list[int]) -> None:

@@ -205,6 +205,12 @@ def test_cli_folds_run_each_fold_and_pool_out_of_fold_predictions(tmp_path, tiny
     assert again.returncode == 0 and "unchanged" in again.stdout
     assert len((tmp_path / "toy.log").read_text().split()) == len(log)      # nothing recomputed
 
+    before = store.read_run(store.run_dir(results, "t-cv3", "toy", 0)).config["run_key"]
+    changed = _cli(tmp_path, tiny_dataset, "--folds", "3", "--fold", "0", "--set", "run.num_threads=1", "--no-mlflow")
+    assert changed.returncode == 0, changed.stderr
+    assert "outdated" in changed.stdout and "rerun with these options" in changed.stdout   # folds 1, 2: old options
+    assert store.read_run(store.run_dir(results, "t-cv3", "toy", 0)).config["run_key"] == before
+
     bad = _cli(tmp_path, tiny_dataset, "--folds", "3", "--fold", "3", "--no-mlflow")
     assert bad.returncode == 2 and "not one of the folds 0..2" in bad.stderr and "Traceback" not in bad.stderr
 
