@@ -161,6 +161,8 @@ def _write_figures(folder: Path, results: Path, suite: str, tables: dict[str, ta
     others = [(n, label(n)) for n in dict.fromkeys(metrics["entry"]) if n not in in_tables]
     if others:
         groups.append(("other", "entries outside the paper tables", others))
+    every = [(n, label(n)) for n in dict.fromkeys(metrics["entry"])]
+    items.append(figs.folds_figure(metrics, every, folder, fc))      # only for a cross-validated suite
     for key, title, rows in groups:
         items.append(figs.roc_figure(predictions, rows, key, title, folder, fc, n_boot, seed, cfg.split))
         items.append(figs.calibration_figure(predictions, rows, key, title, folder, fc, cfg.split))

@@ -279,3 +279,48 @@ def training_figure(histories: Sequence[tuple[int, pd.DataFrame]], entry: str, o
     return FigureItem(stem, "Training", f"Training curves: {entry}",
                       f"Per-epoch records of `{entry}` from history.parquet, one line per seed "
                       f"({len(panels)} stage/metric panels).", files)
+
+
+# --------------------------------------------------------------------------- cross-validation
+def fold_aucs(metrics: pd.DataFrame) -> tuple[pd.DataFrame, dict[str, float]]:
+    """What :func:`folds_figure` draws: (entry, seed, fold, auc) of each fold's own test AUC, and per entry
+    the mean over seeds of the pooled out-of-fold test AUC."""
+    auc = metrics[metrics["metric"] == "auc"]
+    per_fold = auc[auc["split"].str.fullmatch(r"fold\d+")]
+    points = pd.DataFrame({"entry": per_fold["entry"], "seed": per_fold["seed"],
+                           "fold": per_fold["split"].str[4:].astype(int), "auc": per_fold["value"]})
+    test = auc[(auc["split"] == "test") & auc["entry"].isin(set(points["entry"]))]
+    return points.reset_index(drop=True), test.groupby("entry")["value"].mean().to_dict()
+
+
+def folds_figure(metrics: pd.DataFrame, entries: Sequence[tuple[str, str]], out_dir: Path,
+                 cfg: FigureConfig) -> FigureItem | None:
+    """A cross-validated suite (bench.cv): each fold's own test AUC per entry and seed (dots, coloured by
+    fold) and the AUC of the pooled out-of-fold predictions (black diamond, mean over seeds); None
+    when the suite has no per-fold metrics."""
+    points, pooled = fold_aucs(metrics)
+    shown = [(e, lab) for e, lab in entries if (points["entry"] == e).any()]
+    if not shown:
+        return None
+    folds = sorted(set(points["fold"]))
+    fig = Figure(figsize=(6, 0.45 * len(shown) + 1.2))
+    ax = fig.add_subplot()
+    for row, (entry, _) in enumerate(shown):
+        for k in folds:
+            values = points[(points["entry"] == entry) & (points["fold"] == k)]["auc"]
+            offsets = np.linspace(-0.12, 0.12, len(values)) if len(values) > 1 else np.zeros(len(values))
+            ax.scatter(values, row + offsets, s=14, color=_tab10(k), label=f"fold {k}" if row == 0 else None)
+        ax.scatter([pooled.get(entry, np.nan)], [row], marker="D", s=36, color="black",
+                   label="pooled" if row == 0 else None, zorder=3)
+    ax.set_yticks(range(len(shown)), [lab for _, lab in shown], fontsize=8)
+    ax.set_ylim(len(shown) - 0.5, -0.5)                              # first entry on top
+    ax.axvline(0.5, color="grey", linestyle=":", linewidth=0.8)
+    ax.set_xlabel("Test AUC")
+    ax.set_title("Cross-validation: each fold's test AUC and the pooled out-of-fold AUC", fontsize=9)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.22), fontsize=7, ncol=min(len(folds) + 1, 6),
+              frameon=False)
+    files = save(fig, out_dir, "folds_auc", cfg.dpi)
+    return FigureItem("folds_auc", "Cross-validation", "Cross-validation: AUC per fold",
+                      f"Each dot is one fold's own test AUC (one per seed, colours by fold, {len(folds)} folds); the "
+                      "diamond is the AUC of all subjects' pooled out-of-fold predictions (mean over seeds). The "
+                      "spread of the dots is how much one held-out split can move the estimate.", files)
