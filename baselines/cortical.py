@@ -10,7 +10,15 @@ Barnett & Nordin's metacarpal index measured by hand with calipers on the mid-sh
    along it, are sampled with bilinear interpolation every ``step_px``. Each is centred on the
    mid-width of the bone's mask along it (so a bowed or off-centre shaft still lines up) and the
    centred profiles (and their mask fractions) are averaged.
-3. Edges on the averaged profile p(u) (bone bright), from the forward-difference gradient g,
+3. The averaged profile is smoothed with a Gaussian of σ = ``smooth_mm`` (0.2 mm in the
+   radiogrammetry config), so the measurement sees the same physical detail at any pixel spacing.
+   On the paper-size clinical phantom (0.1 mm per pixel, annotators' masks, 192 images) the raw
+   profile's gradient follows texture and noise: r against the true 2MCI was 0.62-0.70 for M2-M4
+   and 0.26 for the radius; σ = 0.2 mm gives 0.96-0.98 and 0.58 (σ = 0.4 mm: 0.94-0.96 and 0.71),
+   about what the quick size (0.4 mm per pixel) gets (0.2 mm: 0.94-0.96, radius 0.72). Larger σ
+   raises the bias: the endosteal cusp moves inward (analytic tube, 2MCI 0.40: +0.02 at 0.2 mm,
+   +0.05 at 0.4 mm).
+4. Edges on the (smoothed) profile p(u) (bone bright), from the forward-difference gradient g,
    each extremum refined by a parabola through its neighbours:
    * outer (periosteal) edges: ``outer_edge="intensity"``: the steepest rise left of the centre
      and the steepest fall right of it, searched within the mask extent widened by ``margin_mm``
@@ -172,7 +180,7 @@ def sample_profiles(image: np.ndarray, component: np.ndarray, axis: BoneAxis, po
 def measure_bone(image: np.ndarray, labels: np.ndarray, bone: str, spacing_mm: float, *,
                  metacarpal_fraction: float = 0.5, radius_offset_mm: float = 45.0, profiles: int = 9,
                  window_mm: float = 8.0, step_px: float = 0.25, outer_edge: str = "intensity",
-                 margin_mm: float = 1.0) -> Measurement:
+                 margin_mm: float = 1.0, smooth_mm: float = 0.0) -> Measurement:
     """2MCI of one bone of one radiograph (module docstring); NaN values when not measurable."""
     nan = float("nan")
     axis = bone_axis(labels, bone)
@@ -188,6 +196,8 @@ def measure_bone(image: np.ndarray, labels: np.ndarray, bone: str, spacing_mm: f
                                        step_px, margin_mm / spacing_mm)
     if n == 0:
         return Measurement(bone, nan, nan, nan, 0, float(point[0]), float(point[1]))
+    if smooth_mm > 0:
+        prof = ndimage.gaussian_filter1d(prof, smooth_mm / spacing_mm / step_px, mode="nearest")
     edges = profile_edges(u, prof, frac, outer_edge, margin_mm / spacing_mm)
     ci = edges.cortical_index
     if not (np.isfinite(ci) and 0.0 <= ci < 1.0):

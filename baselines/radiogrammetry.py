@@ -46,14 +46,15 @@ class RadiogrammetryConfig:
     step_px: float = 0.25                      # sampling step along a profile (native pixels)
     outer_edge: Literal["intensity", "mask"] = "intensity"  # periosteal edges: gradient extrema | mask boundary
     margin_mm: float = 1.0                     # outer edges are searched this far beyond the mask boundary
+    smooth_mm: float = 0.2                     # Gaussian σ on the averaged profile before its gradient (0: none)
     c_grid: tuple[float, ...] = C_GRID          # inverse regularisation strengths tried
 
     def validate(self) -> None:
         unknown = [b for b in self.bones if b not in BONES]
         if unknown or not self.bones:
             raise BenchError(f"radiogrammetry.bones has unknown names {unknown}; use names of {list(BONES)}")
-        if self.profiles < 1 or self.step_px <= 0 or self.window_mm < 0:
-            raise BenchError("radiogrammetry.profiles must be >= 1, step_px > 0 and window_mm >= 0")
+        if self.profiles < 1 or self.step_px <= 0 or self.window_mm < 0 or self.smooth_mm < 0:
+            raise BenchError("radiogrammetry.profiles must be >= 1, step_px > 0, window_mm >= 0 and smooth_mm >= 0")
 
 
 register_section("radiogrammetry", RadiogrammetryConfig)
@@ -78,7 +79,7 @@ def measure_dataset(ctx: StageContext, cfg: RadiogrammetryConfig, role: str = "c
             m = measure_bone(image, labels, bone, spacing, metacarpal_fraction=cfg.metacarpal_fraction,
                              radius_offset_mm=cfg.radius_offset_mm, profiles=cfg.profiles,
                              window_mm=cfg.window_mm, step_px=cfg.step_px, outer_edge=cfg.outer_edge,
-                             margin_mm=cfg.margin_mm)
+                             margin_mm=cfg.margin_mm, smooth_mm=cfg.smooth_mm)
             rows.append({"image_id": image_id, "subject_id": str(rec["subject_id"]), "split": str(rec["split"]),
                          "label": rec["label"], "bone": bone, "cortical_index": m.cortical_index,
                          "outer_mm": m.outer_mm, "inner_mm": m.inner_mm, "profiles": m.profiles,

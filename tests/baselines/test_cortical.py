@@ -85,3 +85,19 @@ def test_fit_logistic_selects_c_on_validation():
     assert fit.p_pos[table["a"].idxmin()] > 0.9 and fit.p_pos[table["a"].idxmax()] < 0.1
     with pytest.raises(BenchError, match="single class"):
         fit_logistic(table.assign(y_true=0), ["a"])
+
+
+def test_smoothing_is_a_gaussian_of_physical_width_with_a_small_bias_on_a_clean_tube(monkeypatch):
+    import baselines.cortical as cortical
+    from scipy import ndimage
+
+    image, labels = _tube_image(40.0, 24.0, 30.0)
+    seen = []
+    original = cortical.profile_edges
+    monkeypatch.setattr(cortical, "profile_edges", lambda u, p, *a, **k: seen.append(p) or original(u, p, *a, **k))
+    raw = measure_bone(image, labels, "M2", 0.1)
+    smooth = measure_bone(image, labels, "M2", 0.1, smooth_mm=0.2)
+    # σ = 0.2 mm at 0.1 mm/px sampled every 0.25 px: 8 samples
+    np.testing.assert_allclose(seen[1], ndimage.gaussian_filter1d(seen[0], 8.0, mode="nearest"))
+    assert raw.cortical_index == pytest.approx(0.4, abs=0.01)
+    assert 0.0 < smooth.cortical_index - raw.cortical_index < 0.03     # the endosteal cusp moves inward a little
