@@ -149,7 +149,7 @@ class Runner:
         if config.data.folds and not self.suite.endswith(fold_suffix(config.data.fold)):
             raise BenchError(f"data.folds={config.data.folds} cross-validates the `cls` dataset: run it with "
                              f"`bench run ... --folds {config.data.folds}`, which stores fold k in "
-                             f"<suite>{fold_suffix(0)[:-1]}k and pools the folds (bench.cv)")
+                             "<suite>-fold<k> and pools the folds (bench.cv)")
         return config
 
     def device(self, config: Config):

@@ -44,37 +44,52 @@ def derive_seed(*parts: int | str) -> int:
     return int(np.random.SeedSequence(ints).generate_state(1)[0])
 
 
-def dataset_fingerprint(root: Path, manifest: bool = True) -> str:
-    """Hash of a dataset's metadata files and its images' names and sizes (cheap, content-sensitive)."""
+def _fingerprint_parts(root: Path) -> list[bytes]:
+    """What a dataset's fingerprint hashes, in order: the name and bytes of manifest.csv, annotators.csv
+    and dataset.json ("-" when absent), then every image's and mask's relative path and size."""
     root = Path(root)
-    h = hashlib.sha256()
-    for name in ("manifest.csv", "annotators.csv", "dataset.json")[0 if manifest else 1:]:
+    parts: list[bytes] = []
+    for name in ("manifest.csv", "annotators.csv", "dataset.json"):
         p = root / name
-        h.update(name.encode())
-        h.update(p.read_bytes() if p.is_file() else b"-")
+        parts += [name.encode(), p.read_bytes() if p.is_file() else b"-"]
     for sub in ("images", "masks"):
         base = root / sub
         if base.is_dir():
-            for p in sorted(base.rglob("*")):
-                if p.is_file():
-                    h.update(f"{p.relative_to(root)}:{p.stat().st_size}".encode())
+            parts += [f"{p.relative_to(root)}:{p.stat().st_size}".encode() for p in sorted(base.rglob("*"))
+                      if p.is_file()]
+    return parts
+
+
+def _digest(parts: list[bytes]) -> str:
+    h = hashlib.sha256()
+    for part in parts:
+        h.update(part)
     return h.hexdigest()
+
+
+def dataset_fingerprint(root: Path) -> str:
+    """Hash of a dataset's metadata files and its images' names and sizes (cheap, content-sensitive)."""
+    return _digest(_fingerprint_parts(root))
 
 
 SPLIT_COLUMNS: tuple[str, ...] = ("split", "fold")
 
 
-def content_fingerprint(root: Path) -> str:
-    """:func:`dataset_fingerprint` without the split and fold columns: what the data is, not how it is split."""
-    root = Path(root)
+def _content(root: Path, parts: list[bytes]) -> str:
+    """The fingerprint without the manifest's split and fold columns (`parts` from _fingerprint_parts)."""
     h = hashlib.sha256()
-    manifest = root / "manifest.csv"
+    manifest = Path(root) / "manifest.csv"
     if manifest.is_file():
         frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
         frame = frame.drop(columns=[c for c in SPLIT_COLUMNS if c in frame.columns])
         h.update(b"manifest-content:" + frame.to_csv(index=False, lineterminator="\n").encode())
-    h.update(dataset_fingerprint(root, manifest=False).encode())
+    h.update(_digest(parts[2:]).encode())            # everything but manifest.csv
     return h.hexdigest()
+
+
+def content_fingerprint(root: Path) -> str:
+    """:func:`dataset_fingerprint` without the split and fold columns: what the data is, not how it is split."""
+    return _content(root, _fingerprint_parts(root))
 
 
 @dataclass(frozen=True)
@@ -86,10 +101,12 @@ class Fingerprint:
 
     @classmethod
     def of(cls, root: Path, splits: pd.Series | None = None) -> "Fingerprint":
-        """The folder's fingerprints; `splits` (image_id-aligned, e.g. a fold's) replaces the manifest's split."""
-        content = content_fingerprint(root)
+        """The folder's fingerprints (one listing of its files); `splits` (image_id-aligned, e.g. a fold's)
+        replaces the manifest's split."""
+        parts = _fingerprint_parts(root)
+        content = _content(root, parts)
         if splits is None:
-            return cls(dataset_fingerprint(root), content)
+            return cls(_digest(parts), content)
         return cls(stable_hash({"content": content, "splits": [str(v) for v in splits]}), content)
 
 

@@ -27,17 +27,23 @@ COLUMNS: tuple[str, ...] = ("n", "n_pos", "auc", "auc 95% CI", "recall", "specif
                             "accuracy")
 
 
+def auc_interval(subjects: pd.DataFrame) -> str:
+    """DeLong 95% CI of the AUC of subject predictions as 'low-high' (bench.stats.auc_ci); '-' when undefined."""
+    ci = auc_ci(pd.to_numeric(subjects["y_true"], errors="coerce"), pd.to_numeric(subjects["p_pos"], errors="coerce"))
+    return "-" if ci is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
+
+
 def parse_by(spec: str) -> tuple[str, float | None]:
     """``column`` or ``column:threshold`` (a number) → (column, threshold or None)."""
     m = re.fullmatch(r"\s*([^:]+?)\s*(?::\s*([-+0-9.eE]+)\s*)?", spec or "")
     if not m:
-        raise BenchError(f"--by {spec!r}: give a manifest column (sex, site, ...) or column:threshold (age:65)")
+        raise BenchError(f"subgroup {spec!r}: give a manifest column (sex, site, ...) or column:threshold (age:65)")
     if m.group(2) is None:
         return m.group(1), None
     try:
         return m.group(1), float(m.group(2))
     except ValueError as exc:
-        raise BenchError(f"--by {spec!r}: {m.group(2)!r} is not a number") from exc
+        raise BenchError(f"subgroup {spec!r}: {m.group(2)!r} is not a number") from exc
 
 
 def subject_groups(manifest: pd.DataFrame, column: str, threshold: float | None = None) -> pd.Series:
@@ -72,9 +78,7 @@ def subgroup_table(predictions: pd.DataFrame, manifest: pd.DataFrame, by: str, s
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")      # a single-class group: AUC NaN, shown as such
             m = classification_metrics(part["y_true"], part["p_pos"])
-        ci = auc_ci(pd.to_numeric(part["y_true"], errors="coerce"), pd.to_numeric(part["p_pos"], errors="coerce"))
-        out[str(name)] = {**{k: m[k] for k in COLUMNS if k in m}, "auc 95% CI": "-" if ci is None
-                          else f"{ci[0]:.3f}-{ci[1]:.3f}"}
+        out[str(name)] = {**{k: m[k] for k in COLUMNS if k in m}, "auc 95% CI": auc_interval(part)}
     return pd.DataFrame(out).T[list(COLUMNS)]
 
 

@@ -88,9 +88,12 @@ def run_command(args: argparse.Namespace) -> int:
         parts = [(cv.fold_suite(suite, k), cv.fold_sets(args.folds, k)) for k in cv.check_folds(args.folds, args.fold)]
     executor = make_executor(args.executor, address=args.address, retries=args.retries,
                              cpus_per_task=args.cpus_per_task)
-    runners = [Runner(args.results, suite=name, profile=args.profile, config_files=args.config_files,
+
+    def make_runner(name: str, extra: list[str], executor=None) -> Runner:
+        return Runner(args.results, suite=name, profile=args.profile, config_files=args.config_files,
                       sets=[*args.sets, *extra], data_seg=args.data_seg, data_cls=args.data_cls, device=args.device,
-                      plugins=args.plugin, executor=executor) for name, extra in parts]
+                      plugins=args.plugin, executor=executor)
+    runners = [make_runner(name, extra, executor) for name, extra in parts]
     for runner in runners:
         if args.executor == "ray":
             runner.check_device = False        # the cluster's nodes have the GPUs, maybe not this driver
@@ -117,10 +120,8 @@ def run_command(args: argparse.Namespace) -> int:
     finally:
         executor.close()
     if args.folds is not None:
-        fold_runners = runners if args.fold is None else [
-            Runner(args.results, suite=cv.fold_suite(suite, k), profile=args.profile, config_files=args.config_files,
-                   sets=[*args.sets, *cv.fold_sets(args.folds, k)], data_seg=args.data_seg, data_cls=args.data_cls,
-                   device=args.device, plugins=args.plugin) for k in range(args.folds)]
+        fold_runners = runners if args.fold is None else [       # the folds not run now: their expected keys
+            make_runner(cv.fold_suite(suite, k), cv.fold_sets(args.folds, k)) for k in range(args.folds)]
         for runner in fold_runners:
             runner.check_device = args.executor != "ray"
         expected = {(n, s): [r.plan_run(registry.get(n), s, generate=False).run_key for r in fold_runners]

@@ -34,16 +34,9 @@ def subset(predictions: pd.DataFrame, split: str) -> pd.DataFrame:
     return predictions[predictions["split"].astype(str) == split]
 
 
-def auc_interval(subjects: pd.DataFrame) -> str:
-    """DeLong 95% confidence interval of the AUC of subject predictions (bench.stats.auc_ci); '-' when undefined."""
-    from bench.stats import auc_ci
-
-    ci = auc_ci(pd.to_numeric(subjects["y_true"], errors="coerce"), pd.to_numeric(subjects["p_pos"], errors="coerce"))
-    return "-" if ci is None else f"{ci[0]:.3f}-{ci[1]:.3f}"
-
-
 def show_command(args: argparse.Namespace) -> int:
     from bench import results as store
+    from bench.subgroups import auc_interval
 
     path: Path = args.path
     if not path.exists():

@@ -253,7 +253,8 @@ def test_tune_refuses_a_cross_validated_config(tmp_path):
 
 
 def test_show_gives_the_delong_interval_of_each_row_subjects():
-    from bench.commands.show import auc_interval, subset
+    from bench.commands.show import subset
+    from bench.subgroups import auc_interval
     from bench.stats import delong_ci
 
     rng = np.random.default_rng(0)
