@@ -83,10 +83,12 @@ def perf_phantom(args: argparse.Namespace) -> dict:
 
 def perf_seg(args: argparse.Namespace) -> list[dict]:
     """Segmentation training step at batch --batch-size and the OT solve's share (issue 4)."""
+    from bench.config import parse_sets
     from bench.runner import resolve_device
     from methods.segmentation.perf import perf_seg as run_seg
 
-    return run_seg(args.profile, str(resolve_device(args.device)), batch=args.batch_size or 16, steps=args.repeats)
+    return run_seg(args.profile, str(resolve_device(args.device)), batch=args.batch_size or 16, steps=args.repeats,
+                   sets=parse_sets(args.sets))
 
 
 def perf_ssl(args: argparse.Namespace) -> dict:
@@ -157,8 +159,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="ssl: DataLoader workers of the conventional pipeline (default: all usable cores)")
     parser.add_argument("--set", dest="sets", action="append", default=[], metavar="KEY=VALUE",
-                        help="ssl, suite: override an option as `bench run --set` does, e.g. --set ssl.compile=default "
-                        "(repeatable)")
+                        help="seg, ssl, suite: override an option as `bench run --set` does, e.g. "
+                        "--set ssl.compile=default or --set segmentation.micro_batch=4 (repeatable)")
     parser.add_argument("--suite", default="paper", help="suite: the suite to project (default: paper)")
     parser.add_argument("--entry", dest="entries", nargs="+", default=[], metavar="E",
                         help="suite: project these entries instead of a suite")

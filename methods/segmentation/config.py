@@ -51,6 +51,7 @@ class SegmentationConfig:
     ot_solver: str = "exact"            # exact (LP with POT) | greedy (the reference heuristic)
     epochs: int = 200                   # training epochs
     batch_size: int = 16                # training batch size (images)
+    micro_batch: int = 0                # images per forward/backward pass, gradients accumulated over the batch (0: all at once); saves memory, BatchNorm then sees micro-batches
     lr: float = 1e-3                    # Adam learning rate
     weight_decay: float = 1e-5          # Adam weight decay
     lr_patience: int = 10               # ReduceLROnPlateau patience (epochs) on the plateau signal
@@ -93,6 +94,7 @@ class SegmentationConfig:
             (self.working_size >= 2 ** (self.levels - 1),
              f"segmentation.working_size must be at least 2**(levels-1) = {2 ** (self.levels - 1)}"),
             (self.epochs >= 1 and self.batch_size >= 1, "segmentation.epochs and batch_size must be >= 1"),
+            (self.micro_batch >= 0, "segmentation.micro_batch must be >= 0 (0: the whole batch in one pass)"),
             (self.canvas_aspect >= 0.0, "segmentation.canvas_aspect must be >= 0 (0: automatic)"),
             (self.eval_samples >= 0, "segmentation.eval_samples must be >= 0 (0: compact form)"),
             (self.val_every >= 1, "segmentation.val_every must be >= 1"),

@@ -5,13 +5,18 @@ forward, soft-IoU costs, relaxed OT plan, eq. 7 loss, backward, Adam) on a synth
 profile's working canvas and times it with device synchronisation. The OT solve is timed inside
 the step by wrapping ``methods.segmentation.ot.relaxed_couplings`` (the host-side LP solves of the
 B couplings, after the cost's copy to the host); its share is solve time / step time.
+
+Memory: the peak of one step after the timed ones, ``torch.cuda.max_memory_allocated`` on a GPU
+(what the tensors need, the allocator's cache excluded) and on a Linux CPU the process's peak
+resident set during the step (VmHWM after resetting it through /proc/self/clear_refs; it includes
+the model, the batch and the interpreter). ``segmentation.micro_batch`` lowers it.
 """
 from __future__ import annotations
 
 import contextlib
 import statistics
 import time
-from typing import Iterator
+from typing import Callable, Iterator
 
 import torch
 
@@ -49,6 +54,33 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _read_vm_hwm() -> int | None:
+    try:
+        for line in open("/proc/self/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
+def peak_memory_bytes(device: torch.device, step: Callable[[], object]) -> int | None:
+    """Peak memory of running `step` once (module docstring); None where it cannot be read."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        step()
+        torch.cuda.synchronize(device)
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")                      # resets VmHWM to the current resident set (Linux >= 4.0)
+    except OSError:
+        return None
+    step()
+    return _read_vm_hwm()
+
+
 def benchmark_seg_step(cfg: SegmentationConfig, device: torch.device | str, batch: int = 16, steps: int = 10,
                        warmup: int = 3, annotators: int = 3, seed: int = 0) -> dict:
     """Median step time (ms), images/s and the OT solve's share of the step for one config."""
@@ -79,7 +111,9 @@ def benchmark_seg_step(cfg: SegmentationConfig, device: torch.device | str, batc
             solve_s.append(sum(solves))
     step = statistics.median(step_s)
     solve = statistics.median(solve_s)
-    return {"model": cfg.model, "canvas": list(canvas), "batch": batch, "samples_per_image": cfg.experts * cfg.samples,
+    peak = peak_memory_bytes(device, lambda: train_step(model, opt, cfg, x, y, beta, gamma=cfg.gamma0, g_aug=gen,
+                                                        g_z=gen))
+    return {"model": cfg.model, "micro_batch": cfg.micro_batch or batch, "peak_memory_bytes": peak, "canvas": list(canvas), "batch": batch, "samples_per_image": cfg.experts * cfg.samples,
             "step_ms": step * 1e3, "images_per_s": batch / step, "ot_solve_ms": solve * 1e3,
             "ot_share": solve / step if cfg.model == "mose" else 0.0, "solver": cfg.ot_solver,
             "parameters": sum(p.numel() for p in model.parameters())}
@@ -91,7 +125,9 @@ def perf_seg(profile: str, device: str, batch: int = 16, steps: int = 10, sets: 
 
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"segmentation training step, profile {profile}, batch {batch}, {steps} timed steps, device {name}")
+    micro = resolve(profile, sets=sets or {}).segmentation.micro_batch
+    passes = f" in micro-batches of {micro}" if 0 < micro < batch else ""
+    print(f"segmentation training step, profile {profile}, batch {batch}{passes}, {steps} timed steps, device {name}")
     rows = []
     for variant in ({"segmentation.ot_solver": "exact"}, {"segmentation.ot_solver": "greedy"},
                     {"segmentation.model": "single"}):
@@ -101,6 +137,7 @@ def perf_seg(profile: str, device: str, batch: int = 16, steps: int = 10, sets: 
         label = f"{r['model']}" + (f" ({r['solver']} OT)" if r["model"] == "mose" else "")
         ot_part = (f", OT solve {r['ot_solve_ms']:.2f} ms = {100 * r['ot_share']:.2f} % of the step"
                    if r["model"] == "mose" else "")
+        peak = "" if r["peak_memory_bytes"] is None else f", peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB"
         print(f"  {label:18s} canvas {r['canvas'][0]}x{r['canvas'][1]}: {r['step_ms']:8.1f} ms/step, "
-              f"{r['images_per_s']:6.1f} images/s{ot_part}")
+              f"{r['images_per_s']:6.1f} images/s{ot_part}{peak}")
     return rows

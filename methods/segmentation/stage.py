@@ -31,6 +31,7 @@ import pandas as pd
 import torch
 
 from bench.data.format import BONES, Dataset
+from bench.errors import BenchError
 from bench.registry import Stage
 from bench.stage import StageContext, derive_seed
 from methods.segmentation.config import SegmentationConfig  # importing it registers the section
@@ -54,6 +55,19 @@ def _write_png(path: Path, array: np.ndarray) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_label_map(path, array)
+
+
+def out_of_memory(cfg: SegmentationConfig, canvas: tuple[int, int]) -> BenchError:
+    """What to do when a training step does not fit the device: halve the micro-batch."""
+    per_pass = min(cfg.micro_batch or cfg.batch_size, cfg.batch_size)
+    samples = cfg.experts * cfg.samples if cfg.model == "mose" else 1
+    if per_pass == 1:
+        advice = ("lower segmentation.working_size or segmentation.samples, or use a device with more memory")
+    else:
+        advice = (f"run with --set segmentation.micro_batch={max(1, per_pass // 2)} (gradient accumulation over "
+                  "the same batch; `bench perf seg --set segmentation.micro_batch=N` prints each choice's peak memory)")
+    return BenchError(f"the segmentation training ran out of device memory with {per_pass} images x {samples} "
+                      f"samples per pass on a {canvas[0]}x{canvas[1]} canvas: {advice}")
 
 
 def predict_dataset(model: torch.nn.Module, dataset: Dataset, role: str, out_dir: Path, *, batch_size: int,
@@ -171,8 +185,11 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
     canvas = choose_canvas(seg, train_ids, cfg.working_size, cfg.canvas_aspect)
     train = load_split(seg, ["train"], canvas, ctx.device, annotators)
     val = load_split(seg, ["val"], canvas, ctx.device, annotators, allow_empty=True)
-    result = train_segmentation(cfg, train, val if len(val) else None, seed=ctx.seed, device=ctx.device,
-                                log=ctx.log, progress=sys.stderr.isatty(), resume=ctx.resumer())
+    try:
+        result = train_segmentation(cfg, train, val if len(val) else None, seed=ctx.seed, device=ctx.device,
+                                    log=ctx.log, progress=sys.stderr.isatty(), resume=ctx.resumer())
+    except torch.cuda.OutOfMemoryError as exc:
+        raise out_of_memory(cfg, canvas) from exc
     model = result.model
     train_info = {"best_epoch": result.best_epoch, "best_val_ged": result.best_val_ged,
                   "epochs": result.epochs, "seconds_per_epoch": result.seconds_per_epoch,

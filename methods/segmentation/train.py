@@ -127,32 +127,57 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: Segmenta
                g_z: torch.Generator) -> torch.Tensor:
     """One optimiser step on a batch; returns the detached (loss, transport|ce, kl|dice) on the device.
 
-    MoSE: soft-IoU costs, relaxed OT plan (the step's one host synchronisation), eq. 7 loss;
-    single decoder: beta-weighted CE + soft Dice. Shared by the training loop and `bench perf seg`.
+    MoSE: soft-IoU costs, relaxed OT plan (one host synchronisation per forward pass), eq. 7 loss;
+    single decoder: beta-weighted CE + soft Dice. With ``cfg.micro_batch`` the batch is augmented
+    and its latent noise drawn whole, then forwarded in micro-batches whose gradients accumulate
+    (each loss weighted by its share of the batch; both losses are means over images), so only
+    BatchNorm's batch statistics differ from the whole-batch step. Shared by the training loop and
+    `bench perf seg`.
     """
-    from methods.segmentation.ot import ot_loss, pixel_ce_cost, soft_iou_cost
-    from methods.segmentation.single import ce_dice_loss
-
     if cfg.augment:
         x, y = augment(x, y, flip_p=cfg.flip_p, vflip_p=cfg.vflip_p, rotate_deg=cfg.rotate_deg,
                        scale_range=cfg.scale_range, generator=g_aug)
     if x.device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
-    with autocast(x.device):
-        out = model(x, generator=g_z)
+    b = x.shape[0]
+    chunk = cfg.micro_batch if 0 < cfg.micro_batch < b else b
+    eps = latent_noise(model, b, g_z) if chunk < b else None
+    opt.zero_grad(set_to_none=True)
+    sums = torch.zeros(3, device=x.device)
+    for start in range(0, b, chunk):
+        part = slice(start, start + chunk)
+        with autocast(x.device):
+            out = model(x[part], generator=g_z, eps=None if eps is None else eps[part])
+        terms = _loss_terms(out, y[part], beta[part], cfg, gamma)
+        share = (min(b, start + chunk) - start) / b
+        (terms[0] * share).backward()
+        sums += torch.stack([t.detach().float() for t in terms]) * share
+    opt.step()
+    return sums
+
+
+def latent_noise(model: torch.nn.Module, batch: int, generator: torch.Generator) -> torch.Tensor | None:
+    """The B x K x S x L standard-normal draw MoSE's forward pass would make (None for the single decoder)."""
+    spec = model.spec
+    if spec.kind != "mose":
+        return None
+    return torch.randn(batch, spec.experts, spec.samples, spec.latent, generator=generator,
+                       device=model.mu.device, dtype=model.mu.dtype)
+
+
+def _loss_terms(out: SegOutput, y: torch.Tensor, beta: torch.Tensor, cfg: SegmentationConfig,
+                gamma: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(loss, transport|ce, kl|dice) of one forward pass, each a mean over its images."""
+    from methods.segmentation.ot import ot_loss, pixel_ce_cost, soft_iou_cost
+    from methods.segmentation.single import ce_dice_loss
+
     if cfg.model == "mose":
         cost = soft_iou_cost(out.probs, y)          # integer maps: one class plane at a time
         if cfg.ce_weight > 0:                       # CE keeps a class whose softmax saturated learnable
             cost = cost + cfg.ce_weight * pixel_ce_cost(out.logits, y)
         res = ot_loss(cost, out.log_weights.float(), beta, gamma=gamma, lam=cfg.lam, solver=cfg.ot_solver)
-        loss, parts = res.loss, (res.transport, res.kl)
-    else:
-        loss, ce, dice = ce_dice_loss(out.logits[:, 0], y, beta)
-        parts = (ce, dice)
-    opt.zero_grad(set_to_none=True)
-    loss.backward()
-    opt.step()
-    return torch.stack([loss.detach(), parts[0].detach(), parts[1].detach()]).float()
+        return res.loss, res.transport, res.kl
+    return ce_dice_loss(out.logits[:, 0], y, beta)
 
 
 def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | None, *, seed: int,

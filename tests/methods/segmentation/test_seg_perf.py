@@ -27,3 +27,21 @@ def test_mose_step_reports_the_solve_of_every_step_and_single_has_none():
     assert abs(mose["images_per_s"] - 4 / (mose["step_ms"] / 1e3)) < 1e-6
     single = benchmark_seg_step(_tiny(model="single"), "cpu", batch=4, steps=2, warmup=1)
     assert single["ot_solve_ms"] == 0 and single["ot_share"] == 0
+
+
+def test_peak_memory_is_reported():
+    import sys
+
+    import pytest
+    import torch
+
+    from methods.segmentation.perf import peak_memory_bytes
+
+    if not sys.platform.startswith("linux"):
+        pytest.skip("the CPU peak is read from /proc")
+    held = []
+    base = peak_memory_bytes(torch.device("cpu"), lambda: None)
+    grown = peak_memory_bytes(torch.device("cpu"), lambda: held.append(torch.ones(64, 2**20)))   # 256 MiB, touched
+    assert base > 0 and grown - base > 200 * 2**20
+    r = benchmark_seg_step(_tiny(micro_batch=2), "cpu", batch=4, steps=1, warmup=0)
+    assert r["micro_batch"] == 2 and r["peak_memory_bytes"] > 0
