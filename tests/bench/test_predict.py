@@ -24,7 +24,8 @@ from bench.data.imageio import read_image
 from bench.errors import BenchError
 from bench.runner import Runner
 from methods.bones import BonePatch
-from methods.bundle import export_bundle, load_bundle
+from methods.bundle import load_bundle
+from methods.export import export_bundle
 from methods.screen import ScreenConfig, assess
 
 SETS = ["segmentation.levels=3", "segmentation.base_width=4", "segmentation.working_size=32",
@@ -295,7 +296,7 @@ def test_an_image_more_uncertain_than_the_runs_own_is_flagged_out_of_distributio
 
 def test_a_run_on_oracle_patches_cannot_be_exported(tmp_path):
     """simclr with patches.source=truth ran no segment stage: the export says why and what to do."""
-    from methods.bundle import stage_dirs
+    from methods.export import stage_dirs
 
     run_dir = tmp_path / "results" / "s" / "simclr" / "seed0"
     config = {"entry": "simclr", "stages": {"extract": "a", "pretrain": "b", "probe": "c"}}
