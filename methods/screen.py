@@ -22,10 +22,14 @@ Per radiograph (bone-bright float image from bench.data.imageio.read_image):
    * ``out-of-distribution``: the image's mean segmentation entropy exceeds ``ood_factor`` × the
      99th percentile of the mean entropies of the images the run itself segmented (its `seg` and
      `cls` datasets; ``reference`` of the bundle): the model is unsure where the bones are, as on
-     a radiograph of something else or from an unfamiliar device.
+     a radiograph of something else or from an unfamiliar device;
+   * ``models-disagree`` (a fold ensemble only): the fold models' own image probabilities fall on
+     both sides of the threshold, so the decision depends on which 80 % of the cohort trained it.
 
    Status: ``withheld`` with too-few-bones; else ``low-confidence`` with low-confidence-segmentation,
-   image-too-small or out-of-distribution; else ``ok``.
+   image-too-small, out-of-distribution or models-disagree; else ``ok``. ``model_probabilities``
+   holds each model's image probability (its bones' mean); ``probability_sd`` their standard
+   deviation (NaN with one model).
 
 An overlay PNG (:func:`overlay_png`) shows the radiograph with the bone contours, boxes and per-bone
 probabilities, and the entropy map (uncertainty) beside it.
@@ -101,16 +105,24 @@ class Screening:
     image: np.ndarray = field(repr=False, default=None)     # for the overlay
     labels: np.ndarray = field(repr=False, default=None)
     entropy: np.ndarray = field(repr=False, default=None)
+    model_probabilities: list[float] = field(default_factory=list)   # each probe model's image probability
 
     @property
     def n_bones(self) -> int:
         return sum(not b.missing for b in self.bones)
 
+    @property
+    def probability_sd(self) -> float:
+        """Standard deviation of the models' image probabilities (population form); NaN with one model."""
+        p = [v for v in self.model_probabilities if np.isfinite(v)]
+        return float(np.std(p)) if len(p) > 1 else float("nan")
+
     def row(self) -> dict[str, Any]:
         """One flat CSV row (bone columns p_<bone>, confidence_<bone>, missing_<bone> = reason or '')."""
         out: dict[str, Any] = {
             "name": self.name, "status": self.status, "decision": self.decision, "prediction": self.prediction,
-            "probability": self.probability, "threshold": self.threshold, "n_bones": self.n_bones,
+            "probability": self.probability, "probability_sd": self.probability_sd, "threshold": self.threshold,
+            "n_bones": self.n_bones,
             "flags": ";".join(self.flags), "mean_confidence": self.mean_confidence,
             "mean_entropy": self.mean_entropy, "mean_mutual_info": self.mean_mutual_info,
             "height": self.shape[0], "width": self.shape[1], "pixel_spacing_mm": self.pixel_spacing_mm}
@@ -124,6 +136,7 @@ class Screening:
         keys = ("name", "status", "decision", "prediction", "probability", "threshold", "flags", "notes")
         out: dict[str, Any] = {k: getattr(self, k) for k in keys}
         out["n_bones"] = self.n_bones
+        out["models"] = {"probabilities": list(self.model_probabilities), "sd": self.probability_sd}
         out["segmentation"] = {"mean_confidence": self.mean_confidence, "mean_entropy": self.mean_entropy,
                                "mean_mutual_info": self.mean_mutual_info}
         out["image"] = {"height": self.shape[0], "width": self.shape[1], "pixel_spacing_mm": self.pixel_spacing_mm}
@@ -138,8 +151,8 @@ class Screening:
 
 
 def assess(bones: Sequence[BonePatch], shape: tuple[int, int], canvas: tuple[int, int], cfg: ScreenConfig,
-           mean_entropy: float = float("nan"), reference_entropy: float | None = None
-           ) -> tuple[list[str], list[str], str]:
+           mean_entropy: float = float("nan"), reference_entropy: float | None = None,
+           model_probabilities: Sequence[float] = (), threshold: float = 0.5) -> tuple[list[str], list[str], str]:
     """(flags, notes, status) of one radiograph from its bones, size and mean segmentation entropy
     (`reference_entropy`: the 99th percentile on the run's own images; None skips the check)."""
     flags: list[str] = []
@@ -169,9 +182,14 @@ def assess(bones: Sequence[BonePatch], shape: tuple[int, int], canvas: tuple[int
         flags.append("out-of-distribution")
         notes.append(f"mean segmentation entropy {mean_entropy:.4f} nats > {cfg.ood_factor:g} × "
                      f"{reference_entropy:.4f} (99th percentile on the images the model was built with)")
+    votes = {p > threshold for p in model_probabilities if np.isfinite(p)}
+    if len(votes) > 1:
+        flags.append("models-disagree")
+        notes.append("the fold models disagree: image probabilities " +
+                     ", ".join(f"{p:.3f}" for p in model_probabilities) + f" around the threshold {threshold:g}")
     if "too-few-bones" in flags:
         status = "withheld"
-    elif {"low-confidence-segmentation", "image-too-small", "out-of-distribution"} & set(flags):
+    elif {"low-confidence-segmentation", "image-too-small", "out-of-distribution", "models-disagree"} & set(flags):
         status = "low-confidence"
     else:
         status = "ok"
@@ -196,14 +214,16 @@ def screen_radiographs(bundle: Any, radiographs: Sequence[Any], names: Sequence[
         bones = extract_bones(rad.pixels, pred.labels, pred.confidence, patch_cfg, rad.pixel_spacing_mm)
         patches += [b.patch for b in bones if not b.missing]
         per_image.append(bones)
-    probs = iter(bundle.bone_probabilities(np.stack(patches)) if patches else [])
+    rows = iter(bundle.model_probabilities(np.stack(patches)) if patches else [])
     out = []
     for name, rad, pred, bones in zip(names, radiographs, preds, per_image):
-        p_bone = {b.bone: float("nan") if b.missing else float(next(probs)) for b in bones}
+        scored = {b.bone: next(rows) for b in bones if not b.missing}
+        p_bone = {b.bone: float(scored[b.bone].mean()) if b.bone in scored else float("nan") for b in bones}
         for b in bones:
             b.patch = None
+        model_p = [float(v) for v in np.mean(list(scored.values()), axis=0)] if scored else []
         flags, notes, status = assess(bones, rad.pixels.shape, bundle.canvas, cfg, float(pred.entropy.mean()),
-                                      reference)
+                                      reference, model_p if len(model_p) > 1 else (), threshold)
         used = [p_bone[b.bone] for b in bones if not b.missing]
         prob = float(np.mean(used)) if used else float("nan")
         prediction = None if status == "withheld" or not used else int(prob > threshold)
@@ -215,7 +235,7 @@ def screen_radiographs(bundle: Any, radiographs: Sequence[Any], names: Sequence[
             mean_confidence=float(np.mean(conf)) if conf else float("nan"),
             mean_entropy=float(pred.entropy.mean()), mean_mutual_info=float(pred.mutual_info.mean()),
             shape=tuple(rad.pixels.shape), pixel_spacing_mm=rad.pixel_spacing_mm, image=rad.pixels,
-            labels=pred.labels, entropy=pred.entropy))
+            labels=pred.labels, entropy=pred.entropy, model_probabilities=model_p))
     return out
 
 

@@ -78,7 +78,7 @@ def test_ensemble_bone_probabilities_are_the_mean_of_the_fold_bundles(cv):
     rads = _radiographs(cv["cls"], ids)
     got = ens.predict(rads, ids, screen=PERMISSIVE)
     each = [b.predict(rads, ids, screen=PERMISSIVE) for b in folds]
-    compared = 0
+    compared = disagree = 0
     for i, res in enumerate(got):
         assert res.n_bones == each[0][i].n_bones == each[1][i].n_bones     # one segmentation model for all
         for bone, p in res.bone_probability.items():
@@ -92,7 +92,16 @@ def test_ensemble_bone_probabilities_are_the_mean_of_the_fold_bundles(cv):
             used = [p for p in res.bone_probability.values() if np.isfinite(p)]
             assert res.probability == pytest.approx(np.mean(used), abs=1e-12)
             assert res.prediction == int(res.probability > ens.threshold)
+            assert res.model_probabilities == pytest.approx([e[i].probability for e in each], abs=1e-6)
+            assert res.probability_sd == pytest.approx(np.std(res.model_probabilities), abs=1e-12)
+            split = (min(res.model_probabilities) <= ens.threshold) != (max(res.model_probabilities) <= ens.threshold)
+            assert ("models-disagree" in res.flags) == split
+            disagree += split
+        else:
+            assert res.model_probabilities == [] and np.isnan(res.probability_sd)
+        assert np.isnan(each[0][i].probability_sd)                         # one model: no spread
     assert compared >= 20
+    print(f"{disagree} of {len(ids)} images with fold models on both sides of the threshold")
     assert not np.allclose([each[0][i].probability for i in range(len(ids))],
                            [each[1][i].probability for i in range(len(ids))])   # the fold models differ
 
