@@ -23,7 +23,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 import pandas as pd
 from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, brier_score_loss,
-                             precision_recall_fscore_support, roc_auc_score)
+                             precision_recall_fscore_support, roc_auc_score, roc_curve)
 
 from bench.data.format import BONES, SPLITS
 from bench.errors import BenchError
@@ -37,7 +37,9 @@ BONE_PREDICTION_COLUMNS: tuple[str, ...] = ("subject_id", "split", "bone", "y_tr
 #: Keys of :func:`classification_metrics`, in a stable order.
 METRIC_KEYS: tuple[str, ...] = ("precision", "recall", "f1", "accuracy", "auc", "macro_f1",
                                 "specificity", "npv", "balanced_accuracy", "average_precision", "brier",
-                                "n", "n_pos", "n_unscored", "n_unlabeled")
+                                "sens_at_spec90", "spec_at_sens90", "n", "n_pos", "n_unscored", "n_unlabeled")
+#: The fixed level of the ROC operating points sens_at_spec90 / spec_at_sens90.
+OPERATING_LEVEL = 0.9
 #: Subject decision threshold on the mean positive probability (eq. 10 with two classes).
 DECISION_THRESHOLD = 0.5
 
@@ -145,7 +147,10 @@ def classification_metrics(y_true: Any, p_pos: Any, threshold: float = DECISION_
     Beyond the paper, what a screening study reports beside them: specificity and negative
     predictive value (recall and precision of the negative class), balanced accuracy, average
     precision (the area under the precision-recall curve, scikit-learn's step-wise estimate; its
-    chance level is the prevalence) and the Brier score of the probabilities.
+    chance level is the prevalence), the Brier score of the probabilities, and two operating points
+    of the ROC curve (:func:`roc_operating_points`): the best sensitivity with specificity >= 0.9
+    and the best specificity with sensitivity >= 0.9. Their threshold is read off the curve of the
+    same subjects, so they describe the curve, not a threshold fixed in advance as ``threshold``.
 
     ``y_pred = p_pos > threshold`` (strict, as the subject decision). Rows with NaN p_pos count in
     ``n_unscored``, rows with unknown y_true in ``n_unlabeled``; both are excluded from everything
@@ -183,7 +188,22 @@ def classification_metrics(y_true: Any, p_pos: Any, threshold: float = DECISION_
         out["auc"] = float(roc_auc_score(yt, ps))
         out["average_precision"] = float(average_precision_score(yt, ps))
         out["balanced_accuracy"] = float(balanced_accuracy_score(yt, yp))
+        out["sens_at_spec90"], out["spec_at_sens90"] = roc_operating_points(yt, ps, OPERATING_LEVEL)
     return out
+
+
+def roc_operating_points(y_true: np.ndarray, p_pos: np.ndarray, level: float = OPERATING_LEVEL
+                         ) -> tuple[float, float]:
+    """(sensitivity at specificity >= level, specificity at sensitivity >= level) on the empirical ROC.
+
+    The vertices of scikit-learn's ``roc_curve`` (drop_intermediate=False): every threshold that
+    changes a decision; the best of those meeting the constraint (the curve's corner points, no
+    interpolation between them, as screening studies quote "specificity at 90 % sensitivity").
+    """
+    fpr, tpr, _ = roc_curve(y_true, p_pos, drop_intermediate=False)
+    sens = float(tpr[1 - fpr >= level - 1e-12].max())       # the (0, 0) vertex always qualifies
+    spec = float((1 - fpr[tpr >= level - 1e-12]).max())     # the (1, 1) vertex always qualifies
+    return sens, spec
 
 
 def split_metrics(subjects: pd.DataFrame, threshold: float = DECISION_THRESHOLD) -> dict[str, dict[str, float]]:

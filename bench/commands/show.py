@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("show", help="show a run, an entry, a suite or a results folder")
     p.add_argument("path", type=Path, help="results/<suite>[/<entry>[/seed<k>]] or the results folder")
     p.add_argument("--split", default="test", help="split to summarise (default: test)")
+    p.add_argument("--metrics", nargs="+", default=None, metavar="M",
+                   help=f"metrics to show (default: {' '.join(SHOWN)}); any of bench.metrics.METRIC_KEYS, e.g. "
+                   "specificity npv average_precision brier sens_at_spec90 spec_at_sens90")
     p.add_argument("--by", default=None, metavar="COLUMN[:CUT]",
                    help="a run: its --split metrics per subgroup of a `cls` manifest column, e.g. sex, site, "
                         "age:65 (bench.subgroups)")
@@ -39,6 +42,7 @@ def show_command(args: argparse.Namespace) -> int:
     from bench.subgroups import auc_interval
 
     path: Path = args.path
+    shown = chosen_metrics(args.metrics)
     if not path.exists():
         raise BenchError(f"{path} does not exist; give a folder under your results folder")
     if args.by is not None and not (path / "metrics.json").is_file():
@@ -67,7 +71,7 @@ def show_command(args: argparse.Namespace) -> int:
         if "cv" in cfg:
             print(f"fold {cfg['cv']['fold']} of {cfg['cv']['folds']} (test split: {cfg['cv']['holds_out']})")
         table = pd.DataFrame({s: m for s, m in run.metrics.items() if s != "extra"}).T
-        table = table.reindex(columns=[c for c in SHOWN + ["n", "n_pos"] if c in table.columns]).round(4)
+        table = table.reindex(columns=[c for c in shown + ["n", "n_pos"] if c in table.columns]).round(4)
         table["auc 95% CI"] = [auc_interval(subset(run.predictions, s)) for s in table.index]
         print(table.to_string())
         if "extra" in run.metrics:
@@ -75,9 +79,9 @@ def show_command(args: argparse.Namespace) -> int:
         return 0
     if any(p.name.startswith("seed") and (p / "metrics.json").is_file() for p in path.iterdir()):
         return _show_frame(store.load_metrics(path.parent.parent, path.parent.name, [path.name]),
-                           args.split, by_seed=True)
+                           args.split, by_seed=True, shown=shown)
     if any(q.is_dir() and any(r.name.startswith("seed") for r in q.iterdir()) for q in path.iterdir() if q.is_dir()):
-        return _show_frame(store.load_metrics(path.parent, path.name), args.split, by_seed=False)
+        return _show_frame(store.load_metrics(path.parent, path.name), args.split, by_seed=False, shown=shown)
     runs = store.list_runs(path)
     if runs.empty:
         raise BenchError(f"{path} holds no runs; results folders look like results/<suite>/<entry>/seed<k>")
@@ -86,17 +90,27 @@ def show_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _show_frame(frame: pd.DataFrame, split: str, by_seed: bool) -> int:
-    frame = frame[(frame["split"] == split) & frame["metric"].isin(SHOWN)]
+def chosen_metrics(names: list[str] | None) -> list[str]:
+    """--metrics checked against bench.metrics.METRIC_KEYS (default: SHOWN)."""
+    from bench.metrics import METRIC_KEYS
+
+    unknown = [m for m in names or () if m not in METRIC_KEYS]
+    if unknown:
+        raise BenchError(f"--metrics {unknown[0]} is not a metric; choose from {' '.join(METRIC_KEYS)}")
+    return list(dict.fromkeys(names)) if names else list(SHOWN)
+
+
+def _show_frame(frame: pd.DataFrame, split: str, by_seed: bool, shown: list[str]) -> int:
+    frame = frame[(frame["split"] == split) & frame["metric"].isin(shown)]
     if frame.empty:
         raise BenchError(f"no {split} metrics here; is the split name right (train, val, test)?")
     if by_seed:
         wide = frame.pivot_table(index=["entry", "seed"], columns="metric", values="value")
-        print(wide.reindex(columns=[c for c in SHOWN if c in wide.columns]).round(4).to_string())
+        print(wide.reindex(columns=[c for c in shown if c in wide.columns]).round(4).to_string())
     agg = frame.groupby(["entry", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
     agg["cell"] = [f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f}" for m, s in zip(agg["mean"], agg["std"])]
     wide = agg.pivot(index="entry", columns="metric", values="cell")
     seeds = agg.groupby("entry")["count"].max().rename("seeds")
     print(f"{split} split, mean ± std over seeds (ddof=1):")
-    print(wide.reindex(columns=[c for c in SHOWN if c in wide.columns]).join(seeds).to_string())
+    print(wide.reindex(columns=[c for c in shown if c in wide.columns]).join(seeds).to_string())
     return 0

@@ -26,6 +26,11 @@ def test_show_levels(tmp_path, tiny_dataset, capsys):
     assert "±" in entry_out and "seeds" in entry_out
     assert main(["show", str(tmp_path / "res" / "s")]) == 0
     assert "toy" in capsys.readouterr().out
+    assert main(["show", str(tmp_path / "res" / "s" / "toy"), "--metrics", "spec_at_sens90", "brier"]) == 0
+    header = [line for line in capsys.readouterr().out.splitlines() if "spec_at_sens90" in line]
+    assert header and "brier" in header[0] and "f1" not in header[0]
+    assert main(["show", str(tmp_path / "res" / "s"), "--metrics", "aucc"]) == 2
+    assert "--metrics aucc is not a metric" in capsys.readouterr().err
     assert main(["show", str(tmp_path / "nowhere")]) == 2
     assert "does not exist" in capsys.readouterr().err
     assert main(["run", "--entry", "toy", "--set", "run.devize=cpu", "--results", str(tmp_path / "r2")]) == 2

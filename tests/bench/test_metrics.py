@@ -101,6 +101,34 @@ def test_screening_metrics_by_hand():
         one = classification_metrics([1, 1], [0.9, 0.2])
     assert math.isnan(one["balanced_accuracy"]) and math.isnan(one["average_precision"])
     assert one["brier"] == pytest.approx((0.01 + 0.64) / 2)
+    assert math.isnan(one["sens_at_spec90"]) and math.isnan(one["spec_at_sens90"])
+
+
+def test_roc_operating_points_by_hand():
+    # y 0 1 1 0 1, p .2 .7 .4 .6 .9. Thresholds .9/.7/.6/.4/.2 give (sens, spec) 1/3 1, 2/3 1, 2/3 1/2, 1 1/2, 1 0
+    m = classification_metrics([0, 1, 1, 0, 1], [0.2, 0.7, 0.4, 0.6, 0.9])
+    assert m["sens_at_spec90"] == pytest.approx(2 / 3) and m["spec_at_sens90"] == pytest.approx(1 / 2)
+    # a tie between a positive and a negative is one threshold: both or neither are called positive
+    m = classification_metrics([1, 0, 1, 0], [0.8, 0.8, 0.3, 0.1])
+    assert m["sens_at_spec90"] == 0.0 and m["spec_at_sens90"] == pytest.approx(1 / 2)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_roc_operating_points_against_every_threshold(seed):
+    rng = _rng(7, seed)
+    n = int(rng.integers(20, 200))
+    y = rng.integers(0, 2, n)
+    y[:2] = [0, 1]
+    p = np.round(np.clip(0.5 + 0.25 * (y - 0.5) + rng.normal(0, 0.25, n), 0, 1), 2)   # rounded: ties
+    best_sens, best_spec = 0.0, 0.0
+    for t in [np.inf, *np.unique(p)]:
+        call = p >= t
+        sens, spec = call[y == 1].mean(), (~call[y == 0]).mean()
+        best_sens = max(best_sens, sens) if spec >= 0.9 else best_sens
+        best_spec = max(best_spec, spec) if sens >= 0.9 else best_spec
+    m = classification_metrics(y, p)
+    assert m["sens_at_spec90"] == pytest.approx(best_sens, abs=1e-12)
+    assert m["spec_at_sens90"] == pytest.approx(best_spec, abs=1e-12)
 
 
 @pytest.mark.parametrize("seed", range(10))
