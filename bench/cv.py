@@ -47,6 +47,16 @@ def fold_sets(folds: int, fold: int) -> list[str]:
     return [f"data.folds={folds}", f"data.fold={fold}"]
 
 
+def fold_run_dirs(pooled: Path, config: dict[str, Any]) -> list[tuple[int, Path, str | None]]:
+    """(fold, run folder, run key at pooling) of each fold run of the pooled run at `pooled`
+    (``results/<suite>-cv<K>/<entry>/seed<s>``), found beside it in the same results folder."""
+    suite, folds = str(config["suite"]), int(config["folds"])
+    base = suite[:-len(f"-cv{folds}")]
+    results = pooled.parent.parent.parent
+    return [(int(f["fold"]), results / fold_suite(base, int(f["fold"])) / pooled.parent.name / pooled.name,
+             f.get("run_key")) for f in config["fold_runs"]]
+
+
 def check_folds(folds: int, only: Sequence[int] | None = None) -> list[int]:
     """The folds to run: all of 0..folds-1, or `only` (each checked)."""
     if folds < 2:

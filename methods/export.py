@@ -97,21 +97,21 @@ def members_of(run: Path, run_config: dict[str, Any]) -> list[Member]:
     fold_runs = run_config.get("fold_runs")
     if not fold_runs:
         return [Member(run, run_config, stage_dirs(run, run_config))]
-    from bench.cv import fold_suite
+    from bench.cv import fold_run_dirs
 
     suite, folds = str(run_config["suite"]), int(run_config["folds"])
     base = suite[:-len(f"-cv{folds}")]
+    holds_out = {int(f["fold"]): f.get("holds_out") for f in fold_runs}
     members = []
-    for f in fold_runs:
-        fold_run = run.parent.parent.parent / fold_suite(base, int(f["fold"])) / run.parent.name / run.name
+    for fold, fold_run, key in fold_run_dirs(run, run_config):
         if not (fold_run / "config.json").is_file():
-            raise BenchError(f"fold {f['fold']} of {run} ({fold_run}) is missing; rerun `bench run --suite {base} "
+            raise BenchError(f"fold {fold} of {run} ({fold_run}) is missing; rerun `bench run --suite {base} "
                              f"--folds {folds}` with the same options and export again")
         config = read_run_config(fold_run)
-        if config.get("run_key") != f.get("run_key"):
-            raise BenchError(f"fold {f['fold']}'s run ({fold_run}) changed after the folds were pooled; rerun "
+        if config.get("run_key") != key:
+            raise BenchError(f"fold {fold}'s run ({fold_run}) changed after the folds were pooled; rerun "
                              f"`bench run --suite {base} --folds {folds}` with its options (it pools again) and export")
-        members.append(Member(fold_run, config, stage_dirs(fold_run, config), int(f["fold"]), f.get("holds_out")))
+        members.append(Member(fold_run, config, stage_dirs(fold_run, config), fold, holds_out[fold]))
     for shared in ("segment", "extract"):
         if len({m.dirs[shared] for m in members}) > 1:
             raise BenchError(f"the folds of {run} used different {shared} stages; an ensemble shares one "

@@ -24,6 +24,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--metrics", nargs="+", default=None, metavar="M",
                    help=f"metrics to show (default: {' '.join(SHOWN)}); any of bench.metrics.METRIC_KEYS, e.g. "
                    "specificity npv average_precision brier sens_at_spec90 spec_at_sens90")
+    p.add_argument("--operating-point", default=None, metavar="TARGET:LEVEL",
+                   help="a run: the threshold reaching sensitivity:LEVEL or specificity:LEVEL on its val split, and "
+                   "the test sensitivity, specificity, PPV and NPV at it (per fold for a cross-validation; "
+                   "bench.operating); pass the threshold to `bench predict --threshold`")
     p.add_argument("--by", default=None, metavar="COLUMN[:CUT]",
                    help="a run: its --split metrics per subgroup of a `cls` manifest column, e.g. sex, site, "
                         "age:65 (bench.subgroups)")
@@ -45,8 +49,9 @@ def show_command(args: argparse.Namespace) -> int:
     shown = chosen_metrics(args.metrics)
     if not path.exists():
         raise BenchError(f"{path} does not exist; give a folder under your results folder")
-    if args.by is not None and not (path / "metrics.json").is_file():
-        raise BenchError(f"--by needs a run folder (results/<suite>/<entry>/seed<k>); {path} is not one")
+    for option, value in (("--by", args.by), ("--operating-point", args.operating_point)):
+        if value is not None and not (path / "metrics.json").is_file():
+            raise BenchError(f"{option} needs a run folder (results/<suite>/<entry>/seed<k>); {path} is not one")
     if (path / "metrics.json").is_file():
         run = store.read_run(path)
         cfg = run.config
@@ -58,6 +63,8 @@ def show_command(args: argparse.Namespace) -> int:
                   f"{args.by}")
             print(table.to_string(float_format=lambda v: f"{v:.3f}"))
             return 0
+        if args.operating_point is not None:
+            return _show_operating_point(run, path, args.operating_point)
         print(f"{cfg.get('entry')} seed {cfg.get('seed')} (suite {cfg.get('suite')}, profile {cfg.get('profile')}, "
               f"osteobench {cfg.get('version')})")
         if "fold_runs" in cfg:                       # a pooled cross-validation run (bench.cv)
@@ -87,6 +94,21 @@ def show_command(args: argparse.Namespace) -> int:
         raise BenchError(f"{path} holds no runs; results folders look like results/<suite>/<entry>/seed<k>")
     summary = runs.groupby(["suite", "status"]).size().unstack(fill_value=0)
     print(summary.to_string())
+    return 0
+
+
+def _show_operating_point(run, path: Path, spec: str) -> int:
+    from bench.operating import operating_table, parse_target, pooled_operating_table
+
+    target, level = parse_target(spec)
+    cfg = run.config
+    pooled = "fold_runs" in cfg
+    table = (pooled_operating_table(path, cfg, target, level) if pooled
+             else operating_table(run.predictions, target, level))
+    where = ("each fold's threshold chosen on its own val split, applied to its test fold; `test`: all folds' "
+             "decisions pooled" if pooled else "threshold chosen on the val split")
+    print(f"{cfg.get('entry')} seed {cfg.get('seed')} (suite {cfg.get('suite')}): {target} >= {level:g}; {where}")
+    print(table.to_string(float_format=lambda v: f"{v:.4f}"))
     return 0
 
 
