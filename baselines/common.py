@@ -4,6 +4,7 @@ from __future__ import annotations
 import pandas as pd
 
 from bench.errors import BenchError
+from bench.metrics import average_images
 from bench.stage import StageContext
 
 
@@ -23,6 +24,4 @@ def write_history(ctx: StageContext, history: list[dict[str, float]]) -> None:
 
 def subject_predictions(per_image: pd.DataFrame) -> pd.DataFrame:
     """Mean p_pos per subject (several images of a subject count once): subject_id, split, y_true, p_pos."""
-    grouped = per_image.groupby("subject_id", sort=True)
-    return pd.DataFrame({"split": grouped["split"].first(), "y_true": grouped["y_true"].max(),
-                         "p_pos": grouped["p_pos"].mean()}).reset_index()
+    return average_images(per_image, ("subject_id", "split")).sort_values("subject_id", ignore_index=True)

@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from bench.errors import BenchError
+from bench.metrics import average_images
 from bench.stage import StageContext
 from baselines.common import require_labels, write_history
 from baselines.roi import centred_box, crop_box
@@ -72,8 +73,6 @@ def hsieh_stage(ctx: StageContext) -> dict:
                               resume=ctx.resumer())
     write_history(ctx, result.history)
     preds = result.bone_predictions
-    # several images of a subject: one row per (subject, ROI type), their mean
-    preds = preds.groupby(["subject_id", "split", "bone"], as_index=False, sort=False).agg(
-        y_true=("y_true", "max"), p_pos=("p_pos", "mean"))
+    preds = average_images(preds)        # several images of a subject: one row per (subject, ROI type)
     preds.to_parquet(ctx.out_dir / "bone_predictions.parquet", index=False)
     return {"metrics": {"best_epoch": float(result.best_epoch), **landmark_metrics(ctx.inputs["landmarks"])}}

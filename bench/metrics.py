@@ -57,6 +57,21 @@ class NoUsableBoneWarning(MetricsWarning):
 
 
 # --------------------------------------------------------------------------- aggregation
+def average_images(predictions: pd.DataFrame, by: Sequence[str] = ("subject_id", "split", "bone")) -> pd.DataFrame:
+    """Several images of a subject count once: one row per `by` group with the mean p_pos of its
+    rows (NaN, an unusable bone on one image, is skipped; all NaN stays NaN) and the max y_true.
+
+    A subject photographed twice (both hands, a follow-up) then weighs as much as any other in
+    eq. 10 and in the metrics; without a ``bone`` key, per-image (whole-radiograph) predictions
+    become one row per subject.
+    """
+    missing = [c for c in (*by, "y_true", "p_pos") if c not in predictions.columns]
+    if missing:
+        raise BenchError(f"predictions lack columns {missing} to average several images of a subject")
+    return predictions.groupby(list(by), as_index=False, sort=False, dropna=False).agg(
+        y_true=("y_true", "max"), p_pos=("p_pos", "mean"))
+
+
 def aggregate_subjects(bone_predictions: pd.DataFrame) -> pd.DataFrame:
     """Per-bone probabilities → one row per (subject_id, split) (paper eq. 10).
 

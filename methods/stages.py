@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.format import Dataset
+from bench.metrics import average_images
 from bench.registry import Stage
 from bench.stage import StageContext
 from methods.encoders import build_encoder, extract_features
@@ -51,11 +52,11 @@ def _write(ctx: StageContext, result: ProbeResult, subject_level: bool) -> dict:
     for epoch, record in enumerate(result.history):
         for key, value in record.items():
             ctx.log(key, value, epoch=epoch)
-    preds = result.bone_predictions
+    preds = result.bone_predictions      # one row per patch (or image): several images of a subject count once
     if subject_level:
-        preds.drop(columns="bone").to_parquet(ctx.out_dir / "predictions.parquet", index=False)
+        average_images(preds, ("subject_id", "split")).to_parquet(ctx.out_dir / "predictions.parquet", index=False)
     else:
-        preds.to_parquet(ctx.out_dir / "bone_predictions.parquet", index=False)
+        average_images(preds).to_parquet(ctx.out_dir / "bone_predictions.parquet", index=False)
     torch.save(result.head.state_dict(), ctx.out_dir / "head.pt")
     if result.feature_mean is not None:   # the probe's standardisation, for `bench export`
         torch.save({"mean": result.feature_mean.cpu(), "std": result.feature_std.cpu()},

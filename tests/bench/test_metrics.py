@@ -18,6 +18,7 @@ from bench.metrics import (
     SingleClassWarning,
     SUBJECT_COLUMNS,
     aggregate_subjects,
+    average_images,
     classification_metrics,
     select_best,
     split_metrics,
@@ -304,3 +305,16 @@ def test_select_best_custom_keys_and_errors():
         select_best([])
     with pytest.raises(BenchError, match="val_macro_f1"):
         select_best([{"val_f1": 0.3, "val_auc": 0.5}])
+
+
+def test_average_images_counts_a_subject_once():
+    frame = pd.DataFrame({"subject_id": ["a", "a", "a", "b", "a"], "split": ["test"] * 5,
+                          "bone": ["ulna", "ulna", "radius", "ulna", "M1"],
+                          "y_true": pd.array([1, 1, 1, 0, 1], dtype="Int64"), "p_pos": [0.2, 0.6, np.nan, 0.3, np.nan]})
+    out = average_images(frame).set_index(["subject_id", "bone"])
+    assert out.loc[("a", "ulna"), "p_pos"] == pytest.approx(0.4) and len(out) == 4
+    assert math.isnan(out.loc[("a", "radius"), "p_pos"]) and out.loc[("a", "ulna"), "y_true"] == 1
+    per_subject = average_images(frame, ("subject_id", "split")).set_index("subject_id")
+    assert per_subject.loc["a", "p_pos"] == pytest.approx((0.2 + 0.6) / 2) and per_subject.loc["b", "y_true"] == 0
+    with pytest.raises(BenchError, match="lack columns"):
+        average_images(frame.drop(columns="bone"))

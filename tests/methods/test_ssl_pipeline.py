@@ -124,3 +124,35 @@ def test_supervised_stage_trains_end_to_end(env, patches):
     out = run_cpu_stage(SUPERVISED, _cfg(), env, {"extract": patches})
     preds = pd.read_parquet(out / "bone_predictions.parquet")
     assert len(preds) == len(PatchStore.open(patches).present(role="cls"))
+
+
+def test_a_subject_with_two_radiographs_counts_once(env, tmp_path):
+    """Two images of one subject (both hands, a follow-up): one row per (subject, bone), their mean."""
+    import shutil
+
+    from bench.metrics import aggregate_subjects
+    from bench.runner import evaluate
+
+    root, datasets = env
+    cls_dir = tmp_path / "cli"
+    shutil.copytree(datasets["cls"].root, cls_dir)
+    manifest = pd.read_csv(cls_dir / "manifest.csv", dtype={"subject_id": str})
+    train = manifest[manifest["split"] == "train"]
+    pair = train[train["label"] == train["label"].iloc[0]].index[:2]
+    manifest.loc[pair[1], "subject_id"] = manifest.loc[pair[0], "subject_id"]     # one subject, two images
+    manifest.to_csv(cls_dir / "manifest.csv", index=False)
+    twice = (root, {"seg": datasets["seg"], "cls": Dataset.open(cls_dir)})
+    cfg = _cfg()
+    extract = run_cpu_stage(EXTRACT, cfg, twice, {})
+    pre = run_cpu_stage(PRETRAIN, cfg, twice, {"extract": extract})
+    out = run_cpu_stage(PROBE, cfg, twice, {"extract": extract, "pretrain": pre})
+    preds = pd.read_parquet(out / "bone_predictions.parquet")
+    assert not preds.duplicated(["subject_id", "bone"]).any()
+    per_patch = PatchStore.open(extract).present(role="cls")
+    assert len(preds) < len(per_patch)
+    subjects, metrics = evaluate(out)
+    assert sorted(subjects["subject_id"]) == sorted(manifest["subject_id"].unique())
+    assert metrics["train"]["n"] == manifest.loc[manifest["split"] == "train", "subject_id"].nunique()
+    assert subjects.equals(aggregate_subjects(preds))
+    whole = run_cpu_stage(PROBE_WHOLE, cfg, twice, {"pretrain": pre})
+    assert sorted(pd.read_parquet(whole / "predictions.parquet")["subject_id"]) == sorted(manifest["subject_id"].unique())
