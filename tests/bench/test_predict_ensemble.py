@@ -146,3 +146,32 @@ def test_cli_export_names_the_ensemble_and_a_format_1_bundle_still_loads(cv, tmp
     assert len(old.models) == 1 and old.models[0].fold is None
     patches = np.random.default_rng(0).integers(0, 65535, (3, 32, 32), dtype=np.uint16)
     assert np.array_equal(old.bone_probabilities(patches), new.bone_probabilities(patches))
+
+
+def test_cli_evaluate_writes_a_run_that_show_and_compare_read(cv, tmp_path, capsys):
+    from bench import results as store
+
+    results = tmp_path / "results"
+    for bundle, entry in ((cv["ensemble"], "ensemble"), (cv["singles"][0], "fold0")):
+        assert main(["evaluate", str(bundle), "--data", str(cv["cls"].root), "--split", "test", "--name", "ext",
+                     "--entry", entry, "--results", str(results), "--device", "cpu", "--no-mlflow"]) == 0
+    out = capsys.readouterr().out
+    assert "AUC" in out and "DeLong 95% CI" in out
+    run = store.read_run(results / "ext" / "ensemble" / "seed0")
+    test_subjects = set(cv["cls"].manifest.loc[cv["cls"].manifest["split"] == "test", "subject_id"].astype(str))
+    assert set(run.predictions["subject_id"]) == test_subjects and set(run.predictions["split"]) == {"test"}
+    assert run.config["bundle"]["models"] == 2 and run.config["split"] == "test"
+    # the subjects' probabilities are the screening's (one image per subject here), and the metrics are theirs
+    ens = load_bundle(cv["ensemble"])
+    ids = cv["cls"].manifest.loc[cv["cls"].manifest["split"] == "test", "image_id"].tolist()
+    screened = dict(zip(ids, ens.predict(_radiographs(cv["cls"], ids), ids, screen=PERMISSIVE)))
+    by_subject = run.predictions.set_index("subject_id")["p_pos"]
+    subject_of = cv["cls"].manifest.set_index("image_id")["subject_id"].astype(str)
+    for image_id, res in screened.items():
+        assert by_subject[subject_of[image_id]] == pytest.approx(res.probability, abs=1e-9, nan_ok=True)
+    assert (results / "ext" / "ensemble" / "seed0" / "images.csv").is_file()
+    assert main(["show", str(results / "ext" / "ensemble" / "seed0"), "--by", "sex"]) == 0
+    assert main(["compare", "ensemble", "fold0", "--suite", "ext", "--results", str(results)]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(cv["ensemble"]), "--data", str(tmp_path), "--no-mlflow",
+                 "--results", str(results)]) == 2

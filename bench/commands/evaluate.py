@@ -1,0 +1,90 @@
+"""`bench evaluate BUNDLE --data DATASET`: external validation of an exported model (bench.external)."""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import sys
+from pathlib import Path
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate", help="external validation: an exported bundle on a labelled dataset, as a run folder",
+        description="Screen every labelled radiograph of a dataset with a bundle (`bench export`), aggregate per "
+                    "subject as the benchmark does (eq. 10) and write the run folder results/<name>/<entry>/seed<k> "
+                    "(metrics, subject predictions, images.csv), so bench show and bench compare read it.")
+    p.add_argument("bundle", type=Path, help="a .osteo file written by `bench export`")
+    p.add_argument("--data", type=Path, required=True, help="a labelled dataset folder (bench data import / synth)")
+    p.add_argument("--name", default="external", help="results sub-folder, like a suite (default: external)")
+    p.add_argument("--entry", default=None, help="entry folder name (default: the bundle's source entry)")
+    p.add_argument("--split", default="all", help="all: every labelled subject is a test subject (default); or one "
+                   "split of the dataset's manifest, e.g. test")
+    p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the bundle's, 0.5)")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: ./results)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--batch-size", type=int, default=8, help="radiographs per forward pass (default: 8)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under --results)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.set_defaults(func=evaluate_command)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def evaluate_command(args: argparse.Namespace) -> int:
+    from bench import __version__
+    from bench import results as store
+    from bench.data.format import Dataset
+    from bench.external import evaluate_dataset, images_csv
+    from bench.runner import resolve_device
+    from bench.stage import Fingerprint, stable_hash
+    from bench.subgroups import auc_interval
+    from methods.bundle import load_bundle, models_of
+
+    dataset = Dataset.open(args.data)                    # BenchError when it is not a dataset
+    bundle = load_bundle(args.bundle, resolve_device(args.device))
+    source = bundle.meta["source"]
+    entry = args.entry or str(source.get("entry") or "bundle")
+    seed = int(source.get("seed") or 0)
+    fingerprint = Fingerprint.of(Path(args.data)).full
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{done}/{total} radiographs", end="" if done < total else "\n", file=sys.stderr)
+
+    result = evaluate_dataset(bundle, dataset, split=args.split, threshold=args.threshold,
+                              batch_size=args.batch_size, progress=progress)
+    bundle_sha = _sha256(args.bundle)
+    config = {"suite": args.name, "entry": entry, "seed": seed, "version": __version__, "kind": "external",
+              "bundle": {"path": str(Path(args.bundle).resolve()), "sha256": bundle_sha, "source": source,
+                         "models": len(models_of(bundle.meta)), "format_version": bundle.meta["format_version"]},
+              "data": {"cls": str(Path(args.data).resolve()), "fingerprint": fingerprint},
+              "split": args.split, "threshold": result.threshold, "config": bundle.meta.get("config", {})}
+    config["run_key"] = stable_hash({k: config[k] for k in ("bundle", "data", "split", "threshold")})[:16]
+    path = store.write_run(args.results, args.name, entry, seed, config=config, metrics=result.metrics,
+                           predictions=result.subjects, extra_files={"images.csv": images_csv(result)})
+    if not args.no_mlflow:
+        from bench.tracking import Tracker
+
+        tracker = Tracker(args.results, uri=args.tracking_uri)
+        tracker.entry_run(args.name, entry)
+        tracker.log_seed_run(args.name, entry, seed, params=config, metrics=result.metrics,
+                             config_hash=config["run_key"], artifacts=[path / store.CONFIG_FILE,
+                                                                       path / store.METRICS_FILE,
+                                                                       path / store.PREDICTIONS_FILE])
+    split = next(k for k in result.metrics if k != "extra")
+    m, extra = result.metrics[split], result.metrics["extra"]
+    ci = auc_interval(result.subjects[result.subjects["split"] == split])
+    print(f"{entry} (bundle {args.bundle}) on {args.data}: {int(m['n'])} subjects ({int(m['n_pos'])} positive, "
+          f"{int(m['n_unscored'])} without a usable bone) from {int(extra['images'])} radiographs "
+          f"({int(extra['images_withheld'])} withheld, {int(extra['images_low_confidence'])} low-confidence by the "
+          "screening flags; every usable bone counts)")
+    print(f"  AUC {m['auc']:.3f} (DeLong 95% CI {ci}), at threshold {result.threshold:g}: sensitivity "
+          f"{m['recall']:.3f}, specificity {m['specificity']:.3f}, F1 {m['f1']:.3f}, accuracy {m['accuracy']:.3f}")
+    print(f"  run folder {path}; `bench show {path}` (--by sex, --metrics ...)")
+    return 0

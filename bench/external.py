@@ -1,0 +1,102 @@
+"""External validation: an exported model on a labelled dataset it never saw (`bench evaluate`).
+
+The model (a bundle, methods.bundle, or any predictor with ``predict(radiographs, names,
+batch_size=...)`` returning screenings with ``bone_probability``, ``status`` and ``row()``, and a
+``meta`` dict) screens every radiograph of the dataset; the scores are then aggregated exactly as
+the benchmark aggregates a run's own predictions: several images of a subject count once
+(bench.metrics.average_images), a subject's probability is the mean of its usable bones (paper
+eq. 10; bench.metrics.aggregate_subjects), and the decision is ``p > threshold``. Every usable
+bone counts, whatever the screening flags say, as in the benchmark; the flags are counted in the
+metrics' ``extra`` and listed per image.
+
+By default every labelled subject is a ``test`` subject (an external cohort); ``split`` keeps only
+one split of the dataset's own manifest (e.g. the test split of a dataset a model was not trained
+on). The result is a run folder ``results/<name>/<entry>/seed<k>`` like any other, so
+``bench show`` (AUC with its DeLong CI, ``--by sex``), ``bench compare`` (two models evaluated on
+the same cohort) and the MLflow experiment ``osteobench/<name>`` read it as usual.
+"""
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import pandas as pd
+
+from bench.data.format import BONES, Dataset
+from bench.errors import BenchError
+from bench.metrics import aggregate_subjects, average_images, split_metrics
+
+ALL = "all"
+
+
+@dataclass
+class Evaluation:
+    subjects: pd.DataFrame            # bench.metrics.SUBJECT_COLUMNS, split "test" (or the chosen split)
+    metrics: dict[str, Any]           # split -> metrics, plus "extra" (image and flag counts)
+    images: pd.DataFrame              # one screening row per image (image_id, subject_id, status, flags, ...)
+    threshold: float
+
+
+def chosen_rows(dataset: Dataset, split: str = ALL) -> pd.DataFrame:
+    """The labelled manifest rows to evaluate, with the split they are reported under."""
+    if not dataset.has_labels:
+        raise BenchError(f"{dataset.root} has no labels (manifest column `label`); external validation needs the "
+                         "DXA labels of the cohort (import them with `bench data import --csv`)")
+    manifest = dataset.manifest
+    if split != ALL:
+        present = sorted(set(manifest["split"].astype(str)))
+        manifest = manifest[manifest["split"].astype(str) == split]
+        if manifest.empty:
+            raise BenchError(f"{dataset.root} has no {split!r} split (it has {', '.join(present)}); choose one of "
+                             f"them, or --split {ALL} for every subject")
+    rows = manifest[manifest["label"].notna()].copy()
+    if rows.empty:
+        raise BenchError(f"no labelled image in {dataset.root}" + (f" ({split} split)" if split != ALL else ""))
+    rows["split"] = "test" if split == ALL else split
+    return rows
+
+
+def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, threshold: float | None = None,
+                     batch_size: int = 8, chunk: int = 64,
+                     progress: Callable[[int, int], None] | None = None) -> Evaluation:
+    """Screen every chosen radiograph in chunks (images are not all held at once) and compute the metrics."""
+    from bench.data.imageio import read_image
+
+    rows = chosen_rows(dataset, split)
+    t = float(predictor.meta["decision"]["threshold"]) if threshold is None else float(threshold)
+    bones, images = [], []
+    for start in range(0, len(rows), chunk):
+        part = rows.iloc[start:start + chunk]
+        rads = []
+        for image_id, spacing in zip(part["image_id"].astype(str), part["pixel_spacing_mm"]):
+            rad = read_image(dataset.image_path(image_id))
+            if pd.notna(spacing):                           # the manifest's spacing wins, as in the benchmark
+                rad.pixel_spacing_mm = float(spacing)
+            rads.append(rad)
+        for (_, row), s in zip(part.iterrows(), predictor.predict(rads, list(part["image_id"].astype(str)),
+                                                                  batch_size=batch_size)):
+            for bone in BONES:
+                bones.append({"subject_id": str(row["subject_id"]), "split": row["split"], "bone": bone,
+                              "y_true": int(row["label"]), "p_pos": s.bone_probability.get(bone, np.nan)})
+            images.append({"image_id": row["image_id"], "subject_id": str(row["subject_id"]), "label": int(row["label"]),
+                           **{k: v for k, v in s.row().items() if k != "name"}})
+        if progress is not None:
+            progress(min(start + chunk, len(rows)), len(rows))
+    subjects = aggregate_subjects(average_images(pd.DataFrame(bones)))
+    subjects["y_pred"] = (subjects["p_pos"] > t).astype("Int64").where(subjects["p_pos"].notna())
+    metrics: dict[str, Any] = split_metrics(subjects, threshold=t)
+    image_frame = pd.DataFrame(images)
+    status = image_frame["status"].value_counts()
+    metrics["extra"] = {"images": float(len(image_frame)), "subjects": float(subjects["subject_id"].nunique()),
+                        **{f"images_{k.replace('-', '_')}": float(status.get(k, 0))
+                           for k in ("ok", "low-confidence", "withheld")},
+                        "threshold": t}
+    return Evaluation(subjects, metrics, image_frame, t)
+
+
+def images_csv(evaluation: Evaluation) -> bytes:
+    buf = io.StringIO()
+    evaluation.images.to_csv(buf, index=False)
+    return buf.getvalue().encode("utf-8")

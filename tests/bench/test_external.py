@@ -1,0 +1,99 @@
+"""External validation (bench.external, `bench evaluate`): aggregation as the benchmark, splits, errors."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.metrics import roc_auc_score
+
+from bench.data.format import BONES, Dataset, write_manifest
+from bench.data.imageio import write_png16
+from bench.errors import BenchError
+from bench.external import evaluate_dataset
+from bench.metrics import NoUsableBoneWarning
+
+# image -> (subject, split, label, bone probabilities; NaN = unusable bone)
+IMAGES = {
+    "a1": ("s0", "test", 1, [0.9, 0.7] + [np.nan] * 5),
+    "a2": ("s0", "test", 1, [0.5, np.nan, 0.6] + [np.nan] * 4),     # the same subject again (other hand)
+    "b": ("s1", "test", 0, [0.2] * 7),
+    "c": ("s2", "val", 1, [0.4] * 7),
+    "d": ("s3", "test", 0, [np.nan] * 7),                           # no usable bone
+    "e": ("s4", "test", None, [0.8] * 7),                           # unlabelled: not evaluated
+    "f": ("s5", "train", 0, [0.6] * 7),
+}
+
+
+@dataclass
+class FakeScreening:
+    bone_probability: dict
+    status: str
+
+    def row(self) -> dict:
+        return {"name": "x", "status": self.status, "probability": np.nanmean(list(self.bone_probability.values()))
+                if np.isfinite(list(self.bone_probability.values())).any() else np.nan}
+
+
+class FakePredictor:
+    meta = {"decision": {"threshold": 0.5}}
+
+    def __init__(self):
+        self.seen: list[str] = []
+
+    def predict(self, radiographs, names, batch_size=8):
+        self.seen += names
+        for rad in radiographs:
+            assert rad.pixel_spacing_mm == 0.25                      # the manifest's spacing
+        return [FakeScreening(dict(zip(BONES, IMAGES[n][3])), "ok" if n != "d" else "withheld") for n in names]
+
+
+@pytest.fixture()
+def cohort(tmp_path) -> Path:
+    root = tmp_path / "ext"
+    (root / "images").mkdir(parents=True)
+    rows = []
+    for image_id, (subject, split, label, _) in IMAGES.items():
+        write_png16(root / "images" / f"{image_id}.png", np.full((16, 12), 0.5, np.float32))
+        rows.append({"image_id": image_id, "subject_id": subject, "path": f"images/{image_id}.png", "split": split,
+                     "label": label, "sex": "F", "age": 70, "laterality": "L", "pixel_spacing_mm": 0.25, "site": "X"})
+    write_manifest(pd.DataFrame(rows), root / "manifest.csv")
+    return root
+
+
+def test_every_labelled_subject_is_tested_once_with_the_benchmarks_aggregation(cohort):
+    fake = FakePredictor()
+    with pytest.warns(NoUsableBoneWarning, match="s3"):
+        result = evaluate_dataset(fake, Dataset.open(cohort), chunk=2)
+    assert sorted(fake.seen) == ["a1", "a2", "b", "c", "d", "f"]                  # unlabelled "e" skipped
+    s = result.subjects.set_index("subject_id")
+    assert set(s.index) == {"s0", "s1", "s2", "s3", "s5"} and set(s["split"]) == {"test"}
+    # s0: ulna (0.9 + 0.5) / 2, radius 0.7, M1 0.6 -> mean of three bones
+    assert s.loc["s0", "p_pos"] == pytest.approx(((0.9 + 0.5) / 2 + 0.7 + 0.6) / 3) and s.loc["s0", "n_bones"] == 3
+    assert np.isnan(s.loc["s3", "p_pos"]) and s.loc["s3", "n_bones"] == 0 and pd.isna(s.loc["s3", "y_pred"])
+    m = result.metrics["test"]
+    scored = s[s["p_pos"].notna()]
+    assert m["n"] == 4 and m["n_unscored"] == 1
+    assert m["auc"] == pytest.approx(roc_auc_score(scored["y_true"].astype(int), scored["p_pos"]))
+    assert result.metrics["extra"]["images_withheld"] == 1 and result.metrics["extra"]["images"] == 6
+    assert list(result.images["image_id"]) == ["a1", "a2", "b", "c", "d", "f"]
+
+
+def test_a_manifest_split_and_a_threshold(cohort):
+    with pytest.warns(NoUsableBoneWarning):
+        result = evaluate_dataset(FakePredictor(), Dataset.open(cohort), split="test", threshold=0.1)
+    s = result.subjects.set_index("subject_id")
+    assert set(s.index) == {"s0", "s1", "s3"} and set(result.metrics) == {"test", "extra"}
+    assert s.loc["s1", "y_pred"] == 1 and result.metrics["test"]["specificity"] == 0.0    # 0.2 > 0.1
+    with pytest.raises(BenchError, match=r"no .holdout. split \(it has test, train, val\)"):
+        evaluate_dataset(FakePredictor(), Dataset.open(cohort), split="holdout")
+
+
+def test_a_cohort_without_labels_is_refused(cohort):
+    manifest = pd.read_csv(cohort / "manifest.csv")
+    manifest["label"] = pd.NA
+    manifest.to_csv(cohort / "manifest.csv", index=False)
+    with pytest.raises(BenchError, match="has no labels"):
+        evaluate_dataset(FakePredictor(), Dataset.open(cohort))
