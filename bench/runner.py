@@ -239,15 +239,23 @@ class Runner:
 
     def run(self, entry_names: Sequence[str], seeds: Sequence[int]) -> list[Outcome]:
         """Every (entry, seed), through the runner's executor (local by default); outcomes in that order."""
+        executor = self.active_executor()
+        return executor.execute(self, self.tasks(entry_names, seeds))
+
+    def active_executor(self) -> Any:
         from bench.executors.local import LocalExecutor
 
-        executor = self.executor or LocalExecutor()
-        executor.prepare(self)
+        return self.executor or LocalExecutor()
+
+    def tasks(self, entry_names: Sequence[str], seeds: Sequence[int]) -> list[tuple[Entry, int]]:
+        """The (entry, seed) tasks of a run, once the executor has prepared this runner (and MLflow has
+        each entry's parent run)."""
+        self.active_executor().prepare(self)
         entries = self.validate(entry_names)
         if self.tracker is not None:
             for entry in entries:
                 self.tracker.entry_run(self.suite, entry.name, tags=entry_tags(entry))
-        return executor.execute(self, [(entry, seed) for entry in entries for seed in seeds])
+        return [(entry, seed) for entry in entries for seed in seeds]
 
     def skipped(self, planned: PlannedRun) -> Outcome:
         """The outcome of a run whose results for the same run key exist already."""

@@ -66,7 +66,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from bench import registry
-    from bench.executors import make_executor
+    from bench.executors import make_executor, run_together
     from bench.runner import Runner
 
     registry.load_entries(args.plugin)
@@ -114,7 +114,7 @@ def run_command(args: argparse.Namespace) -> int:
     try:
         for runner in runners:
             runner.tracker = tracker
-            done = runner.run(names, seeds)
+        for runner, done in zip(runners, run_together(runners, names, seeds)):   # Ray: every fold at once
             print_summary(done, Path(args.results) / runner.suite)
             outcomes += done
     finally:

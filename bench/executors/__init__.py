@@ -60,4 +60,23 @@ def make_executor(name: str, *, address: str | None = None, retries: int | None 
     raise BenchError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
 
 
-__all__ = ["EXECUTORS", "Executor", "make_executor"]
+def run_together(runners: Sequence["Runner"], entry_names: Sequence[str], seeds: Sequence[int]
+                 ) -> list[list["Outcome"]]:
+    """The runs of several runners sharing one executor (the folds of a cross-validation): submitted at
+    once when the executor can (Ray's ``execute_runs``, so shared stages are produced once and the rest
+    run side by side), else runner after runner. Outcomes per runner, in order."""
+    executor = runners[0].active_executor() if runners else None
+    if executor is None or not hasattr(executor, "execute_runs") or len(runners) < 2:
+        return [r.run(entry_names, seeds) for r in runners]
+    items = [(r, entry, seed) for r in runners for entry, seed in r.tasks(entry_names, seeds)]
+    outcomes = executor.execute_runs(items)
+    out: list[list[Outcome]] = []
+    start = 0
+    for r in runners:
+        count = sum(1 for runner, _, _ in items if runner is r)
+        out.append(outcomes[start:start + count])
+        start += count
+    return out
+
+
+__all__ = ["EXECUTORS", "Executor", "make_executor", "run_together"]

@@ -23,6 +23,9 @@ one machine trivially).
 * Same numbers as local: a worker rebuilds the runner from :class:`bench.runner.RunnerSpec` and
   executes the same :meth:`Runner.execute_one`; MLflow is written by the driver only.
 * Progress: a tqdm bar over finished runs on the driver (running count and retries shown).
+* Cross-validation: ``bench run --folds K --executor ray`` submits the runs of every fold at once
+  (:meth:`RayExecutor.execute_runs`); the stages the folds share (segmentation, patches, SSL
+  pretraining but SupCon's) are produced once and the K probes then run side by side.
 """
 from __future__ import annotations
 
@@ -128,21 +131,27 @@ class RayExecutor:
         return {"num_cpus": self.cpus_per_task, "max_retries": 0}
 
     def execute(self, runner: "Runner", tasks: Sequence[tuple["Entry", int]]) -> list["Outcome"]:
+        return self.execute_runs([(runner, entry, seed) for entry, seed in tasks])
+
+    def execute_runs(self, items: Sequence[tuple["Runner", "Entry", int]]) -> list["Outcome"]:
+        """Runs of one or several runners (the folds of a cross-validation) submitted together: a stage
+        key shared between them (the folds' segmentation) is produced once and awaited by the others."""
         from tqdm.auto import tqdm
 
         ray = self.connect()
         remote = ray.remote(run_task)
-        spec = runner.spec()
+        specs = {id(r): r.spec() for r in {id(r): r for r, _, _ in items}.values()}
         plans: list[PlannedRun | None] = []
-        for entry, seed in tasks:                      # generates the phantom data once, here
+        for runner, entry, seed in items:              # generates the phantom data once, here
             try:
                 plans.append(runner.plan_run(entry, seed, generate=True))
             except KeyboardInterrupt:
                 raise
             except Exception:                          # the task itself will record the error
                 plans.append(None)
-        options = [self._options(runner, p, e) for p, (e, _) in zip(plans, tasks)]
-        outcomes: list[Outcome | None] = [runner.skipped(p) if p is not None and p.done else None for p in plans]
+        options = [self._options(r, p, e) for p, (r, e, _) in zip(plans, items)]
+        outcomes: list[Outcome | None] = [r.skipped(p) if p is not None and p.done else None
+                                          for p, (r, _, _) in zip(plans, items)]
         needs = [set() if p is None or p.done else {(s.name, s.key) for s in p.stages if s.key and not s.cached}
                  for p in plans]
         producer: dict[tuple[str, str], int] = {}
@@ -152,14 +161,15 @@ class RayExecutor:
         pending = [i for i, o in enumerate(outcomes) if o is None]
         running: dict[Any, tuple[int, int]] = {}      # ObjectRef -> (task index, attempt)
         started: dict[int, float] = {}
-        bar = tqdm(total=len(tasks), disable=not runner.progress, unit="run", file=sys.stderr,
-                   desc=f"suite {runner.suite} (ray)")
-        bar.update(len(tasks) - len(pending))
+        suites = list(dict.fromkeys(r.suite for r, _, _ in items))
+        bar = tqdm(total=len(items), disable=not items or not items[0][0].progress, unit="run", file=sys.stderr,
+                   desc=f"suite {suites[0] if len(suites) == 1 else f'{suites[0]} +{len(suites) - 1}'} (ray)")
+        bar.update(len(items) - len(pending))
 
         def submit(i: int, attempt: int) -> None:
-            entry, seed = tasks[i]
+            runner, entry, seed = items[i]
             started.setdefault(i, time.time())
-            running[remote.options(**options[i]).remote(spec, entry.name, seed)] = (i, attempt)
+            running[remote.options(**options[i]).remote(specs[id(runner)], entry.name, seed)] = (i, attempt)
 
         try:
             while pending or running:
@@ -173,7 +183,7 @@ class RayExecutor:
                 ready, _ = ray.wait(list(running), num_returns=1)
                 for ref in ready:
                     i, attempt = running.pop(ref)
-                    entry, seed = tasks[i]
+                    runner, entry, seed = items[i]
                     outcome = self._result(ray, ref, runner, entry, seed, started[i])
                     outcome.attempts = attempt
                     if outcome.status == "failed" and attempt <= self.retries:

@@ -170,6 +170,31 @@ def test_ray_executor_matches_local_and_shares_stages(ray_cluster, tiny_dataset,
     assert sorted(_log_lines(log)) == ["toy_prep"] * 2 + ["toy_probe"] * 2   # resumed: nothing redone
 
 
+def test_ray_submits_the_folds_of_a_cross_validation_together(ray_cluster, tiny_dataset, tmp_path, monkeypatch):
+    from bench.executors.ray_executor import RayExecutor
+
+    _, log = ray_cluster
+    args = ["run", "--entry", "toy", "--name", "t", "--seeds", "0", "--folds", "3", "--data-seg", str(tiny_dataset),
+            "--data-cls", str(tiny_dataset), "--device", "cpu", "--plugin", "toy_entries", "--no-mlflow"]
+    assert main([*args, "--results", str(tmp_path / "local")]) == 0
+    log.write_text("")
+    batches = []
+    original = RayExecutor.execute_runs
+
+    def recorded(self, items):
+        batches.append(sorted((r.suite, e.name, s) for r, e, s in items))
+        return original(self, items)
+
+    monkeypatch.setattr(RayExecutor, "execute_runs", recorded)
+    assert main([*args, "--results", str(tmp_path / "ray"), "--executor", "ray"]) == 0
+    assert batches == [[("t-fold0", "toy", 0), ("t-fold1", "toy", 0), ("t-fold2", "toy", 0)]]   # one submission
+    assert sorted(_log_lines(log)) == ["toy_prep"] + ["toy_probe"] * 3       # the shared stage once
+    for suite in ("t-fold0", "t-fold1", "t-fold2", "t-cv3"):
+        a = store.run_dir(tmp_path / "local", suite, "toy", 0)
+        b = store.run_dir(tmp_path / "ray", suite, "toy", 0)
+        assert (a / store.PREDICTIONS_FILE).read_bytes() == (b / store.PREDICTIONS_FILE).read_bytes(), suite
+
+
 def test_a_lost_task_is_retried_once_then_recorded(ray_cluster, tiny_dataset, tmp_path):
     from bench.executors.ray_executor import RayExecutor
 
