@@ -25,6 +25,7 @@ import pandas as pd
 from sklearn.metrics import (accuracy_score, average_precision_score, balanced_accuracy_score, brier_score_loss,
                              precision_recall_fscore_support, roc_auc_score, roc_curve)
 
+from bench.calibration import calibration_slope_intercept
 from bench.data.format import BONES, SPLITS
 from bench.errors import BenchError
 
@@ -37,7 +38,8 @@ BONE_PREDICTION_COLUMNS: tuple[str, ...] = ("subject_id", "split", "bone", "y_tr
 #: Keys of :func:`classification_metrics`, in a stable order.
 METRIC_KEYS: tuple[str, ...] = ("precision", "recall", "f1", "accuracy", "auc", "macro_f1",
                                 "specificity", "npv", "balanced_accuracy", "average_precision", "brier",
-                                "sens_at_spec90", "spec_at_sens90", "n", "n_pos", "n_unscored", "n_unlabeled")
+                                "sens_at_spec90", "spec_at_sens90", "calibration_slope", "calibration_intercept",
+                                "n", "n_pos", "n_unscored", "n_unlabeled")
 #: The fixed level of the ROC operating points sens_at_spec90 / spec_at_sens90.
 OPERATING_LEVEL = 0.9
 #: Subject decision threshold on the mean positive probability (eq. 10 with two classes).
@@ -166,6 +168,8 @@ def classification_metrics(y_true: Any, p_pos: Any, threshold: float = DECISION_
     of the ROC curve (:func:`roc_operating_points`): the best sensitivity with specificity >= 0.9
     and the best specificity with sensitivity >= 0.9. Their threshold is read off the curve of the
     same subjects, so they describe the curve, not a threshold fixed in advance as ``threshold``.
+    And the calibration slope and calibration-in-the-large (bench.calibration), what an external
+    validation reports beside the AUC.
 
     ``y_pred = p_pos > threshold`` (strict, as the subject decision). Rows with NaN p_pos count in
     ``n_unscored``, rows with unknown y_true in ``n_unlabeled``; both are excluded from everything
@@ -204,6 +208,7 @@ def classification_metrics(y_true: Any, p_pos: Any, threshold: float = DECISION_
         out["average_precision"] = float(average_precision_score(yt, ps))
         out["balanced_accuracy"] = float(balanced_accuracy_score(yt, yp))
         out["sens_at_spec90"], out["spec_at_sens90"] = roc_operating_points(yt, ps, OPERATING_LEVEL)
+        out["calibration_slope"], out["calibration_intercept"] = calibration_slope_intercept(yt, ps)
     return out
 
 
