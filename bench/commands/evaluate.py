@@ -85,6 +85,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
           f"({int(extra['images_withheld'])} withheld, {int(extra['images_low_confidence'])} low-confidence by the "
           "screening flags; every usable bone counts)")
     print(f"  AUC {m['auc']:.3f} (DeLong 95% CI {ci}), at threshold {result.threshold:g}: sensitivity "
-          f"{m['recall']:.3f}, specificity {m['specificity']:.3f}, F1 {m['f1']:.3f}, accuracy {m['accuracy']:.3f}")
+          f"{m['recall']:.3f}, specificity {m['specificity']:.3f}, F1 {m['f1']:.3f}, accuracy {m['accuracy']:.3f}; "
+          f"calibration slope {m['calibration_slope']:.2f}, intercept {m['calibration_intercept']:.2f}")
     print(f"  run folder {path}; `bench show {path}` (--by sex, --metrics ...)")
     return 0
