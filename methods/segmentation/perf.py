@@ -113,7 +113,8 @@ def benchmark_seg_step(cfg: SegmentationConfig, device: torch.device | str, batc
     solve = statistics.median(solve_s)
     peak = peak_memory_bytes(device, lambda: train_step(model, opt, cfg, x, y, beta, gamma=cfg.gamma0, g_aug=gen,
                                                         g_z=gen))
-    return {"model": cfg.model, "micro_batch": cfg.micro_batch or batch, "peak_memory_bytes": peak, "canvas": list(canvas), "batch": batch, "samples_per_image": cfg.experts * cfg.samples,
+    return {"model": cfg.model, "micro_batch": cfg.micro_batch or batch, "peak_memory_bytes": peak,
+            "canvas": list(canvas), "batch": batch, "samples_per_image": cfg.experts * cfg.samples,
             "step_ms": step * 1e3, "images_per_s": batch / step, "ot_solve_ms": solve * 1e3,
             "ot_share": solve / step if cfg.model == "mose" else 0.0, "solver": cfg.ot_solver,
             "parameters": sum(p.numel() for p in model.parameters())}

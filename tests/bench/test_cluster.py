@@ -290,7 +290,7 @@ def test_concurrent_runs_compute_a_stage_key_once(tiny_dataset, tmp_path):
     assert [outcomes[s].status for s in ("a", "b")] == ["done", "done"]
     assert len(_log_lines(SLOW_LOG)) == 1                          # one computed, the other waited and reused
     assert outcomes["a"].stage_keys == outcomes["b"].stage_keys
-    assert outcomes["a"].metrics == outcomes["b"].metrics
+    assert json.dumps(outcomes["a"].metrics, sort_keys=True) == json.dumps(outcomes["b"].metrics, sort_keys=True)
 
 
 # --------------------------------------------------------------------------- MLflow server

@@ -141,7 +141,7 @@ def test_a_subject_with_two_radiographs_counts_once(env, tmp_path):
     pair = train[train["label"] == train["label"].iloc[0]].index[:2]
     manifest.loc[pair[1], "subject_id"] = manifest.loc[pair[0], "subject_id"]     # one subject, two images
     manifest.to_csv(cls_dir / "manifest.csv", index=False)
-    twice = (root, {"seg": datasets["seg"], "cls": Dataset.open(cls_dir)})
+    twice = (tmp_path, {"seg": datasets["seg"], "cls": Dataset.open(cls_dir)})   # its own stage cache
     cfg = _cfg()
     extract = run_cpu_stage(EXTRACT, cfg, twice, {})
     pre = run_cpu_stage(PRETRAIN, cfg, twice, {"extract": extract})
