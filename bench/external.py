@@ -80,8 +80,8 @@ def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, thre
             for bone in BONES:
                 bones.append({"subject_id": str(row["subject_id"]), "split": row["split"], "bone": bone,
                               "y_true": int(row["label"]), "p_pos": s.bone_probability.get(bone, np.nan)})
-            images.append({"image_id": row["image_id"], "subject_id": str(row["subject_id"]), "label": int(row["label"]),
-                           **{k: v for k, v in s.row().items() if k != "name"}})
+            images.append({"image_id": row["image_id"], "subject_id": str(row["subject_id"]),
+                           "label": int(row["label"]), **{k: v for k, v in s.row().items() if k != "name"}})
         if progress is not None:
             progress(min(start + chunk, len(rows)), len(rows))
     subjects = aggregate_subjects(average_images(pd.DataFrame(bones)))

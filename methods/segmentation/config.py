@@ -51,7 +51,7 @@ class SegmentationConfig:
     ot_solver: str = "exact"            # exact (LP with POT) | greedy (the reference heuristic)
     epochs: int = 200                   # training epochs
     batch_size: int = 16                # training batch size (images)
-    micro_batch: int = 0                # images per forward/backward pass, gradients accumulated over the batch (0: all at once); saves memory, BatchNorm then sees micro-batches
+    micro_batch: int = 0                # images per pass, gradients accumulated over the batch (0: one pass); BatchNorm sees the micro-batch
     lr: float = 1e-3                    # Adam learning rate
     weight_decay: float = 1e-5          # Adam weight decay
     lr_patience: int = 10               # ReduceLROnPlateau patience (epochs) on the plateau signal
