@@ -32,6 +32,7 @@ from reports import figures as figs
 from reports import index as idx
 from reports import tables as tab
 from reports.significance import run_tests
+from reports.screening import screening_item
 from reports.subgroups import subgroup_aucs, subgroup_item
 from reports.summary import best_full_entry, summarise
 from reports.tuning import tuning_section
@@ -103,8 +104,11 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
 
     with atomic_dir(out, overwrite=True) as tmp:
         _write_tables(tmp / TABLES_DIR, tables, tests, known, summary, cfg, page)
+        label = (lambda n: (known[n].row or n) if n in known else n)
+        screening = screening_item(summary, present, cfg.split, label, tmp / TABLES_DIR, TABLES_DIR, cfg.digits)
+        if screening is not None:                       # beyond the paper (reports.screening)
+            page.tables.append(screening)
         for spec in cfg.subgroups:                      # beyond the paper (reports.subgroups)
-            label = (lambda n: (known[n].row or n) if n in known else n)
             frame = subgroup_aucs(results, suite, present, spec, cfg.split)
             page.tables.append(subgroup_item(frame, spec, cfg.split, label, tmp / TABLES_DIR, TABLES_DIR, cfg.digits))
         _write_figures(tmp / FIGURES_DIR, results, suite, tables, predictions, metrics, known, fig5_entry,

@@ -1,0 +1,32 @@
+"""The report's screening table (reports.screening): cells are the summary's mean ± std over seeds."""
+from __future__ import annotations
+
+import pandas as pd
+from suite_data import METRICS, SUITE, write_suite
+
+from reports.build import build_report
+from reports.screening import screening_frame
+from reports.summary import summarise
+
+
+def test_screening_cells_are_mean_and_std_over_seeds(tmp_path, registered):
+    results = write_suite(tmp_path / "results", ["rt_simclr", "rt_supcon"])
+    index = build_report(results, SUITE, n_boot=10, mlflow=False)
+    table = pd.read_csv(index.parent / "tables" / "screening.csv", index_col="entry")
+    auc = pd.Series(METRICS["rt_simclr"]["auc"])
+    assert table.loc["rt_simclr", "AUC"] == f"{auc.mean():.2f} ± {auc.std(ddof=1):.2f}"
+    recall = pd.Series(METRICS["rt_supcon"]["recall"])
+    assert table.loc["rt_supcon", "Sens."] == f"{recall.mean():.2f} ± {recall.std(ddof=1):.2f}"
+    assert table.loc["rt_simclr", "Cal. slope"] == "–"                    # not in these runs' metrics
+    assert table.loc["rt_simclr", "Seeds"] == 3
+    text = index.read_text(encoding="utf-8")
+    assert "### Screening metrics" in text and "tables/screening.tex" in text
+    assert (index.parent / "tables" / "screening.tex").read_text().count(r"\pm") >= 4
+
+
+def test_one_seed_has_no_spread_and_other_splits_are_left_out():
+    metrics = pd.DataFrame({"entry": ["a", "a", "b"], "seed": [0, 0, 0], "split": ["test", "test", "val"],
+                            "metric": ["auc", "brier", "auc"], "value": [0.8123, 0.2, 0.7]})
+    frame = screening_frame(summarise(metrics), ["a", "b"], "test", digits=3)
+    assert list(frame.index) == ["a"]
+    assert frame.loc["a", "AUC"] == "0.812" and frame.loc["a", "Brier"] == "0.200" and frame.loc["a", "NPV"] == "–"
