@@ -5,7 +5,7 @@
 #
 # In order, each step with its own time limit, every output under OUTDIR (nothing is lost when a step fails):
 #   tests:   the CUDA unit tests (on-device augmentation, multi-crop, views, transfers without host syncs,
-#            fused Adam, a segmentation training resumed on the GPU);
+#            fused Adam, a segmentation training resumed on the GPU, micro-batched segmentation steps in bf16);
 #   seg:     `bench perf seg --profile paper`: MoSE / single-decoder step time at batch 16 and the OT share;
 #            meanwhile the quick phantoms are generated (one core each: the OT solve is the only CPU work timed);
 #   ssl:     `bench perf ssl --profile paper`: (a) end to end, (b) model-only ceiling, (c) conventional pipeline;
@@ -82,6 +82,7 @@ if want tests; then
   timeout 120 python3 -m pytest -q -p no:cacheprovider tests/methods/test_augment.py tests/methods/test_multicrop.py \
     tests/methods/test_views.py tests/methods/test_affine.py tests/methods/test_transfer.py tests/methods/test_optim.py \
     "tests/methods/segmentation/test_train.py::test_interrupted_training_resumes_bit_identical" \
+    tests/methods/segmentation/test_micro_batch.py \
     >"$OUT/cuda-tests.txt" 2>&1
   log "cuda tests rc=$?"
 fi

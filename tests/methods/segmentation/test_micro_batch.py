@@ -23,15 +23,18 @@ def _batch(b: int = 5, m: int = 3):
     return x, y, beta / beta.sum(1, keepdim=True)
 
 
-def _step(cfg: SegmentationConfig, frozen_bn: bool) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+def _step(cfg: SegmentationConfig, frozen_bn: bool,
+          device: str = "cpu") -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """One step from fixed weights with a zero learning rate: (returned loss terms, gradients)."""
-    model = build_model(make_spec(cfg, (24, 16), 8), seed=3)
+    model = build_model(make_spec(cfg, (24, 16), 8), seed=3).to(device)
+    if device == "cuda":
+        model = model.to(memory_format=torch.channels_last)
     model.train(not frozen_bn)            # eval mode: BatchNorm uses its running statistics
     opt = torch.optim.SGD(model.parameters(), lr=0.0)
-    x, y, beta = _batch()
-    out = train_step(model, opt, cfg, x, y, beta, gamma=cfg.gamma0, g_aug=torch.Generator().manual_seed(5),
-                     g_z=torch.Generator().manual_seed(7))
-    return out, {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+    x, y, beta = (t.to(device) for t in _batch())
+    gen = (torch.Generator(device=device).manual_seed(s) for s in (5, 7))
+    out = train_step(model, opt, cfg, x, y, beta, gamma=cfg.gamma0, g_aug=next(gen), g_z=next(gen))
+    return out.cpu(), {n: p.grad.float().cpu() for n, p in model.named_parameters() if p.grad is not None}
 
 
 @pytest.mark.parametrize("model", ["mose", "single"])
@@ -80,3 +83,16 @@ def test_out_of_memory_advice_halves_the_pass():
     assert "micro_batch=2" in str(out_of_memory(_cfg(batch_size=16, micro_batch=4), (320, 208)))
     assert "x 1 samples" in str(out_of_memory(_cfg(model="single", micro_batch=32, batch_size=16), (8, 8)))
     assert "working_size" in str(out_of_memory(_cfg(micro_batch=1), (8, 8)))
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("model", ["mose", "single"])
+def test_micro_batches_on_cuda_in_bf16_give_the_whole_batch_gradient(model):
+    """bf16 autocast and channels_last: the same direction and size of gradient, up to bf16 rounding."""
+    whole_out, whole = _step(_cfg(model=model), frozen_bn=True, device="cuda")
+    acc_out, acc = _step(_cfg(model=model, micro_batch=2), frozen_bn=True, device="cuda")
+    assert torch.allclose(acc_out, whole_out, rtol=2e-2, atol=1e-3)
+    a = torch.cat([acc[n].flatten() for n in whole])
+    w = torch.cat([whole[n].flatten() for n in whole])
+    assert torch.nn.functional.cosine_similarity(a, w, dim=0) > 0.999
+    assert abs(a.norm() / w.norm() - 1) < 0.02
