@@ -24,7 +24,8 @@ import pandas as pd
 from bench.errors import BenchError
 
 TARGETS = ("sensitivity", "specificity")
-COLUMNS = ("threshold", "sensitivity", "specificity", "ppv", "npv", "n", "n_pos")
+COLUMNS = ("threshold", "sensitivity", "sensitivity 95% CI", "specificity", "specificity 95% CI", "ppv", "npv", "n",
+           "n_pos")
 
 
 def parse_target(spec: str) -> tuple[str, float]:
@@ -62,16 +63,28 @@ def choose_threshold(y_true: np.ndarray, p_pos: np.ndarray, target: str, level: 
     return float(candidates[ok].min())                                         # the highest candidate always qualifies
 
 
-def rates(y_true: np.ndarray, decisions: np.ndarray) -> dict[str, float]:
-    """Sensitivity, specificity, PPV, NPV (NaN where undefined) and counts of binary decisions."""
+def wilson_interval(successes: int, total: int, alpha: float = 0.05) -> str:
+    """Wilson score interval of a proportion as 'low-high' (statsmodels), '-' without any trial."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if total == 0:
+        return "-"
+    low, high = proportion_confint(successes, total, alpha=alpha, method="wilson")
+    return f"{low:.3f}-{high:.3f}"
+
+
+def rates(y_true: np.ndarray, decisions: np.ndarray) -> dict[str, float | str]:
+    """Sensitivity, specificity, PPV, NPV (NaN where undefined) with Wilson 95% intervals of the first
+    two, and the counts of binary decisions."""
     y, d = np.asarray(y_true, dtype=bool), np.asarray(decisions, dtype=bool)
     tp, fp, fn, tn = (int(v) for v in ((y & d).sum(), (~y & d).sum(), (y & ~d).sum(), (~y & ~d).sum()))
 
     def ratio(a: int, b: int) -> float:
         return a / b if b else float("nan")
 
-    return {"sensitivity": ratio(tp, tp + fn), "specificity": ratio(tn, tn + fp), "ppv": ratio(tp, tp + fp),
-            "npv": ratio(tn, tn + fn), "n": len(y), "n_pos": int(y.sum())}
+    return {"sensitivity": ratio(tp, tp + fn), "sensitivity 95% CI": wilson_interval(tp, tp + fn),
+            "specificity": ratio(tn, tn + fp), "specificity 95% CI": wilson_interval(tn, tn + fp),
+            "ppv": ratio(tp, tp + fp), "npv": ratio(tn, tn + fn), "n": len(y), "n_pos": int(y.sum())}
 
 
 def _split(predictions: pd.DataFrame, split: str) -> pd.DataFrame:

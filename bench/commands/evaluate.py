@@ -41,6 +41,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from bench import results as store
     from bench.data.format import Dataset
     from bench.external import evaluate_dataset, images_csv
+    from bench.operating import rates
     from bench.runner import resolve_device
     from bench.stage import Fingerprint, stable_hash
     from bench.subgroups import auc_interval
@@ -84,8 +85,11 @@ def evaluate_command(args: argparse.Namespace) -> int:
           f"{int(m['n_unscored'])} without a usable bone) from {int(extra['images'])} radiographs "
           f"({int(extra['images_withheld'])} withheld, {int(extra['images_low_confidence'])} low-confidence by the "
           "screening flags; every usable bone counts)")
+    scored = result.subjects[(result.subjects["split"] == split) & result.subjects["p_pos"].notna()]
+    r = rates(scored["y_true"].astype(int).to_numpy(), scored["p_pos"].to_numpy() > result.threshold)
     print(f"  AUC {m['auc']:.3f} (DeLong 95% CI {ci}), at threshold {result.threshold:g}: sensitivity "
-          f"{m['recall']:.3f}, specificity {m['specificity']:.3f}, F1 {m['f1']:.3f}, accuracy {m['accuracy']:.3f}; "
+          f"{m['recall']:.3f} ({r['sensitivity 95% CI']}), specificity {m['specificity']:.3f} "
+          f"({r['specificity 95% CI']}), F1 {m['f1']:.3f}, accuracy {m['accuracy']:.3f}; "
           f"calibration slope {m['calibration_slope']:.2f}, intercept {m['calibration_intercept']:.2f}")
     print(f"  run folder {path}; `bench show {path}` (--by sex, --metrics ...)")
     return 0

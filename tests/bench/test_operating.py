@@ -10,7 +10,7 @@ from bench import results as store
 from bench.cli import main
 from bench.errors import BenchError
 from bench.metrics import roc_operating_points
-from bench.operating import choose_threshold, operating_table, parse_target, rates
+from bench.operating import choose_threshold, operating_table, parse_target, rates, wilson_interval
 
 
 def test_parse_target():
@@ -58,6 +58,13 @@ def test_rates_against_sklearn():
     assert (r["sensitivity"], r["specificity"]) == pytest.approx((tp / (tp + fn), tn / (tn + fp)))
     assert (r["ppv"], r["npv"]) == pytest.approx((tp / (tp + fp), tn / (tn + fn)))
     assert np.isnan(rates(np.array([0, 0]), np.array([0, 0]))["sensitivity"])
+    assert rates(np.array([0, 0]), np.array([0, 0]))["sensitivity 95% CI"] == "-"
+
+
+def test_wilson_interval_by_hand():
+    # 8 of 10: centre (8 + 1.96²/2) / (10 + 1.96²) = 0.7168, half-width 1.96·sqrt(.016 + 1.96²/400) / 1.3842 = 0.2266
+    assert wilson_interval(8, 10) == "0.490-0.943"
+    assert wilson_interval(0, 5) == "0.000-0.434" and wilson_interval(5, 5) == "0.566-1.000"
 
 
 def _predictions(rng: np.random.Generator, n: int = 40) -> pd.DataFrame:
