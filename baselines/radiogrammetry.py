@@ -10,8 +10,9 @@ per-bone indices (baselines.logistic: C chosen on validation macro-F1) predicts 
 Outputs: ``measurements.parquet`` (one row per image and bone), ``subject_2mci.csv`` (one row per
 subject: split, y_true, the per-bone 2MCI and their mean ``mci``), ``predictions.parquet``
 (subject level). On a phantom (``truth/bones.csv`` present) the Pearson correlation of the measured
-and the true cortical index is logged (``truth_r_bone`` pooled over bones, ``truth_r_subject`` of
-the per-subject means over the same bones) and written to ``truth_check.json``.
+and the true cortical index is logged (``truth_r_bone`` pooled over bones, ``truth_r_<bone>`` per
+bone, ``truth_r_subject`` of the per-subject means over the same bones) and written to
+``truth_check.json``.
 """
 from __future__ import annotations
 
@@ -109,9 +110,13 @@ def truth_correlation(measurements: pd.DataFrame, root: Path) -> dict[str, float
     if len(both) < 3:
         return None
     per_subject = both.groupby("subject_id")[["cortical_index", "truth"]].mean()
-    return {"truth_r_bone": float(np.corrcoef(both["cortical_index"], both["truth"])[0, 1]),
-            "truth_r_subject": float(np.corrcoef(per_subject["cortical_index"], per_subject["truth"])[0, 1]),
-            "truth_bias": float((both["cortical_index"] - both["truth"]).mean()), "truth_n": int(len(both))}
+    out = {"truth_r_bone": float(np.corrcoef(both["cortical_index"], both["truth"])[0, 1]),
+           "truth_r_subject": float(np.corrcoef(per_subject["cortical_index"], per_subject["truth"])[0, 1]),
+           "truth_bias": float((both["cortical_index"] - both["truth"]).mean()), "truth_n": int(len(both))}
+    for bone, part in both.groupby("bone", sort=False):        # each bone's own r (truth_r_M2, ...)
+        if len(part) >= 3:
+            out[f"truth_r_{bone}"] = float(np.corrcoef(part["cortical_index"], part["truth"])[0, 1])
+    return out
 
 
 def radiogrammetry_stage(ctx: StageContext) -> dict:

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -118,6 +119,11 @@ def test_radiogrammetry_tracks_true_cortical_index_and_matches_sklearn(env):
     out = run_cpu_stage(RADIOGRAMMETRY, _cfg(), env, {})
     check = json.loads((out / "truth_check.json").read_text())
     assert check["truth_r_subject"] >= 0.8 and check["truth_r_bone"] >= 0.75
+    measured = pd.read_parquet(out / "measurements.parquet")
+    truth = pd.read_csv(Path(env[1]["cls"].root) / "truth" / "bones.csv", dtype={"image_id": str})
+    m2 = measured[measured["bone"] == "M2"].merge(truth[truth["bone"] == "M2"], on="image_id", suffixes=("", "_t"))
+    m2 = m2.dropna(subset=["cortical_index", "cortical_index_t"])
+    assert check["truth_r_M2"] == pytest.approx(np.corrcoef(m2["cortical_index"], m2["cortical_index_t"])[0, 1])
     table = pd.read_csv(out / "subject_2mci.csv", dtype={"subject_id": str})
     bones = ["M2", "M3", "M4", "radius"]
     assert table[bones].notna().mean().mean() > 0.9
