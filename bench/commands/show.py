@@ -73,6 +73,12 @@ def show_command(args: argparse.Namespace) -> int:
             first, last = (Path(runs[i]["path"]).parent.parent for i in (0, -1))
             print(f"out-of-fold predictions of {len(runs)} folds pooled as `test`, each fold's own test metrics as "
                   f"fold<k>{' (' + ', '.join(named) + ')' if named else ''}; fold runs: {first} ... {last.name}")
+        elif cfg.get("kind") == "external":          # `bench evaluate` (bench.external)
+            src = cfg["bundle"]["source"]
+            cohort = "every labelled subject" if cfg["split"] == "all" else f"its {cfg['split']} split"
+            print(f"external validation of the bundle {cfg['bundle']['path']} (entry {src.get('entry')} seed "
+                  f"{src.get('seed')}, suite {src.get('suite')}, {cfg['bundle']['models']} model(s)) on "
+                  f"{cfg['data']['cls']} ({cohort}, threshold {cfg['threshold']:g})")
         else:
             print(f"stages: {json.dumps(cfg.get('stages', {}))}")
         if "cv" in cfg:

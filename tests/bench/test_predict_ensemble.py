@@ -171,6 +171,8 @@ def test_cli_evaluate_writes_a_run_that_show_and_compare_read(cv, tmp_path, caps
         assert by_subject[subject_of[image_id]] == pytest.approx(res.probability, abs=1e-9, nan_ok=True)
     assert (results / "ext" / "ensemble" / "seed0" / "images.csv").is_file()
     assert main(["show", str(results / "ext" / "ensemble" / "seed0"), "--by", "sex"]) == 0
+    assert main(["show", str(results / "ext" / "ensemble" / "seed0")]) == 0
+    assert "external validation of the bundle" in capsys.readouterr().out
     assert main(["compare", "ensemble", "fold0", "--suite", "ext", "--results", str(results)]) == 0
     capsys.readouterr()
     assert main(["evaluate", str(cv["ensemble"]), "--data", str(tmp_path), "--no-mlflow",
