@@ -70,8 +70,13 @@ def average_images(predictions: pd.DataFrame, by: Sequence[str] = ("subject_id",
     missing = [c for c in (*by, "y_true", "p_pos") if c not in predictions.columns]
     if missing:
         raise BenchError(f"predictions lack columns {missing} to average several images of a subject")
-    return predictions.groupby(list(by), as_index=False, sort=False, dropna=False).agg(
-        y_true=("y_true", "max"), p_pos=("p_pos", "mean"))
+    groups = predictions.groupby(list(by), sort=False, dropna=False)
+    conflicting = groups["y_true"].nunique() > 1
+    if conflicting.any():
+        names = sorted({str(k[0] if isinstance(k, tuple) else k) for k in conflicting[conflicting].index})
+        raise BenchError(f"subjects {names[:5]} have images with different labels; a subject has one DXA label: "
+                         "fix the manifest (`bench data check` lists such problems)")
+    return groups.agg(y_true=("y_true", "max"), p_pos=("p_pos", "mean")).reset_index()
 
 
 def aggregate_subjects(bone_predictions: pd.DataFrame) -> pd.DataFrame:

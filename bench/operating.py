@@ -93,7 +93,12 @@ def _split(predictions: pd.DataFrame, split: str) -> pd.DataFrame:
 
 def operating_table(predictions: pd.DataFrame, target: str, level: float) -> pd.DataFrame:
     """Rows ``val`` and ``test`` of one run at the threshold chosen on its val split."""
-    t = choose_threshold(*_labelled(_split(predictions, "val")), target, level)
+    val = _labelled(_split(predictions, "val"))
+    if not len(val[0]):
+        raise BenchError("this run has no labelled val subjects to choose a threshold on (an external evaluation "
+                         "has only test subjects): choose it on the run the model came from, e.g. `bench show "
+                         "RUN --operating-point ...`, and pass it with --threshold")
+    t = choose_threshold(*val, target, level)
     rows = {}
     for split in ("val", "test"):
         y, p = _labelled(_split(predictions, split))

@@ -34,7 +34,7 @@ from bench.data.format import Dataset
 from bench.data.provision import open_all, planned_paths, provide
 from bench.errors import BenchError
 from bench.executors.locking import data_lock, stage_lock
-from bench.metrics import aggregate_subjects, split_metrics
+from bench.metrics import aggregate_subjects, average_images, split_metrics
 from bench.registry import Entry, get, stages_to_run
 from bench.stage import (STAGE_MARKER, Fingerprint, is_cached, read_history, run_stage, stable_hash,
                          stage_key)
@@ -348,13 +348,15 @@ def evaluate(stage_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     """Subject predictions and metrics per split from a final stage's outputs (paper eq. 10)."""
     bone_file = stage_dir / "bone_predictions.parquet"
     subject_file = stage_dir / "predictions.parquet"
-    if bone_file.is_file():
-        subjects = aggregate_subjects(pd.read_parquet(bone_file))
+    if bone_file.is_file():     # several images of a subject count once, whatever entry wrote the file
+        subjects = aggregate_subjects(average_images(pd.read_parquet(bone_file)))
     elif subject_file.is_file():
         subjects = pd.read_parquet(subject_file)
         missing = {"subject_id", "split", "y_true", "p_pos"} - set(subjects.columns)
         if missing:
             raise BenchError(f"{subject_file} lacks columns {sorted(missing)}")
+        if subjects.duplicated(["subject_id", "split"]).any():      # one row per image: their mean
+            subjects = average_images(subjects, ("subject_id", "split"))
         if "y_pred" not in subjects.columns:
             subjects["y_pred"] = (subjects["p_pos"] > 0.5).astype("Int64")
         if "n_bones" not in subjects.columns:

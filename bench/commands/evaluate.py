@@ -43,7 +43,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from bench.external import evaluate_dataset, images_csv
     from bench.operating import rates
     from bench.runner import resolve_device
-    from bench.stage import Fingerprint, stable_hash
+    from bench.stage import dataset_fingerprint, stable_hash
     from bench.subgroups import auc_interval
     from methods.bundle import load_bundle, models_of
 
@@ -52,7 +52,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     source = bundle.meta["source"]
     entry = args.entry or str(source.get("entry") or "bundle")
     seed = int(source.get("seed") or 0)
-    fingerprint = Fingerprint.of(Path(args.data)).full
+    fingerprint = dataset_fingerprint(Path(args.data))
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():

@@ -318,3 +318,20 @@ def test_average_images_counts_a_subject_once():
     assert per_subject.loc["a", "p_pos"] == pytest.approx((0.2 + 0.6) / 2) and per_subject.loc["b", "y_true"] == 0
     with pytest.raises(BenchError, match="lack columns"):
         average_images(frame.drop(columns="bone"))
+    clash = frame.assign(y_true=pd.array([1, 0, 1, 0, 1], dtype="Int64"))     # subject a: labels 1 and 0
+    with pytest.raises(BenchError, match=r"subjects \['a'\] have images with different labels"):
+        average_images(clash)
+
+
+def test_runner_evaluate_counts_a_subject_once_whatever_the_stage_wrote(tmp_path):
+    from bench.runner import evaluate
+
+    bones = pd.DataFrame({"subject_id": ["a", "a", "b", "c"], "split": "test", "bone": "ulna",
+                          "y_true": [1, 1, 0, 1], "p_pos": [0.9, 0.5, 0.2, 0.6]})
+    bones.to_parquet(tmp_path / "bone_predictions.parquet")
+    subjects, metrics = evaluate(tmp_path)
+    assert subjects.set_index("subject_id").loc["a", "p_pos"] == pytest.approx(0.7) and metrics["test"]["n"] == 3
+    (tmp_path / "bone_predictions.parquet").unlink()
+    bones.drop(columns="bone").to_parquet(tmp_path / "predictions.parquet")   # one whole-image row per image
+    subjects, metrics = evaluate(tmp_path)
+    assert subjects.set_index("subject_id").loc["a", "p_pos"] == pytest.approx(0.7) and metrics["test"]["n"] == 3

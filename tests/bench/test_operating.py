@@ -119,3 +119,7 @@ def test_show_a_run_and_a_cross_validation(tmp_path, capsys):
     assert main(["show", str(results / "s-fold0"), "--operating-point", "sens:0.9"]) == 2
     assert "--operating-point needs a run folder" in capsys.readouterr().err
     assert main(["show", str(results / "s-fold0" / "e" / "seed0"), "--operating-point", "ppv:0.9"]) == 2
+    capsys.readouterr()
+    store.write_run(results, "external", "e", 0, config={}, metrics={}, predictions=pooled)   # test subjects only
+    assert main(["show", str(results / "external" / "e" / "seed0"), "--operating-point", "sens:0.9"]) == 2
+    assert "no labelled val subjects" in capsys.readouterr().err
