@@ -17,13 +17,13 @@
 #            roi.source=annotator, what `auto` picks on the phantom, so it trains no unused segmenter): the
 #            measured stage seconds (cache/jang/*/_stage.json) against the projection (only with 180 s left;
 #            its paper phantoms render on 5 cores per preset during the trainings);
+#   nchw:    `bench perf ssl --set ssl.channels_last=false`: (a), (b) in NCHW (cuDNN BatchNorm; 90 s left);
 #   compile: `bench perf ssl --set ssl.compile=MODE --feeds end_to_end model_only`: (a) and (b) with the
 #            encoder compiled by inductor (MODE default, then reduce-overhead = CUDA graphs), and the first
 #            step's compile time (each only with 150 s left);
-#   nchw:    `bench perf ssl --set ssl.channels_last=false`: (a), (b) in NCHW (cuDNN BatchNorm; 90 s left);
 #   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds (80 s left);
 #   then OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
-# GPU_CHECKS_STEPS picks steps (default "tests ssl train entry compile nchw suite"), GPU_CHECKS_TRAIN the trainings
+# GPU_CHECKS_STEPS picks steps (default "tests ssl train entry nchw compile suite"), GPU_CHECKS_TRAIN the trainings
 # (default "mose single": the landmark error was measured on 2026-11-26, 1.42 mm). Measured on an H200
 # (2026-11-26): tests + seg + ssl 95 s, suite 70 s; the landmark stage took 245 s beside the two
 # segmentation trainings, which did not finish in 350 s side by side with it (MoSE step 105 ms, single 28 ms).
@@ -38,7 +38,7 @@ RES=${GPU_CHECKS_RESULTS:-$PWD/gpu-results}
 DEV=${GPU_CHECKS_DEVICE:-cuda}
 RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
 PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
-STEPS=" ${GPU_CHECKS_STEPS-tests ssl train entry compile nchw suite} "
+STEPS=" ${GPU_CHECKS_STEPS-tests ssl train entry nchw compile suite} "
 TRAIN=" ${GPU_CHECKS_TRAIN-mose single} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 wanttrain() { [[ "$TRAIN" == *" $1 "* ]]; }
@@ -103,7 +103,7 @@ fi
 TRAIN_END=$(( BUDGET - 20 ))
 run() { # name, extra args...
   local name=$1; shift
-  OMP_NUM_THREADS=5 timeout "$(left $TRAIN_END)" $BENCH run --profile "$RUN_PROFILE" --seeds 0 --device "$DEV" \
+  OSTEOBENCH_EPOCH_LINES=1 OMP_NUM_THREADS=5 timeout "$(left $TRAIN_END)" $BENCH run --profile "$RUN_PROFILE" --seeds 0 --device "$DEV" \
     --results "$RES" --no-mlflow --name "$name" "$@" >"$RES/run-$name.log" 2>&1
   log "run $name rc=$?"
 }
@@ -135,6 +135,12 @@ if want entry && enough 180 entry; then
     --set roi.source=annotator --results "$RES" --no-mlflow --name paper-jang >"$RES/run-paper-jang.log" 2>&1
   log "run paper jang rc=$?"
 fi
+if want nchw && enough 90 nchw; then
+  log "perf ssl, NCHW layout"
+  timeout "$(left $(( BUDGET - 20 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \
+    --warmup 5 --set ssl.channels_last=false --feeds end_to_end model_only >"$OUT/perf-ssl-nchw.txt" 2>&1
+  log "perf ssl NCHW rc=$?"
+fi
 for mode in default reduce-overhead; do
   if want compile && enough 150 "compile $mode"; then
     log "perf ssl, encoder compiled ($mode)"
@@ -143,12 +149,6 @@ for mode in default reduce-overhead; do
     log "perf ssl compiled ($mode) rc=$?"
   fi
 done
-if want nchw && enough 90 nchw; then
-  log "perf ssl, NCHW layout"
-  timeout "$(left $(( BUDGET - 20 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \
-    --warmup 5 --set ssl.channels_last=false --feeds end_to_end model_only >"$OUT/perf-ssl-nchw.txt" 2>&1
-  log "perf ssl NCHW rc=$?"
-fi
 if want suite && enough 80 suite; then
   log "perf suite"
   timeout "$(left $(( BUDGET - 10 )))" $BENCH perf suite --profile "$PERF_PROFILE" --device "$DEV" --repeats 3 \
@@ -157,5 +157,5 @@ if want suite && enough 80 suite; then
 fi
 
 (cd "$RES" && find . -path ./cache/phantom -prune -o -type f \( -name '*.json' -o -name '*.csv' -o -name '*.log' \
-   -o -name '*.txt' \) -size -4M -print | tar czf "$OUT/results.tgz" -T -)
+   -o -name '*.txt' -o -name '*.parquet' \) -size -4M -print | tar czf "$OUT/results.tgz" -T -)
 log "end"

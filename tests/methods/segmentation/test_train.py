@@ -196,8 +196,9 @@ def test_single_decoder_variant_trains(phantoms, tmp_path, one_thread):
 
 
 @pytest.mark.parametrize("head, solver", [("shared", "exact"), ("per_expert", "greedy")])
-def test_same_seed_same_weights_and_metrics(phantoms, head, solver):
-    """CPU determinism: two trainings with one seed give bit-identical weights and histories."""
+def test_same_seed_same_weights_and_metrics(phantoms, head, solver, monkeypatch, capsys):
+    """CPU determinism: two trainings with one seed give bit-identical weights and histories; the
+    second, with OSTEOBENCH_EPOCH_LINES=1, prints one stderr line per epoch with its metrics."""
     from methods.segmentation.config import SegmentationConfig
     from methods.segmentation.train import train_segmentation
 
@@ -207,7 +208,15 @@ def test_same_seed_same_weights_and_metrics(phantoms, head, solver):
                              head=head, ot_solver=solver)
     train = load_split(ds, ["train"], (32, 24))
     val = load_split(ds, ["val"], (32, 24))
-    runs = [train_segmentation(cfg, train, val, seed=s) for s in (3, 3, 4)]
+    runs = [train_segmentation(cfg, train, val, seed=3)]
+    assert capsys.readouterr().err == ""
+    monkeypatch.setenv("OSTEOBENCH_EPOCH_LINES", "1")
+    runs.append(train_segmentation(cfg, train, val, seed=3))
+    lines = capsys.readouterr().err.splitlines()
+    assert [x.split(":")[0] for x in lines] == [f"segmentation (mose) epoch {e}/2" for e in (1, 2)]
+    assert all(f"val_ged {r['val_ged']:.4g}," in x for x, r in zip(lines, runs[1].history))
+    monkeypatch.delenv("OSTEOBENCH_EPOCH_LINES")
+    runs.append(train_segmentation(cfg, train, val, seed=4))
     a, b, c = (r.model.state_dict() for r in runs)
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert runs[0].history == runs[1].history
