@@ -19,6 +19,7 @@ import pandas as pd
 import torch
 
 from bench.errors import BenchError
+from bench.parallel import thread_map
 from bench.metrics import average_images
 from bench.stage import StageContext
 from baselines.common import require_labels, write_history
@@ -39,8 +40,8 @@ def landmark_rois(ctx: StageContext, landmarks_dir: Path, size: int) -> tuple[pd
     bones = list(dict.fromkeys(found["bone"]))
     by_image = {k: g.set_index("bone") for k, g in found.groupby("image_id", sort=False)}
     side_mm = ctx.config.roi.size_mm
-    rows, crops = [], []
-    for rec in dataset.manifest.to_dict("records"):
+
+    def one(rec: dict) -> tuple[list[dict], list[np.ndarray]]:
         image_id = str(rec["image_id"])
         points = by_image.get(image_id)
         if points is None:
@@ -48,11 +49,15 @@ def landmark_rois(ctx: StageContext, landmarks_dir: Path, size: int) -> tuple[pd
                              f"{image_id!r}; it was computed for another dataset: clear it and rerun")
         image = dataset.image(image_id)
         side = side_mm / float(rec["pixel_spacing_mm"])
-        for bone in bones:
-            p = points.loc[bone]
-            crops.append(crop_box(image, centred_box((p["row"], p["col"]), side), size))
-            rows.append({"image_id": image_id, "subject_id": str(rec["subject_id"]), "split": str(rec["split"]),
-                         "bone": bone, "label": rec["label"]})
+        rows = [{"image_id": image_id, "subject_id": str(rec["subject_id"]), "split": str(rec["split"]),
+                 "bone": bone, "label": rec["label"]} for bone in bones]
+        return rows, [crop_box(image, centred_box((points.loc[b]["row"], points.loc[b]["col"]), side), size)
+                      for b in bones]
+
+    rows, crops = [], []
+    for image_rows, image_crops in thread_map(one, dataset.manifest.to_dict("records")):   # images in threads
+        rows += image_rows
+        crops += image_crops
     stack = torch.from_numpy(np.stack(crops)) if crops else torch.zeros(0, size, size)
     return pd.DataFrame(rows), stack, bones
 

@@ -19,6 +19,7 @@ import torch
 
 from bench.data.format import Dataset
 from bench.errors import BenchError
+from bench.parallel import thread_map
 from bench.stage import StageContext
 from baselines.common import require_labels, subject_predictions, write_history
 from baselines.roi import RoiConfig, crop_box, jitter_box, wrist_box
@@ -43,10 +44,13 @@ def roi_label_maps(ctx: StageContext, dataset: Dataset, cfg: RoiConfig, image_id
 
 
 def jang_rois(ctx: StageContext, cfg: RoiConfig, size: int) -> tuple[pd.DataFrame, torch.Tensor, pd.DataFrame]:
-    """One jittered wrist ROI per `cls` image: index (subject_id, split, bone="roi", label), N×size×size, boxes."""
+    """One jittered wrist ROI per `cls` image: index (subject_id, split, bone="roi", label), N×size×size, boxes.
+
+    Images in threads (bench.parallel): each box's jitter is seeded by its image id, so the ROIs do
+    not depend on the number of threads."""
     dataset = ctx.datasets["cls"]
-    rows, crops, boxes = [], [], []
-    for rec in dataset.manifest.to_dict("records"):
+
+    def one(rec: dict) -> tuple[dict, np.ndarray, dict]:
         image_id = str(rec["image_id"])
         image = dataset.image(image_id)
         spacing = float(rec["pixel_spacing_mm"]) if pd.notna(rec["pixel_spacing_mm"]) else float("nan")
@@ -57,10 +61,13 @@ def jang_rois(ctx: StageContext, cfg: RoiConfig, size: int) -> tuple[pd.DataFram
         if box is None:   # no bone found: the drawer falls back to the whole radiograph
             box = (0.0, 0.0, float(image.shape[0]), float(image.shape[1]))
         box = jitter_box(box, ctx.rng(f"jitter/{image_id}"), cfg.margin, cfg.jitter)
-        crops.append(crop_box(image, box, size))
-        rows.append({"image_id": image_id, "subject_id": str(rec["subject_id"]), "split": str(rec["split"]),
-                     "bone": "roi", "label": rec["label"]})
-        boxes.append({"image_id": image_id, "row0": box[0], "col0": box[1], "row1": box[2], "col1": box[3]})
+        row = {"image_id": image_id, "subject_id": str(rec["subject_id"]), "split": str(rec["split"]),
+               "bone": "roi", "label": rec["label"]}
+        return row, crop_box(image, box, size), {"image_id": image_id, "row0": box[0], "col0": box[1],
+                                                 "row1": box[2], "col1": box[3]}
+
+    found = list(thread_map(one, dataset.manifest.to_dict("records")))
+    rows, crops, boxes = ([f[i] for f in found] for i in range(3))
     stack = torch.from_numpy(np.stack(crops)) if crops else torch.zeros(0, size, size)
     return pd.DataFrame(rows), stack, pd.DataFrame(boxes)
 

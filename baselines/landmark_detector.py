@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pandas as pd
@@ -34,7 +33,7 @@ from torch import nn
 from bench.checkpoint import Resumer, loop_state, restore_loop
 from bench.data.format import Dataset
 from bench.errors import BenchError
-from bench.hardware import usable_cores
+from bench.parallel import thread_map
 from bench.registry import Stage
 from bench.stage import StageContext
 from baselines.landmarks import (LandmarkConfig, decode, gaussian_targets, heatmap_loss, landmark_errors,
@@ -74,15 +73,10 @@ def _spacing(rec: dict, role: str) -> float:
     return s
 
 
-def loading_threads() -> int:
-    """Threads :func:`load_images` uses by default: the usable cores, at most 8."""
-    return min(8, usable_cores())
-
-
 def load_images(dataset: Dataset, role: str, cfg: LandmarkConfig, threads: int | None = None) -> list[dict]:
     """Per image: working tensor, scale, spacing, reference landmarks (NaN where no masks) and keys.
 
-    Images load in `threads` threads (default: the usable cores, at most 8): PNG decoding, resampling
+    Images load in `threads` threads (bench.parallel; default: the usable cores, at most 8): PNG decoding, resampling
     and most of the axis arithmetic release the GIL; each image's result depends on it alone.
     """
     def one(rec: dict) -> dict:
@@ -97,12 +91,7 @@ def load_images(dataset: Dataset, role: str, cfg: LandmarkConfig, threads: int |
                 "role": role, "tensor": tensor.flip(-1) if mirror else tensor, "scale": scale,
                 "spacing": spacing, "truth": truth, "mirror": mirror}
 
-    records = dataset.manifest.to_dict("records")
-    threads = loading_threads() if threads is None else threads
-    if threads <= 1 or len(records) < 2:
-        return [one(rec) for rec in records]
-    with ThreadPoolExecutor(threads) as pool:
-        return list(pool.map(one, records))
+    return list(thread_map(one, dataset.manifest.to_dict("records"), threads))
 
 
 def working_points(item: dict) -> np.ndarray:

@@ -27,6 +27,7 @@ import pandas as pd
 from bench.config import register_section
 from bench.data.format import BONES
 from bench.errors import BenchError
+from bench.parallel import thread_map
 from bench.stage import StageContext
 from baselines.cortical import measure_bone
 from baselines.logistic import C_GRID, fit_logistic
@@ -62,11 +63,11 @@ register_section("radiogrammetry", RadiogrammetryConfig)
 
 
 def measure_dataset(ctx: StageContext, cfg: RadiogrammetryConfig, role: str = "cls") -> pd.DataFrame:
-    """One row per (image, bone): 2MCI, outer and medullary width (mm), measurement point."""
+    """One row per (image, bone): 2MCI, outer and medullary width (mm), measurement point (images in
+    threads, bench.parallel; rows in manifest order)."""
     dataset = ctx.datasets[role]
     source = label_source(ctx, cfg, role, dataset)  # type: ignore[arg-type]  # needs .source, .annotator
-    rows = []
-    for rec in dataset.manifest.to_dict("records"):
+    def one(rec: dict) -> list[dict]:
         image_id = str(rec["image_id"])
         spacing = float(rec["pixel_spacing_mm"])
         if not np.isfinite(spacing) or spacing <= 0:
@@ -76,6 +77,7 @@ def measure_dataset(ctx: StageContext, cfg: RadiogrammetryConfig, role: str = "c
         labels, _ = source(image_id)
         if labels.shape != image.shape:
             raise BenchError(f"label map of {role} image {image_id!r} is {labels.shape}, the image {image.shape}")
+        rows = []
         for bone in cfg.bones:
             m = measure_bone(image, labels, bone, spacing, metacarpal_fraction=cfg.metacarpal_fraction,
                              radius_offset_mm=cfg.radius_offset_mm, profiles=cfg.profiles,
@@ -85,6 +87,9 @@ def measure_dataset(ctx: StageContext, cfg: RadiogrammetryConfig, role: str = "c
                          "label": rec["label"], "bone": bone, "cortical_index": m.cortical_index,
                          "outer_mm": m.outer_mm, "inner_mm": m.inner_mm, "profiles": m.profiles,
                          "row": m.row, "col": m.col})
+        return rows
+
+    rows = [row for found in thread_map(one, dataset.manifest.to_dict("records")) for row in found]
     return pd.DataFrame(rows)
 
 

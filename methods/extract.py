@@ -15,14 +15,15 @@ so an image's patches do not depend on which other images are in the dataset.
 Both write one :mod:`methods.patch_store` store into the stage folder (rows of the `seg` dataset
 first, then `cls`; images in manifest order; bones in class-id order) and a contact sheet
 ``figures/patches.png`` (as paper Fig. 3, top: radiograph with the coloured crop squares, then the
-patches; missing bones are labelled with their reason).
+patches; missing bones are labelled with their reason). Images are read and cut in threads
+(bench.parallel); the store is the same for any number of threads.
 """
 from __future__ import annotations
 
 import io
 import sys
 from pathlib import Path
-from typing import Any, Callable, Iterator, Mapping
+from typing import Any, Callable, Iterable, Iterator, Mapping
 
 import numpy as np
 import pandas as pd
@@ -30,6 +31,7 @@ import pandas as pd
 from bench.data.format import BONES, Dataset
 from bench.data.imageio import read_label_map
 from bench.errors import BenchError
+from bench.parallel import thread_map
 from bench.registry import Stage
 from bench.stage import StageContext
 from methods.bones import BonePatch, PatchConfig, extract_bones, random_patches
@@ -92,12 +94,12 @@ def label_source(ctx: StageContext, cfg: PatchConfig, role: str, dataset: Datase
     return annotator
 
 
-def _progress(items: list, desc: str):
+def _progress(items: Iterable, desc: str, total: int | None = None):
     try:
         from tqdm import tqdm
     except ImportError:  # pragma: no cover
         return items
-    return tqdm(items, desc=desc, disable=not sys.stderr.isatty(), leave=False)
+    return tqdm(items, desc=desc, total=total, disable=not sys.stderr.isatty(), leave=False)
 
 
 def _run(ctx: StageContext, per_image: Callable[[str, Dataset, dict[str, Any]], list[BonePatch]],
@@ -108,8 +110,9 @@ def _run(ctx: StageContext, per_image: Callable[[str, Dataset, dict[str, Any]], 
     roles = [r for r in ROLES if r in ctx.datasets]
     infos = [(role, info) for role in roles for info in image_info(ctx.datasets[role], role)]
     with StoreWriter(ctx.out_dir, cfg.patch_size, n_per_image * len(infos)) as writer:
-        for role, info in _progress(infos, kind):
-            writer.add(info, per_image(role, ctx.datasets[role], info))
+        patches = thread_map(lambda item: per_image(item[0], ctx.datasets[item[0]], item[1]), infos)
+        for (role, info), found in zip(infos, _progress(patches, kind, len(infos))):
+            writer.add(info, found)
         store = writer.close({"kind": kind, "source": cfg.source if kind == "bones" else "raw",
                               "roles": roles})
     index = store.index

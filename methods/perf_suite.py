@@ -43,6 +43,7 @@ from torch import nn
 
 from bench.config import Config
 from bench.data.format import BONES
+from bench.parallel import image_threads
 from bench.perf_suite import CostModel, CostPart, Measurer, StageCost, seeded_build
 from methods.optim import adam
 
@@ -147,7 +148,8 @@ def extract_cost(m: Measurer, stage, config: Config) -> StageCost:
         def work(image, labels, spacing):
             return extract_bones(image, labels, None, cfg, spacing)
     parts = [CostPart(f"{role} images", sizes[role].n,
-                      m.per_image_s(("extract", raw, repr(cfg)), ROLE_PRESETS[role], profile, work)) for role in sizes]
+                      m.per_image_s(("extract", raw, repr(cfg)), ROLE_PRESETS[role], profile, work,
+                                    threads=image_threads())) for role in sizes]      # the stage's threads
     return StageCost(parts, note=("raw crops" if raw else "bone patches") + " per image, phantom radiographs")
 
 
@@ -159,9 +161,10 @@ def radiogrammetry_cost(m: Measurer, stage, config: Config) -> StageCost:
     def work(image, labels, spacing):
         return [measure_bone(image, labels, b, spacing, metacarpal_fraction=cfg.metacarpal_fraction,
                              radius_offset_mm=cfg.radius_offset_mm, profiles=cfg.profiles, window_mm=cfg.window_mm,
-                             step_px=cfg.step_px, outer_edge=cfg.outer_edge, margin_mm=cfg.margin_mm)
+                             step_px=cfg.step_px, outer_edge=cfg.outer_edge, margin_mm=cfg.margin_mm,
+                             smooth_mm=cfg.smooth_mm)
                 for b in cfg.bones]
-    s = m.per_image_s(("radiogrammetry", repr(cfg)), "clinical", _profile(config), work)
+    s = m.per_image_s(("radiogrammetry", repr(cfg)), "clinical", _profile(config), work, threads=image_threads())
     return StageCost([CostPart("cls images", cls.n, s)], note="2MCI per image; the logistic fit is negligible")
 
 
@@ -276,7 +279,7 @@ def _vgg(config: Config) -> Callable[[], nn.Module]:
 
 def _with_rois(m: Measurer, config: Config, cost: StageCost, key: Any, crop: Callable) -> StageCost:
     """Add the per-`cls`-image ROI preparation (read + crop(image, labels, spacing)) to a training cost."""
-    s = m.per_image_s(key, "clinical", _profile(config), crop)
+    s = m.per_image_s(key, "clinical", _profile(config), crop, threads=image_threads())   # the stages' threads
     cost.parts.insert(0, CostPart("ROI crops (cls images)", role_sizes(config)["cls"].n, s))
     return cost
 
@@ -333,7 +336,7 @@ def wang_cost(m: Measurer, stage, config: Config) -> StageCost:
 
 
 def landmarks_cost(m: Measurer, stage, config: Config) -> StageCost:
-    from baselines.landmark_detector import LandmarkNet, landmark_step, loading_threads, resample
+    from baselines.landmark_detector import LandmarkNet, landmark_step, resample
     from baselines.landmarks import reference_landmarks
 
     cfg, sizes = config.landmarks, role_sizes(config)
@@ -367,7 +370,7 @@ def landmarks_cost(m: Measurer, stage, config: Config) -> StageCost:
         resample(image, spacing, cfg.mm_per_px)
         maps = {f"a{i}": labels for i in range(3)}
         return reference_landmarks(maps, {name: 1 / 3 for name in maps}, spacing, cfg)
-    threads = loading_threads()      # the stage loads its images in threads (landmark_detector.load_images)
+    threads = image_threads()        # the stage loads its images in threads (bench.parallel)
     loads = [CostPart(f"load {role} images", sizes[role].n,
                       m.per_image_s(("landmark-load", repr(cfg)), ROLE_PRESETS[role], _profile(config), load,
                                     threads=threads))

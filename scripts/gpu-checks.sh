@@ -24,9 +24,14 @@
 #   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds (80 s left);
 #   then OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
 # GPU_CHECKS_STEPS picks steps (default "tests ssl train entry nchw compile suite"), GPU_CHECKS_TRAIN the trainings
-# (default "mose single": the landmark error was measured on 2026-11-26, 1.42 mm). Measured on an H200
-# (2026-11-26): tests + seg + ssl 95 s, suite 70 s; the landmark stage took 245 s beside the two
-# segmentation trainings, which did not finish in 350 s side by side with it (MoSE step 105 ms, single 28 ms).
+# (default "mose": the landmark error was measured on an H200, 1.42 mm, and the single decoder's quick run on an
+# H100, both 2026-11-26). Measured on an H200 (2026-11-26): tests + seg + ssl 95 s, suite 70 s; the landmark stage
+# took 245 s beside the two segmentation trainings, which did not finish in 350 s side by side with it. On an H100
+# (2026-11-26): tests 31 s, ssl 36 s; side by side, MoSE epochs took 10 s (5.1 s once the single decoder, 5-6 s an
+# epoch, had finished after 380 s with its radiogrammetry), so MoSE reached epoch 56 of 60 in 467 s: alone it needs
+# about 310 s of training. Trainings save a resumable state every minute (checkpoint.minutes=1, which changes no
+# result), so a training cut by the budget continues in a second call on the still-warm machine (gpu-results/ is
+# git-ignored and stays there): GPU_CHECKS_STEPS=train bash scripts/gpu-checks.sh $OUT 300.
 # Without installation: run from the repository root with the dependencies importable (PYTHONPATH).
 # On the lent device machine: fill .whl here with `../shared/tools/gpu-wheels.sh pydicom`, carry .whl and run
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .whl-site \
@@ -39,7 +44,7 @@ DEV=${GPU_CHECKS_DEVICE:-cuda}
 RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
 PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
 STEPS=" ${GPU_CHECKS_STEPS-tests ssl train entry nchw compile suite} "
-TRAIN=" ${GPU_CHECKS_TRAIN-mose single} "
+TRAIN=" ${GPU_CHECKS_TRAIN-mose} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 wanttrain() { [[ "$TRAIN" == *" $1 "* ]]; }
 BENCH="python3 -m bench.cli"
@@ -104,7 +109,7 @@ TRAIN_END=$(( BUDGET - 20 ))
 run() { # name, extra args...
   local name=$1; shift
   OSTEOBENCH_EPOCH_LINES=1 OMP_NUM_THREADS=5 timeout "$(left $TRAIN_END)" $BENCH run --profile "$RUN_PROFILE" --seeds 0 --device "$DEV" \
-    --results "$RES" --no-mlflow --name "$name" "$@" >"$RES/run-$name.log" 2>&1
+    --results "$RES" --no-mlflow --name "$name" --set checkpoint.minutes=1 "$@" >>"$RES/run-$name.log" 2>&1
   log "run $name rc=$?"
 }
 if want train; then

@@ -183,3 +183,34 @@ def test_interrupted_trainings_resume_to_the_same_outputs(env, landmarks, tmp_pa
     pd.testing.assert_frame_equal(pd.read_parquet(whole / output), pd.read_parquet(resumed / output))
     pd.testing.assert_frame_equal(pd.read_parquet(whole / "history.parquet"),
                                   pd.read_parquet(resumed / "history.parquet"))
+
+
+def test_per_image_loops_give_the_same_outputs_in_one_thread_and_in_several(env, landmarks, tmp_path, monkeypatch):
+    """Bone patches, radiogrammetry, Jang's and Hsieh's ROIs run their images in threads
+    (bench.parallel): the outputs are identical to one thread's, rows in manifest order."""
+    import bench.parallel
+    from baselines.hsieh import landmark_rois
+    from baselines.jang import jang_rois
+    from baselines.radiogrammetry import measure_dataset
+    from bench.stage import StageContext
+
+    root, datasets = env
+    cfg = _cfg()
+    outputs = {}
+    for threads in (1, 3):
+        monkeypatch.setattr(bench.parallel, "image_threads", lambda t=threads: t)
+        ctx = StageContext(stage=JANG, config=cfg, seed=0, out_dir=tmp_path, inputs={}, datasets=datasets,
+                           device=torch.device("cpu"))
+        store = PatchStore.open(run_cpu_stage(EXTRACT, cfg, (tmp_path / f"t{threads}", datasets), {}))
+        outputs[threads] = (store.index, store.tensor(), measure_dataset(ctx, cfg.section("radiogrammetry")),
+                            jang_rois(ctx, cfg.section("roi"), 32), landmark_rois(ctx, landmarks, 32))
+    (i1, p1, m1, j1, h1), (i3, p3, m3, j3, h3) = outputs[1], outputs[3]
+    pd.testing.assert_frame_equal(i1, i3)
+    assert torch.equal(p1, p3) and len(i1) == 7 * sum(len(d.manifest) for d in datasets.values())
+    pd.testing.assert_frame_equal(m1, m3)
+    assert list(dict.fromkeys(m1["image_id"])) == datasets["cls"].manifest["image_id"].tolist()
+    for (a, b) in ((j1, j3), (h1, h3)):
+        pd.testing.assert_frame_equal(a[0], b[0])
+        assert torch.equal(a[1], b[1])
+    pd.testing.assert_frame_equal(j1[2], j3[2])
+    assert h1[2] == h3[2] and len(h1[0]) == len(h1[2]) * len(datasets["cls"].manifest)
