@@ -23,6 +23,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
+import time
 
 import numpy as np
 import pandas as pd
@@ -34,6 +35,7 @@ from bench.checkpoint import Resumer, loop_state, restore_loop
 from bench.data.format import Dataset
 from bench.errors import BenchError
 from bench.parallel import thread_map
+from bench.progress import epoch_line
 from bench.registry import Stage
 from bench.stage import StageContext
 from baselines.landmarks import (LandmarkConfig, decode, gaussian_targets, heatmap_loss, landmark_errors,
@@ -203,6 +205,7 @@ def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, gene
         first = restore_loop(saved, parts, gens)
         best, best_state = saved["best"], saved["best_state"]
     for epoch in range(first, cfg.epochs):
+        started = time.perf_counter()
         model.train()
         order = to_device_async(torch.randperm(len(train), generator=generator), device)
         total = torch.zeros((), device=device)
@@ -210,6 +213,8 @@ def train_detector(train: list[dict], val: list[dict], cfg: LandmarkConfig, gene
             idx = order[start:start + cfg.batch_size]
             total += landmark_step(model, opt, sched, x_all[idx], p_all[idx], cfg, generator) * len(idx)
         err = mean_error(model, val, cfg, device)
+        epoch_line("landmark detector", epoch, cfg.epochs, {"train_loss": float(total) / len(train),
+                                                             "val_error_mm": err}, time.perf_counter() - started)
         if log is not None:
             log("landmark_train_loss", float(total) / len(train), epoch)
             log("landmark_val_error_mm", err, epoch)

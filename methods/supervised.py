@@ -11,6 +11,7 @@ device and batches are indexed there.
 from __future__ import annotations
 
 import copy
+import time
 from dataclasses import dataclass
 from typing import Any, Callable, Literal
 
@@ -22,6 +23,7 @@ from bench.checkpoint import Resumer, loop_state, restore_loop
 from bench.config import register_section
 from bench.errors import BenchError
 from bench.metrics import select_best
+from bench.progress import epoch_line
 from methods.encoders import to_input
 from methods.optim import adam
 from methods.probe import ProbeResult, cross_entropy, subject_metrics
@@ -135,6 +137,7 @@ def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cf
         first = restore_loop(saved, parts, gens)
         history, best_state = saved["history"], saved["best_state"]
     for epoch in range(first, cfg.epochs):
+        started = time.perf_counter()
         model.train()
         order = train_idx[to_device_async(torch.randperm(len(train_idx), generator=generator), device)]
         total = torch.zeros((), device=device)
@@ -146,6 +149,7 @@ def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cf
         val = subject_metrics(index[val_rows], p_val)
         history.append({"train_loss": float(total) / len(order), "val_macro_f1": val["macro_f1"],
                         "val_auc": val["auc"]})
+        epoch_line("supervised", epoch, cfg.epochs, history[-1], time.perf_counter() - started)
         if select_best(history) == len(history) - 1:  # strictly better than every earlier epoch
             best_state = copy.deepcopy(model.state_dict())
         if resume is not None:

@@ -15,13 +15,11 @@
   losses are accumulated on the device and read once per epoch. CPU: float32 throughout.
 * Randomness: initialisation, batch order, augmentation and latent noise each come from their own
   generator seeded from (seed, purpose); on CPU the same seed gives the same weights.
-* Progress: a tqdm bar on a terminal; elsewhere (logs, batch jobs) one line per epoch on stderr
-  when the environment sets ``OSTEOBENCH_EPOCH_LINES=1`` (the epoch's metrics and seconds).
+* Progress: a tqdm bar on a terminal; elsewhere one line per epoch with ``OSTEOBENCH_EPOCH_LINES=1``
+  (bench.progress).
 """
 from __future__ import annotations
 
-import os
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Callable, Iterator
@@ -30,6 +28,7 @@ import numpy as np
 import torch
 
 from bench.checkpoint import Resumer, loop_state, restore_loop
+from bench.progress import epoch_line
 from bench.stage import derive_seed
 from methods.segmentation.config import SegmentationConfig
 from methods.segmentation.data import SegData, augment
@@ -209,7 +208,6 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
     gamma_sched = GammaScheduler(cfg.gamma_schedule, cfg.gamma0, cfg.gamma_anneal_epochs, cfg.gamma_patience)
     g_order, g_aug, g_z = (_generator(device, seed, p) for p in ("order", "augment", "latent"))
     mose = cfg.model == "mose"
-    lines = not progress and os.environ.get("OSTEOBENCH_EPOCH_LINES", "") not in ("", "0")
     n = len(train)
     bs = min(cfg.batch_size, n)
     cum_sum, cum_count = 0.0, 0
@@ -261,10 +259,8 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
             if v < best[0]:
                 best = (v, epoch, {k: t.detach().clone() for k, t in model.state_dict().items()})
         history.append({"epoch": epoch, **{k: float(v) for k, v in row.items()}})
-        if lines:
-            print(f"segmentation ({cfg.model}) epoch {epoch + 1}/{cfg.epochs}: "
-                  + ", ".join(f"{k} {float(v):.4g}" for k, v in row.items())
-                  + f", {time.perf_counter() - started:.2f} s", file=sys.stderr, flush=True)
+        if not progress:
+            epoch_line(f"segmentation ({cfg.model})", epoch, cfg.epochs, row, time.perf_counter() - started)
         if log is not None:
             for k, v in row.items():
                 log(k, float(v), epoch)

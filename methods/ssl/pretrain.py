@@ -15,6 +15,7 @@ pretraining resumes from its last saved epoch (bench.checkpoint). The step is
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,6 +24,7 @@ from torch import nn
 
 from bench.checkpoint import loop_state, restore_loop
 from bench.errors import BenchError
+from bench.progress import epoch_line
 from bench.stage import StageContext
 from methods.augment import AugmentConfig
 from methods.encoders import build_encoder
@@ -199,6 +201,7 @@ def pretrain_stage(ctx: StageContext) -> dict:
     if saved is not None:
         first, step = restore_loop(saved, parts, gens), saved["step"]
     for epoch in range(first, cfg.epochs):
+        started = time.perf_counter()
         p.start_epoch(epoch)
         order = torch.randperm(len(rows), generator=gen, device=device)
         running = torch.zeros((), device=device)
@@ -207,7 +210,10 @@ def pretrain_stage(ctx: StageContext) -> dict:
             lr = cosine_schedule(step, total, cfg.lr, warmup=cfg.warmup_epochs * steps)
             running += pretrain_step(p, data16, rows_dev[idx], targets[idx], mc, aug, gen, lr)
             step += 1
-        ctx.log("ssl_loss", float(running) / max(steps, 1), epoch=epoch)
+        loss = float(running) / max(steps, 1)             # the epoch's one read-back
+        ctx.log("ssl_loss", loss, epoch=epoch)
+        epoch_line(f"ssl pretraining ({cfg.method})", epoch, cfg.epochs, {"ssl_loss": loss},
+                   time.perf_counter() - started)
         resume.save_due(lambda: loop_state(epoch, parts, gens, step=step))
     torch.save({"encoder": cfg.encoder, "state_dict": p.encoder.state_dict()}, ctx.out_dir / ENCODER_FILE)
     (ctx.out_dir / "pretrain.json").write_text(json.dumps({"patches": int(len(rows)), "steps": int(total)}))

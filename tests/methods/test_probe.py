@@ -58,7 +58,8 @@ def test_single_class_train_split_is_a_clear_error():
         train_probe(x, index, ProbeConfig(epochs=1), torch.Generator().manual_seed(0))
 
 
-def test_supervised_end_to_end_learns_a_visible_signal():
+def test_supervised_end_to_end_learns_a_visible_signal(monkeypatch, capsys):
+    """...and prints one line per epoch with OSTEOBENCH_EPOCH_LINES=1 (its history's values)."""
     from methods.encoders import build_encoder
     from methods.supervised import SupervisedConfig, train_supervised
 
@@ -77,9 +78,14 @@ def test_supervised_end_to_end_learns_a_visible_signal():
     patches = torch.tensor(np.array(imgs), dtype=torch.float32)
     torch.manual_seed(0)
     cfg = SupervisedConfig(epochs=8, lr=1e-3, batch_size=8, input_size=32)
+    monkeypatch.setenv("OSTEOBENCH_EPOCH_LINES", "1")
     res = train_supervised(build_encoder("resnet18"), patches, pd.DataFrame(rows), cfg,
                            torch.Generator().manual_seed(0))
     assert res.best_epoch == select_best_index(res.history)
+    lines = capsys.readouterr().err.splitlines()
+    assert [x.split(":")[0] for x in lines] == [f"supervised epoch {e}/8" for e in range(1, 9)]
+    assert all(f"train_loss {h['train_loss']:.4g}, val_macro_f1 {h['val_macro_f1']:.4g}," in x
+               for x, h in zip(lines, res.history))
     subj = aggregate_subjects(res.bone_predictions)
     test = subj[subj.split == "test"]
     assert classification_metrics(test.y_true.to_numpy(dtype=float), test.p_pos.to_numpy())["auc"] >= 0.9

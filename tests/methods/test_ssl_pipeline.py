@@ -49,11 +49,16 @@ def test_supcon_pretraining_set_adds_labelled_cls_train_patches(patches):
 
 
 @pytest.mark.parametrize("method", ["simclr", "supcon", "swav", "vicreg"])
-def test_each_ssl_method_pretrains_with_finite_loss(env, patches, method):
+def test_each_ssl_method_pretrains_with_finite_loss(env, patches, method, monkeypatch, capsys):
     cfg = _cfg(**{"ssl.method": method})
+    monkeypatch.setenv("OSTEOBENCH_EPOCH_LINES", "1")
     out = run_cpu_stage(PRETRAIN, cfg, env, {"extract": patches})
     history = pd.read_parquet(out / "history.parquet")
     assert np.isfinite(history["value"]).all() and (history["metric"] == "ssl_loss").all()
+    lines = capsys.readouterr().err.splitlines()      # one line per epoch, the logged loss
+    assert [x.split(":")[0] for x in lines] == [f"ssl pretraining ({method}) epoch {e + 1}/{cfg.ssl.epochs}"
+                                                for e in range(cfg.ssl.epochs)]
+    assert all(f"ssl_loss {v:.4g}," in x for x, v in zip(lines, history.sort_values("epoch")["value"]))
     trained = load_encoder(out)
     torch.manual_seed(0)
     from methods.encoders import build_encoder
