@@ -6,7 +6,8 @@
 # In order, each step with its own time limit, every output under OUTDIR (nothing is lost when a step fails):
 #   tests:   the CUDA unit tests (on-device augmentation, multi-crop, views, transfers without host syncs,
 #            fused Adam, a segmentation training resumed on the GPU, micro-batched segmentation steps in bf16);
-#   seg:     `bench perf seg --profile paper`: MoSE / single-decoder step time at batch 16 and the OT share;
+#   seg:     `bench perf seg --profile quick` (GPU_CHECKS_SEG_PROFILE): MoSE / single-decoder step time at batch 16
+#            and the OT share, to set against the quick trainings' epoch lines (train and val_s seconds);
 #            meanwhile the quick phantoms are generated (one core each: the OT solve is the only CPU work timed);
 #   ssl:     `bench perf ssl --profile paper`: (a) end to end, (b) model-only ceiling, (c) conventional pipeline;
 #   train:   quick-profile trainings side by side on the GPU, seed 0, until the time left is what the later
@@ -23,7 +24,7 @@
 #            step's compile time (each only with 150 s left);
 #   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds (80 s left);
 #   then OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
-# GPU_CHECKS_STEPS picks steps (default "tests ssl train entry nchw compile suite"), GPU_CHECKS_TRAIN the trainings
+# GPU_CHECKS_STEPS picks steps (default "tests seg ssl train entry nchw compile suite"), GPU_CHECKS_TRAIN the trainings
 # (default "mose": the landmark error was measured on an H200, 1.42 mm, and the single decoder's quick run on an
 # H100, both 2026-11-26). Measured on an H200 (2026-11-26): tests + seg + ssl 95 s, suite 70 s; the landmark stage
 # took 245 s beside the two segmentation trainings, which did not finish in 350 s side by side with it. On an H100
@@ -43,7 +44,7 @@ RES=${GPU_CHECKS_RESULTS:-$PWD/gpu-results}
 DEV=${GPU_CHECKS_DEVICE:-cuda}
 RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
 PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
-STEPS=" ${GPU_CHECKS_STEPS-tests ssl train entry nchw compile suite} "
+STEPS=" ${GPU_CHECKS_STEPS-tests seg ssl train entry nchw compile suite} "
 TRAIN=" ${GPU_CHECKS_TRAIN-mose} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 wanttrain() { [[ "$TRAIN" == *" $1 "* ]]; }
@@ -93,7 +94,8 @@ if want tests; then
 fi
 if want seg; then
   log "perf seg"
-  timeout 120 $BENCH perf seg --profile "$PERF_PROFILE" --device "$DEV" --repeats 10 >"$OUT/perf-seg.txt" 2>&1
+  timeout 120 $BENCH perf seg --profile "${GPU_CHECKS_SEG_PROFILE:-$RUN_PROFILE}" --device "$DEV" --repeats 10 \
+    >"$OUT/perf-seg.txt" 2>&1
   log "perf seg rc=$?"
 fi
 wait; log "phantoms ready"

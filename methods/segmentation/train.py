@@ -229,7 +229,7 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
 
     for epoch in tqdm(range(start, cfg.epochs), disable=not progress, desc="segmentation", unit="epoch",
                       initial=start, total=cfg.epochs):
-        started = time.perf_counter()
+        started, val_seconds = time.perf_counter(), 0.0
         model.train()
         gamma = float(gamma_sched.gamma) if mose else 1.0
         order = torch.randperm(n, generator=g_order, device=device)
@@ -254,13 +254,16 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
         if mose:
             gamma_sched.step(epoch, signal)
         if val is not None and len(val) and ((epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1):
+            val_started = time.perf_counter()
             v = validation_ged(model, val, batch_size=cfg.predict_batch, seed=derive_seed(seed, "val"))
+            val_seconds = time.perf_counter() - val_started
             row["val_ged"] = v
             if v < best[0]:
                 best = (v, epoch, {k: t.detach().clone() for k, t in model.state_dict().items()})
         history.append({"epoch": epoch, **{k: float(v) for k, v in row.items()}})
         if not progress:
-            epoch_line(f"segmentation ({cfg.model})", epoch, cfg.epochs, row, time.perf_counter() - started)
+            epoch_line(f"segmentation ({cfg.model})", epoch, cfg.epochs, {**row, "val_s": val_seconds},
+                       time.perf_counter() - started)
         if log is not None:
             for k, v in row.items():
                 log(k, float(v), epoch)
