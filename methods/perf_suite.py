@@ -25,8 +25,9 @@ by largest remainder; a user dataset's manifest when ``data.seg``/``data.cls`` n
 * clinical: a two-covariate logistic regression, priced at zero.
 
 Known omissions (small next to training at the paper profile, to be confirmed against one measured
-entry): PNG writing, figures, the segmentation's data loading and CPU evaluation (GED, Hungarian
-IoU, Dice at native resolution), the probe's whole-image resizing. Measurements are cached per configuration, so
+entry): PNG writing, figures, the segmentation's data loading and final evaluation (Hungarian IoU,
+ECE, Dice at native resolution), the probe's whole-image resizing. The per-epoch validation GED is
+counted (batched on the device, on the whole canvas). Measurements are cached per configuration, so
 seeds and entries sharing a configuration are measured once.
 """
 from __future__ import annotations
@@ -127,9 +128,32 @@ def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
             return m.time(lambda _: list(predict_many(model, images, batch_size=cfg.predict_batch))) / len(images)
         return m.cached(("seg-predict", repr(cfg), size.height, size.width), measure)
 
+    def ged_s() -> float:
+        """Per validation image, the batched GED of the loop (methods.segmentation.device_metrics, on
+        the device, `predict_batch` images at once): N samples (K x S in the compact form, 1 for the
+        single decoder) against the `seg` phantom's annotators on the whole canvas (the cost depends
+        on N, M and the pixels, not on the labels)."""
+        from bench.data.phantom import PhantomConfig
+        from methods.segmentation.device_metrics import ged_batched
+
+        rows = cfg.working_size
+        cols = max(8, int(round(rows * (cfg.canvas_aspect or DEFAULT_ASPECT) / 8)) * 8)
+        n = (cfg.eval_samples or cfg.experts * cfg.samples) if cfg.model == "mose" else 1
+        k = PhantomConfig.for_preset(ROLE_PRESETS["seg"], _profile(config)).annotators
+        b = cfg.predict_batch
+
+        def measure() -> float:
+            gen = torch.Generator(device=m.device).manual_seed(0)
+            samples = torch.randint(0, 8, (b, n, rows, cols), generator=gen, device=m.device, dtype=torch.uint8)
+            annotations = torch.randint(0, 8, (b, k, rows, cols), generator=gen, device=m.device, dtype=torch.uint8)
+            p, q = torch.ones(b, n, device=m.device), torch.ones(b, k, device=m.device)
+            return m.time(lambda _: ged_batched(samples, annotations, p, q)) / b
+        return m.cached(("seg-ged", n, k, rows, cols, b), measure)
+
     validations = _ceil(cfg.epochs, cfg.val_every)
     return StageCost([CostPart("train steps", cfg.epochs * (seg.train // bs), step),
                       CostPart("val images (forward)", validations * seg.val, predict_s(seg)),
+                      CostPart("val GED", validations * seg.val, ged_s()),
                       CostPart("predict seg images", seg.n, predict_s(seg)),
                       CostPart("predict cls images", cls.n, predict_s(cls))],
                      note=f"{cfg.model}, {cfg.epochs} epochs x {seg.train // bs} steps of {bs}")

@@ -109,14 +109,35 @@ def annotations_of(data: SegData, index: int) -> tuple[np.ndarray, np.ndarray]:
 
 def validation_ged(model: torch.nn.Module, data: SegData, *, batch_size: int = 8, eval_samples: int = 0,
                    seed: int = 0) -> float:
-    """Mean over images of the weighted GED between the model's samples and the annotations."""
-    from methods.segmentation.evaluate import ged
+    """Mean over images of the weighted GED between the model's samples and the annotations.
 
+    The samples are those of :func:`iter_samples` (same generator, same batches); the GED is computed
+    on the model's device for a batch at a time (methods.segmentation.device_metrics), each image
+    restricted to its area on the canvas, with one read-back at the end."""
+    from methods.segmentation.device_metrics import IGNORE, ged_batched
+
+    was_training = model.training
+    model.eval()
+    gen = torch.Generator(device=data.images.device)
+    gen.manual_seed(seed)
+    rows = torch.arange(data.canvas[0], device=data.images.device)
+    cols = torch.arange(data.canvas[1], device=data.images.device)
     values = []
-    for i, maps, w, _ in iter_samples(model, data, batch_size=batch_size, eval_samples=eval_samples, seed=seed):
-        ann, beta = annotations_of(data, i)
-        values.append(float(ged(maps, ann, sample_weights=w, annotation_weights=beta)))
-    return float(np.nanmean(values)) if values else float("nan")
+    try:
+        for start in range(0, len(data), batch_size):
+            out = forward_eval(model, data.images[start:start + batch_size], eval_samples, gen)
+            placements = data.placements[start:start + batch_size]
+            inside = torch.stack([((rows >= pl.top) & (rows < pl.top + pl.size[0]))[:, None]
+                                  & ((cols >= pl.left) & (cols < pl.left + pl.size[1]))[None, :]
+                                  for pl in placements])[:, None]                 # B x 1 x rows x cols
+            maps = out.logits.float().argmax(2).to(torch.uint8).masked_fill(~inside, IGNORE)
+            ann = data.labels[start:start + batch_size].masked_fill(~inside, IGNORE)
+            values.append(ged_batched(maps, ann, out.weights.float(), data.beta[start:start + batch_size]))
+    finally:
+        model.train(was_training)
+    if not values:
+        return float("nan")
+    return float(np.nanmean(torch.cat(values).cpu().numpy()))
 
 
 def make_optimizer(model: torch.nn.Module, cfg: SegmentationConfig) -> torch.optim.Optimizer:

@@ -171,8 +171,8 @@ def test_paper_suite_plan_without_data_and_units_from_the_config(tmp_path):
     rows = {(r["stage"], r["entry"]): dict((n, u) for n, u, _ in r["parts"]) for r in proj.rows if r["seed"] == 0}
     # smoke phantoms: public 40 images (32/4/4), clinical 60 (48/6/6)
     seg = rows[("segment", "convcrop-simclr")]                         # the MoSE model's first user
-    assert seg == {"train steps": 60 * 16, "val images (forward)": 60 * 4, "predict seg images": 40,
-                   "predict cls images": 60}
+    assert seg == {"train steps": 60 * 16, "val images (forward)": 60 * 4, "val GED": 60 * 4,
+                   "predict seg images": 40, "predict cls images": 60}
     assert rows[("pretrain", "simclr")] == {"train steps": 2 * 6}      # 280 patches // 32 = 8, capped at 6
     assert rows[("supervised", "supervised")]["train steps"] == 3 * 21  # 48 x 7 = 336 patches / 16
     assert rows[("extract", "convcrop-simclr")] == {"seg images": 40, "cls images": 60}
@@ -249,3 +249,31 @@ def test_threaded_per_image_time_is_a_round_over_its_threads():
     four = m.per_image_s("k", "public", "smoke", work, threads=4)
     assert one == pytest.approx(0.05, rel=0.5) and four == pytest.approx(0.05 / 4, rel=0.6)
     assert len(calls) == 2 + 2 * 4
+
+
+@pytest.mark.parametrize("model, n", [("mose", 4 * 1), ("single", 1)])
+def test_segment_projection_times_the_validation_ged_of_its_samples(model, n):
+    """The segment cost prices each validation image's GED: K x S samples (smoke: S = 1) or one map
+    against the phantom's 3 annotators on the smoke canvas (128 rows), batched as the loop does."""
+    from methods.perf_suite import segment_cost
+
+    registry.load_entries()                  # registers the config sections
+
+    class Recording(Measurer):
+        def __init__(self):
+            super().__init__("cpu", steps=1, warmup=0)
+            self.keys, self.ged = [], None
+
+        def cached(self, key, fn):
+            self.keys.append(key)
+            if key[0] == "seg-ged":
+                self.ged = fn()
+                return self.ged
+            return 1e-3
+
+    m = Recording()
+    cost = segment_cost(m, None, resolve("smoke", sets={"segmentation.model": model}))
+    ged_keys = [k for k in m.keys if k[0] == "seg-ged"]
+    assert len(ged_keys) == 1 and ged_keys[0][1:3] == (n, 3) and ged_keys[0][3] == 128 and ged_keys[0][5] == 8
+    part = {p.name: p for p in cost.parts}["val GED"]
+    assert part.seconds == m.ged > 0 and part.units == 60 * 4          # 60 epochs x 4 val images

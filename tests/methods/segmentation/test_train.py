@@ -271,3 +271,24 @@ def test_interrupted_training_resumes_bit_identical(phantoms, tmp_path, device):
         assert [m["epoch"] for m in logged] == [x[2] for x in whole_log]
     gammas = [r["gamma"] for r in whole.history]
     assert gammas[0] == 0.5 and gammas[-1] == 1.0      # the plateau switch happened: its state was resumed
+
+
+@pytest.mark.parametrize("model_kind", ["mose", "single"])
+def test_validation_ged_on_the_device_equals_the_numpy_form(phantoms, model_kind):
+    """The loop's batched GED (methods.segmentation.device_metrics) gives, for the same samples, the
+    mean of the numpy GED of every image cropped to its area on the canvas."""
+    from methods.segmentation.config import SegmentationConfig
+    from methods.segmentation.evaluate import ged
+    from methods.segmentation.train import (annotations_of, iter_samples, make_spec, train_segmentation,
+                                            validation_ged)
+
+    ds = Dataset.open(phantoms["seg"])
+    cfg = SegmentationConfig(model=model_kind, base_width=4, max_width=8, levels=3, convs=1, samples=2,
+                             working_size=32, epochs=1, batch_size=4, canvas_aspect=1.5)  # wide: padded columns
+    val = load_split(ds, ["val", "test"], (32, 48))
+    assert any(pl.size[1] < 48 for pl in val.placements)
+    trained = train_segmentation(cfg, load_split(ds, ["train"], (32, 48)), None, seed=0).model
+    for model in (trained, build_model(make_spec(cfg, (32, 48), 8), seed=1)):
+        expected = [ged(maps, *annotations_of(val, i)[:1], sample_weights=w, annotation_weights=annotations_of(val, i)[1])
+                    for i, maps, w, _ in iter_samples(model, val, batch_size=3, seed=7)]
+        assert validation_ged(model, val, batch_size=3, seed=7) == pytest.approx(np.nanmean(expected), abs=1e-9)
