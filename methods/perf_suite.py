@@ -118,10 +118,11 @@ def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
     step = m.cached(("seg-step", repr(cfg), bs), lambda: benchmark_seg_step(
         cfg, m.device, batch=bs, steps=m.steps, warmup=m.warmup)["step_ms"] / 1e3)
 
+    rows = cfg.working_size
+    canvas = (rows, max(8, int(round(rows * (cfg.canvas_aspect or DEFAULT_ASPECT) / 8)) * 8))
+
     def predict_s(size: RoleSize) -> float:
         def measure() -> float:
-            rows = cfg.working_size
-            canvas = (rows, max(8, int(round(rows * (cfg.canvas_aspect or DEFAULT_ASPECT) / 8)) * 8))
             model = build_model(make_spec(cfg, canvas, 8), seed=0).to(m.device)
             rng = np.random.default_rng(0)
             images = [rng.random((size.height, size.width), dtype=np.float32) for _ in range(cfg.predict_batch)]
@@ -136,8 +137,7 @@ def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
         from bench.data.phantom import PhantomConfig
         from methods.segmentation.device_metrics import ged_batched
 
-        rows = cfg.working_size
-        cols = max(8, int(round(rows * (cfg.canvas_aspect or DEFAULT_ASPECT) / 8)) * 8)
+        cols = canvas[1]
         n = (cfg.eval_samples or cfg.experts * cfg.samples) if cfg.model == "mose" else 1
         k = PhantomConfig.for_preset(ROLE_PRESETS["seg"], _profile(config)).annotators
         b = cfg.predict_batch

@@ -76,26 +76,33 @@ def forward_eval(model: torch.nn.Module, x: torch.Tensor, eval_samples: int,
         return model(x, generator=generator)
 
 
-def iter_samples(model: torch.nn.Module, data: SegData, *, batch_size: int = 8, eval_samples: int = 0,
-                 seed: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray, torch.Tensor]]:
-    """Per image of `data`: (index, hard sample maps N x h x w uint8, weights N, mean probs C x h x w),
-    cropped to the image's area on the canvas."""
+def eval_batches(model: torch.nn.Module, data: SegData, *, batch_size: int = 8, eval_samples: int = 0,
+                 seed: int = 0) -> Iterator[tuple[int, SegOutput]]:
+    """(first index, model output) per batch of `data` in eval mode, the latent draws from one generator
+    seeded with `seed` (so every evaluation of the same model sees the same samples)."""
     was_training = model.training
     model.eval()
     gen = torch.Generator(device=data.images.device)
     gen.manual_seed(seed)
     try:
         for start in range(0, len(data), batch_size):
-            out = forward_eval(model, data.images[start:start + batch_size], eval_samples, gen)
-            maps = out.logits.float().argmax(2).to(torch.uint8).cpu().numpy()
-            weights = out.weights.float().cpu().numpy()
-            mean = out.mean_probs()
-            for i in range(maps.shape[0]):
-                pl = data.placements[start + i]
-                rs, cs = slice(pl.top, pl.top + pl.size[0]), slice(pl.left, pl.left + pl.size[1])
-                yield start + i, maps[i][:, rs, cs], weights[i], mean[i][:, rs, cs]
+            yield start, forward_eval(model, data.images[start:start + batch_size], eval_samples, gen)
     finally:
         model.train(was_training)
+
+
+def iter_samples(model: torch.nn.Module, data: SegData, *, batch_size: int = 8, eval_samples: int = 0,
+                 seed: int = 0) -> Iterator[tuple[int, np.ndarray, np.ndarray, torch.Tensor]]:
+    """Per image of `data`: (index, hard sample maps N x h x w uint8, weights N, mean probs C x h x w),
+    cropped to the image's area on the canvas."""
+    for start, out in eval_batches(model, data, batch_size=batch_size, eval_samples=eval_samples, seed=seed):
+        maps = out.logits.float().argmax(2).to(torch.uint8).cpu().numpy()
+        weights = out.weights.float().cpu().numpy()
+        mean = out.mean_probs()
+        for i in range(maps.shape[0]):
+            pl = data.placements[start + i]
+            rs, cs = slice(pl.top, pl.top + pl.size[0]), slice(pl.left, pl.left + pl.size[1])
+            yield start + i, maps[i][:, rs, cs], weights[i], mean[i][:, rs, cs]
 
 
 def annotations_of(data: SegData, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -111,30 +118,21 @@ def validation_ged(model: torch.nn.Module, data: SegData, *, batch_size: int = 8
                    seed: int = 0) -> float:
     """Mean over images of the weighted GED between the model's samples and the annotations.
 
-    The samples are those of :func:`iter_samples` (same generator, same batches); the GED is computed
+    The samples are those of :func:`iter_samples` (both read :func:`eval_batches`); the GED is computed
     on the model's device for a batch at a time (methods.segmentation.device_metrics), each image
     restricted to its area on the canvas, with one read-back at the end."""
     from methods.segmentation.device_metrics import IGNORE, ged_batched
 
-    was_training = model.training
-    model.eval()
-    gen = torch.Generator(device=data.images.device)
-    gen.manual_seed(seed)
     rows = torch.arange(data.canvas[0], device=data.images.device)
     cols = torch.arange(data.canvas[1], device=data.images.device)
     values = []
-    try:
-        for start in range(0, len(data), batch_size):
-            out = forward_eval(model, data.images[start:start + batch_size], eval_samples, gen)
-            placements = data.placements[start:start + batch_size]
-            inside = torch.stack([((rows >= pl.top) & (rows < pl.top + pl.size[0]))[:, None]
-                                  & ((cols >= pl.left) & (cols < pl.left + pl.size[1]))[None, :]
-                                  for pl in placements])[:, None]                 # B x 1 x rows x cols
-            maps = out.logits.float().argmax(2).to(torch.uint8).masked_fill(~inside, IGNORE)
-            ann = data.labels[start:start + batch_size].masked_fill(~inside, IGNORE)
-            values.append(ged_batched(maps, ann, out.weights.float(), data.beta[start:start + batch_size]))
-    finally:
-        model.train(was_training)
+    for start, out in eval_batches(model, data, batch_size=batch_size, eval_samples=eval_samples, seed=seed):
+        inside = torch.stack([((rows >= pl.top) & (rows < pl.top + pl.size[0]))[:, None]
+                              & ((cols >= pl.left) & (cols < pl.left + pl.size[1]))[None, :]
+                              for pl in data.placements[start:start + batch_size]])[:, None]   # B x 1 x rows x cols
+        maps = out.logits.float().argmax(2).to(torch.uint8).masked_fill(~inside, IGNORE)
+        ann = data.labels[start:start + batch_size].masked_fill(~inside, IGNORE)
+        values.append(ged_batched(maps, ann, out.weights.float(), data.beta[start:start + batch_size]))
     if not values:
         return float("nan")
     return float(np.nanmean(torch.cat(values).cpu().numpy()))
