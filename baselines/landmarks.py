@@ -58,6 +58,9 @@ class LandmarkConfig:
             raise BenchError(f"landmarks.bones has unknown names {unknown}; use names of {list(BONES)}")
         if self.mm_per_px <= 0 or self.sigma_mm <= 0:
             raise BenchError("landmarks.mm_per_px and landmarks.sigma_mm must be positive")
+        if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:
+            raise BenchError(f"landmarks.epochs and landmarks.batch_size must be >= 1 and landmarks.lr > 0 "
+                             f"(got {self.epochs}, {self.batch_size}, {self.lr})")
 
 
 register_section("landmarks", LandmarkConfig, {

@@ -42,6 +42,14 @@ class SupervisedConfig:
     flips: bool = True                                  # random horizontal/vertical flips (the only augmentation)
     class_weight: Literal["none", "balanced"] = "none"  # cross-entropy class weights
 
+    def validate(self) -> None:
+        """Raise BenchError naming the first bad option."""
+        if self.epochs < 1 or self.batch_size < 1 or self.input_size < 8:
+            raise BenchError("supervised.epochs and supervised.batch_size must be >= 1 and supervised.input_size "
+                             f">= 8 (got {self.epochs}, {self.batch_size}, {self.input_size})")
+        if not (self.lr > 0 and self.weight_decay >= 0):
+            raise BenchError("supervised.lr must be > 0 and supervised.weight_decay >= 0")
+
 
 register_section("supervised", SupervisedConfig, {
     "smoke": {"epochs": 3, "input_size": 64, "batch_size": 16},

@@ -93,3 +93,21 @@ def test_resolve_validates_sections_before_anything_runs():
     with pytest.raises(BenchError, match="gamma0 must lie in"):
         config.resolve("paper", sets=["segmentation.gamma0=2"])
     assert config.resolve("smoke", sets={"segmentation.ce_weight": "0.5"}).segmentation.ce_weight == 0.5
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("landmarks.epochs=-1", "landmarks.epochs and landmarks.batch_size must be >= 1"),
+    ("landmarks.lr=0", "landmarks.lr > 0"),
+    ("supervised.epochs=0", "supervised.epochs and supervised.batch_size must be >= 1"),
+    ("supervised.input_size=4", "supervised.input_size >= 8"),
+    ("supervised.lr=-1", "supervised.lr must be > 0"),
+])
+def test_baseline_training_options_are_validated(item, needle):
+    """A schedule that cannot train stops at resolve with its key named, not deep in the loop."""
+    import baselines.landmarks  # noqa: F401  (registers the sections)
+    import methods.supervised  # noqa: F401
+
+    with pytest.raises(BenchError, match=needle.replace(".", r"\.")):
+        config.resolve("smoke", sets=[item])
+    config.resolve("smoke", sets=[item.split("=")[0] + "=" + ("1e-3" if "lr" in item else "64" if "size" in item
+                                                               else "1")])
