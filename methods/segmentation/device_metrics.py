@@ -39,11 +39,12 @@ def pairwise_distances_batched(maps: torch.Tensor, classes: Sequence[int] = BONE
     return torch.where(count > 0, total / count.clamp(min=1), torch.zeros_like(total))
 
 
-def ged_batched(samples: torch.Tensor, annotations: torch.Tensor, sample_weights: torch.Tensor,
-                annotation_weights: torch.Tensor, classes: Sequence[int] = BONE_IDS) -> torch.Tensor:
-    """Per image of the batch, the squared GED of B x N x H x W samples against B x M x H x W
-    annotations with B x N and B x M non-negative weights (each row normalised to sum 1; a zero
-    weight drops its map). NaN for an image whose weights sum to 0."""
+def ged_terms_batched(samples: torch.Tensor, annotations: torch.Tensor, sample_weights: torch.Tensor,
+                      annotation_weights: torch.Tensor, classes: Sequence[int] = BONE_IDS) -> torch.Tensor:
+    """B x 3 terms of the squared GED per image, as ``evaluate.ged_components`` names them: ``cross``
+    E d(s, y), ``sample_diversity`` E d(s, s'), ``annotation_diversity`` E d(y, y'), for B x N x H x W
+    samples against B x M x H x W annotations with B x N and B x M non-negative weights (each row
+    normalised to sum 1; a zero weight drops its map). NaN for an image whose weights sum to 0."""
     n = samples.shape[1]
     d = pairwise_distances_batched(torch.cat([samples, annotations.to(samples.dtype)], dim=1), classes)
     p = sample_weights.double()
@@ -53,7 +54,18 @@ def ged_batched(samples: torch.Tensor, annotations: torch.Tensor, sample_weights
 
     def quad(a: torch.Tensor, m: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
         return torch.einsum("bi,bij,bj->b", a, m, c)
-    return 2.0 * quad(p, d[:, :n, n:], q) - quad(p, d[:, :n, :n], p) - quad(q, d[:, n:, n:], q)
+    return torch.stack([quad(p, d[:, :n, n:], q), quad(p, d[:, :n, :n], p), quad(q, d[:, n:, n:], q)], dim=1)
 
 
-__all__ = ["IGNORE", "ged_batched", "pairwise_distances_batched"]
+def ged_from_terms(terms: torch.Tensor) -> torch.Tensor:
+    """GED = 2 cross - sample_diversity - annotation_diversity of ``ged_terms_batched``'s ... x 3 terms."""
+    return 2.0 * terms[..., 0] - terms[..., 1] - terms[..., 2]
+
+
+def ged_batched(samples: torch.Tensor, annotations: torch.Tensor, sample_weights: torch.Tensor,
+                annotation_weights: torch.Tensor, classes: Sequence[int] = BONE_IDS) -> torch.Tensor:
+    """Per image of the batch, the squared GED (arguments as :func:`ged_terms_batched`)."""
+    return ged_from_terms(ged_terms_batched(samples, annotations, sample_weights, annotation_weights, classes))
+
+
+__all__ = ["IGNORE", "ged_batched", "ged_from_terms", "ged_terms_batched", "pairwise_distances_batched"]

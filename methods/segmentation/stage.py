@@ -14,7 +14,8 @@ Evaluation conventions: Dice per bone at native resolution, against the exact ph
 (``truth/`` masks, when the dataset has them) and against each annotator; a bone absent from both
 maps is left out of its mean (NaN); beside them ``dice_consensus_truth``, the annotators' own
 β-weighted consensus against the truth on the same images (methods.segmentation.agreement): what a
-model that learnt the annotators perfectly would about score. GED, Hungarian-matched IoU and pixel ECE at
+model that learnt the annotators perfectly would about score. GED (with its three terms ``ged_cross``,
+``ged_sample_diversity`` and ``ged_annotation_diversity``: GED = 2 cross - both diversities), Hungarian-matched IoU and pixel ECE at
 the working resolution (the image's area on the canvas), samples in the compact weighted form unless
 ``segmentation.eval_samples`` asks for the standard form; annotations weighted by beta. The
 single-decoder ablation is this stage with ``segmentation.model=single``.
@@ -40,6 +41,8 @@ from methods.segmentation.predict import entropy_png, predict_many, save_model
 from methods.segmentation.train import annotations_of, iter_samples, train_segmentation
 
 ROLES = ("seg", "cls")
+GED_KEYS = {"ged": "ged", "cross": "ged_cross", "sample_diversity": "ged_sample_diversity",   # evaluate.ged_components
+            "annotation_diversity": "ged_annotation_diversity"}                             # -> eval.json key
 
 
 def truth_mask(dataset: Dataset, image_id: str) -> np.ndarray | None:
@@ -106,7 +109,7 @@ def _mean_dice(rows: list[dict[str, float]]) -> dict[str, float]:
 def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labels: dict[str, np.ndarray],
                    cfg: SegmentationConfig, seed: int) -> dict[str, Any]:
     """Dice (truth, annotators), GED, Hungarian IoU and pixel ECE of one split (module docstring)."""
-    from methods.segmentation.evaluate import dice_per_bone, ged, hungarian_iou, pixel_ece
+    from methods.segmentation.evaluate import dice_per_bone, ged_components, hungarian_iou, pixel_ece
 
     from methods.segmentation.agreement import consensus
 
@@ -125,7 +128,7 @@ def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labe
     for i, maps, w, mean in iter_samples(model, data, batch_size=cfg.predict_batch,
                                          eval_samples=cfg.eval_samples, seed=seed):
         ann, beta = annotations_of(data, i)
-        geds.append(float(ged(maps, ann, sample_weights=w, annotation_weights=beta)))
+        geds.append(ged_components(maps, ann, sample_weights=w, annotation_weights=beta))
         hious.append(float(hungarian_iou(maps, ann, sample_weights=w, annotation_weights=beta)))
         ece_probs.append(mean.float().cpu().numpy())
         ece_labels.append(ann)
@@ -134,7 +137,8 @@ def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labe
     out["dice_truth"] = _mean_dice(truth_rows) if truth_rows else None
     out["dice_consensus_truth"] = _mean_dice(ceiling_rows) if ceiling_rows else None
     out["dice_annotators"] = {a: _mean_dice(r) for a, r in sorted(ann_rows.items())}
-    out["ged"] = float(np.nanmean(geds)) if geds else float("nan")
+    for term, key in GED_KEYS.items():
+        out[key] = float(np.nanmean([g[term] for g in geds])) if geds else float("nan")
     out["hungarian_iou"] = float(np.nanmean(hious)) if hious else float("nan")
     out["ece"] = float(pixel_ece(ece_probs, ece_labels, annotation_weights=ece_beta)) if ece_probs else float("nan")
     return out
@@ -242,7 +246,7 @@ def _jsonable(obj: Any) -> Any:
 
 def _flat_metrics(split: str, res: dict[str, Any]) -> dict[str, float]:
     """Metric names for ctx.log / MLflow: seg_<split>_<metric>[_<bone>]."""
-    out = {f"seg_{split}_{k}": float(res[k]) for k in ("ged", "hungarian_iou", "ece")}
+    out = {f"seg_{split}_{k}": float(res[k]) for k in ("hungarian_iou", "ece", *GED_KEYS.values())}
     if res["dice_truth"]:
         out.update({f"seg_{split}_dice_truth_{b}": v for b, v in res["dice_truth"].items()})
     if res.get("dice_consensus_truth"):

@@ -9,7 +9,9 @@
   within a short schedule).
 * Model selection: the weights with the lowest validation GED (compact weighted form, K x S samples,
   hard argmax maps, annotations weighted by beta), checked every ``val_every`` epochs; without a
-  validation split the last weights are kept.
+  validation split the last weights are kept. The history also records the GED's terms (val_cross,
+  val_sample_diversity) and, for MoSE, the mean largest routing weight (val_pi_max) and the mean
+  latent sigma, to tell why a model's GED is what it is.
 * CUDA: bf16 autocast for the network, float32 for probabilities, costs and the loss; channels_last.
   The only host synchronisation inside an epoch is the OT solve's copy of the B x N x M cost;
   losses are accumulated on the device and read once per epoch. CPU: float32 throughout.
@@ -114,28 +116,44 @@ def annotations_of(data: SegData, index: int) -> tuple[np.ndarray, np.ndarray]:
     return lab[keep], beta[keep] / beta[keep].sum()
 
 
-def validation_ged(model: torch.nn.Module, data: SegData, *, batch_size: int = 8, eval_samples: int = 0,
-                   seed: int = 0) -> float:
-    """Mean over images of the weighted GED between the model's samples and the annotations.
+VAL_TERMS = ("cross", "sample_diversity")   # GED terms logged beside val_ged (annotation_diversity is fixed)
+
+
+def validation_metrics(model: torch.nn.Module, data: SegData, *, batch_size: int = 8, eval_samples: int = 0,
+                       seed: int = 0) -> dict[str, float]:
+    """Means over images of the weighted GED between the model's samples and the annotations, of its
+    terms (``cross`` E d(s, y) and ``sample_diversity`` E d(s, s'): methods.segmentation.evaluate) and
+    of the largest routing weight max_k pi_k(x) (``pi_max``; 1 for the single decoder).
 
     The samples are those of :func:`iter_samples` (both read :func:`eval_batches`); the GED is computed
     on the model's device for a batch at a time (methods.segmentation.device_metrics), each image
-    restricted to its area on the canvas, with one read-back at the end."""
-    from methods.segmentation.device_metrics import IGNORE, ged_batched
+    restricted to its area on the canvas, with one read-back at the end. The terms tell a GED that
+    is high because the samples miss the annotations (cross) from one lowered by diverse samples."""
+    from methods.segmentation.device_metrics import IGNORE, ged_from_terms, ged_terms_batched
 
     rows = torch.arange(data.canvas[0], device=data.images.device)
     cols = torch.arange(data.canvas[1], device=data.images.device)
-    values = []
+    terms, pi_max = [], []
     for start, out in eval_batches(model, data, batch_size=batch_size, eval_samples=eval_samples, seed=seed):
         inside = torch.stack([((rows >= pl.top) & (rows < pl.top + pl.size[0]))[:, None]
                               & ((cols >= pl.left) & (cols < pl.left + pl.size[1]))[None, :]
                               for pl in data.placements[start:start + batch_size]])[:, None]   # B x 1 x rows x cols
         maps = out.logits.float().argmax(2).to(torch.uint8).masked_fill(~inside, IGNORE)
         ann = data.labels[start:start + batch_size].masked_fill(~inside, IGNORE)
-        values.append(ged_batched(maps, ann, out.weights.float(), data.beta[start:start + batch_size]))
-    if not values:
-        return float("nan")
-    return float(np.nanmean(torch.cat(values).cpu().numpy()))
+        terms.append(ged_terms_batched(maps, ann, out.weights.float(), data.beta[start:start + batch_size]))
+        pi_max.append(out.log_pi.float().exp().amax(dim=1).double())
+    if not terms:
+        return {"ged": float("nan"), **{t: float("nan") for t in VAL_TERMS}, "pi_max": float("nan")}
+    per_image = torch.cat(terms)
+    table = torch.cat([ged_from_terms(per_image)[:, None], per_image[:, :2], torch.cat(pi_max)[:, None]], dim=1)
+    means = np.nanmean(table.cpu().numpy(), axis=0)
+    return dict(zip(("ged", *VAL_TERMS, "pi_max"), (float(v) for v in means)))
+
+
+def validation_ged(model: torch.nn.Module, data: SegData, *, batch_size: int = 8, eval_samples: int = 0,
+                   seed: int = 0) -> float:
+    """Mean over images of the weighted GED (:func:`validation_metrics`), what model selection reads."""
+    return validation_metrics(model, data, batch_size=batch_size, eval_samples=eval_samples, seed=seed)["ged"]
 
 
 def make_optimizer(model: torch.nn.Module, cfg: SegmentationConfig) -> torch.optim.Optimizer:
@@ -266,7 +284,8 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
         cum_mean = cum_sum / max(cum_count, 1)
         means = epoch_sums / max(batches, 1)
         row = {"train_loss": means[0], "lr": opt.param_groups[0]["lr"]}
-        row.update({"transport": means[1], "kl": means[2], "gamma": gamma} if mose
+        row.update({"transport": means[1], "kl": means[2], "gamma": gamma,
+                    "sigma": float(model.log_sigma.detach().exp().mean())} if mose    # mean latent sigma
                    else {"ce": means[1], "dice_loss": means[2]})
         signal = cum_mean if cfg.plateau_signal == "cumulative" else float(means[0])
         lr_sched.step(signal)
@@ -274,9 +293,13 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
             gamma_sched.step(epoch, signal)
         if val is not None and len(val) and ((epoch + 1) % cfg.val_every == 0 or epoch == cfg.epochs - 1):
             val_started = time.perf_counter()
-            v = validation_ged(model, val, batch_size=cfg.predict_batch, seed=derive_seed(seed, "val"))
+            vm = validation_metrics(model, val, batch_size=cfg.predict_batch, seed=derive_seed(seed, "val"))
             val_seconds = time.perf_counter() - val_started
+            v = vm["ged"]
             row["val_ged"] = v
+            row.update({f"val_{t}": vm[t] for t in VAL_TERMS})
+            if mose:
+                row["val_pi_max"] = vm["pi_max"]
             if v < best[0]:
                 best = (v, epoch, {k: t.detach().clone() for k, t in model.state_dict().items()})
         history.append({"epoch": epoch, **{k: float(v) for k, v in row.items()}})

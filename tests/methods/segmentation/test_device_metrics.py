@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 import torch
 
-from methods.segmentation.device_metrics import IGNORE, ged_batched, pairwise_distances_batched
-from methods.segmentation.evaluate import ged, pairwise_distances
+from methods.segmentation.device_metrics import IGNORE, ged_batched, ged_terms_batched, pairwise_distances_batched
+from methods.segmentation.evaluate import ged, ged_components, pairwise_distances
 
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA"))]
 
@@ -51,9 +51,14 @@ def test_ged_with_padding_and_weights_equals_numpy_on_the_cropped_maps(device):
         a_pad[i][:, ~inside] = IGNORE
     got = ged_batched(torch.from_numpy(s_pad).to(device), torch.from_numpy(a_pad).to(device),
                       torch.from_numpy(p).float().to(device), torch.from_numpy(q).float().to(device)).cpu().numpy()
+    terms = ged_terms_batched(torch.from_numpy(s_pad).to(device), torch.from_numpy(a_pad).to(device),
+                              torch.from_numpy(p).float().to(device), torch.from_numpy(q).float().to(device)).cpu().numpy()
     for i, (t, l, hh, ww) in enumerate(crops):
         keep = q[i] > 0
-        expected = ged(samples[i][:, t:t + hh, l:l + ww], annotations[i][keep][:, t:t + hh, l:l + ww],
-                       sample_weights=p[i].astype(np.float32), annotation_weights=q[i][keep].astype(np.float32))
-        assert got[i] == pytest.approx(expected, abs=1e-7)
+        args = (samples[i][:, t:t + hh, l:l + ww], annotations[i][keep][:, t:t + hh, l:l + ww])
+        weights = dict(sample_weights=p[i].astype(np.float32), annotation_weights=q[i][keep].astype(np.float32))
+        assert got[i] == pytest.approx(ged(*args, **weights), abs=1e-7)
+        expected = ged_components(*args, **weights)
+        np.testing.assert_allclose(terms[i], [expected[k] for k in ("cross", "sample_diversity", "annotation_diversity")],
+                                   rtol=0, atol=1e-7)
     assert np.isfinite(got).all() and len(set(np.round(got, 6))) == b       # the images differ

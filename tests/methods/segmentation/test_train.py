@@ -176,9 +176,14 @@ def test_segment_stage_reaches_dice_08_on_the_smoke_phantom(phantoms, tmp_path, 
         assert min(v for k, v in res["dice_truth"].items() if k != "mean") >= 0.7, (split, res["dice_truth"])
         assert 0 <= res["ged"] < 0.5 and 0.5 < res["hungarian_iou"] <= 1 and 0 <= res["ece"] < 0.1
         assert set(res["dice_annotators"]) == {"a1", "a2", "a3"}
+        parts = 2 * res["ged_cross"] - res["ged_sample_diversity"] - res["ged_annotation_diversity"]
+        assert res["ged"] == pytest.approx(parts, abs=1e-9) and res["ged_sample_diversity"] > 0
     hist = pd.read_parquet(out / "history.parquet")
-    for metric in ("transport", "kl", "gamma"):
-        assert metric in set(hist["metric"])
+    for metric in ("transport", "kl", "gamma", "sigma", "val_cross", "val_sample_diversity", "val_pi_max"):
+        assert metric in set(hist["metric"]), metric
+    wide = hist[hist["epoch"] >= 0].pivot(index="epoch", columns="metric", values="value")
+    np.testing.assert_array_less(wide["val_ged"], 2 * wide["val_cross"] - wide["val_sample_diversity"] + 1e-9)
+    assert ((wide["val_pi_max"] >= 1 / 4 - 1e-9) & (wide["val_pi_max"] <= 1 + 1e-9)).all() and (wide["sigma"] > 0).all()
     from methods.segmentation.predict import load_model
 
     model = load_model(out / "model.pt")
@@ -242,7 +247,8 @@ def test_interrupted_training_resumes_bit_identical(phantoms, tmp_path, device):
 
     ds = Dataset.open(phantoms["seg"])
     cfg = SegmentationConfig(base_width=4, max_width=8, levels=3, convs=1, samples=2, working_size=32,
-                             epochs=5, batch_size=4, gamma_patience=0, lr_patience=0)   # both plateaus move
+                             epochs=5, batch_size=4, gamma_patience=0, lr_patience=0,   # both plateaus move
+                             ce_weight=0.0)   # (the IoU-only loss of this tiny model stalls within 5 epochs)
     train, val = load_split(ds, ["train"], (32, 24), device), load_split(ds, ["val"], (32, 24), device)
     whole_log: list = []
     whole = train_segmentation(cfg, train, val, seed=5, device=device, log=lambda *a: whole_log.append(a))
@@ -278,9 +284,9 @@ def test_validation_ged_on_the_device_equals_the_numpy_form(phantoms, model_kind
     """The loop's batched GED (methods.segmentation.device_metrics) gives, for the same samples, the
     mean of the numpy GED of every image cropped to its area on the canvas."""
     from methods.segmentation.config import SegmentationConfig
-    from methods.segmentation.evaluate import ged
+    from methods.segmentation.evaluate import ged, ged_components
     from methods.segmentation.train import (annotations_of, iter_samples, make_spec, train_segmentation,
-                                            validation_ged)
+                                            validation_ged, validation_metrics)
 
     ds = Dataset.open(phantoms["seg"])
     cfg = SegmentationConfig(model=model_kind, base_width=4, max_width=8, levels=3, convs=1, samples=2,
@@ -292,3 +298,15 @@ def test_validation_ged_on_the_device_equals_the_numpy_form(phantoms, model_kind
         expected = [ged(maps, *annotations_of(val, i)[:1], sample_weights=w, annotation_weights=annotations_of(val, i)[1])
                     for i, maps, w, _ in iter_samples(model, val, batch_size=3, seed=7)]
         assert validation_ged(model, val, batch_size=3, seed=7) == pytest.approx(np.nanmean(expected), abs=1e-9)
+        terms = [ged_components(maps, *annotations_of(val, i)[:1], sample_weights=w,
+                                annotation_weights=annotations_of(val, i)[1])
+                 for i, maps, w, _ in iter_samples(model, val, batch_size=3, seed=7)]
+        got = validation_metrics(model, val, batch_size=3, seed=7)
+        for term in ("ged", "cross", "sample_diversity"):
+            assert got[term] == pytest.approx(np.mean([t[term] for t in terms]), abs=1e-9), term
+        with torch.no_grad():
+            pi = model.eval()(val.images).log_pi.exp()
+        assert got["pi_max"] == pytest.approx(float(pi.amax(1).mean()), abs=1e-6)
+        assert (got["pi_max"] == 1.0) == (model_kind == "single")
+        if model_kind == "single":                      # one deterministic sample: no diversity
+            assert got["sample_diversity"] == 0.0
