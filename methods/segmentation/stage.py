@@ -7,7 +7,9 @@ Output folder::
     confidence/<role>.parquet         image_id, bone, confidence, area_px, present
     uncertainty/<role>/<image_id>.png entropy of the mixture mean, 8 bit (255 = log 8 nats), working size
     uncertainty/<role>.parquet        image_id, mean_entropy, mean_mutual_info (nats, image area)
-    eval.json                         training summary and, per evaluated `seg` split, the metrics below
+    eval.json                         training summary, per evaluated `seg` split the metrics below, and
+                                      ``unlearnt_bones`` (also warned about): bones whose mean Dice against
+                                      the annotators on the first evaluated split is below 0.5
     figures/<image_id>.png            image | label overlay | entropy, for a few evaluation images
 
 Evaluation conventions: Dice per bone at native resolution, against the exact phantom truth
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import json
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +44,7 @@ from methods.segmentation.predict import entropy_png, predict_many, save_model
 from methods.segmentation.train import annotations_of, iter_samples, train_segmentation
 
 ROLES = ("seg", "cls")
+UNLEARNT_DICE = 0.5   # a bone below this mean Dice against the annotators is reported as not learnt
 GED_KEYS = {"ged": "ged", "cross": "ged_cross", "sample_diversity": "ged_sample_diversity",   # evaluate.ged_components
             "annotation_diversity": "ged_annotation_diversity"}                             # -> eval.json key
 
@@ -144,6 +148,18 @@ def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labe
     return out
 
 
+def unlearnt_bones(report: dict[str, Any], threshold: float = UNLEARNT_DICE) -> list[str]:
+    """Bones whose Dice against the annotators (mean over annotators) is below `threshold` on the
+    first evaluated split that has annotations: a class the model never learnt (e.g. a softmax
+    saturated to background under the soft-IoU cost alone), not a hard image."""
+    for res in report["splits"].values():
+        per_annotator = list(res["dice_annotators"].values())
+        if per_annotator:
+            means = {b: [d[b] for d in per_annotator if not np.isnan(d[b])] for b in BONES}
+            return [b for b, v in means.items() if v and float(np.mean(v)) < threshold]   # absent everywhere: skip
+    return []
+
+
 def write_figures(out_dir: Path, dataset: Dataset, ids: list[str], labels: dict[str, np.ndarray],
                   role: str) -> list[str]:
     """image | label overlay | entropy for each of `ids` (matplotlib, Agg)."""
@@ -218,11 +234,18 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
         report["splits"][split] = res
         for name, value in _flat_metrics(split, res).items():
             ctx.log(name, value)
+    report["unlearnt_bones"] = unlearnt_bones(report)
+    if report["unlearnt_bones"]:
+        warnings.warn(f"segmentation: {', '.join(report['unlearnt_bones'])} not learnt (Dice against the annotators "
+                      f"< {UNLEARNT_DICE} on the {next(iter(report['splits']))} split); their bone patches will be "
+                      "missing or wrong. Check the masks, train longer or keep the CE term "
+                      "(segmentation.ce_weight > 0)", stacklevel=2)
     (ctx.out_dir / "eval.json").write_text(json.dumps(_jsonable(report), indent=2, sort_keys=True))
     fig_split = next((s for s in reversed(list(evals)) if len(evals[s])), None)
     figures = write_figures(ctx.out_dir, seg, evals[fig_split].image_ids[:cfg.figures], labels, "seg") \
         if fig_split and cfg.figures > 0 else []
     summary = {"best_epoch": result.best_epoch, "best_val_ged": result.best_val_ged,
+               "unlearnt_bones": report["unlearnt_bones"],
                "seconds_per_epoch": result.seconds_per_epoch, "figures": figures}
     for split, res in report["splits"].items():
         summary[f"{split}_ged"] = res["ged"]

@@ -176,6 +176,7 @@ def test_segment_stage_reaches_dice_08_on_the_smoke_phantom(phantoms, tmp_path, 
         assert min(v for k, v in res["dice_truth"].items() if k != "mean") >= 0.7, (split, res["dice_truth"])
         assert 0 <= res["ged"] < 0.5 and 0.5 < res["hungarian_iou"] <= 1 and 0 <= res["ece"] < 0.1
         assert set(res["dice_annotators"]) == {"a1", "a2", "a3"}
+        assert report["unlearnt_bones"] == []
         parts = 2 * res["ged_cross"] - res["ged_sample_diversity"] - res["ged_annotation_diversity"]
         assert res["ged"] == pytest.approx(parts, abs=1e-9) and res["ged_sample_diversity"] > 0
     hist = pd.read_parquet(out / "history.parquet")
@@ -310,3 +311,19 @@ def test_validation_ged_on_the_device_equals_the_numpy_form(phantoms, model_kind
         assert (got["pi_max"] == 1.0) == (model_kind == "single")
         if model_kind == "single":                      # one deterministic sample: no diversity
             assert got["sample_diversity"] == 0.0
+
+
+def test_unlearnt_bones_are_those_below_half_dice_against_the_annotators():
+    """A bone the model never learnt (mean Dice against the annotators < 0.5 on the first evaluated
+    split) is reported; a bone absent from every map (NaN) is not; later splits are not read."""
+    from methods.segmentation.stage import unlearnt_bones
+
+    good = {b: 0.9 for b in BONES}
+    a1 = {**good, "M1": 0.0, "M2": 0.6, "M3": float("nan")}
+    a2 = {**good, "M1": 0.1, "M2": 0.3, "M3": float("nan")}
+    report = {"splits": {"val": {"dice_annotators": {"a1": a1, "a2": a2}},
+                         "test": {"dice_annotators": {"a1": {b: 0.0 for b in BONES}}}}}
+    assert unlearnt_bones(report) == ["M1", "M2"]                # M2: mean of 0.6 and 0.3
+    assert unlearnt_bones(report, threshold=0.4) == ["M1"]
+    report["splits"]["val"]["dice_annotators"] = {}
+    assert unlearnt_bones(report) == list(BONES)                 # the first split with annotations
