@@ -131,6 +131,20 @@ if want train; then
     done
   fi
   wait; log "trainings done"
+  # the numbers issues 4 and 6 ask for, one line each: segment eval (per split) and radiogrammetry's truth check
+  python3 - "$RES" >"$OUT/train-summary.txt" 2>&1 <<'PY'
+import json, pathlib, sys
+res = pathlib.Path(sys.argv[1])
+for f in sorted(res.glob("cache/segment/*/eval.json")):
+    r = json.loads(f.read_text())
+    print(f.parent.name, "model", r["train"]["model"], "best epoch", r["train"]["best_epoch"],
+          "unlearnt", r.get("unlearnt_bones"))
+    for split, s in r["splits"].items():
+        terms = {k: round(s[k], 4) for k in s if k.startswith("ged") or k in ("hungarian_iou", "ece")}
+        print(" ", split, terms, "dice_truth", {k: round(v, 3) for k, v in (s["dice_truth"] or {}).items()})
+for f in sorted(res.glob("cache/radiogrammetry/*/truth_check.json")):
+    print(f.parent.name, f.read_text().replace("\n", " ")[:600])
+PY
 fi
 enough() { [ $(( BUDGET - $(now) )) -ge "$1" ] || { log "skipping $2: $(( BUDGET - $(now) )) s left"; false; }; }
 if want entry && enough 180 entry; then
