@@ -14,6 +14,8 @@
 #            steps need: `mose` = `radiogrammetry` (MoSE segmentation -> per-bone Dice, GED; predicted-mask
 #            2MCI r vs truth), `single` = the same with `segmentation.model=single` (Table 5's segmenter),
 #            `landmarks` = the landmark stage of `hsieh` (error in mm on the seg test split; stopped once written);
+#   segcompile: `bench perf seg` with segmentation.compile=default (backbone and head compiled; the first
+#            step's time includes the compilation; 150 s left);
 #   entry:   one full entry at the paper profile, projected then run: `jang` (VGG16 on the wrist ROI; with
 #            roi.source=annotator, what `auto` picks on the phantom, so it trains no unused segmenter): the
 #            measured stage seconds (cache/jang/*/_stage.json) against the projection (only with 180 s left;
@@ -24,7 +26,7 @@
 #            step's compile time (each only with 150 s left);
 #   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds (80 s left);
 #   then OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
-# GPU_CHECKS_STEPS picks steps (default "tests seg ssl train entry nchw compile suite"), GPU_CHECKS_TRAIN the trainings
+# GPU_CHECKS_STEPS picks steps (default "tests seg ssl train segcompile entry nchw compile suite"), GPU_CHECKS_TRAIN the trainings
 # (default "mose": the landmark error was measured on an H200, 1.42 mm, and the single decoder's quick run on an
 # H100, both 2026-11-26). Measured on an H200 (2026-11-26): tests + seg + ssl 95 s, suite 70 s; the landmark stage
 # took 245 s beside the two segmentation trainings, which did not finish in 350 s side by side with it. On an H100
@@ -44,7 +46,7 @@ RES=${GPU_CHECKS_RESULTS:-$PWD/gpu-results}
 DEV=${GPU_CHECKS_DEVICE:-cuda}
 RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
 PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
-STEPS=" ${GPU_CHECKS_STEPS-tests seg ssl train entry nchw compile suite} "
+STEPS=" ${GPU_CHECKS_STEPS-tests seg ssl train segcompile entry nchw compile suite} "
 TRAIN=" ${GPU_CHECKS_TRAIN-mose} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 wanttrain() { [[ "$TRAIN" == *" $1 "* ]]; }
@@ -147,6 +149,12 @@ for f in sorted(res.glob("cache/radiogrammetry/*/truth_check.json")):
 PY
 fi
 enough() { [ $(( BUDGET - $(now) )) -ge "$1" ] || { log "skipping $2: $(( BUDGET - $(now) )) s left"; false; }; }
+if want segcompile && enough 150 "seg compile"; then
+  log "perf seg, backbone and head compiled"
+  timeout "$(left $(( BUDGET - 20 )))" $BENCH perf seg --profile "${GPU_CHECKS_SEG_PROFILE:-$RUN_PROFILE}" \
+    --device "$DEV" --repeats 10 --set segmentation.compile=default >"$OUT/perf-seg-compile.txt" 2>&1
+  log "perf seg compiled rc=$?"
+fi
 if want entry && enough 180 entry; then
   log "paper entry jang: projection"
   timeout 120 $BENCH perf suite --entry jang --profile "$PERF_PROFILE" --device "$DEV" --seeds 0 \

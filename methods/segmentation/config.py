@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from bench.config import register_section
 from bench.data.format import SPLITS
 from bench.errors import BenchError
+from methods.compiling import CompileMode
 
 MODELS = ("mose", "single")
 HEADS = ("shared", "per_expert")
@@ -60,6 +61,7 @@ class SegmentationConfig:
     epochs: int = 200                   # training epochs
     batch_size: int = 16                # training batch size (images)
     micro_batch: int = 0                # images per pass, gradients accumulated over the batch (0: one pass); BatchNorm sees the micro-batch
+    compile: CompileMode = "off"        # torch.compile mode of the U-Net's backbone and head (methods.compiling; off: eager)
     lr: float = 1e-3                    # Adam learning rate
     weight_decay: float = 1e-5          # Adam weight decay
     lr_patience: int = 10               # ReduceLROnPlateau patience (epochs) on the plateau signal

@@ -2,7 +2,9 @@
 
 Runs :func:`methods.segmentation.train.train_step` (the training loop's own step: augmentation,
 forward, soft-IoU costs, relaxed OT plan, eq. 7 loss, backward, Adam) on a synthetic batch at the
-profile's working canvas and times it with device synchronisation. The OT solve is timed inside
+profile's working canvas and times it with device synchronisation. With ``segmentation.compile``
+the backbone and head are compiled as in training, and the first (warm-up) step's time, which
+includes the compilation, is reported as ``first_step_s``. The OT solve is timed inside
 the step by wrapping ``methods.segmentation.ot.relaxed_couplings`` (the host-side LP solves of the
 B couplings, after the cost's copy to the host); its share is solve time / step time.
 
@@ -23,7 +25,7 @@ import torch
 from bench.config import resolve
 from methods.segmentation import ot
 from methods.segmentation.config import SegmentationConfig
-from methods.segmentation.train import make_optimizer, make_spec, train_step
+from methods.segmentation.train import compile_model, make_optimizer, make_spec, train_step
 from methods.segmentation.model import build_model
 
 #: canvas aspect (width / height) of the public phantom's radiographs, used when the config says 0.
@@ -91,6 +93,7 @@ def benchmark_seg_step(cfg: SegmentationConfig, device: torch.device | str, batc
     model = build_model(make_spec(cfg, canvas, 8), seed=seed).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    compile_model(model, cfg.compile)
     model.train()
     opt = make_optimizer(model, cfg)
     gen = torch.Generator(device=device)
@@ -98,7 +101,7 @@ def benchmark_seg_step(cfg: SegmentationConfig, device: torch.device | str, batc
     x = torch.rand(batch, 1, *canvas, generator=gen, device=device)
     y = torch.randint(0, 8, (batch, annotators, *canvas), generator=gen, device=device, dtype=torch.uint8)
     beta = torch.full((batch, annotators), 1.0 / annotators, device=device)
-    step_s, solve_s = [], []
+    step_s, solve_s, first_step_s = [], [], None
     for i in range(warmup + steps):
         solves: list[float] = []
         _sync(device)
@@ -106,6 +109,8 @@ def benchmark_seg_step(cfg: SegmentationConfig, device: torch.device | str, batc
         with timed_solver(solves):
             train_step(model, opt, cfg, x, y, beta, gamma=cfg.gamma0, g_aug=gen, g_z=gen)
         _sync(device)
+        if i == 0:
+            first_step_s = time.perf_counter() - start          # with segmentation.compile: the compilation
         if i >= warmup:
             step_s.append(time.perf_counter() - start)
             solve_s.append(sum(solves))
@@ -117,7 +122,8 @@ def benchmark_seg_step(cfg: SegmentationConfig, device: torch.device | str, batc
             "canvas": list(canvas), "batch": batch, "samples_per_image": cfg.experts * cfg.samples,
             "step_ms": step * 1e3, "images_per_s": batch / step, "ot_solve_ms": solve * 1e3,
             "ot_share": solve / step if cfg.model == "mose" else 0.0, "solver": cfg.ot_solver,
-            "parameters": sum(p.numel() for p in model.parameters())}
+            "parameters": sum(p.numel() for p in model.parameters()), "compile": cfg.compile,
+            "first_step_s": first_step_s}
 
 
 def perf_seg(profile: str, device: str, batch: int = 16, steps: int = 10, sets: dict | None = None) -> list[dict]:
@@ -126,9 +132,11 @@ def perf_seg(profile: str, device: str, batch: int = 16, steps: int = 10, sets: 
 
     dev = torch.device(device)
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
-    micro = resolve(profile, sets=sets or {}).segmentation.micro_batch
-    passes = f" in micro-batches of {micro}" if 0 < micro < batch else ""
-    print(f"segmentation training step, profile {profile}, batch {batch}{passes}, {steps} timed steps, device {name}")
+    seg = resolve(profile, sets=sets or {}).segmentation
+    passes = f" in micro-batches of {seg.micro_batch}" if 0 < seg.micro_batch < batch else ""
+    compiled = f", backbone and head compiled ({seg.compile})" if seg.compile != "off" else ""
+    print(f"segmentation training step, profile {profile}, batch {batch}{passes}{compiled}, {steps} timed steps, "
+          f"device {name}")
     rows = []
     for variant in ({"segmentation.ot_solver": "exact"}, {"segmentation.ot_solver": "greedy"},
                     {"segmentation.model": "single"}):
@@ -139,6 +147,7 @@ def perf_seg(profile: str, device: str, batch: int = 16, steps: int = 10, sets: 
         ot_part = (f", OT solve {r['ot_solve_ms']:.2f} ms = {100 * r['ot_share']:.2f} % of the step"
                    if r["model"] == "mose" else "")
         peak = "" if r["peak_memory_bytes"] is None else f", peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB"
+        first = f", first step {r['first_step_s']:.1f} s (compiles)" if r["compile"] != "off" else ""
         print(f"  {label:18s} canvas {r['canvas'][0]}x{r['canvas'][1]}: {r['step_ms']:8.1f} ms/step, "
-              f"{r['images_per_s']:6.1f} images/s{ot_part}{peak}")
+              f"{r['images_per_s']:6.1f} images/s{ot_part}{peak}{first}")
     return rows

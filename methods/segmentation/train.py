@@ -12,7 +12,8 @@
   validation split the last weights are kept. The history also records the GED's terms (val_cross,
   val_sample_diversity) and, for MoSE, the mean largest routing weight (val_pi_max) and the mean
   latent sigma, to tell why a model's GED is what it is.
-* CUDA: bf16 autocast for the network, float32 for probabilities, costs and the loss; channels_last.
+* CUDA: bf16 autocast for the network, float32 for probabilities, costs and the loss; channels_last;
+  optionally the backbone and head compiled (``segmentation.compile``, :func:`compile_model`).
   The only host synchronisation inside an epoch is the OT solve's copy of the B x N x M cost;
   losses are accumulated on the device and read once per epoch. CPU: float32 throughout.
 * Randomness: initialisation, batch order, augmentation and latent noise each come from their own
@@ -59,6 +60,16 @@ def autocast(device: torch.device):
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
+
+
+def compile_model(model: torch.nn.Module, mode: str) -> None:
+    """``segmentation.compile``: compile the backbone and the head in place (methods.compiling). The
+    top-level forward stays eager: it draws the latent noise from a torch.Generator, which would
+    break the graph; the two modules hold all the convolutions, BatchNorms and the modulation."""
+    from methods.compiling import compile_module
+
+    for part in (model.backbone, model.head):
+        compile_module(part, mode)
 
 
 def _generator(device: torch.device, seed: int, purpose: str) -> torch.Generator:
@@ -239,6 +250,7 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
+    compile_model(model, cfg.compile)
     opt = make_optimizer(model, cfg)
     lr_sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor,
                                                           patience=cfg.lr_patience, min_lr=cfg.min_lr)

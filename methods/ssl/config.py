@@ -14,11 +14,11 @@ from typing import Literal
 
 from bench.config import register_section
 from methods.augment import AugmentConfig
+from methods.compiling import CompileMode
 from methods.multicrop import MultiCropConfig
 from methods.ssl.heads import HEAD_PROFILES, HeadConfig
 
 
-CompileMode = Literal["off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"]
 
 
 @dataclass

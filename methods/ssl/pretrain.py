@@ -27,6 +27,7 @@ from bench.errors import BenchError
 from bench.progress import epoch_line
 from bench.stage import StageContext
 from methods.augment import AugmentConfig
+from methods.compiling import compile_module
 from methods.encoders import build_encoder
 from methods.multicrop import MultiCropConfig
 from methods.patch_store import PatchStore
@@ -124,16 +125,9 @@ def build_pretrainer(cfg: SSLConfig, heads: HeadConfig, device: torch.device | s
 
 
 def compile_encoder(encoder: nn.Module, mode: str) -> None:
-    """``torch.compile`` the encoder in place (``nn.Module.compile``: its state dict keeps its keys).
-
-    `mode` is ``ssl.compile``: ``off`` (eager), ``default`` (inductor: fused BatchNorm/ReLU kernels
-    forward and backward), ``max-autotune-no-cudagraphs``, or the CUDA-graph modes
-    ``reduce-overhead`` / ``max-autotune``. Shapes are static (``dynamic=False``): one graph per view
-    size. The first step pays the compilation (``bench perf ssl`` reports it as ``compile_s``).
-    """
-    if mode == "off":
-        return
-    encoder.compile(mode=None if mode == "default" else mode, dynamic=False)
+    """``torch.compile`` the encoder in place with ``ssl.compile`` (methods.compiling: modes, static
+    shapes, one graph per view size; ``bench perf ssl`` reports the first step's ``compile_s``)."""
+    compile_module(encoder, mode)
 
 
 def resident_store(store: PatchStore, device: torch.device | str) -> torch.Tensor:
