@@ -220,6 +220,8 @@ def test_cli_user_errors_exit_2(capsys, tmp_path):
     assert "did you mean simclr" in capsys.readouterr().err
     assert main(["perf", "ssl", "--set", "ssl.compile=fast", "--device", "cpu"]) == 2
     assert "ssl.compile" in capsys.readouterr().err
+    assert main(["perf", "seg", "--set", "segmentation.compile=fast", "--device", "cpu", "--profile", "smoke"]) == 2
+    assert "segmentation.compile" in capsys.readouterr().err
     if not torch.cuda.is_available():
         assert main(["perf", "suite", "--device", "cuda", "--results", str(tmp_path)]) == 2
         assert "no CUDA GPU" in capsys.readouterr().err
@@ -277,3 +279,28 @@ def test_segment_projection_times_the_validation_ged_of_its_samples(model, n):
     assert len(ged_keys) == 1 and ged_keys[0][1:3] == (n, 3) and ged_keys[0][3] == 128 and ged_keys[0][5] == 8
     part = {p.name: p for p in cost.parts}["val GED"]
     assert part.seconds == m.ged > 0 and part.units == 60 * 4          # 60 epochs x 4 val images
+
+
+@pytest.mark.parametrize("mode", ["off", "default"])
+def test_segment_projection_prices_the_compilation_once(monkeypatch, mode):
+    """With segmentation.compile the projection adds one "compile" part: the first (warm-up) step's
+    time less a timed step; eager training has none."""
+    import methods.segmentation.perf as seg_perf
+    from methods.perf_suite import segment_cost
+
+    registry.load_entries()
+    monkeypatch.setattr(seg_perf, "benchmark_seg_step",
+                        lambda cfg, device, **kw: {"step_ms": 100.0, "first_step_s": 2.5 if cfg.compile != "off" else 0.1})
+
+    class StepsOnly(Measurer):
+        def cached(self, key, fn):
+            return fn() if key[0] == "seg-step" else 1e-3
+
+    cost = segment_cost(StepsOnly("cpu", steps=1, warmup=0), None,
+                        resolve("smoke", sets={"segmentation.compile": mode}))
+    parts = {p.name: p for p in cost.parts}
+    assert parts["train steps"].seconds == pytest.approx(0.1)
+    if mode == "off":
+        assert "compile" not in parts
+    else:
+        assert parts["compile"].units == 1 and parts["compile"].seconds == pytest.approx(2.4)
