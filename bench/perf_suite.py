@@ -358,3 +358,57 @@ def print_projection(proj: Projection, header: str) -> None:
     print(f"  {'total':15s} {len(proj.rows):8d} {format_hours(total):>10s}  ({total / 3600:.2f} h)")
     if proj.unpriced:
         print(f"  not priced (no cost model): {', '.join(proj.unpriced)}")
+
+
+# --------------------------------------------------------------------------- against a measured run
+def measured_seconds(cache_root: Path, stage: str, key: str) -> float | None:
+    """The wall seconds a finished stage folder records (``_stage.json``, bench.stage.run_stage): its
+    function's run with its outputs written, excluding the runner's data provision and, for a stage
+    resumed after an interruption, the attempts before the last. None when the stage is not cached."""
+    import json
+
+    from bench.stage import STAGE_MARKER
+
+    marker = Path(cache_root) / stage / key / STAGE_MARKER
+    if not marker.is_file():
+        return None
+    seconds = json.loads(marker.read_text()).get("seconds")
+    return None if seconds is None else float(seconds)
+
+
+def compare_measured(proj: Projection, cache_root: Path) -> dict[str, dict[str, float]]:
+    """Per stage name (and ``total``): how many of its distinct computations the cache holds
+    (``found`` of ``count``), their projected and their measured seconds (both over the found ones
+    only) and measured / projected. Run after ``bench run`` of the same plan on the same device."""
+    out: dict[str, dict[str, float]] = {}
+    for r in proj.rows:
+        for name in (r["stage"], "total"):
+            agg = out.setdefault(name, {"count": 0, "found": 0, "projected": 0.0, "measured": 0.0})
+            agg["count"] += 1
+        seconds = measured_seconds(cache_root, r["stage"], r["key"])
+        if seconds is None:
+            continue
+        for name in (r["stage"], "total"):
+            agg = out[name]
+            agg["found"] += 1
+            agg["projected"] += r["seconds"]
+            agg["measured"] += seconds
+    if "total" in out:
+        out["total"] = out.pop("total")          # printed last
+    for agg in out.values():
+        agg["ratio"] = agg["measured"] / agg["projected"] if agg["found"] and agg["projected"] > 0 else float("nan")
+    return out
+
+
+def print_comparison(comparison: Mapping[str, Mapping[str, float]], cache_root: Path) -> None:
+    """The projection set against the seconds the cached stages took (:func:`compare_measured`)."""
+    print(f"measured: the seconds each stage of this plan took in {cache_root} (_stage.json)")
+    if not any(agg["found"] for agg in comparison.values()):
+        print("  none of these stages is cached there: run `bench run` with the same entries, seeds, profile, "
+              "--set and --results first")
+        return
+    print(f"  {'stage':15s} {'found':>7s} {'projected':>10s} {'measured':>10s} {'measured/projected':>19s}")
+    for stage, agg in comparison.items():
+        ratio = "" if agg["ratio"] != agg["ratio"] else f"{agg['ratio']:.2f}"
+        print(f"  {stage:15s} {int(agg['found']):3d}/{int(agg['count']):<3d} {format_hours(agg['projected']):>10s} "
+              f"{format_hours(agg['measured']):>10s} {ratio:>19s}")

@@ -104,7 +104,8 @@ def perf_ssl(args: argparse.Namespace) -> dict:
 def perf_suite(args: argparse.Namespace) -> dict:
     """Projected wall time of a suite at a profile and seeds, from measured per-stage steps (issue 9)."""
     from bench import registry
-    from bench.perf_suite import cost_models, device_name, plan_suite, print_projection, project
+    from bench.perf_suite import (compare_measured, cost_models, device_name, plan_suite, print_comparison,
+                                  print_projection, project)
     from bench.runner import resolve_device
     from methods.perf_suite import builtin_cost_models
 
@@ -122,7 +123,12 @@ def perf_suite(args: argparse.Namespace) -> dict:
                            f"{' '.join(map(str, args.seeds))}`: {len(names)} entries, {len(stages)} distinct stage "
                            f"computations; {args.repeats} timed steps per measurement after {args.warmup} warm-up; "
                            f"device {device_name(device)}")
-    return {"total_seconds": proj.total_seconds, "stages": proj.by_stage(), "unpriced": proj.unpriced}
+    out = {"total_seconds": proj.total_seconds, "stages": proj.by_stage(), "unpriced": proj.unpriced}
+    if args.measured:
+        cache_root = Path(args.results) / "cache"
+        out["measured"] = compare_measured(proj, cache_root)
+        print_comparison(out["measured"], cache_root)
+    return out
 
 
 #: target name -> benchmark function.
@@ -169,6 +175,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="suite: project `bench run --folds K` (every fold; stages that read no `cls` split once)")
     parser.add_argument("--results", default="results", help="suite: results folder whose cached phantoms are "
                         "used for the plan when present (default: ./results)")
+    parser.add_argument("--measured", action="store_true",
+                        help="suite: also print, per stage, the seconds the same plan's stages took in --results' "
+                        "cache (after `bench run` with the same options) beside their projection")
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="suite: import MODULE to register more entries (repeatable)")
     parser.set_defaults(func=run)

@@ -10,7 +10,8 @@ from bench import registry
 from bench.cli import main
 from bench.config import resolve
 from bench.errors import BenchError
-from bench.perf_suite import CostPart, PlanningRunner, StageCost, plan_suite, project, time_steps
+from bench.perf_suite import (CostPart, PlanningRunner, StageCost, compare_measured, plan_suite, print_comparison,
+                              project, time_steps)
 from bench.runner import Runner
 from methods.multicrop import MultiCropConfig
 from methods.augment import AugmentConfig
@@ -141,6 +142,48 @@ def test_projection_counts_each_distinct_stage_key_once(tmp_path, tiny_dataset):
     assert proj.total_seconds == pytest.approx(2 * 5.0 + 2 * 2.3)
     assert proj.unpriced == ["toy_entries.toy_fail"]
     assert proj.by_stage()["toy_prep"] == {"count": 2, "seconds": pytest.approx(10.0)}
+
+
+def test_measured_seconds_of_a_run_set_against_its_projection(tmp_path, tiny_dataset, capsys):
+    """After `bench run`, `--measured` reads each planned stage's _stage.json seconds from the same
+    cache: the failed stage is not cached, the shared toy_prep counts once, the ratio is measured/projected."""
+    import json
+
+    registry.load_entries(["toy_entries"])
+    data = [f"data.seg={tiny_dataset}", f"data.cls={tiny_dataset}"]
+    Runner(tmp_path, profile="smoke", sets=data, device="cpu", progress=False).run(["toy", "toy-fail"], [0])
+    stages = plan_suite(["toy", "toy-fail"], [0], "smoke", "cpu", sets=data, results=str(tmp_path))
+    models = {"toy_entries.toy_prep": lambda st, cfg, dev: StageCost([CostPart("steps", 4, 0.5)]),
+              "toy_entries.toy_probe": lambda st, cfg, dev: StageCost([CostPart("steps", 1, 3.0)]),
+              "toy_entries.toy_fail": lambda st, cfg, dev: StageCost([CostPart("steps", 1, 7.0)])}
+    proj = project(stages, "cpu", models)
+    cache = tmp_path / "cache"
+    recorded = {s.name: json.loads((cache / s.name / s.key / "_stage.json").read_text())["seconds"]
+                for s in stages if (cache / s.name / s.key / "_stage.json").is_file()}
+    assert sorted(recorded) == ["toy_prep", "toy_probe"]                # toy_fail raised: nothing cached
+    for s in stages:                                                   # the marker says a real duration
+        if s.name in recorded:
+            recorded[s.name] = 2.5 if s.name == "toy_prep" else 1.5
+            marker = cache / s.name / s.key / "_stage.json"
+            marker.write_text(json.dumps({**json.loads(marker.read_text()), "seconds": recorded[s.name]}))
+    cmp = compare_measured(proj, cache)
+    assert cmp["toy_prep"] == {"count": 1, "found": 1, "projected": 2.0, "measured": 2.5, "ratio": 1.25}
+    assert cmp["toy_probe"] == {"count": 1, "found": 1, "projected": 3.0, "measured": 1.5, "ratio": 0.5}
+    assert cmp["toy_fail"]["found"] == 0 and cmp["toy_fail"]["ratio"] != cmp["toy_fail"]["ratio"]
+    assert list(cmp)[-1] == "total" and cmp["total"] == {"count": 3, "found": 2, "projected": 5.0, "measured": 4.0,
+                                                          "ratio": 0.8}
+    assert compare_measured(proj, tmp_path / "elsewhere")["total"]["found"] == 0
+    print_comparison(cmp, cache)
+    lines = capsys.readouterr().out.splitlines()
+    assert any(line.split() == ["toy_probe", "1/1", "0:00:03", "0:00:02", "0.50"] for line in lines)
+    assert any(line.split() == ["total", "2/3", "0:00:05", "0:00:04", "0.80"] for line in lines)
+
+
+def test_cli_measured_without_a_run_says_what_to_do(capsys, tmp_path):
+    args = ["perf", "suite", "--entry", "clinical", "--profile", "smoke", "--device", "cpu", "--seeds", "0",
+            "--results", str(tmp_path), "--repeats", "1", "--warmup", "0", "--measured"]
+    assert main(args) == 0
+    assert "none of these stages is cached there: run `bench run`" in capsys.readouterr().out
 
 
 class _FixedMeasurer(Measurer):
