@@ -82,8 +82,13 @@ class RunConfig:
     """Execution settings that can change numbers (so they key the stage cache)."""
 
     device: str = "auto"        # auto | cpu | cuda (auto: cuda when available)
-    deterministic: bool = True  # torch deterministic algorithms where available
+    deterministic: str = "auto"  # auto (CPU: deterministic algorithms; CUDA: cuDNN autotuned) | true | false
     num_threads: int = 0        # torch intra-op threads; 0: torch's default
+
+    def validate(self) -> None:
+        from bench.torch_settings import check_deterministic
+
+        check_deterministic(self.deterministic)
 
 
 @dataclass

@@ -36,6 +36,7 @@ from bench.errors import BenchError
 from bench.executors.locking import data_lock, stage_lock
 from bench.metrics import aggregate_subjects, average_images, split_metrics
 from bench.registry import Entry, get, stages_to_run
+from bench.torch_settings import apply_run_settings
 from bench.stage import (STAGE_MARKER, Fingerprint, is_cached, read_history, run_stage, stable_hash,
                          stage_key)
 
@@ -274,7 +275,7 @@ class Runner:
                 return self.skipped(planned)
             config = planned.config
             device = resolve_device(config.run.device)
-            set_determinism(config)
+            apply_run_settings(config.run, device)
             paths, datasets, fingerprints = self._data(config, generate=True)
             outputs: dict[str, Path] = {}
             keys: dict[str, str] = {}
@@ -389,12 +390,3 @@ def entry_config(entry: Entry, config: Config) -> dict:
     """
     used = {"data", "run"}.union(*(stage.sections for stage in entry.stages))
     return config.to_dict(used)
-
-
-def set_determinism(config: Config) -> None:
-    import torch
-
-    if config.run.num_threads:
-        torch.set_num_threads(config.run.num_threads)
-    if config.run.deterministic:
-        torch.use_deterministic_algorithms(True, warn_only=True)

@@ -10,6 +10,9 @@
 #            and the OT share, to set against the quick trainings' epoch lines (train and val_s seconds);
 #            meanwhile the quick phantoms are generated (one core each: the OT solve is the only CPU work timed);
 #   ssl:     `bench perf ssl --profile paper`: (a) end to end, (b) model-only ceiling, (c) conventional pipeline;
+#   det:     with seg and ssl, the same benchmarks with run.deterministic=true (deterministic cuDNN kernels,
+#            filled allocations: what every run used before 2026-11-27, while the benchmarks did not) against
+#            the default auto (cuDNN autotuned on CUDA); ssl only (a) and (b);
 #   train:   quick-profile trainings side by side on the GPU, seed 0, until the time left is what the later
 #            steps need: `mose` = `radiogrammetry` (MoSE segmentation -> per-bone Dice, GED; predicted-mask
 #            2MCI r vs truth), `single` = the same with `segmentation.model=single` (Table 5's segmenter),
@@ -27,7 +30,7 @@
 #            step's compile time (each only with 150 s left);
 #   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds (80 s left);
 #   then OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
-# GPU_CHECKS_STEPS picks steps (default "tests seg ssl train segcompile entry nchw compile suite"), GPU_CHECKS_TRAIN the trainings
+# GPU_CHECKS_STEPS picks steps (default "tests seg ssl det train segcompile entry nchw compile suite"), GPU_CHECKS_TRAIN the trainings
 # (default "mose": the landmark error was measured on an H200, 1.42 mm, and the single decoder's quick run on an
 # H100, both 2026-11-26). Measured on an H200 (2026-11-26): tests + seg + ssl 95 s, suite 70 s; the landmark stage
 # took 245 s beside the two segmentation trainings, which did not finish in 350 s side by side with it. On an H100
@@ -47,7 +50,7 @@ RES=${GPU_CHECKS_RESULTS:-$PWD/gpu-results}
 DEV=${GPU_CHECKS_DEVICE:-cuda}
 RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
 PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
-STEPS=" ${GPU_CHECKS_STEPS-tests seg ssl train segcompile entry nchw compile suite} "
+STEPS=" ${GPU_CHECKS_STEPS-tests seg ssl det train segcompile entry nchw compile suite} "
 TRAIN=" ${GPU_CHECKS_TRAIN-mose} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 wanttrain() { [[ "$TRAIN" == *" $1 "* ]]; }
@@ -100,12 +103,22 @@ if want seg; then
   timeout 120 $BENCH perf seg --profile "${GPU_CHECKS_SEG_PROFILE:-$RUN_PROFILE}" --device "$DEV" --repeats 10 \
     >"$OUT/perf-seg.txt" 2>&1
   log "perf seg rc=$?"
+  if want det; then
+    timeout 120 $BENCH perf seg --profile "${GPU_CHECKS_SEG_PROFILE:-$RUN_PROFILE}" --device "$DEV" --repeats 10 \
+      --set run.deterministic=true >"$OUT/perf-seg-deterministic.txt" 2>&1
+    log "perf seg deterministic rc=$?"
+  fi
 fi
 wait; log "phantoms ready"
 if want ssl; then
   log "perf ssl"
   timeout 180 $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 --warmup 5 >"$OUT/perf-ssl.txt" 2>&1
   log "perf ssl rc=$?"
+  if want det; then
+    timeout 120 $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 10 --warmup 3 \
+      --set run.deterministic=true --feeds end_to_end model_only >"$OUT/perf-ssl-deterministic.txt" 2>&1
+    log "perf ssl deterministic rc=$?"
+  fi
 fi
 
 # quick trainings side by side (OMP threads split between them), up to the end of the budget: they come

@@ -199,5 +199,23 @@ def run(args: argparse.Namespace) -> int:
     if args.patches is not None and not Path(args.patches).is_dir():
         raise BenchError(f"--patches {args.patches} is not a folder; give an extract stage's output folder "
                          "(results/cache/extract/<key>)")
+    if args.target != "phantom":
+        apply_settings(args)
     PERF_TARGETS[args.target](args)
     return 0
+
+
+def apply_settings(args: argparse.Namespace) -> None:
+    """The process-wide torch settings a run with this profile, --set and device would use
+    (bench.torch_settings: threads, deterministic algorithms, cuDNN autotuning), so the benchmark
+    times the kernels a run uses; printed first."""
+    from bench import registry
+    from bench.config import parse_sets, resolve
+    from bench.runner import resolve_device
+    from bench.torch_settings import apply_run_settings
+
+    registry.load_entries(args.plugin)                  # --set may name any entry's section
+    run_cfg = resolve(args.profile, sets=parse_sets(args.sets)).run
+    deterministic = apply_run_settings(run_cfg, resolve_device(args.device))
+    print(f"torch settings (run.deterministic={run_cfg.deterministic}): deterministic algorithms "
+          f"{'on' if deterministic else 'off'}" + ("" if deterministic else ", cuDNN autotuned on CUDA"))

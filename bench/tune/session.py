@@ -141,10 +141,11 @@ class Setup:
 
     def objective(self) -> Any:
         from bench.data.provision import open_all, provide
-        from bench.runner import set_determinism, resolve_device
+        from bench.runner import resolve_device
+        from bench.torch_settings import apply_run_settings
 
         device = resolve_device(self.base.run.device)
-        set_determinism(self.base)
+        apply_run_settings(self.base.run, device)
         datasets = open_all(provide(self.base, Path(self.req.results) / "cache", self.req.progress))
         if self.req.target == "seg":
             return SegObjective(self.base, datasets, self.req.seed, device)
