@@ -56,6 +56,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="extra attempts of a failed run (default: 1 with --executor ray, 0 locally)")
     p.add_argument("--cpus-per-task", type=float, default=1.0, metavar="N",
                    help="CPUs a Ray task asks for (default: 1)")
+    p.add_argument("--runs-per-gpu", type=int, default=1, metavar="N",
+                   help="with --executor ray: N runs share each GPU (each asks for 1/N of it), for trainings too "
+                        "small to fill a large GPU; their memory must fit together (default: 1)")
     p.add_argument("--folds", type=int, default=None, metavar="K",
                    help="k-fold cross-validation of the labelled dataset: fold k into <suite>-fold<k>, the "
                         "out-of-fold predictions pooled into <suite>-cv<K> (bench.cv)")
@@ -87,7 +90,7 @@ def run_command(args: argparse.Namespace) -> int:
 
         parts = [(cv.fold_suite(suite, k), cv.fold_sets(args.folds, k)) for k in cv.check_folds(args.folds, args.fold)]
     executor = make_executor(args.executor, address=args.address, retries=args.retries,
-                             cpus_per_task=args.cpus_per_task)
+                             cpus_per_task=args.cpus_per_task, runs_per_gpu=args.runs_per_gpu)
 
     def make_runner(name: str, extra: list[str], executor=None) -> Runner:
         return Runner(args.results, suite=name, profile=args.profile, config_files=args.config_files,

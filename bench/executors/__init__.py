@@ -40,15 +40,20 @@ class Executor(Protocol):
 
 
 def make_executor(name: str, *, address: str | None = None, retries: int | None = None,
-                  cpus_per_task: float = 1.0) -> Executor:
+                  cpus_per_task: float = 1.0, runs_per_gpu: int = 1) -> Executor:
     """The executor called `name`; `retries` defaults to 0 for local and 1 for ray."""
     if retries is not None and retries < 0:
         raise BenchError(f"--retries must be 0 or more, got {retries}")
     if cpus_per_task <= 0:
         raise BenchError(f"--cpus-per-task must be positive, got {cpus_per_task}")
+    if runs_per_gpu < 1:
+        raise BenchError(f"--runs-per-gpu must be 1 or more, got {runs_per_gpu}")
     if name == "local":
         if address:
             raise BenchError("--address names a Ray cluster; it needs --executor ray")
+        if runs_per_gpu != 1:
+            raise BenchError("--runs-per-gpu shares a GPU between Ray tasks; it needs --executor ray (the local "
+                             "executor runs one run at a time)")
         from bench.executors.local import LocalExecutor
 
         return LocalExecutor(retries=0 if retries is None else retries)
@@ -56,7 +61,7 @@ def make_executor(name: str, *, address: str | None = None, retries: int | None 
         from bench.executors.ray_executor import RayExecutor
 
         return RayExecutor(address=address, retries=1 if retries is None else retries,
-                           cpus_per_task=cpus_per_task)
+                           cpus_per_task=cpus_per_task, runs_per_gpu=runs_per_gpu)
     raise BenchError(f"unknown executor {name!r}; choose one of {', '.join(EXECUTORS)}")
 
 

@@ -13,7 +13,9 @@ one machine trivially).
   failed for good), so it then finds the stage cached and waits holding no GPU. Each key is also
   computed under a file lock (bench.executors.locking), so runs that still meet (two drivers, a
   retry) compute it once: one computes, the others block and reuse.
-* Resources: a task asks for ``num_gpus=1`` when the run's device is cuda, else
+* Resources: a task asks for ``num_gpus=1`` when the run's device is cuda (``1/runs_per_gpu`` with
+  ``--runs-per-gpu N``: N runs share each GPU, Ray's fractional GPUs, for runs that leave a large
+  GPU idle, e.g. the small segmentation and baseline trainings; their memory must fit together), else
   ``num_cpus=cpus_per_task`` (Ray sets ``OMP_NUM_THREADS`` to the task's CPUs); ``--device auto``
   means cuda when the cluster has GPUs, cpu otherwise (the config keeps ``auto``, so run keys are
   those of the local executor, and a suite begun locally resumes on Ray and back).
@@ -73,10 +75,12 @@ class RayExecutor:
 
     name = "ray"
 
-    def __init__(self, address: str | None = None, retries: int = 1, cpus_per_task: float = 1.0):
+    def __init__(self, address: str | None = None, retries: int = 1, cpus_per_task: float = 1.0,
+                 runs_per_gpu: int = 1):
         self.address = address or None       # None: RAY_ADDRESS, a `ray start` cluster here, or a new instance
         self.retries = retries               # extra attempts of a failed or lost run
         self.cpus_per_task = cpus_per_task   # CPUs per task (and per GPU task)
+        self.runs_per_gpu = runs_per_gpu     # GPU tasks sharing one GPU (each asks for 1/runs_per_gpu)
         self.ray: Any = None
         self.owned = False                   # whether this executor started the Ray session
         self.gpus = 0.0
@@ -127,7 +131,7 @@ class RayExecutor:
             if self.gpus <= 0:
                 raise BenchError(f"{entry.name}: the run asks for device {device} but the Ray cluster has no GPU; "
                                  "use --device cpu, or add GPU nodes")
-            return {"num_gpus": 1, "num_cpus": self.cpus_per_task, "max_retries": 0}
+            return {"num_gpus": 1 / self.runs_per_gpu, "num_cpus": self.cpus_per_task, "max_retries": 0}
         return {"num_cpus": self.cpus_per_task, "max_retries": 0}
 
     def execute(self, runner: "Runner", tasks: Sequence[tuple["Entry", int]]) -> list["Outcome"]:

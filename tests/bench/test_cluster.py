@@ -472,3 +472,26 @@ def test_two_workers_tune_one_study_on_postgres(postgres_url, tmp_path):
     assert summary["trials"]["total"] == 4 and summary["storage"].startswith("postgresql://")
     assert summary["best"]["value"] == min(t.value for t in study.trials)
     assert_one_study_run(results, 4)
+
+
+def test_runs_per_gpu_asks_each_gpu_task_for_a_share(capsys, tmp_path):
+    """--runs-per-gpu N: a CUDA run asks Ray for 1/N GPU (fractional GPUs), a CPU run for no GPU; it needs Ray."""
+    from types import SimpleNamespace
+
+    from bench.executors import make_executor
+    from bench.executors.ray_executor import RayExecutor
+
+    for n, share in ((1, 1.0), (2, 0.5), (4, 0.25)):
+        ex = make_executor("ray", runs_per_gpu=n, cpus_per_task=3)
+        assert isinstance(ex, RayExecutor)
+        ex.gpus = 1.0
+        entry = SimpleNamespace(name="e")
+        cuda = SimpleNamespace(device=lambda config: "cuda")
+        assert ex._options(cuda, SimpleNamespace(config=None), entry) == {"num_gpus": share, "num_cpus": 3,
+                                                                           "max_retries": 0}
+        cpu = SimpleNamespace(device=lambda config: "cpu")
+        assert ex._options(cpu, SimpleNamespace(config=None), entry) == {"num_cpus": 3, "max_retries": 0}
+    with pytest.raises(BenchError, match="--runs-per-gpu must be 1 or more"):
+        make_executor("ray", runs_per_gpu=0)
+    assert main(["run", "--entry", "clinical", "--runs-per-gpu", "2", "--results", str(tmp_path)]) == 2
+    assert "--runs-per-gpu shares a GPU between Ray tasks; it needs --executor ray" in capsys.readouterr().err
