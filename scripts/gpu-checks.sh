@@ -17,20 +17,22 @@
 #            steps need: `mose` = `radiogrammetry` (MoSE segmentation -> per-bone Dice, GED; predicted-mask
 #            2MCI r vs truth), `single` = the same with `segmentation.model=single` (Table 5's segmenter),
 #            `landmarks` = the landmark stage of `hsieh` (error in mm on the seg test split; stopped once written);
-#   segcompile: `bench perf seg` with segmentation.compile=default (backbone and head compiled; the first
-#            step's time includes the compilation; 150 s left);
 #   entry:   one full entry at the paper profile, run then projected: `jang` (VGG16 on the wrist ROI; with
 #            roi.source=annotator, what `auto` picks on the phantom, so it trains no unused segmenter), then
 #            `bench perf suite --entry jang --measured`: each stage's measured seconds (its _stage.json) beside
 #            its projection (only with 180 s left; its paper phantoms render on 5 cores per preset during the
 #            trainings);
-#   nchw:    `bench perf ssl --set ssl.channels_last=false`: (a), (b) in NCHW (cuDNN BatchNorm; 90 s left);
-#   compile: `bench perf ssl --set ssl.compile=MODE --feeds end_to_end model_only`: (a) and (b) with the
-#            encoder compiled by inductor (MODE default, then reduce-overhead = CUDA graphs), and the first
-#            step's compile time (each only with 150 s left);
 #   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds (80 s left);
+#   segcompile: `bench perf seg` with segmentation.compile=default (backbone and head compiled; the first
+#            step's time includes the compilation; 150 s left);
+#   compile: `bench perf ssl --set ssl.compile=MODE --feeds end_to_end model_only`: (a) and (b) with the
+#            encoder compiled by inductor (MODE: GPU_CHECKS_COMPILE_MODES, default reduce-overhead = CUDA
+#            graphs; default was measured on the H100), and the first step's compile time (150 s left each);
+#   nchw:    (only when named; measured on the H100) `bench perf ssl --set ssl.channels_last=false`: (a), (b)
+#            in NCHW (cuDNN BatchNorm; 90 s left);
 #   then OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
-# GPU_CHECKS_STEPS picks steps (default "tests seg ssl det train segcompile entry nchw compile suite"), GPU_CHECKS_TRAIN the trainings
+# GPU_CHECKS_STEPS picks steps (default "tests seg ssl det train entry suite segcompile compile"; nchw only when
+# named), GPU_CHECKS_COMPILE_MODES the compile step's modes (default reduce-overhead), GPU_CHECKS_TRAIN the trainings
 # (default "mose": the landmark error was measured on an H200, 1.42 mm, and the single decoder's quick run on an
 # H100, both 2026-11-26). Measured on an H200 (2026-11-26): tests + seg + ssl 95 s, suite 70 s; the landmark stage
 # took 245 s beside the two segmentation trainings, which did not finish in 350 s side by side with it. On an H100
@@ -50,7 +52,7 @@ RES=${GPU_CHECKS_RESULTS:-$PWD/gpu-results}
 DEV=${GPU_CHECKS_DEVICE:-cuda}
 RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
 PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
-STEPS=" ${GPU_CHECKS_STEPS-tests seg ssl det train segcompile entry nchw compile suite} "
+STEPS=" ${GPU_CHECKS_STEPS-tests seg ssl det train entry suite segcompile compile} "
 TRAIN=" ${GPU_CHECKS_TRAIN-mose} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 wanttrain() { [[ "$TRAIN" == *" $1 "* ]]; }
@@ -163,12 +165,6 @@ for f in sorted(res.glob("cache/radiogrammetry/*/truth_check.json")):
 PY
 fi
 enough() { [ $(( BUDGET - $(now) )) -ge "$1" ] || { log "skipping $2: $(( BUDGET - $(now) )) s left"; false; }; }
-if want segcompile && enough 150 "seg compile"; then
-  log "perf seg, backbone and head compiled"
-  timeout "$(left $(( BUDGET - 20 )))" $BENCH perf seg --profile "${GPU_CHECKS_SEG_PROFILE:-$RUN_PROFILE}" \
-    --device "$DEV" --repeats 10 --set segmentation.compile=default >"$OUT/perf-seg-compile.txt" 2>&1
-  log "perf seg compiled rc=$?"
-fi
 if want entry && enough 180 entry; then
   log "paper entry jang: run"
   timeout "$(left $(( BUDGET - 90 )))" $BENCH run --entry jang --profile "$PERF_PROFILE" --seeds 0 --device "$DEV" \
@@ -179,13 +175,19 @@ if want entry && enough 180 entry; then
     >"$OUT/perf-entry-jang.txt" 2>&1
   log "projection rc=$?"
 fi
-if want nchw && enough 90 nchw; then
-  log "perf ssl, NCHW layout"
-  timeout "$(left $(( BUDGET - 20 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \
-    --warmup 5 --set ssl.channels_last=false --feeds end_to_end model_only >"$OUT/perf-ssl-nchw.txt" 2>&1
-  log "perf ssl NCHW rc=$?"
+if want suite && enough 80 suite; then
+  log "perf suite"
+  timeout "$(left $(( BUDGET - 10 )))" $BENCH perf suite --profile "$PERF_PROFILE" --device "$DEV" --repeats 3 \
+    --warmup 2 --results "$RES" >"$OUT/perf-suite.txt" 2>&1
+  log "perf suite rc=$?"
 fi
-for mode in default reduce-overhead; do
+if want segcompile && enough 150 "seg compile"; then
+  log "perf seg, backbone and head compiled"
+  timeout "$(left $(( BUDGET - 20 )))" $BENCH perf seg --profile "${GPU_CHECKS_SEG_PROFILE:-$RUN_PROFILE}" \
+    --device "$DEV" --repeats 10 --set segmentation.compile=default >"$OUT/perf-seg-compile.txt" 2>&1
+  log "perf seg compiled rc=$?"
+fi
+for mode in ${GPU_CHECKS_COMPILE_MODES-reduce-overhead}; do
   if want compile && enough 150 "compile $mode"; then
     log "perf ssl, encoder compiled ($mode)"
     timeout "$(left $(( BUDGET - 20 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \
@@ -193,11 +195,11 @@ for mode in default reduce-overhead; do
     log "perf ssl compiled ($mode) rc=$?"
   fi
 done
-if want suite && enough 80 suite; then
-  log "perf suite"
-  timeout "$(left $(( BUDGET - 10 )))" $BENCH perf suite --profile "$PERF_PROFILE" --device "$DEV" --repeats 3 \
-    --warmup 2 --results "$RES" >"$OUT/perf-suite.txt" 2>&1
-  log "perf suite rc=$?"
+if want nchw && enough 90 nchw; then
+  log "perf ssl, NCHW layout"
+  timeout "$(left $(( BUDGET - 20 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \
+    --warmup 5 --set ssl.channels_last=false --feeds end_to_end model_only >"$OUT/perf-ssl-nchw.txt" 2>&1
+  log "perf ssl NCHW rc=$?"
 fi
 
 (cd "$RES" && find . -path ./cache/phantom -prune -o -type f \( -name '*.json' -o -name '*.csv' -o -name '*.log' \
