@@ -5,8 +5,8 @@ resolved config implies for the profile's datasets (the phantom presets' sizes, 
 by largest remainder; a user dataset's manifest when ``data.seg``/``data.cls`` name one):
 
 * segment: the training loop's own step (methods.segmentation.perf) × epochs × ⌊train / batch⌋,
-  plus ``predict_many`` per image for every validation pass (its forward stands in for the GED
-  evaluation) and for the final prediction of both datasets;
+  plus, per image of every validation pass, the loop's eval forward on the canvas and its GED, plus
+  ``predict_many`` per image (upsampled to native size) for the final prediction of both datasets;
 * extract / extract_raw / radiogrammetry: per image (PNG decode + label map + the stage's
   per-image function) on one phantom radiograph of each preset at the profile's size;
 * pretrain: :func:`methods.ssl.pretrain.pretrain_step` (methods.ssl.perf, feed (a)) × epochs ×
@@ -135,16 +135,31 @@ def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
             return m.time(lambda _: list(predict_many(model, images, batch_size=cfg.predict_batch))) / len(images)
         return m.cached(("seg-predict", repr(cfg), size.height, size.width), measure)
 
+    def val_forward_s() -> float:
+        """Per validation image, the loop's eval forward (train.forward_eval: the compact form's K x S
+        samples, or one map, on the canvas, `predict_batch` images at once) and the hard maps the GED
+        reads; the validation neither upsamples to native size nor computes the uncertainty maps."""
+        from methods.segmentation.train import forward_eval
+
+        def measure() -> float:
+            model = build_model(make_spec(cfg, canvas, 8), seed=0).to(m.device).eval()
+            if m.device.type == "cuda":
+                model = model.to(memory_format=torch.channels_last)
+            gen = torch.Generator(device=m.device).manual_seed(0)
+            x = torch.rand(cfg.predict_batch, 1, *canvas, generator=gen, device=m.device)
+            return m.time(lambda _: forward_eval(model, x, 0, gen).logits.float().argmax(2)) / cfg.predict_batch
+        return m.cached(("seg-val-forward", repr(cfg), canvas), measure)
+
     def ged_s() -> float:
         """Per validation image, the batched GED of the loop (methods.segmentation.device_metrics, on
-        the device, `predict_batch` images at once): N samples (K x S in the compact form, 1 for the
-        single decoder) against the `seg` phantom's annotators on the whole canvas (the cost depends
-        on N, M and the pixels, not on the labels)."""
+        the device, `predict_batch` images at once): N samples (K x S in the compact form the loop
+        validates with, 1 for the single decoder) against the `seg` phantom's annotators on the whole
+        canvas (the cost depends on N, M and the pixels, not on the labels)."""
         from bench.data.phantom import PhantomConfig
         from methods.segmentation.device_metrics import ged_batched
 
         cols = canvas[1]
-        n = (cfg.eval_samples or cfg.experts * cfg.samples) if cfg.model == "mose" else 1
+        n = cfg.experts * cfg.samples if cfg.model == "mose" else 1
         k = PhantomConfig.for_preset(ROLE_PRESETS["seg"], _profile(config)).annotators
         b = cfg.predict_batch
 
@@ -158,7 +173,7 @@ def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
 
     validations = _ceil(cfg.epochs, cfg.val_every)
     parts = [CostPart("train steps", cfg.epochs * (seg.train // bs), step),
-             CostPart("val images (forward)", validations * seg.val, predict_s(seg)),
+             CostPart("val images (forward)", validations * seg.val, val_forward_s()),
              CostPart("val GED", validations * seg.val, ged_s()),
              CostPart("predict seg images", seg.n, predict_s(seg)),
              CostPart("predict cls images", cls.n, predict_s(cls))]

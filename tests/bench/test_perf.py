@@ -314,14 +314,22 @@ def test_segment_projection_times_the_validation_ged_of_its_samples(model, n):
             if key[0] == "seg-ged":
                 self.ged = fn()
                 return self.ged
+            if key[0] == "seg-val-forward":
+                self.forward = fn()
+                return self.forward
             return 1e-3
 
     m = Recording()
-    cost = segment_cost(m, None, resolve("smoke", sets={"segmentation.model": model}))
+    # eval_samples (the final evaluation's standard form) does not change the loop's compact validation
+    cost = segment_cost(m, None, resolve("smoke", sets={"segmentation.model": model, "segmentation.eval_samples": 5}))
     ged_keys = [k for k in m.keys if k[0] == "seg-ged"]
     assert len(ged_keys) == 1 and ged_keys[0][1:3] == (n, 3) and ged_keys[0][3] == 128 and ged_keys[0][5] == 8
-    part = {p.name: p for p in cost.parts}["val GED"]
-    assert part.seconds == m.ged > 0 and part.units == 60 * 4          # 60 epochs x 4 val images
+    parts = {p.name: p for p in cost.parts}
+    assert parts["val GED"].seconds == m.ged > 0 and parts["val GED"].units == 60 * 4     # 60 epochs x 4 images
+    # the validation forward is the loop's (on the canvas), not a prediction upsampled to native size
+    assert [k[2] for k in m.keys if k[0] == "seg-val-forward"] == [(128, 80)]
+    assert parts["val images (forward)"].seconds == m.forward > 0 and parts["val images (forward)"].units == 60 * 4
+    assert parts["predict seg images"].seconds == 1e-3
 
 
 @pytest.mark.parametrize("mode", ["off", "default"])
