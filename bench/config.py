@@ -21,7 +21,7 @@ import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any, Iterable, Literal, Mapping
 
 from bench.errors import BenchError
 
@@ -82,13 +82,8 @@ class RunConfig:
     """Execution settings that can change numbers (so they key the stage cache)."""
 
     device: str = "auto"        # auto | cpu | cuda (auto: cuda when available)
-    deterministic: str = "auto"  # auto (CPU: deterministic algorithms; CUDA: cuDNN autotuned) | true | false
+    deterministic: Literal["auto", "true", "false"] = "auto"  # auto: deterministic on CPU, cuDNN autotuned on CUDA
     num_threads: int = 0        # torch intra-op threads; 0: torch's default
-
-    def validate(self) -> None:
-        from bench.torch_settings import check_deterministic
-
-        check_deterministic(self.deterministic)
 
 
 @dataclass

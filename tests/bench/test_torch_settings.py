@@ -52,8 +52,12 @@ def test_apply_sets_both_flags_both_ways(mode, device, expected):
 
 
 def test_bad_mode_is_refused_at_resolve():
-    with pytest.raises(BenchError, match="run.deterministic = 'yes': use one of auto, true, false"):
+    with pytest.raises(BenchError, match="run.deterministic = 'yes' .* must be one of auto, true, false"):
         resolve("smoke", sets={"run.deterministic": "yes"})
+    with pytest.raises(BenchError, match="run.deterministic = True .* must be one of auto, true, false"):
+        resolve("smoke", sets={"run.deterministic": True})          # a YAML boolean of an older config
+    with pytest.raises(BenchError, match="use one of auto, true, false"):
+        deterministic_for("sometimes", "cpu")
 
 
 def test_each_run_sets_its_own_mode(tmp_path, tiny_dataset):
