@@ -42,7 +42,8 @@ class Resumer:
                  clock: Callable[[], float] = time.monotonic):
         self.folder = None if folder is None or every_s <= 0 else Path(folder)
         self.every_s, self.history, self.clock = every_s, history, clock
-        self.last = clock()
+        self.last = self.started = clock()
+        self.earlier_s = 0.0        # seconds the loaded state cost its earlier attempts (up to their last save)
 
     @property
     def path(self) -> Path | None:
@@ -63,6 +64,7 @@ class Resumer:
             return None
         if self.history is not None:
             self.history[:] = saved.get("history", [])
+        self.earlier_s = float(saved.get("seconds", 0.0))
         self.last = self.clock()
         epoch = saved["state"].get("epoch") if isinstance(saved["state"], dict) else None
         print(f"resuming from the state saved after epoch {epoch} in {self.folder}", file=sys.stderr)
@@ -76,13 +78,15 @@ class Resumer:
         return True
 
     def save(self, state: dict[str, Any]) -> None:
-        """Write `state` (and the logged metrics) atomically."""
+        """Write `state` (and the logged metrics, and the seconds the state has cost: the earlier attempts'
+        and this one's so far) atomically."""
         import torch
 
         if self.path is None:
             return
         buf = io.BytesIO()
-        torch.save({"state": state, "history": list(self.history or [])}, buf)
+        torch.save({"state": state, "history": list(self.history or []),
+                    "seconds": self.earlier_s + self.clock() - self.started}, buf)
         atomic_write_bytes(self.path, buf.getvalue())
         self.last = self.clock()
 

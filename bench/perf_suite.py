@@ -363,8 +363,9 @@ def print_projection(proj: Projection, header: str) -> None:
 # --------------------------------------------------------------------------- against a measured run
 def measured_seconds(cache_root: Path, stage: str, key: str) -> float | None:
     """The wall seconds a finished stage folder records (``_stage.json``, bench.stage.run_stage): its
-    function's run with its outputs written, excluding the runner's data provision and, for a stage
-    resumed after an interruption, the attempts before the last. None when the stage is not cached."""
+    function's run with its outputs written, excluding the runner's data provision; for a stage
+    resumed after an interruption, with what its resumed state cost the earlier attempts (the work
+    after their last save is lost and not counted). None when the stage is not cached."""
     import json
 
     from bench.stage import STAGE_MARKER

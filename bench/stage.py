@@ -5,6 +5,9 @@ function, its config sections, the entry's options for it, its inputs' keys, the
 the datasets it reads, the seed (when seeded), the resolved device type and the package version.
 The folder is written atomically and carries ``_stage.json``; a folder without it never exists,
 so an interrupted stage is redone: long trainings from their last resumable state (bench.checkpoint).
+``_stage.json`` holds the key, its material, the stage's summary and ``seconds``: the function's
+wall time, plus, for a stage resumed after an interruption, what the resumed state cost the earlier
+attempts up to their last save (also given alone as ``resumed_seconds``).
 """
 from __future__ import annotations
 
@@ -151,6 +154,7 @@ class StageContext:
     options: Mapping[str, Any] = field(default_factory=dict)
     _history: list[dict[str, Any]] = field(default_factory=list)
     resume_dir: Path | None = None             # where a long training keeps its resumable state (bench.checkpoint)
+    _resumers: list[Resumer] = field(default_factory=list)
 
     def rng(self, name: str = "") -> np.random.Generator:
         """A numpy generator seeded from (seed, stage, name)."""
@@ -169,7 +173,14 @@ class StageContext:
             minutes = float(self.config.section("checkpoint").minutes)
         except BenchError:                     # a hand-built config without the section: never save
             minutes = 0.0
-        return Resumer(self.resume_dir, 60.0 * minutes, self._history)
+        resumer = Resumer(self.resume_dir, 60.0 * minutes, self._history)
+        self._resumers.append(resumer)
+        return resumer
+
+    @property
+    def resumed_seconds(self) -> float:
+        """What the resumed state cost the earlier, interrupted attempts (0 without a resume)."""
+        return max((r.earlier_s for r in self._resumers), default=0.0)
 
     def log(self, metric: str, value: float, epoch: int | None = None) -> None:
         """Record a per-epoch (or final, epoch None) metric; saved as history and sent to MLflow."""
@@ -199,8 +210,10 @@ def run_stage(stage: Stage, *, cache_root: Path, key: str, material: dict[str, A
         summary = stage.fn(ctx) or {}
         if ctx._history:
             pd.DataFrame(ctx._history).to_parquet(tmp / HISTORY_FILE, index=False)
-        marker = {"key": key, "material": material, "summary": summary,
-                  "seconds": round(time.time() - started, 3)}
+        marker = {"key": key, "material": material, "summary": summary,   # seconds: resumed attempts included
+                  "seconds": round(time.time() - started + ctx.resumed_seconds, 3)}
+        if ctx.resumed_seconds:
+            marker["resumed_seconds"] = round(ctx.resumed_seconds, 3)
         (tmp / STAGE_MARKER).write_text(json.dumps(marker, indent=2, sort_keys=True, default=str))
     shutil.rmtree(resume, ignore_errors=True)              # complete: the resumable state is spent
     return target

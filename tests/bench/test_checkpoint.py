@@ -63,3 +63,49 @@ def test_generator_states_round_trip():
 def test_checkpoint_minutes_validated():
     with pytest.raises(BenchError, match="checkpoint.minutes"):
         resolve("smoke", sets={"checkpoint.minutes": -1})
+
+
+def test_saved_state_carries_the_seconds_it_cost_across_attempts(tmp_path):
+    clock = Clock()
+    clock.t = 10.0
+    first = Resumer(tmp_path / "r", every_s=60.0, clock=clock)
+    clock.t = 70.0
+    first.save({"epoch": 0})                                     # 60 s into the first attempt
+    clock.t = 500.0                                              # killed; a second attempt starts
+    second = Resumer(tmp_path / "r", every_s=60.0, clock=clock)
+    assert second.load() == {"epoch": 0} and second.earlier_s == 60.0
+    clock.t = 530.0
+    second.save({"epoch": 1})
+    third = Resumer(tmp_path / "r", every_s=60.0, clock=clock)
+    third.load()
+    assert third.earlier_s == pytest.approx(90.0)               # 60 + 30; the first attempt's lost 430 s not
+
+
+def test_stage_marker_counts_the_resumed_attempts(tmp_path):
+    """_stage.json's seconds = this attempt + what the resumed state cost; the resume folder then goes."""
+    import json
+
+    from bench.checkpoint import resume_dir
+    from bench.registry import Stage
+    from bench.stage import run_stage
+
+    def resumable(ctx):
+        state = ctx.resumer().load()
+        return {"resumed_epoch": None if state is None else state["epoch"]}
+
+    stage = Stage("resumable", resumable, sections=("checkpoint",))
+    cfg = resolve("smoke")
+    state_dir = resume_dir(tmp_path, "resumable", "k")
+    Resumer(state_dir, 60.0).save({"epoch": 3})
+    torch_state = torch.load(state_dir / "state.pt", weights_only=False)
+    torch_state["seconds"] = 42.0                                 # as an earlier attempt would have saved
+    torch.save(torch_state, state_dir / "state.pt")
+    out = run_stage(stage, cache_root=tmp_path, key="k", material={}, config=cfg, seed=0, inputs={}, datasets={},
+                    device="cpu")
+    marker = json.loads((out / "_stage.json").read_text())
+    assert marker["summary"] == {"resumed_epoch": 3} and marker["resumed_seconds"] == 42.0
+    assert 42.0 <= marker["seconds"] < 42.0 + 60 and not state_dir.exists()
+    fresh = run_stage(stage, cache_root=tmp_path, key="k2", material={}, config=cfg, seed=0, inputs={},
+                      datasets={}, device="cpu")
+    marker = json.loads((fresh / "_stage.json").read_text())
+    assert "resumed_seconds" not in marker and marker["seconds"] < 42.0
