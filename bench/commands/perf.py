@@ -113,7 +113,9 @@ def perf_suite(args: argparse.Namespace) -> dict:
     device = resolve_device(args.device)
     names = [registry.get(n).name for n in args.entries] if args.entries else registry.resolve_suite(args.suite)
     what = f"--entry {' '.join(names)}" if args.entries else f"--suite {args.suite}"
-    stages = plan_suite(names, args.seeds, args.profile, str(device), sets=args.sets, results=str(args.results),
+    # planned with --device as given (auto by default, as `bench run`): run.device keys the stage cache, so
+    # --measured finds the stages of a `bench run` with the same --device
+    stages = plan_suite(names, args.seeds, args.profile, args.device, sets=args.sets, results=str(args.results),
                         folds=args.folds)
     if args.folds:
         what += f" --folds {args.folds}"
@@ -148,8 +150,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="items timed per measurement (default: 4)")
     parser.add_argument("--profile", choices=("smoke", "quick", "paper"), default="paper",
                         help="data size / config profile (default: paper, i.e. full size)")
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu", help="seg, ssl, suite: torch device "
-                        "(default: cuda when available)")
+    parser.add_argument("--device", default="auto", help="seg, ssl, suite: auto | cpu | cuda (default: auto, "
+                        "cuda when available)")
     parser.add_argument("--batch-size", type=int, default=None, metavar="B",
                         help="seg: images per step (default: 16); ssl: patches per step (default: the profile's "
                         "ssl.batch_size, 128 at paper)")
@@ -181,14 +183,6 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--plugin", action="append", default=[], metavar="MODULE",
                         help="suite: import MODULE to register more entries (repeatable)")
     parser.set_defaults(func=run)
-
-
-def _cuda() -> bool:
-    try:
-        import torch
-    except ImportError:
-        return False
-    return torch.cuda.is_available()
 
 
 def run(args: argparse.Namespace) -> int:

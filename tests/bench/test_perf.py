@@ -179,6 +179,20 @@ def test_measured_seconds_of_a_run_set_against_its_projection(tmp_path, tiny_dat
     assert any(line.split() == ["total", "2/3", "0:00:05", "0:00:04", "0.80"] for line in lines)
 
 
+def test_cli_measured_finds_a_default_bench_run(capsys, tmp_path, tiny_dataset):
+    """`bench run` and `bench perf suite --measured`, both with their default --device (auto: run.device
+    keys the cache), plan the same stage keys."""
+    common = ["--entry", "toy", "--plugin", "toy_entries", "--seeds", "0", "--results", str(tmp_path),
+              "--set", f"data.seg={tiny_dataset}", "--set", f"data.cls={tiny_dataset}"]
+    assert main(["run", *common, "--no-mlflow"]) == 0
+    capsys.readouterr()
+    assert main(["perf", "suite", *common, "--profile", "smoke", "--measured", "--repeats", "1", "--warmup", "0"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [line.split()[:2] for line in lines[lines.index(next(x for x in lines if x.startswith("measured:"))):]
+            if line.split()[:1] in (["toy_prep"], ["toy_probe"], ["total"])] == [
+        ["toy_prep", "1/1"], ["toy_probe", "1/1"], ["total", "2/2"]]
+
+
 def test_cli_measured_without_a_run_says_what_to_do(capsys, tmp_path):
     args = ["perf", "suite", "--entry", "clinical", "--profile", "smoke", "--device", "cpu", "--seeds", "0",
             "--results", str(tmp_path), "--repeats", "1", "--warmup", "0", "--measured"]
