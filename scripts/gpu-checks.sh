@@ -30,7 +30,8 @@
 #            graphs; default was measured on the H100), and the first step's compile time (150 s left each);
 #   nchw:    (only when named; measured on the H100) `bench perf ssl --set ssl.channels_last=false`: (a), (b)
 #            in NCHW (cuDNN BatchNorm; 90 s left);
-#   then OUTDIR/results.tgz: every small json/csv/log of the runs (no weights, no phantoms).
+#   then OUTDIR/summary.txt (the headline lines of every output) and OUTDIR/results.tgz (every small
+#   json/csv/log of the runs; no weights, no phantoms).
 # GPU_CHECKS_STEPS picks steps (default "tests seg ssl det train entry suite segcompile compile"; nchw only when
 # named), GPU_CHECKS_COMPILE_MODES the compile step's modes (default reduce-overhead), GPU_CHECKS_TRAIN the trainings
 # (default "mose": the landmark error was measured on an H200, 1.42 mm, and the single decoder's quick run on an
@@ -202,6 +203,13 @@ if want nchw && enough 90 nchw; then
   log "perf ssl NCHW rc=$?"
 fi
 
+# the headline lines of every output in one file, to read first
+for f in "$OUT"/perf-*.txt "$OUT"/train-summary.txt "$OUT"/cuda-tests.txt; do
+  [ -f "$f" ] || continue
+  echo "== $(basename "$f")"
+  grep -E "torch settings|samples/s|ms/step|projected|measured|^  (stage|total|jang|segment|pretrain) |model |test |passed|failed|error" \
+    "$f" | head -40
+done >"$OUT/summary.txt" 2>&1
 (cd "$RES" && find . -path ./cache/phantom -prune -o -type f \( -name '*.json' -o -name '*.csv' -o -name '*.log' \
    -o -name '*.txt' -o -name '*.parquet' \) -size -4M -print | tar czf "$OUT/results.tgz" -T -)
 log "end"
