@@ -13,8 +13,9 @@ benchmarks, so a benchmark measures the kernels a run uses.
   deterministic kernel (e.g. ``grid_sample``'s backward) non-deterministic, with a warning.
 * ``false``: none on any device (cuDNN autotuned on CUDA).
 
-The settings are global to the process, so each run sets every one of them both ways: a run
-after another in the same process does not inherit its mode.
+The settings are global to the process, so each run sets deterministic algorithms and cuDNN
+autotuning both ways: a run after another in the same process does not inherit its mode
+(``run.num_threads`` = 0 leaves the thread count as it is).
 """
 from __future__ import annotations
 
