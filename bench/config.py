@@ -21,9 +21,10 @@ import typing
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterable, Literal, Mapping
+from typing import Any, Iterable, Mapping
 
 from bench.errors import BenchError
+from bench.torch_settings import DeterministicMode
 
 PROFILES: tuple[str, ...] = ("smoke", "quick", "paper")
 
@@ -82,7 +83,7 @@ class RunConfig:
     """Execution settings that can change numbers (so they key the stage cache)."""
 
     device: str = "auto"        # auto | cpu | cuda (auto: cuda when available)
-    deterministic: Literal["auto", "true", "false"] = "auto"  # auto: deterministic on CPU, cuDNN autotuned on CUDA
+    deterministic: DeterministicMode = "auto"  # auto: deterministic on CPU, cuDNN autotuned on CUDA | true | false
     num_threads: int = 0        # torch intra-op threads; 0: torch's default
 
 

@@ -19,11 +19,12 @@ autotuning both ways: a run after another in the same process does not inherit i
 """
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Literal, get_args
 
 from bench.errors import BenchError
 
-DETERMINISTIC_MODES = ("auto", "true", "false")
+DeterministicMode = Literal["auto", "true", "false"]        # the type of run.deterministic (bench.config)
+DETERMINISTIC_MODES: tuple[str, ...] = get_args(DeterministicMode)
 
 
 def check_deterministic(mode: str) -> None:
@@ -55,4 +56,4 @@ def apply_run_settings(run: Any, device: Any) -> bool:
     return deterministic
 
 
-__all__ = ["DETERMINISTIC_MODES", "apply_run_settings", "check_deterministic", "deterministic_for"]
+__all__ = ["DETERMINISTIC_MODES", "DeterministicMode", "apply_run_settings", "check_deterministic", "deterministic_for"]
