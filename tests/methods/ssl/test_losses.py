@@ -10,6 +10,7 @@ import torch.nn.functional as F
 
 from bench.errors import BenchError
 from methods.ssl.heads import HeadConfig, SwAVHead, build_head
+from methods.ssl.loss_vicreg import covariance_term
 from methods.ssl.losses import (SwAVPrototypes, SwAVQueue, nt_xent, sinkhorn, supcon, swav, vicreg,
                                 vicreg_multicrop)
 
@@ -292,6 +293,22 @@ def test_vicreg_hand_computed_3x2():
     assert float(three.invariance) == pytest.approx(inv3, rel=1e-6)
     assert float(three.variance) == pytest.approx(sum(var_term(v) for v in vs) / 3, rel=1e-6)
     assert float(three.covariance) == pytest.approx(2 * sum(cov_term(v) for v in vs) / 3, rel=1e-6)
+
+
+@pytest.mark.parametrize("n,d", [(6, 40), (40, 6), (8, 8)])
+def test_vicreg_covariance_matches_the_explicit_d_by_d_matrix(n, d):
+    """The Gram form (n×n when n < d) gives torch.cov's off-diagonal sum and its gradient."""
+    g = torch.Generator().manual_seed(n * d)
+    z = (torch.randn(n, d, generator=g, dtype=torch.float64) @ torch.randn(d, d, generator=g,
+                                                                           dtype=torch.float64)).requires_grad_()
+    z_ref = z.detach().clone().requires_grad_()
+    cov = torch.cov(z_ref.T)                                     # unbiased, d×d
+    expected = (cov.pow(2).sum() - torch.diagonal(cov).pow(2).sum()) / d
+    value = covariance_term(z)
+    torch.testing.assert_close(value, expected, rtol=1e-12, atol=0.0)
+    value.backward()
+    expected.backward()
+    torch.testing.assert_close(z.grad, z_ref.grad, rtol=1e-10, atol=1e-12)
 
 
 def test_vicreg_bad_input():
