@@ -93,7 +93,7 @@ def benchmark_seg_step(cfg: SegmentationConfig, device: torch.device | str, batc
     model = build_model(make_spec(cfg, canvas, 8), seed=seed).to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    compile_model(model, cfg.compile)
+    compiled = compile_model(model, cfg.compile)
     model.train()
     opt = make_optimizer(model, cfg)
     gen = torch.Generator(device=device)
@@ -122,7 +122,7 @@ def benchmark_seg_step(cfg: SegmentationConfig, device: torch.device | str, batc
             "canvas": list(canvas), "batch": batch, "samples_per_image": cfg.experts * cfg.samples,
             "step_ms": step * 1e3, "images_per_s": batch / step, "ot_solve_ms": solve * 1e3,
             "ot_share": solve / step if cfg.model == "mose" else 0.0, "solver": cfg.ot_solver,
-            "parameters": sum(p.numel() for p in model.parameters()), "compile": cfg.compile,
+            "parameters": sum(p.numel() for p in model.parameters()), "compile": compiled,
             "first_step_s": first_step_s}
 
 
@@ -134,7 +134,7 @@ def perf_seg(profile: str, device: str, batch: int = 16, steps: int = 10, sets: 
     name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
     seg = resolve(profile, sets=sets or {}).segmentation
     passes = f" in micro-batches of {seg.micro_batch}" if 0 < seg.micro_batch < batch else ""
-    compiled = f", backbone and head compiled ({seg.compile})" if seg.compile != "off" else ""
+    compiled = f", segmentation.compile={seg.compile}" if seg.compile != "off" else ""
     print(f"segmentation training step, profile {profile}, batch {batch}{passes}{compiled}, {steps} timed steps, "
           f"device {name}")
     rows = []
@@ -147,7 +147,7 @@ def perf_seg(profile: str, device: str, batch: int = 16, steps: int = 10, sets: 
         ot_part = (f", OT solve {r['ot_solve_ms']:.2f} ms = {100 * r['ot_share']:.2f} % of the step"
                    if r["model"] == "mose" else "")
         peak = "" if r["peak_memory_bytes"] is None else f", peak memory {r['peak_memory_bytes'] / 2**30:.2f} GiB"
-        first = f", first step {r['first_step_s']:.1f} s (compiles)" if r["compile"] != "off" else ""
+        first = f", compiled ({r['compile']}), first step {r['first_step_s']:.1f} s" if r["compile"] != "off" else ""
         print(f"  {label:18s} canvas {r['canvas'][0]}x{r['canvas'][1]}: {r['step_ms']:8.1f} ms/step, "
               f"{r['images_per_s']:6.1f} images/s{ot_part}{peak}{first}")
     return rows

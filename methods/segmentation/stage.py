@@ -214,7 +214,7 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
     train_info = {"best_epoch": result.best_epoch, "best_val_ged": result.best_val_ged,
                   "epochs": result.epochs, "seconds_per_epoch": result.seconds_per_epoch,
                   "canvas": list(canvas), "n_train": len(train), "n_val": len(val),
-                  "annotators": train.annotators, "model": cfg.model}
+                  "annotators": train.annotators, "model": cfg.model, "compile": result.compile}
     save_model(model, ctx.out_dir / "model.pt", extra={"train": train_info})
     evals = {s: val if s == "val" else load_split(seg, [s], canvas, ctx.device, annotators, allow_empty=True)
              for s in cfg.split_list}

@@ -13,7 +13,7 @@
   val_sample_diversity) and, for MoSE, the mean largest routing weight (val_pi_max) and the mean
   latent sigma, to tell why a model's GED is what it is.
 * CUDA: bf16 autocast for the network, float32 for probabilities, costs and the loss; channels_last;
-  optionally the backbone and head compiled (``segmentation.compile``, :func:`compile_model`).
+  the backbone and head compiled for MoSE (``segmentation.compile=auto``, :func:`compile_model`).
   The only host synchronisation inside an epoch is the OT solve's copy of the B x N x M cost;
   losses are accumulated on the device and read once per epoch. CPU: float32 throughout.
 * Randomness: initialisation, batch order, augmentation and latent noise each come from their own
@@ -48,6 +48,7 @@ class TrainResult:
     epochs: int                       # epochs run
     seconds_per_epoch: float          # mean wall time of a training epoch (validation excluded)
     history: list[dict] = field(default_factory=list)   # one dict of logged metrics per epoch
+    compile: str = "off"              # the torch.compile mode used (segmentation.compile, auto resolved)
 
 
 def make_spec(cfg: SegmentationConfig, canvas: tuple[int, int], classes: int) -> ModelSpec:
@@ -62,14 +63,17 @@ def autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
-def compile_model(model: torch.nn.Module, mode: str) -> None:
-    """``segmentation.compile``: compile the backbone and the head in place (methods.compiling). The
+def compile_model(model: torch.nn.Module, mode: str) -> str:
+    """``segmentation.compile``: compile the backbone and the head in place (methods.compiling) and
+    return the mode used (``auto`` resolved for the model's kind and the device of its weights). The
     top-level forward stays eager: it draws the latent noise from a torch.Generator, which would
     break the graph; the two modules hold all the convolutions, BatchNorms and the modulation."""
-    from methods.compiling import compile_module
+    from methods.compiling import compile_module, segmentation_compile_mode
 
+    mode = segmentation_compile_mode(mode, model.spec.kind, next(model.parameters()).device)
     for part in (model.backbone, model.head):
         compile_module(part, mode)
+    return mode
 
 
 def _generator(device: torch.device, seed: int, purpose: str) -> torch.Generator:
@@ -250,7 +254,7 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
     model = model.to(device)
     if device.type == "cuda":
         model = model.to(memory_format=torch.channels_last)
-    compile_model(model, cfg.compile)
+    compiled = compile_model(model, cfg.compile)
     opt = make_optimizer(model, cfg)
     lr_sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, mode="min", factor=cfg.lr_factor,
                                                           patience=cfg.lr_patience, min_lr=cfg.min_lr)
@@ -329,4 +333,4 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
     else:
         best_ged, best_epoch = float("nan"), cfg.epochs - 1
     model.eval()
-    return TrainResult(model, best_epoch, best_ged, cfg.epochs, train_seconds / cfg.epochs, history)
+    return TrainResult(model, best_epoch, best_ged, cfg.epochs, train_seconds / cfg.epochs, history, compiled)

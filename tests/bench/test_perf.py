@@ -346,26 +346,27 @@ def test_segment_projection_times_the_validation_ged_of_its_samples(model, n):
     assert parts["predict seg images"].seconds == 1e-3
 
 
-@pytest.mark.parametrize("mode", ["off", "default"])
-def test_segment_projection_prices_the_compilation_once(monkeypatch, mode):
+@pytest.mark.parametrize("mode,device,compiled", [("off", "cpu", False), ("default", "cpu", True),
+                                                   ("auto", "cpu", False), ("auto", "cuda", True)])
+def test_segment_projection_prices_the_compilation_once(monkeypatch, mode, device, compiled):
     """With segmentation.compile the projection adds one "compile" part: the first (warm-up) step's
-    time less a timed step; eager training has none."""
+    time less a timed step; eager training has none. ``auto`` compiles the MoSE U-Net on CUDA only."""
     import methods.segmentation.perf as seg_perf
     from methods.perf_suite import segment_cost
 
     registry.load_entries()
     monkeypatch.setattr(seg_perf, "benchmark_seg_step",
-                        lambda cfg, device, **kw: {"step_ms": 100.0, "first_step_s": 2.5 if cfg.compile != "off" else 0.1})
+                        lambda cfg, device, **kw: {"step_ms": 100.0, "first_step_s": 2.5 if compiled else 0.1})
 
     class StepsOnly(Measurer):
         def cached(self, key, fn):
             return fn() if key[0] == "seg-step" else 1e-3
 
-    cost = segment_cost(StepsOnly("cpu", steps=1, warmup=0), None,
+    cost = segment_cost(StepsOnly(device, steps=1, warmup=0), None,
                         resolve("smoke", sets={"segmentation.compile": mode}))
     parts = {p.name: p for p in cost.parts}
     assert parts["train steps"].seconds == pytest.approx(0.1)
-    if mode == "off":
+    if not compiled:
         assert "compile" not in parts
     else:
         assert parts["compile"].units == 1 and parts["compile"].seconds == pytest.approx(2.4)

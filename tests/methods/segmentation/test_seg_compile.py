@@ -62,6 +62,24 @@ def test_unknown_segmentation_compile_mode_is_refused():
     assert resolve("smoke", sets={"segmentation.compile": "reduce-overhead"}).segmentation.compile == "reduce-overhead"
 
 
+def test_auto_compiles_the_mose_unet_on_cuda_only():
+    """segmentation.compile defaults to auto: inductor's default mode for MoSE on CUDA (measured faster),
+    eager for the single decoder (measured slower) and on the CPU; an explicit mode is kept."""
+    from methods.compiling import segmentation_compile_mode
+
+    assert SegmentationConfig().compile == "auto"
+    assert resolve("paper").segmentation.compile == "auto" and resolve("quick").segmentation.compile == "off"
+    table = {(kind, dev): segmentation_compile_mode("auto", kind, dev)
+             for kind in ("mose", "single") for dev in ("cuda", "cuda:1", "cpu")}
+    assert table == {("mose", "cuda"): "default", ("mose", "cuda:1"): "default", ("mose", "cpu"): "off",
+                     ("single", "cuda"): "off", ("single", "cuda:1"): "off", ("single", "cpu"): "off"}
+    assert segmentation_compile_mode("off", "mose", "cuda") == "off"
+    assert segmentation_compile_mode("reduce-overhead", "single", "cpu") == "reduce-overhead"
+    model = build_model(make_spec(SegmentationConfig(base_width=4, max_width=8, levels=3, convs=1), (32, 48), 8))
+    assert compile_model(model, "auto") == "off"                          # weights on the CPU: eager
+    assert getattr(model.backbone, "_compiled_call_impl", None) is None
+
+
 def test_compiled_training_loop_trains_validates_and_matches_eager():
     """One epoch of the training loop with segmentation.compile=default (train and eval graphs, a
     smaller last validation batch): the same history as eager, and the selected model's keys."""
@@ -79,6 +97,7 @@ def test_compiled_training_loop_trains_validates_and_matches_eager():
                                  batch_size=4, epochs=1, lr=0.0, predict_batch=3, compile=mode)
         result = train_segmentation(cfg, data(8, 0), data(5, 20), seed=0)
         histories[mode] = result.history
+        assert result.compile == mode
         assert (getattr(result.model.backbone, "_compiled_call_impl", None) is not None) == (mode == "default")
     (eager,), (compiled,) = histories["off"], histories["default"]
     assert set(compiled) == set(eager) and "val_ged" in eager
