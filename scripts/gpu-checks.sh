@@ -1,51 +1,52 @@
 #!/usr/bin/env bash
-# The device checks of issues 4, 6 and 9 in one call on a CUDA machine (about 10 minutes on one H100/H200).
+# The device checks of issue 9 (and of 4 and 6 when their trainings are named) in one call on a CUDA machine
+# (about 10 minutes on one H100/H200).
 #
 #   scripts/gpu-checks.sh OUTDIR [BUDGET_S]
 #
-# In order, each step with its own time limit, every output under OUTDIR (nothing is lost when a step fails):
+# Steps, in order, each with its own time limit (a failed step loses nothing); every output goes to
+# gpu-results/outputs/, and at the end OUTDIR gets what the device tool brings back (it returns at most
+# 8 files): summary.txt (the headline lines of every output), timeline.txt, train-summary.txt,
+# outputs.tgz (every output) and results.tgz (every small json/csv/log of the runs; no weights, no phantoms).
 #   tests:   the CUDA unit tests (on-device augmentation, multi-crop, views, transfers without host syncs,
 #            fused Adam, a segmentation training resumed on the GPU, micro-batched segmentation steps in bf16);
 #   seg:     `bench perf seg --profile quick` (GPU_CHECKS_SEG_PROFILE): MoSE / single-decoder step time at batch 16
 #            and the OT share, to set against the quick trainings' epoch lines (train and val_s seconds);
 #            meanwhile the quick phantoms are generated (one core each: the OT solve is the only CPU work timed);
 #   ssl:     `bench perf ssl --profile paper`: (a) end to end, (b) model-only ceiling, (c) conventional pipeline;
-#   det:     with seg and ssl, the same benchmarks with run.deterministic=true (deterministic cuDNN kernels,
-#            filled allocations: what every run used before 2026-11-27, while the benchmarks did not) against
-#            the default auto (cuDNN autotuned on CUDA); ssl only (a) and (b);
+#   det:     with seg and ssl, the same benchmarks with run.deterministic=true against the default auto;
 #   train:   quick-profile trainings side by side on the GPU, seed 0, until the time left is what the later
-#            steps need: `mose` = `radiogrammetry` (MoSE segmentation -> per-bone Dice, GED; predicted-mask
-#            2MCI r vs truth), `single` = the same with `segmentation.model=single` (Table 5's segmenter),
-#            `landmarks` = the landmark stage of `hsieh` (error in mm on the seg test split; stopped once written);
+#            steps need (GPU_CHECKS_TRAIN): `mose-compiled` = `radiogrammetry` with segmentation.compile=default
+#            (the paper profile's auto on CUDA: a whole compiled training, its eval graphs and predictions
+#            included; epoch seconds against the eager `mose`), `mose` = `radiogrammetry` eager (MoSE
+#            segmentation -> per-bone Dice, GED; predicted-mask 2MCI r vs truth), `single` = the same with
+#            `segmentation.model=single` (Table 5's segmenter), `landmarks` = the landmark stage of `hsieh`
+#            (error in mm on the seg test split; stopped once written);
 #   entry:   one full entry at the paper profile, run then projected: `jang` (VGG16 on the wrist ROI; with
 #            roi.source=annotator, what `auto` picks on the phantom, so it trains no unused segmenter), then
 #            `bench perf suite --entry jang --measured`: each stage's measured seconds (its _stage.json) beside
 #            its projection (only with 180 s left; its paper phantoms render on 5 cores per preset during the
 #            trainings);
 #   suite:   `bench perf suite --profile paper`: the projected wall time of the paper suite, 3 seeds (80 s left);
-#   segcompile: `bench perf seg` with segmentation.compile=default (backbone and head compiled; the first
-#            step's time includes the compilation; 150 s left);
+#   segcompile: `bench perf seg` with segmentation.compile=default (150 s left);
 #   compile: `bench perf ssl --set ssl.compile=MODE --feeds end_to_end model_only`: (a) and (b) with the
 #            encoder compiled by inductor (MODE: GPU_CHECKS_COMPILE_MODES, default reduce-overhead = CUDA
 #            graphs; default was measured on the H100), and the first step's compile time (150 s left each);
-#   nchw:    (only when named; measured on the H100) `bench perf ssl --set ssl.channels_last=false`: (a), (b)
-#            in NCHW (cuDNN BatchNorm; 90 s left);
-#   then OUTDIR/summary.txt (the headline lines of every output) and OUTDIR/results.tgz (every small
-#   json/csv/log of the runs; no weights, no phantoms).
-# GPU_CHECKS_STEPS picks steps (default "tests seg ssl det train entry suite segcompile compile"; nchw only when
-# named), GPU_CHECKS_COMPILE_MODES the compile step's modes (default reduce-overhead), GPU_CHECKS_TRAIN the trainings
-# (default "mose": the landmark error was measured on an H200, 1.42 mm, and the single decoder's quick run on an
-# H100, both 2026-11-26). Measured on an H200 (2026-11-26): tests + seg + ssl 95 s, suite 70 s; the landmark stage
-# took 245 s beside the two segmentation trainings, which did not finish in 350 s side by side with it. On an H100
-# (2026-11-26): tests 31 s, ssl 36 s; side by side, MoSE epochs took 10 s (5.1 s once the single decoder, 5-6 s an
-# epoch, had finished after 380 s with its radiogrammetry), so MoSE reached epoch 56 of 60 in 467 s: alone it needs
-# about 310 s of training. Trainings save a resumable state every minute (checkpoint.minutes=1, which changes no
-# result), so a training cut by the budget continues in a second call on the still-warm machine (gpu-results/ is
-# git-ignored and stays there): GPU_CHECKS_STEPS=train bash scripts/gpu-checks.sh $OUT 300.
+#   nchw:    `bench perf ssl --set ssl.channels_last=false`: (a), (b) in NCHW (cuDNN BatchNorm; 90 s left).
+# GPU_CHECKS_STEPS picks steps (default "tests train entry suite compile"; seg, ssl, det, segcompile and nchw
+# were measured on an H200 or H100 and run when named), GPU_CHECKS_COMPILE_MODES the compile step's modes
+# (default reduce-overhead), GPU_CHECKS_TRAIN the trainings (default "mose-compiled").
+# Measured on an H200 (2026-11-27, steps "tests seg ssl det train entry suite", budget 560): tests 42 s, seg and
+# det 58 s, ssl and det 113 s, the eager quick MoSE radiogrammetry entry 198 s (2.2 s an epoch), suite 132 s;
+# entry was skipped (142 s left). Earlier (2026-11-26): the landmark stage 245 s on an H200; on an H100, side by
+# side with the single decoder, deterministic MoSE epochs took 5.1-10 s. Trainings save a resumable state every
+# minute (checkpoint.minutes=1, which changes no result), so a training cut by the budget continues in a second
+# call on the still-warm machine (gpu-results/ is git-ignored and stays there):
+# GPU_CHECKS_STEPS=train bash scripts/gpu-checks.sh $OUT 300.
 # Without installation: run from the repository root with the dependencies importable (PYTHONPATH).
 # On the lent device machine: fill .whl here with `../shared/tools/gpu-wheels.sh pydicom`, carry .whl and run
 #   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .whl-site \
-#     .whl/*.whl && export PYTHONPATH=$PWD/.whl-site && bash scripts/gpu-checks.sh $OUT 565
+#     .whl/*.whl && export PYTHONPATH=$PWD/.whl-site && bash scripts/gpu-checks.sh $OUT 560
 set -u
 OUT=${1:?usage: scripts/gpu-checks.sh OUTDIR [BUDGET_S]}
 BUDGET=${2:-560}
@@ -53,25 +54,26 @@ RES=${GPU_CHECKS_RESULTS:-$PWD/gpu-results}
 DEV=${GPU_CHECKS_DEVICE:-cuda}
 RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
 PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
-STEPS=" ${GPU_CHECKS_STEPS-tests seg ssl det train entry suite segcompile compile} "
-TRAIN=" ${GPU_CHECKS_TRAIN-mose} "
+STEPS=" ${GPU_CHECKS_STEPS-tests train entry suite compile} "
+TRAIN=" ${GPU_CHECKS_TRAIN-mose-compiled} "
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 wanttrain() { [[ "$TRAIN" == *" $1 "* ]]; }
 BENCH="python3 -m bench.cli"
 export PYTHONUNBUFFERED=1 PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
-mkdir -p "$OUT" "$RES"
+W=$RES/outputs            # every output; $OUT gets the few files the device tool brings back (at most 8)
+rm -rf "$W"; mkdir -p "$OUT" "$RES" "$W"
 T0=$(date +%s)
 now() { echo $(( $(date +%s) - T0 )); }
-log() { echo "[$(now) s] $*" | tee -a "$OUT/timeline.txt"; }
+log() { echo "[$(now) s] $*" | tee -a "$W/timeline.txt"; }
 left() { local l=$(( $1 - $(now) )); [ "$l" -gt 5 ] && echo "$l" || echo 5; }
 
 log "start: $(python3 -c 'import torch; print(torch.__version__, torch.version.cuda, torch.cuda.get_device_name() if torch.cuda.is_available() else "no CUDA")')"
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$OUT/timeline.txt" 2>&1
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader >>"$W/timeline.txt" 2>&1
 
 # phantoms of a profile, one background process per preset, where `bench run --results $RES` looks for them
 gen_phantoms() { # profile, workers per preset (0: all cores)
   for preset in public clinical; do
-    python3 - "$RES" "$preset" "$1" "$2" >"$OUT/phantom-$1-$preset.txt" 2>&1 <<'EOF' &
+    python3 - "$RES" "$preset" "$1" "$2" >"$W/phantom-$1-$preset.txt" 2>&1 <<'EOF' &
 import sys
 from pathlib import Path
 from bench.config import resolve
@@ -98,28 +100,28 @@ if want tests; then
     tests/methods/test_views.py tests/methods/test_affine.py tests/methods/test_transfer.py tests/methods/test_optim.py \
     "tests/methods/segmentation/test_train.py::test_interrupted_training_resumes_bit_identical" \
     tests/methods/segmentation/test_micro_batch.py \
-    >"$OUT/cuda-tests.txt" 2>&1
+    >"$W/cuda-tests.txt" 2>&1
   log "cuda tests rc=$?"
 fi
 if want seg; then
   log "perf seg"
   timeout 120 $BENCH perf seg --profile "${GPU_CHECKS_SEG_PROFILE:-$RUN_PROFILE}" --device "$DEV" --repeats 10 \
-    >"$OUT/perf-seg.txt" 2>&1
+    >"$W/perf-seg.txt" 2>&1
   log "perf seg rc=$?"
   if want det; then
     timeout 120 $BENCH perf seg --profile "${GPU_CHECKS_SEG_PROFILE:-$RUN_PROFILE}" --device "$DEV" --repeats 10 \
-      --set run.deterministic=true >"$OUT/perf-seg-deterministic.txt" 2>&1
+      --set run.deterministic=true >"$W/perf-seg-deterministic.txt" 2>&1
     log "perf seg deterministic rc=$?"
   fi
 fi
 wait; log "phantoms ready"
 if want ssl; then
   log "perf ssl"
-  timeout 180 $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 --warmup 5 >"$OUT/perf-ssl.txt" 2>&1
+  timeout 180 $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 --warmup 5 >"$W/perf-ssl.txt" 2>&1
   log "perf ssl rc=$?"
   if want det; then
     timeout 120 $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 10 --warmup 3 \
-      --set run.deterministic=true --feeds end_to_end model_only >"$OUT/perf-ssl-deterministic.txt" 2>&1
+      --set run.deterministic=true --feeds end_to_end model_only >"$W/perf-ssl-deterministic.txt" 2>&1
     log "perf ssl deterministic rc=$?"
   fi
 fi
@@ -138,6 +140,7 @@ if want train; then
   # meanwhile the paper phantoms of the entry step render on a few cores (not part of any timed stage)
   want entry && gen_phantoms "$PERF_PROFILE" 5
   wanttrain mose && run mose --entry radiogrammetry &
+  wanttrain mose-compiled && run mose-compiled --entry radiogrammetry --set segmentation.compile=default &
   wanttrain single && run single --entry radiogrammetry --set segmentation.model=single &
   if wanttrain landmarks; then
     run landmarks --entry hsieh &
@@ -151,18 +154,25 @@ if want train; then
   fi
   wait; log "trainings done"
   # the numbers issues 4 and 6 ask for, one line each: segment eval (per split) and radiogrammetry's truth check
-  python3 - "$RES" >"$OUT/train-summary.txt" 2>&1 <<'PY'
+  python3 - "$RES" >"$W/train-summary.txt" 2>&1 <<'PY'
 import json, pathlib, sys
 res = pathlib.Path(sys.argv[1])
 for f in sorted(res.glob("cache/segment/*/eval.json")):
     r = json.loads(f.read_text())
-    print(f.parent.name, "model", r["train"]["model"], "best epoch", r["train"]["best_epoch"],
-          "unlearnt", r.get("unlearnt_bones"))
+    t = r["train"]
+    print(f.parent.name, "model", t["model"], "compile", t.get("compile"), "best epoch", t["best_epoch"],
+          "s/epoch", round(t["seconds_per_epoch"], 3), "unlearnt", r.get("unlearnt_bones"))
     for split, s in r["splits"].items():
         terms = {k: round(s[k], 4) for k in s if k.startswith("ged") or k in ("hungarian_iou", "ece")}
-        print(" ", split, terms, "dice_truth", {k: round(v, 3) for k, v in (s["dice_truth"] or {}).items()})
+        print(" ", split, terms, "dice_truth", {k: round(v, 3) for k, v in (s["dice_truth"] or {}).items()},
+              "dice_consensus_truth", {k: round(v, 3) for k, v in (s.get("dice_consensus_truth") or {}).items()})
+        for name, d in (s.get("dice_annotators") or {}).items():
+            print("   dice", name, {k: round(v, 3) for k, v in d.items()})
 for f in sorted(res.glob("cache/radiogrammetry/*/truth_check.json")):
     print(f.parent.name, f.read_text().replace("\n", " ")[:600])
+for f in sorted(res.glob("cache/*/*/_stage.json")):
+    st = json.loads(f.read_text())
+    print("stage", f.parent.parent.name, f.parent.name, "seconds", round(st.get("seconds", float("nan")), 1))
 PY
 fi
 enough() { [ $(( BUDGET - $(now) )) -ge "$1" ] || { log "skipping $2: $(( BUDGET - $(now) )) s left"; false; }; }
@@ -173,43 +183,45 @@ if want entry && enough 180 entry; then
   log "run paper jang rc=$?; projection against the stages it finished (--measured)"
   timeout "$(left $(( BUDGET - 10 )))" $BENCH perf suite --entry jang --profile "$PERF_PROFILE" --device "$DEV" \
     --seeds 0 --set roi.source=annotator --repeats 3 --warmup 2 --results "$RES" --measured \
-    >"$OUT/perf-entry-jang.txt" 2>&1
+    >"$W/perf-entry-jang.txt" 2>&1
   log "projection rc=$?"
 fi
 if want suite && enough 80 suite; then
   log "perf suite"
   timeout "$(left $(( BUDGET - 10 )))" $BENCH perf suite --profile "$PERF_PROFILE" --device "$DEV" --repeats 3 \
-    --warmup 2 --results "$RES" >"$OUT/perf-suite.txt" 2>&1
+    --warmup 2 --results "$RES" >"$W/perf-suite.txt" 2>&1
   log "perf suite rc=$?"
 fi
 if want segcompile && enough 150 "seg compile"; then
   log "perf seg, backbone and head compiled"
   timeout "$(left $(( BUDGET - 20 )))" $BENCH perf seg --profile "${GPU_CHECKS_SEG_PROFILE:-$RUN_PROFILE}" \
-    --device "$DEV" --repeats 10 --set segmentation.compile=default >"$OUT/perf-seg-compile.txt" 2>&1
+    --device "$DEV" --repeats 10 --set segmentation.compile=default >"$W/perf-seg-compile.txt" 2>&1
   log "perf seg compiled rc=$?"
 fi
 for mode in ${GPU_CHECKS_COMPILE_MODES-reduce-overhead}; do
   if want compile && enough 150 "compile $mode"; then
     log "perf ssl, encoder compiled ($mode)"
     timeout "$(left $(( BUDGET - 20 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \
-      --warmup 3 --set ssl.compile=$mode --feeds end_to_end model_only >"$OUT/perf-ssl-compile-$mode.txt" 2>&1
+      --warmup 3 --set ssl.compile=$mode --feeds end_to_end model_only >"$W/perf-ssl-compile-$mode.txt" 2>&1
     log "perf ssl compiled ($mode) rc=$?"
   fi
 done
 if want nchw && enough 90 nchw; then
   log "perf ssl, NCHW layout"
   timeout "$(left $(( BUDGET - 20 )))" $BENCH perf ssl --profile "$PERF_PROFILE" --device "$DEV" --repeats 20 \
-    --warmup 5 --set ssl.channels_last=false --feeds end_to_end model_only >"$OUT/perf-ssl-nchw.txt" 2>&1
+    --warmup 5 --set ssl.channels_last=false --feeds end_to_end model_only >"$W/perf-ssl-nchw.txt" 2>&1
   log "perf ssl NCHW rc=$?"
 fi
 
 # the headline lines of every output in one file, to read first
-for f in "$OUT"/perf-*.txt "$OUT"/train-summary.txt "$OUT"/cuda-tests.txt; do
+for f in "$W"/perf-*.txt "$W"/train-summary.txt "$W"/cuda-tests.txt; do
   [ -f "$f" ] || continue
   echo "== $(basename "$f")"
   grep -E "torch settings|samples/s|ms/step|projected|measured|^  (stage|total|jang|segment|pretrain) |model |test |passed|failed|error" \
     "$f" | head -40
-done >"$OUT/summary.txt" 2>&1
-(cd "$RES" && find . -path ./cache/phantom -prune -o -type f \( -name '*.json' -o -name '*.csv' -o -name '*.log' \
+done >"$W/summary.txt" 2>&1
+(cd "$RES" && find . -path ./cache/phantom -prune -o -path ./outputs -prune -o -type f \( -name '*.json' -o -name '*.csv' -o -name '*.log' \
    -o -name '*.txt' -o -name '*.parquet' \) -size -4M -print | tar czf "$OUT/results.tgz" -T -)
 log "end"
+cp "$W/summary.txt" "$W/timeline.txt" "$OUT"/; [ -f "$W/train-summary.txt" ] && cp "$W/train-summary.txt" "$OUT"/
+tar czf "$OUT/outputs.tgz" -C "$W" .
