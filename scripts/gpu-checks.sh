@@ -20,8 +20,12 @@
 #            (the paper profile's auto on CUDA: a whole compiled training, its eval graphs and predictions
 #            included; epoch seconds against the eager `mose`), `mose` = `radiogrammetry` eager (MoSE
 #            segmentation -> per-bone Dice, GED; predicted-mask 2MCI r vs truth), `single` = the same with
-#            `segmentation.model=single` (Table 5's segmenter), `landmarks` = the landmark stage of `hsieh`
-#            (error in mm on the seg test split; stopped once written);
+#            `segmentation.model=single` (Table 5's segmenter), `mose-g16` = `mose` with gamma0 = 1/16 (every
+#            sample carries mass until the switch: does the mixture still collapse onto one expert?),
+#            `mose-long` = `mose` for 150 epochs, `landmarks` = the landmark stage of `hsieh` (error in mm on
+#            the seg test split; stopped once written); then scripts/seg_label_rules.py on every MoSE model
+#            (label-rules.txt: Dice against truth, annotators and consensus of the mixture mean, the top
+#            expert, each expert and the vote; the mean routing weights);
 #   entry:   one full entry at the paper profile, run then projected: `jang` (VGG16 on the wrist ROI; with
 #            roi.source=annotator, what `auto` picks on the phantom, so it trains no unused segmenter), then
 #            `bench perf suite --entry jang --measured`: each stage's measured seconds (its _stage.json) beside
@@ -141,6 +145,8 @@ if want train; then
   want entry && gen_phantoms "$PERF_PROFILE" 5
   wanttrain mose && run mose --entry radiogrammetry &
   wanttrain mose-compiled && run mose-compiled --entry radiogrammetry --set segmentation.compile=default &
+  wanttrain mose-g16 && run mose-g16 --entry radiogrammetry --set segmentation.gamma0=0.0625 &
+  wanttrain mose-long && run mose-long --entry radiogrammetry --set segmentation.epochs=150 &
   wanttrain single && run single --entry radiogrammetry --set segmentation.model=single &
   if wanttrain landmarks; then
     run landmarks --entry hsieh &
@@ -174,6 +180,11 @@ for f in sorted(res.glob("cache/*/*/_stage.json")):
     st = json.loads(f.read_text())
     print("stage", f.parent.parent.name, f.parent.name, "seconds", round(st.get("seconds", float("nan")), 1))
 PY
+  # issue 4: the label rules of every MoSE model trained (mixture mean, top expert, each expert, vote)
+  for d in "$RES"/cache/segment/*/; do
+    python3 scripts/seg_label_rules.py "$d" "$(ls -d "$RES"/cache/phantom/public-"$RUN_PROFILE"-* | head -1)" \
+      >>"$W/label-rules.txt" 2>&1
+  done
 fi
 enough() { [ $(( BUDGET - $(now) )) -ge "$1" ] || { log "skipping $2: $(( BUDGET - $(now) )) s left"; false; }; }
 if want entry && enough 180 entry; then
@@ -214,14 +225,15 @@ if want nchw && enough 90 nchw; then
 fi
 
 # the headline lines of every output in one file, to read first
-for f in "$W"/perf-*.txt "$W"/train-summary.txt "$W"/cuda-tests.txt; do
+for f in "$W"/perf-*.txt "$W"/train-summary.txt "$W"/label-rules.txt "$W"/cuda-tests.txt; do
   [ -f "$f" ] || continue
   echo "== $(basename "$f")"
-  grep -E "torch settings|samples/s|ms/step|projected|measured|^  (stage|total|jang|segment|pretrain) |model |test |passed|failed|error" \
+  grep -E "torch settings|samples/s|ms/step|projected|measured|^  (stage|total|jang|segment|pretrain) |model |test |passed|failed|error|mean pi_k|vs truth" \
     "$f" | head -40
 done >"$W/summary.txt" 2>&1
 (cd "$RES" && find . -path ./cache/phantom -prune -o -path ./outputs -prune -o -type f \( -name '*.json' -o -name '*.csv' -o -name '*.log' \
    -o -name '*.txt' -o -name '*.parquet' \) -size -4M -print | tar czf "$OUT/results.tgz" -T -)
 log "end"
-cp "$W/summary.txt" "$W/timeline.txt" "$OUT"/; [ -f "$W/train-summary.txt" ] && cp "$W/train-summary.txt" "$OUT"/
+cp "$W/summary.txt" "$W/timeline.txt" "$OUT"/
+for f in train-summary.txt label-rules.txt; do [ -f "$W/$f" ] && cp "$W/$f" "$OUT"/; done
 tar czf "$OUT/outputs.tgz" -C "$W" .
