@@ -14,9 +14,10 @@ Output folder::
 
 Evaluation conventions: Dice per bone at native resolution, against the exact phantom truth
 (``truth/`` masks, when the dataset has them) and against each annotator; a bone absent from both
-maps is left out of its mean (NaN); beside them ``dice_consensus_truth``, the annotators' own
-β-weighted consensus against the truth on the same images (methods.segmentation.agreement): what a
-model that learnt the annotators perfectly would about score. GED (with its three terms ``ged_cross``,
+maps is left out of its mean (NaN); ``dice_consensus`` against the annotators' β-weighted consensus
+(methods.segmentation.agreement; the reference where there is no truth); ``dice_consensus_truth``,
+that consensus against the truth on the same images (a model need not stay below it: one trained
+over many images averages out the annotators' per-image noise). GED (with its three terms ``ged_cross``,
 ``ged_sample_diversity`` and ``ged_annotation_diversity``: GED = 2 cross - both diversities), Hungarian-matched IoU and pixel ECE at
 the working resolution (the image's area on the canvas), samples in the compact weighted form unless
 ``segmentation.eval_samples`` asks for the standard form; annotations weighted by beta. The
@@ -117,15 +118,18 @@ def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labe
 
     from methods.segmentation.agreement import consensus
 
-    truth_rows, ann_rows, ceiling_rows = [], {}, []
+    truth_rows, ann_rows, ceiling_rows, consensus_rows = [], {}, [], []
     for image_id in data.image_ids:
         pred = labels[image_id]
         truth = truth_mask(dataset, image_id)
         masks = dataset.masks(image_id)
+        agreed = consensus(masks, dataset.annotator_weights(image_id)) if masks else None
+        if agreed is not None:
+            consensus_rows.append(dice_per_bone(pred, agreed))
         if truth is not None:
             truth_rows.append(dice_per_bone(pred, truth))
-            if masks:      # the annotators' own consensus against the truth: what learning them can reach
-                ceiling_rows.append(dice_per_bone(consensus(masks, dataset.annotator_weights(image_id)), truth))
+            if agreed is not None:      # the annotators' own consensus against the truth
+                ceiling_rows.append(dice_per_bone(agreed, truth))
         for name, mask in masks.items():
             ann_rows.setdefault(name, []).append(dice_per_bone(pred, mask))
     geds, hious, ece_probs, ece_labels, ece_beta = [], [], [], [], []
@@ -140,6 +144,7 @@ def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labe
     out: dict[str, Any] = {"n_images": len(data)}
     out["dice_truth"] = _mean_dice(truth_rows) if truth_rows else None
     out["dice_consensus_truth"] = _mean_dice(ceiling_rows) if ceiling_rows else None
+    out["dice_consensus"] = _mean_dice(consensus_rows) if consensus_rows else None
     out["dice_annotators"] = {a: _mean_dice(r) for a, r in sorted(ann_rows.items())}
     for term, key in GED_KEYS.items():
         out[key] = float(np.nanmean([g[term] for g in geds])) if geds else float("nan")
@@ -272,6 +277,8 @@ def _flat_metrics(split: str, res: dict[str, Any]) -> dict[str, float]:
     out = {f"seg_{split}_{k}": float(res[k]) for k in ("hungarian_iou", "ece", *GED_KEYS.values())}
     if res["dice_truth"]:
         out.update({f"seg_{split}_dice_truth_{b}": v for b, v in res["dice_truth"].items()})
+    if res.get("dice_consensus"):
+        out.update({f"seg_{split}_dice_consensus_{b}": v for b, v in res["dice_consensus"].items()})
     if res.get("dice_consensus_truth"):
         out[f"seg_{split}_dice_consensus_truth_mean"] = res["dice_consensus_truth"]["mean"]
     for a, d in res["dice_annotators"].items():

@@ -153,11 +153,13 @@ def check_outputs(out: Path, phantoms: dict[str, Path]) -> dict:
     for split, res in report["splits"].items():     # the annotators' consensus against the truth, same images
         ds = Dataset.open(phantoms["seg"])
         ids = ds.manifest.loc[ds.manifest["split"] == split, "image_id"].astype(str).tolist()
-        rows = [dice_per_bone(consensus(ds.masks(i), ds.annotator_weights(i)),
-                              read_label_map(ds.root / "truth" / "masks" / f"{i}.png")) for i in ids]
+        agreed = {i: consensus(ds.masks(i), ds.annotator_weights(i)) for i in ids}
+        rows = [dice_per_bone(agreed[i], read_label_map(ds.root / "truth" / "masks" / f"{i}.png")) for i in ids]
+        model_rows = [dice_per_bone(read_label_map(out / "labels" / "seg" / f"{i}.png"), agreed[i]) for i in ids]
         for bone in BONES:
             expected = np.nanmean([r[bone] for r in rows])
             assert res["dice_consensus_truth"][bone] == pytest.approx(expected) and 0.6 < expected <= 1
+            assert res["dice_consensus"][bone] == pytest.approx(np.nanmean([r[bone] for r in model_rows]))
     assert list((out / "figures").glob("*.png"))
     hist = pd.read_parquet(out / "history.parquet")
     assert {"train_loss", "val_ged", "lr"} <= set(hist["metric"])
