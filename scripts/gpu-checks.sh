@@ -16,7 +16,8 @@
 #   ssl:     `bench perf ssl --profile paper`: (a) end to end, (b) model-only ceiling, (c) conventional pipeline;
 #   det:     with seg and ssl, the same benchmarks with run.deterministic=true against the default auto;
 #   train:   quick-profile trainings side by side on the GPU, seed 0, until the time left is what the later
-#            steps need (GPU_CHECKS_TRAIN): `mose-compiled` = `radiogrammetry` with segmentation.compile=default
+#            steps wanted need (entry 180 s, suite 130 s; a cut training resumes in a second call), chosen by
+#            GPU_CHECKS_TRAIN: `mose-compiled` = `radiogrammetry` with segmentation.compile=default
 #            (the paper profile's auto on CUDA: a whole compiled training, its eval graphs and predictions
 #            included; epoch seconds against the eager `mose`), `mose` = `radiogrammetry` eager (MoSE
 #            segmentation -> per-bone Dice, GED; predicted-mask 2MCI r vs truth), `single` = the same with
@@ -130,9 +131,11 @@ if want ssl; then
   fi
 fi
 
-# quick trainings side by side (OMP threads split between them), up to the end of the budget: they come
-# first; compile and suite run afterwards only when enough time is left (150 s and 80 s)
-TRAIN_END=$(( BUDGET - 20 ))
+# quick trainings side by side (OMP threads split between them). They stop early enough to leave the later
+# steps wanted their time (entry 180 s, suite 130 s; compile runs only when 150 s are left); a training cut
+# there resumes from its last saved minute in a second call (GPU_CHECKS_STEPS=train)
+RESERVE=20; want entry && RESERVE=$(( RESERVE + 180 )); want suite && RESERVE=$(( RESERVE + 130 ))
+TRAIN_END=$(( BUDGET - RESERVE ))
 run() { # name, extra args...
   local name=$1; shift
   OSTEOBENCH_EPOCH_LINES=1 OMP_NUM_THREADS=5 timeout "$(left $TRAIN_END)" $BENCH run --profile "$RUN_PROFILE" --seeds 0 --device "$DEV" \
