@@ -21,8 +21,9 @@
 #            (the paper profile's auto on CUDA: a whole compiled training, its eval graphs and predictions
 #            included; epoch seconds against the eager `mose`), `mose` = `radiogrammetry` eager (MoSE
 #            segmentation -> per-bone Dice, GED; predicted-mask 2MCI r vs truth), `single` = the same with
-#            `segmentation.model=single` (Table 5's segmenter), `mose-g16` = `mose` with gamma0 = 1/16 (every
-#            sample carries mass until the switch: does the mixture still collapse onto one expert?),
+#            `segmentation.model=single` (Table 5's segmenter), `mose-g16` = `mose` with gamma0 = 1/16 annealed
+#            linearly to 1 over 30 epochs (the paper's "from 1/N to 1, gradually"; every sample carries mass
+#            at first: does the mixture still collapse onto one expert, and do the label maps improve?),
 #            `mose-long` = `mose` for 150 epochs, `landmarks` = the landmark stage of `hsieh` (error in mm on
 #            the seg test split; stopped once written); then scripts/seg_label_rules.py on every MoSE model
 #            (label-rules.txt: Dice against truth, annotators and consensus of the mixture mean, the top
@@ -148,7 +149,8 @@ if want train; then
   want entry && gen_phantoms "$PERF_PROFILE" 5
   wanttrain mose && run mose --entry radiogrammetry &
   wanttrain mose-compiled && run mose-compiled --entry radiogrammetry --set segmentation.compile=default &
-  wanttrain mose-g16 && run mose-g16 --entry radiogrammetry --set segmentation.gamma0=0.0625 &
+  wanttrain mose-g16 && run mose-g16 --entry radiogrammetry --set segmentation.gamma0=0.0625 \
+    --set segmentation.gamma_schedule=linear --set segmentation.gamma_anneal_epochs=30 &
   wanttrain mose-long && run mose-long --entry radiogrammetry --set segmentation.epochs=150 &
   wanttrain single && run single --entry radiogrammetry --set segmentation.model=single &
   if wanttrain landmarks; then
