@@ -21,9 +21,21 @@ COMPILE_MODES: tuple[str, ...] = get_args(CompileMode)
 SegCompileMode = Literal["auto", "off", "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune"]
 
 
+def triton_available() -> bool:
+    """Whether inductor can generate GPU kernels here (Triton importable and a CUDA device it supports)."""
+    try:
+        from torch.utils._triton import has_triton
+    except ImportError:          # the private helper moved: look for the package itself
+        import importlib.util
+
+        return importlib.util.find_spec("triton") is not None
+    return has_triton()
+
+
 def segmentation_compile_mode(mode: str, model_kind: str, device: "torch.device | str") -> str:
     """The mode ``segmentation.compile`` stands for: ``auto`` is ``default`` for the MoSE U-Net on CUDA
-    and ``off`` otherwise; any other value is itself.
+    where Triton is available, and ``off`` otherwise (a CUDA host without Triton trains eager instead
+    of failing at its first step); any other value is itself.
 
     Measured with ``bench perf seg --profile quick`` (batch 16, 320x208 canvas), NVIDIA H200,
     2026-11-27: MoSE 111.4 -> 67.0 ms a step compiled (its K x S fusion head is element-wise and
@@ -33,7 +45,9 @@ def segmentation_compile_mode(mode: str, model_kind: str, device: "torch.device 
     """
     if mode != "auto":
         return mode
-    return "default" if model_kind == "mose" and torch.device(device).type == "cuda" else "off"
+    if model_kind != "mose" or torch.device(device).type != "cuda":
+        return "off"
+    return "default" if triton_available() else "off"
 
 
 def compile_module(module: nn.Module, mode: str) -> None:
@@ -43,4 +57,5 @@ def compile_module(module: nn.Module, mode: str) -> None:
     module.compile(mode=None if mode == "default" else mode, dynamic=False)
 
 
-__all__ = ["COMPILE_MODES", "CompileMode", "SegCompileMode", "compile_module", "segmentation_compile_mode"]
+__all__ = ["COMPILE_MODES", "CompileMode", "SegCompileMode", "compile_module", "segmentation_compile_mode",
+           "triton_available"]

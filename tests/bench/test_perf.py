@@ -354,7 +354,10 @@ def test_segment_projection_prices_the_compilation_once(monkeypatch, mode, devic
     import methods.segmentation.perf as seg_perf
     from methods.perf_suite import segment_cost
 
+    import methods.compiling as compiling
+
     registry.load_entries()
+    monkeypatch.setattr(compiling, "triton_available", lambda: True)
     monkeypatch.setattr(seg_perf, "benchmark_seg_step",
                         lambda cfg, device, **kw: {"step_ms": 100.0, "first_step_s": 2.5 if compiled else 0.1})
 

@@ -62,10 +62,14 @@ def test_unknown_segmentation_compile_mode_is_refused():
     assert resolve("smoke", sets={"segmentation.compile": "reduce-overhead"}).segmentation.compile == "reduce-overhead"
 
 
-def test_auto_compiles_the_mose_unet_on_cuda_only():
-    """segmentation.compile defaults to auto: inductor's default mode for MoSE on CUDA (measured faster),
-    eager for the single decoder (measured slower) and on the CPU; an explicit mode is kept."""
+def test_auto_compiles_the_mose_unet_on_cuda_only(monkeypatch):
+    """segmentation.compile defaults to auto: inductor's default mode for MoSE on CUDA with Triton
+    (measured faster), eager for the single decoder (measured slower), on the CPU and on a CUDA host
+    without Triton; an explicit mode is kept."""
+    import methods.compiling as compiling
     from methods.compiling import segmentation_compile_mode
+
+    monkeypatch.setattr(compiling, "triton_available", lambda: True)
 
     assert SegmentationConfig().compile == "auto"
     assert resolve("paper").segmentation.compile == "auto" and resolve("quick").segmentation.compile == "off"
@@ -74,6 +78,9 @@ def test_auto_compiles_the_mose_unet_on_cuda_only():
     assert table == {("mose", "cuda"): "default", ("mose", "cuda:1"): "default", ("mose", "cpu"): "off",
                      ("single", "cuda"): "off", ("single", "cuda:1"): "off", ("single", "cpu"): "off"}
     assert segmentation_compile_mode("off", "mose", "cuda") == "off"
+    monkeypatch.setattr(compiling, "triton_available", lambda: False)
+    assert segmentation_compile_mode("auto", "mose", "cuda") == "off"
+    assert segmentation_compile_mode("default", "mose", "cuda") == "default"       # asked for: kept
     assert segmentation_compile_mode("reduce-overhead", "single", "cpu") == "reduce-overhead"
     model = build_model(make_spec(SegmentationConfig(base_width=4, max_width=8, levels=3, convs=1), (32, 48), 8))
     assert compile_model(model, "auto") == "off"                          # weights on the CPU: eager
