@@ -24,7 +24,8 @@
 #            `segmentation.model=single` (Table 5's segmenter), `mose-g16` = `mose` with gamma0 = 1/16 annealed
 #            linearly to 1 over 30 epochs (the paper's "from 1/N to 1, gradually"; every sample carries mass
 #            at first: does the mixture still collapse onto one expert, and do the label maps improve?),
-#            `mose-long` = `mose` for 150 epochs, `landmarks` = the landmark stage of `hsieh` (error in mm on
+#            `mose-long` = `mose` for 150 epochs, `mose-ce01` = `mose` with ce_weight 0.01 (the CE term pulls
+#            towards the annotators' pixel-wise majority, here smaller bones), `landmarks` = the landmark stage of `hsieh` (error in mm on
 #            the seg test split; stopped once written); then scripts/seg_label_rules.py on every MoSE model
 #            (label-rules.txt: Dice against truth, annotators and consensus of the mixture mean, the top
 #            expert, each expert and the vote; the mean routing weights);
@@ -152,6 +153,7 @@ if want train; then
   wanttrain mose-g16 && run mose-g16 --entry radiogrammetry --set segmentation.gamma0=0.0625 \
     --set segmentation.gamma_schedule=linear --set segmentation.gamma_anneal_epochs=30 &
   wanttrain mose-long && run mose-long --entry radiogrammetry --set segmentation.epochs=150 &
+  wanttrain mose-ce01 && run mose-ce01 --entry radiogrammetry --set segmentation.ce_weight=0.01 &
   wanttrain single && run single --entry radiogrammetry --set segmentation.model=single &
   if wanttrain landmarks; then
     run landmarks --entry hsieh &
