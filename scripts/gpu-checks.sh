@@ -25,8 +25,8 @@
 #            linearly to 1 over 30 epochs (the paper's "from 1/N to 1, gradually"; every sample carries mass
 #            at first: does the mixture still collapse onto one expert, and do the label maps improve?),
 #            `mose-long` = `mose` for 150 epochs, `mose-ce01` = `mose` with ce_weight 0.01 (the CE term pulls
-#            towards the annotators' pixel-wise majority, here smaller bones), `landmarks` = the landmark stage of `hsieh` (error in mm on
-#            the seg test split; stopped once written); then scripts/seg_label_rules.py on every MoSE model
+#            towards the annotators' pixel-wise majority, here smaller bones), `landmarks` = the landmark
+#            stage of `hsieh` (error in mm on the seg test split; stopped once written); then scripts/seg_label_rules.py on every MoSE model
 #            (label-rules.txt: Dice against truth, annotators and consensus of the mixture mean, the top
 #            expert, each expert and the vote; the mean routing weights);
 #   entry:   one full entry at the paper profile, run then projected: `jang` (VGG16 on the wrist ROI; with
