@@ -26,9 +26,10 @@
 #            at first: does the mixture still collapse onto one expert, and do the label maps improve?),
 #            `mose-long` = `mose` for 150 epochs, `mose-ce01` = `mose` with ce_weight 0.01 (the CE term pulls
 #            towards the annotators' pixel-wise majority, here smaller bones), `landmarks` = the landmark
-#            stage of `hsieh` (error in mm on the seg test split; stopped once written); then scripts/seg_label_rules.py on every MoSE model
-#            (label-rules.txt: Dice against truth, annotators and consensus of the mixture mean, the top
-#            expert, each expert and the vote; the mean routing weights);
+#            stage of `hsieh` (error in mm on the seg test split; stopped once written); then
+#            scripts/seg_label_rules.py on every MoSE model (label-rules.txt: Dice against truth, annotators
+#            and consensus of the mixture mean, the top expert, each expert and the vote; the mean routing
+#            weights);
 #   entry:   one full entry at the paper profile, run then projected: `jang` (VGG16 on the wrist ROI; with
 #            roi.source=annotator, what `auto` picks on the phantom, so it trains no unused segmenter), then
 #            `bench perf suite --entry jang --measured`: each stage's measured seconds (its _stage.json) beside
