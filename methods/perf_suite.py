@@ -178,8 +178,8 @@ def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
              CostPart("val GED", validations * seg.val, ged_s()),
              CostPart("predict seg images", seg.n, predict_s(seg)),
              CostPart("predict cls images", cls.n, predict_s(cls))]
-    if segmentation_compile_mode(cfg.compile, cfg.model, m.device) != "off":   # the training graphs, once a process
-        # (predictions are timed eager)
+    # compiled: the training graphs once a process (validation and predictions are timed eager)
+    if segmentation_compile_mode(cfg.compile, cfg.model, m.device) != "off":
         parts.append(CostPart("compile", 1, m.cached(("seg-step", repr(cfg), bs, "compile"),
                                                      lambda: first.get("compile", 0.0))))
     return StageCost(parts, note=f"{cfg.model}, {cfg.epochs} epochs x {seg.train // bs} steps of {bs}")

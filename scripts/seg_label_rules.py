@@ -5,8 +5,8 @@
 SEGMENT_DIR is a `segment` stage folder (its model.pt), DATASET_DIR the `seg` phantom it was trained
 on (truth/ masks needed). For every image of the split the model runs once, as `predict_many` does
 (one latent draw shared by the images, the compact form: K x S samples weighted pi_k / S); each rule's
-canvas probabilities are cropped and upsampled to native size as `predict._finish` does and labelled
-by argmax. Rules:
+canvas probabilities go through `predict._finish`, the stage's own crop, upsampling to native size and
+argmax. Rules:
 
     mean        the mixture mean sum_n w_n p_n (what the segment stage writes; its Dice vs truth must
                 equal eval.json's, printed beside it as a check)
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -30,18 +31,18 @@ import torch
 import torch.nn.functional as F
 
 from bench.data.format import Dataset
+from bench.errors import BenchError
 from methods.segmentation.agreement import consensus
 from methods.segmentation.data import image_to_canvas
 from methods.segmentation.evaluate import dice_per_bone
-from methods.segmentation.predict import _autocast, load_model
+from methods.segmentation.predict import _autocast, _finish, load_model
 from methods.segmentation.stage import truth_mask
 
 
-def native_labels(probs: torch.Tensor, pl) -> np.ndarray:
-    """C x H x W canvas probabilities -> native uint8 labels (predict._finish's crop and upsampling)."""
-    crop = probs[:, pl.top:pl.top + pl.size[0], pl.left:pl.left + pl.size[1]].float()
-    native = F.interpolate(crop[None], size=pl.native, mode="bilinear", align_corners=False)[0]
-    return native.argmax(0).to(torch.uint8).cpu().numpy()
+def native_labels(probs: torch.Tensor, pl, log_pi: torch.Tensor) -> np.ndarray:
+    """C x H x W canvas probabilities -> native uint8 labels, as the stage labels the mixture mean."""
+    no_map = torch.zeros_like(probs[0])              # the uncertainty maps play no part in the labels
+    return _finish(probs, no_map, no_map, pl, log_pi).labels
 
 
 def rule_probs(probs: torch.Tensor, weights: torch.Tensor, log_pi: torch.Tensor, experts: int) -> dict[str, torch.Tensor]:
@@ -90,7 +91,7 @@ def main() -> None:
         masks = ds.masks(image_id)
         refs = {"truth": truth, **masks, "consensus": consensus(masks, ds.annotator_weights(image_id))}
         for rule, p in rule_probs(probs, w, log_pi, spec.experts).items():
-            labels = native_labels(p, pl)
+            labels = native_labels(p, pl, log_pi)
             for ref, mask in refs.items():
                 rows.setdefault(rule, {}).setdefault(ref, []).append(dice_per_bone(labels, mask))
     print(f"{args.segment_dir.name}: {len(ids)} {args.split} images, canvas {canvas[0]}x{canvas[1]}, "
@@ -110,4 +111,8 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except BenchError as exc:       # bad input: the message, exit 2, no traceback (as the bench CLI)
+        print(f"seg_label_rules: error: {exc}", file=sys.stderr)
+        sys.exit(2)
