@@ -215,7 +215,8 @@ def export_bundle(run_path: str | Path, out: str | Path, device: torch.device | 
         "format": FORMAT, "format_version": FORMAT_VERSION, "package": "osteobench", "package_version": __version__,
         "source": _source(run_config if ensemble else members[0].config),
         "segmentation": {"spec": {**seg.spec.to_dict(), "extra": {}}, "training": seg.spec.extra,
-                         "seed": 0, "samples": None, "batch_size": int(seg_cfg.get("predict_batch", 8))},
+                         "seed": 0, "samples": int(seg_cfg.get("predict_draws", 0)) or None,     # None: S
+                         "batch_size": int(seg_cfg.get("predict_batch", 8))},
         "encoder": {"name": saved_encoder["encoder"], "input_size": int(config["multicrop"]["global_size"]),
                     "num_features": num_features},
         "head": {"standardize": standardize, "classes": LABELS},

@@ -4,7 +4,8 @@
 
 SEGMENT_DIR is a `segment` stage folder (its model.pt), DATASET_DIR the `seg` phantom it was trained
 on (truth/ masks needed). For every image of the split the model runs once, as `predict_many` does
-(one latent draw shared by the images, the compact form: K x S samples weighted pi_k / S); each rule's
+(one latent draw shared by the images, the compact form: K x D samples weighted pi_k / D, D the
+stage's `predict_draws` from its eval.json); each rule's
 canvas probabilities go through `predict._finish`, the stage's own crop, upsampling to native size and
 argmax. Rules:
 
@@ -74,7 +75,10 @@ def main() -> None:
     ids = [i for i in ds.image_ids if ds.row(i)["split"] == args.split]
     spec, canvas = model.spec, tuple(model.spec.canvas)
     gen = torch.Generator().manual_seed(args.seed)
-    eps = torch.randn(spec.experts, spec.samples, spec.latent, generator=gen).to(device)   # as predict_many
+    stage_eval = args.segment_dir / "eval.json"
+    report = json.loads(stage_eval.read_text()) if stage_eval.is_file() else {}
+    draws = int(report.get("predict_draws") or spec.samples)     # the stage's draws per expert
+    eps = torch.randn(spec.experts, draws, spec.latent, generator=gen).to(device)          # as predict_many
     model.eval()
     rows: dict[str, dict[str, list[dict]]] = {}
     pis = []
@@ -95,11 +99,10 @@ def main() -> None:
             for ref, mask in refs.items():
                 rows.setdefault(rule, {}).setdefault(ref, []).append(dice_per_bone(labels, mask))
     print(f"{args.segment_dir.name}: {len(ids)} {args.split} images, canvas {canvas[0]}x{canvas[1]}, "
-          f"K={spec.experts}, S={spec.samples}; mean pi_k {np.round(np.mean(pis, axis=0, dtype=np.float64), 3).tolist()}, "
+          f"K={spec.experts}, S={spec.samples}, {draws} draws per expert; mean pi_k {np.round(np.mean(pis, axis=0, dtype=np.float64), 3).tolist()}, "
           f"mean max_k pi_k {np.mean(np.max(pis, axis=1)):.3f}")
-    stage_eval = args.segment_dir / "eval.json"
-    if stage_eval.is_file():
-        split = json.loads(stage_eval.read_text())["splits"].get(args.split, {})
+    if report:
+        split = report["splits"].get(args.split, {})
         print(f"  eval.json dice_truth (the 'mean' rule must match): "
               f"{ {k: round(v, 3) for k, v in (split.get('dice_truth') or {}).items()} }")
     for rule, refs in rows.items():

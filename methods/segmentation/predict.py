@@ -1,9 +1,10 @@
 """Prediction on radiographs of any size, and saving / loading the model (issue 4, deliverable 6).
 
 Convention: the image is fitted onto the model's working canvas (aspect kept, padded; see
-:mod:`methods.segmentation.data`), the model runs in the compact form (K x S samples with weights
-pi_k / S; ``samples`` sets S; one latent draw from `seed` shared by all images, so a prediction
-does not depend on its batch), and the mixture's MEAN class probabilities sum_n w_n p_n are cropped
+:mod:`methods.segmentation.data`), the model runs in the compact form (K x D samples with weights
+pi_k / D: D latent draws per expert, ``samples``, default the training S; one draw of the latents from
+`seed` shared by all images, so a prediction does not depend on its batch; the backbone runs once and
+the fusion head S draws at a time), and the mixture's MEAN class probabilities sum_n w_n p_n are cropped
 to the image's area and upsampled bilinearly to the native size, where the argmax gives the label
 map. Uncertainty stays at the working resolution (the image's area on the canvas): the entropy of
 the mean H[sum_n w_n p_n] and the mutual information H[mean] - sum_n w_n H[p_n] (>= 0 by concavity;
@@ -25,7 +26,7 @@ from bench.atomic import atomic_write_bytes
 from bench.data.format import BONES, CLASS_NAMES
 from bench.errors import BenchError
 from methods.segmentation.data import Placement, image_to_canvas
-from methods.segmentation.model import ModelSpec, build_model
+from methods.segmentation.model import ModelSpec, MoSEUNet, build_model
 
 
 @dataclass
@@ -55,6 +56,37 @@ def _autocast(device: torch.device):
     return torch.autocast("cpu", enabled=False)
 
 
+@torch.no_grad()
+def mixture_moments(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor,
+                    chunk: int | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(mean sum_n w_n p_n: B x C x H x W, expected entropy sum_n w_n H[p_n]: B x H x W, log pi: B x K)
+    of the compact form over the latent draws `eps` (K x D x L, weights pi_k / D), in float32.
+
+    The backbone runs once; the fusion head runs `chunk` draws per expert at a time (default the
+    training S), so D can be large without holding B x K x D probability maps. The single-decoder
+    model has one sample of weight 1."""
+    device = x.device
+    if not isinstance(model, MoSEUNet):
+        with _autocast(device):
+            out = model(x)
+        p = out.probs[:, 0]
+        return p, -_xlogx(p).sum(1), out.log_pi.float()
+    with _autocast(device):
+        u_d, log_pi = model.encode(x)
+    draws, step = eps.shape[1], chunk or model.spec.samples
+    w = log_pi.exp() / draws                                                        # B x K, per draw
+    mean = exp_ent = None
+    for start in range(0, draws, step):
+        part = eps[:, start:start + step]
+        with _autocast(device):
+            logits = model.head(u_d, model.latent_grid(x.shape[0], part.shape[1], eps=part))
+        p = torch.softmax(logits.float(), dim=3)                                    # B x K x n x C x H x W
+        m = torch.einsum("bk,bknchw->bchw", w, p)
+        e = -torch.einsum("bk,bknhw->bhw", w, _xlogx(p).sum(3))
+        mean, exp_ent = (m, e) if mean is None else (mean + m, exp_ent + e)
+    return mean, exp_ent, log_pi
+
+
 def predict_many(model: torch.nn.Module, images: Iterable[np.ndarray], *, batch_size: int = 8,
                  samples: int | None = None, seed: int = 0) -> Iterator[Prediction]:
     """Predictions for images (float32 H x W in [0, 1], any sizes), `batch_size` per forward pass."""
@@ -72,16 +104,11 @@ def predict_many(model: torch.nn.Module, images: Iterable[np.ndarray], *, batch_
         x = torch.stack([t for t, _ in batch]).to(device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
-        with torch.no_grad(), _autocast(device):
-            out = model(x, eps=eps)
-        with torch.no_grad():
-            probs, w = out.probs, out.weights.float()                      # B x N x C x H x W, B x N
-            mean = torch.einsum("bn,bnchw->bchw", w, probs)
-            ent = -_xlogx(mean).sum(1)
-            exp_ent = -torch.einsum("bn,bnhw->bhw", w, _xlogx(probs).sum(2))
-            mi = ent - exp_ent
-            for i, (_, pl) in enumerate(batch):
-                yield _finish(mean[i], ent[i], mi[i], pl, out.log_pi[i])
+        mean, exp_ent, log_pi = mixture_moments(model, x, eps)
+        ent = -_xlogx(mean).sum(1)
+        mi = ent - exp_ent
+        for i, (_, pl) in enumerate(batch):
+            yield _finish(mean[i], ent[i], mi[i], pl, log_pi[i])
         batch.clear()
 
     for image in images:

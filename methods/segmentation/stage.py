@@ -7,7 +7,8 @@ Output folder::
     confidence/<role>.parquet         image_id, bone, confidence, area_px, present
     uncertainty/<role>/<image_id>.png entropy of the mixture mean, 8 bit (255 = log 8 nats), working size
     uncertainty/<role>.parquet        image_id, mean_entropy, mean_mutual_info (nats, image area)
-    eval.json                         training summary, per evaluated `seg` split the metrics below, and
+    eval.json                         training summary, ``predict_draws`` (latent draws per expert behind the
+                                      label maps), per evaluated `seg` split the metrics below, and
                                       ``unlearnt_bones`` (also warned about): bones whose mean Dice against
                                       the annotators on the first evaluated split is below 0.5
     figures/<image_id>.png            image | label overlay | entropy, for a few evaluation images
@@ -79,12 +80,13 @@ def out_of_memory(cfg: SegmentationConfig, canvas: tuple[int, int]) -> BenchErro
 
 
 def predict_dataset(model: torch.nn.Module, dataset: Dataset, role: str, out_dir: Path, *, batch_size: int,
-                    keep: set[str] = frozenset()) -> dict[str, np.ndarray]:
-    """Write labels, uncertainty and confidence of every image; return the label maps of `keep`."""
+                    draws: int = 0, keep: set[str] = frozenset()) -> dict[str, np.ndarray]:
+    """Write labels, uncertainty and confidence of every image (`draws` latent draws per expert, 0: the
+    training S); return the label maps of `keep`."""
     ids = dataset.image_ids
     conf_rows, unc_rows, kept = [], [], {}
     images = (dataset.image(i) for i in ids)
-    for image_id, pred in zip(ids, predict_many(model, images, batch_size=batch_size)):
+    for image_id, pred in zip(ids, predict_many(model, images, batch_size=batch_size, samples=draws or None)):
         _write_png(out_dir / "labels" / role / f"{image_id}.png", pred.labels)
         _write_png(out_dir / "uncertainty" / role / f"{image_id}.png", entropy_png(pred.entropy))
         for bone in BONES:
@@ -229,9 +231,10 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
         if role not in ctx.datasets:
             continue
         got = predict_dataset(model, ctx.datasets[role], role, ctx.out_dir, batch_size=cfg.predict_batch,
-                              keep=keep if role == "seg" else set())
+                              draws=cfg.predict_draws, keep=keep if role == "seg" else set())
         labels.update(got)
-    report: dict[str, Any] = {"train": train_info, "splits": {}}
+    draws = (cfg.predict_draws or model.spec.samples) if model.spec.kind == "mose" else 1
+    report: dict[str, Any] = {"train": train_info, "predict_draws": draws, "splits": {}}
     for split, data in evals.items():
         if not len(data):
             continue

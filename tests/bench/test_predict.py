@@ -29,7 +29,7 @@ from methods.export import export_bundle
 from methods.screen import ScreenConfig, assess
 
 SETS = ["segmentation.levels=3", "segmentation.base_width=4", "segmentation.working_size=32",
-        "segmentation.epochs=2", "segmentation.figures=0", "segmentation.eval_splits=",
+        "segmentation.epochs=2", "segmentation.figures=0", "segmentation.eval_splits=", "segmentation.predict_draws=3",
         "patches.figure_images=0", "patches.min_confidence=0", "ssl.epochs=1", "ssl.max_steps_per_epoch=1",
         "ssl.batch_size=8", "probe.epochs=5"]
 PERMISSIVE = ScreenConfig(min_bones=1, min_confidence=0.0)   # decisions even from the tiny model
@@ -72,6 +72,7 @@ def _radiographs(dataset: Dataset, ids: list[str]):
 
 
 def test_bundle_reproduces_the_runs_bone_and_subject_probabilities(run, bundle):
+    assert bundle.meta["segmentation"]["samples"] == 3          # the run's segmentation.predict_draws
     dataset = run["cls"]
     manifest = dataset.manifest
     results = bundle.predict(_radiographs(dataset, manifest["image_id"].tolist()),
@@ -81,7 +82,7 @@ def test_bundle_reproduces_the_runs_bone_and_subject_probabilities(run, bundle):
     ours = {(sid, bone): p for sid, res in zip(manifest["subject_id"], results)
             for bone, p in res.bone_probability.items() if np.isfinite(p)}
     assert set(ours) == set(ref.index)                      # the same bones usable, image by image
-    assert len(ours) >= 20
+    assert len(ours) >= 12                                  # enough bones for the comparison to mean something
     diff = np.abs(np.array([ours[k] for k in ref.index]) - ref.to_numpy())
     assert diff.max() < 1e-5
     # subject level (eq. 10) against the run's predictions.parquet; the smoke phantom has one image per subject

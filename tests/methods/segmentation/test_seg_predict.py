@@ -10,7 +10,7 @@ from bench.data.format import BONES
 from bench.errors import BenchError
 from methods.segmentation.data import image_to_canvas
 from methods.segmentation.model import ModelSpec, build_model
-from methods.segmentation.predict import entropy_png, load_model, predict, predict_many, save_model
+from methods.segmentation.predict import entropy_png, load_model, mixture_moments, predict, predict_many, save_model
 
 
 def make_model(kind: str = "mose", seed: int = 0, head: str = "shared") -> torch.nn.Module:
@@ -121,3 +121,37 @@ def test_bad_inputs_raise_bench_error(tmp_path):
 def test_entropy_png_scale():
     e = np.array([[0.0, np.log(8) / 2, np.log(8), 5.0]])
     assert entropy_png(e).tolist() == [[0, 128, 255, 255]]
+
+
+@pytest.mark.parametrize("head", ["shared", "per_expert"])
+def test_mixture_moments_over_many_draws_in_chunks(head):
+    """D draws per expert, the head run a few draws at a time, give the compact form's mean and
+    expected entropy of one forward over all K x D samples (weights pi_k / D)."""
+    model = make_model("mose", head=head)
+    x = torch.stack([image_to_canvas(phantom_like(60 + 9 * i, 40, seed=i), model.spec.canvas)[0] for i in range(2)])
+    eps = torch.randn(3, 7, 2, generator=torch.Generator().manual_seed(11))            # D = 7, not a multiple of S
+    with torch.no_grad():
+        out = model(x, eps=eps)
+    p, w = out.probs.double(), out.weights.double()                                    # B x 21 x C x H x W
+    mean = torch.einsum("bn,bnchw->bchw", w, p)
+    exp_ent = -torch.einsum("bn,bnhw->bhw", w, (p * torch.log(p)).sum(2))
+    for chunk in (1, 2, 7, None):
+        m, e, log_pi = mixture_moments(model, x, eps, chunk=chunk)
+        assert torch.allclose(m.double(), mean, atol=1e-6) and torch.allclose(e.double(), exp_ent, atol=1e-5)
+        assert torch.allclose(log_pi, out.log_pi)
+
+
+def test_prediction_draws_set_the_mean():
+    """`samples` draws per expert: the first S of the same generator stream are the default's draws only
+    when D = S, and the label map then equals the default prediction."""
+    model = make_model("mose")
+    image = phantom_like(70, 50, seed=3)
+    assert np.array_equal(predict(model, image, samples=2, seed=5).labels, predict(model, image, seed=5).labels)
+    many = predict(model, image, samples=64, seed=5)
+    x, pl = image_to_canvas(image, model.spec.canvas)
+    eps = torch.randn(3, 64, 2, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        mean = model(x[None], eps=eps).mean_probs()[0]
+    crop = mean[:, pl.top:pl.top + pl.size[0], pl.left:pl.left + pl.size[1]]
+    native = F.interpolate(crop[None], size=image.shape, mode="bilinear", align_corners=False)[0]
+    assert (native.argmax(0).numpy() == many.labels).mean() > 0.999
