@@ -24,10 +24,12 @@
 #            `segmentation.model=single` (Table 5's segmenter), `mose-g16` = `mose` with gamma0 = 1/16 annealed
 #            linearly to 1 over 30 epochs (the paper's "from 1/N to 1, gradually"; every sample carries mass
 #            at first: does the mixture still collapse onto one expert, and do the label maps improve?),
-#            `mose-long` = `mose` for 150 epochs, `mose-ce01` = `mose` with ce_weight 0.01 (the CE term pulls
-#            towards the annotators' pixel-wise majority, here smaller bones), `landmarks` = the landmark
-#            stage of `hsieh` (error in mm on the seg test split; stopped once written); then
-#            scripts/seg_label_rules.py on every MoSE model (label-rules.txt: Dice against truth, annotators
+#            `mose-c16` = `mose` with gamma held at 1/16 = 1/N (every sample carries exactly 1/N of the mass:
+#            the sample weights pi_k / S stay calibrated, the routing learns nothing; do the label maps reach
+#            the single decoder's Dice?), `mose-long` = `mose` for 150 epochs, `mose-ce01` = `mose` with
+#            ce_weight 0.01 (the CE term pulls towards the annotators' pixel-wise majority, here smaller bones),
+#            `landmarks` = the landmark stage of `hsieh` (error in mm on the seg test split; stopped once
+#            written); then scripts/seg_label_rules.py on every MoSE model (label-rules.txt: Dice against truth, annotators
 #            and consensus of the mixture mean, the top expert, each expert and the vote; the mean routing
 #            weights);
 #   entry:   one full entry at the paper profile, run then projected: `jang` (VGG16 on the wrist ROI; with
@@ -153,6 +155,8 @@ if want train; then
   wanttrain mose-compiled && run mose-compiled --entry radiogrammetry --set segmentation.compile=default &
   wanttrain mose-g16 && run mose-g16 --entry radiogrammetry --set segmentation.gamma0=0.0625 \
     --set segmentation.gamma_schedule=linear --set segmentation.gamma_anneal_epochs=30 &
+  wanttrain mose-c16 && run mose-c16 --entry radiogrammetry --set segmentation.gamma0=0.0625 \
+    --set segmentation.gamma_schedule=constant &
   wanttrain mose-long && run mose-long --entry radiogrammetry --set segmentation.epochs=150 &
   wanttrain mose-ce01 && run mose-ce01 --entry radiogrammetry --set segmentation.ce_weight=0.01 &
   wanttrain single && run single --entry radiogrammetry --set segmentation.model=single &
