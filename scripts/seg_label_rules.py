@@ -99,7 +99,8 @@ def main() -> None:
             for ref, mask in refs.items():
                 rows.setdefault(rule, {}).setdefault(ref, []).append(dice_per_bone(labels, mask))
     print(f"{args.segment_dir.name}: {len(ids)} {args.split} images, canvas {canvas[0]}x{canvas[1]}, "
-          f"K={spec.experts}, S={spec.samples}, {draws} draws per expert; mean pi_k {np.round(np.mean(pis, axis=0, dtype=np.float64), 3).tolist()}, "
+          f"K={spec.experts}, S={spec.samples}, {draws} draws per expert; "
+          f"mean pi_k {np.round(np.mean(pis, axis=0, dtype=np.float64), 3).tolist()}, "
           f"mean max_k pi_k {np.mean(np.max(pis, axis=1)):.3f}")
     if report:
         split = report["splits"].get(args.split, {})
