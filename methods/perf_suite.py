@@ -134,7 +134,7 @@ def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
             rng = np.random.default_rng(0)
             images = [rng.random((size.height, size.width), dtype=np.float32) for _ in range(cfg.predict_batch)]
             return m.time(lambda _: list(predict_many(model, images, batch_size=cfg.predict_batch,
-                                                      samples=cfg.predict_draws or None))) / len(images)
+                                                      samples=cfg.predict_draws))) / len(images)
         return m.cached(("seg-predict", repr(cfg), size.height, size.width), measure)
 
     def val_forward_s() -> float:

@@ -89,7 +89,8 @@ def mixture_moments(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor,
 
 def predict_many(model: torch.nn.Module, images: Iterable[np.ndarray], *, batch_size: int = 8,
                  samples: int | None = None, seed: int = 0) -> Iterator[Prediction]:
-    """Predictions for images (float32 H x W in [0, 1], any sizes), `batch_size` per forward pass."""
+    """Predictions for images (float32 H x W in [0, 1], any sizes), `batch_size` per forward pass;
+    `samples` latent draws per expert (None or 0: the training S)."""
     device = next(model.parameters()).device
     canvas = tuple(model.spec.canvas)
     gen = torch.Generator(device="cpu")

@@ -86,7 +86,7 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, role: str, out_dir
     ids = dataset.image_ids
     conf_rows, unc_rows, kept = [], [], {}
     images = (dataset.image(i) for i in ids)
-    for image_id, pred in zip(ids, predict_many(model, images, batch_size=batch_size, samples=draws or None)):
+    for image_id, pred in zip(ids, predict_many(model, images, batch_size=batch_size, samples=draws)):
         _write_png(out_dir / "labels" / role / f"{image_id}.png", pred.labels)
         _write_png(out_dir / "uncertainty" / role / f"{image_id}.png", entropy_png(pred.entropy))
         for bone in BONES:
