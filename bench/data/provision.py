@@ -17,7 +17,11 @@ ROLES: dict[str, str] = {"seg": "public", "cls": "clinical"}  # role -> phantom 
 
 
 def phantom_dir(cache_root: Path, preset: str, profile: str, seed: int) -> Path:
-    return Path(cache_root) / "phantom" / f"{preset}-{profile}-seed{seed}-v{__version__}"
+    """The cached phantom's folder, named by the package and the generator version (a new generator
+    never reuses an older phantom)."""
+    from bench.data.phantom.presets import GENERATOR_VERSION
+
+    return Path(cache_root) / "phantom" / f"{preset}-{profile}-seed{seed}-v{__version__}-{GENERATOR_VERSION}"
 
 
 def planned_paths(config: Config, cache_root: Path) -> dict[str, Path]:

@@ -21,6 +21,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="number of images/subjects (default: the profile's)")
     parser.add_argument("--annotators", type=int, default=None, metavar="M",
                         help="annotator label maps per image, 1-4 (default: 3)")
+    parser.add_argument("--head-exclusion", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="annotators' probabilities of leaving the distal heads out, spread over "
+                             "LOW..HIGH (default: 0.05 0.35; the phantom-1.0 generator used 0.1 0.7)")
     parser.add_argument("--prevalence", type=float, default=None, metavar="P",
                         help="target fraction with T-score < -2.5 (default: 0.30)")
     parser.add_argument("--signal", type=float, default=None, metavar="S",
@@ -40,7 +43,9 @@ def run(args: argparse.Namespace) -> int:
 
     cfg = PhantomConfig.for_preset(args.preset, args.profile)
     changes = {k: v for k, v in (("n_images", args.n), ("annotators", args.annotators),
-                                 ("prevalence", args.prevalence), ("signal", args.signal)) if v is not None}
+                                 ("prevalence", args.prevalence), ("signal", args.signal),
+                                 ("head_exclusion", args.head_exclusion and tuple(args.head_exclusion)))
+               if v is not None}
     cfg = cfg.replace(**changes)
     workers = default_workers(cfg.n_images) if args.workers is None else args.workers
     out = synthesize(args.out, seed=args.seed, config=cfg, overwrite=args.overwrite, progress=True, workers=workers)

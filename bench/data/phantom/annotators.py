@@ -6,7 +6,9 @@ Each annotator j has a style drawn once per dataset:
   flip the boundary pixels they should);
 * ripple: a smooth wobble of the outline along the bone (hand-drawn contours);
 * discrete mode: with the annotator's own probability the distal head / epiphysis is left out
-  (metacarpal heads; distal epiphyses of radius and ulna), so the truth is multimodal;
+  (metacarpal heads; distal epiphyses of radius and ulna), so the truth is multimodal; the
+  probabilities spread over `PhantomConfig.head_exclusion` (default 0.05-0.35: the minority
+  mode, so the annotators' beta-weighted majority still draws the exact bone);
 * smoothing: the drawn mask is Gaussian-smoothed and re-thresholded (rounds corners).
 Weights beta ~ Dirichlet(4, ..., 4) per image (they sum to 1), as in the paper's
 (x_i, y_i^(j), beta_i^(j)) annotations. Masks are clipped to the exposed field, and bones made
@@ -44,11 +46,14 @@ class Annotation:
     phases: tuple[float, ...]    # ripple phases (3 harmonics)
 
 
-def annotator_styles(m: int, rng: np.random.Generator) -> list[AnnotatorStyle]:
-    """Styles of m annotators: offsets spread over +-0.45 mm, head-exclusion 0.1..0.7."""
+def annotator_styles(m: int, rng: np.random.Generator,
+                     head_exclusion: tuple[float, float] = (0.05, 0.35)) -> list[AnnotatorStyle]:
+    """Styles of m annotators: offsets spread over +-0.45 mm, head-exclusion probabilities spread
+    evenly over `head_exclusion` (low, high; one annotator: the midpoint)."""
     offsets = np.linspace(-0.45, 0.45, m) if m > 1 else np.zeros(1)
     offsets = rng.permutation(offsets) + rng.uniform(-0.1, 0.1, m)
-    p_head = rng.permutation(np.linspace(0.1, 0.7, m) if m > 1 else np.full(1, 0.3))
+    low, high = head_exclusion
+    p_head = rng.permutation(np.linspace(low, high, m) if m > 1 else np.full(1, (low + high) / 2))
     return [AnnotatorStyle(name=f"a{j + 1}", offset_mm=float(np.clip(offsets[j], -0.5, 0.5)),
                            p_exclude_head=float(p_head[j]), smoothing_mm=float(rng.uniform(0.2, 0.8)),
                            ripple_mm=float(rng.uniform(0.05, 0.2)))

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 from bench.errors import BenchError
 
-GENERATOR_VERSION = "phantom-1.0"
+GENERATOR_VERSION = "phantom-1.1"   # 1.1: annotators leave the distal heads out 5-35 % (was 10-70 %)
 
 #: Paper-size settings of each preset (profile `paper`).
 PRESETS: dict[str, dict] = {
@@ -49,6 +49,9 @@ class PhantomConfig:
     width: int = 180                  # image columns (px)
     pixel_spacing_mm: float = 1.0     # isotropic detector pixel spacing (mm)
     annotators: int = 3               # M annotator label maps per image (1..4)
+    head_exclusion: tuple[float, float] = (0.05, 0.35)  # annotators' P(leave the distal head out),
+                                      # spread evenly over (low, high): a minority mode, so the
+                                      # beta-weighted majority draws the exact bone (1.0: 0.1-0.7)
     labeled: bool = False             # manifest carries sex, age, t_score and label
     prevalence: float = 0.30          # target P(T-score < -2.5) of the subject population
     signal: float = 1.0               # THE signal knob: slope of the latent bone parameters on the
@@ -106,6 +109,8 @@ class PhantomConfig:
             (self.preset in PRESETS, f"preset must be one of {', '.join(PRESETS)}"),
             (self.n_images >= 1, "the number of images (--n) must be at least 1"),
             (1 <= self.annotators <= 4, "--annotators must be between 1 and 4"),
+            (len(self.head_exclusion) == 2 and 0.0 <= self.head_exclusion[0] <= self.head_exclusion[1] <= 1.0,
+             "--head-exclusion takes two probabilities LOW HIGH with 0 <= LOW <= HIGH <= 1"),
             (0.0 < self.prevalence < 1.0, "--prevalence must lie strictly between 0 and 1"),
             (self.signal >= 0.0, "--signal must be >= 0 (1.0 is the calibrated default)"),
             (0.0 <= self.female_fraction <= 1.0, "female_fraction must lie in [0, 1]"),

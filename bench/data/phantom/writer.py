@@ -73,7 +73,7 @@ def make_case(config: PhantomConfig, seed: int, index: int, styles: list[Annotat
 
 
 def dataset_styles(config: PhantomConfig, seed: int) -> list[AnnotatorStyle]:
-    return annotator_styles(config.annotators, _rng(seed, config, 0))
+    return annotator_styles(config.annotators, _rng(seed, config, 0), config.head_exclusion)
 
 
 def _progress(iterable, total: int, enabled: bool, desc: str):

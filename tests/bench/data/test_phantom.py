@@ -137,6 +137,37 @@ def test_discrete_head_mode_occurs_and_removes_the_head(phantoms):
     assert checked > 20
 
 
+def test_head_exclusion_is_the_minority_mode_so_the_majority_draws_the_truth(tmp_path, capsys):
+    from bench.data.provision import phantom_dir
+    from bench.data.phantom.presets import GENERATOR_VERSION
+    from methods.segmentation.agreement import dataset_agreement
+
+    cfg = PhantomConfig.for_preset("public", "smoke").replace(n_images=16)
+    p_head = sorted(s.p_exclude_head for s in dataset_styles(cfg, 0))
+    assert p_head == pytest.approx([0.05, 0.2, 0.35])
+    assert [s.p_exclude_head for s in dataset_styles(cfg.replace(annotators=1), 0)] == pytest.approx([0.2])
+    old = cfg.replace(head_exclusion=(0.1, 0.7))                       # the phantom-1.0 generator
+    assert sorted(s.p_exclude_head for s in dataset_styles(old, 0)) == pytest.approx([0.1, 0.4, 0.7])
+    majority = {}
+    for name, c in (("new", cfg), ("old", old)):
+        root = synthesize(tmp_path / name, config=c, seed=0, workers=1)
+        notes = pd.read_csv(root / "truth" / "annotations.csv")
+        included = notes.assign(w=notes["weight"] * ~notes["exclude_head"]).groupby("image_id")["w"].sum()
+        majority[name] = (float(included.mean()), dataset_agreement(Dataset.open(root)).loc["consensus~truth"])
+    inclusion, agreement = majority["new"]
+    assert inclusion > 0.7 and agreement.min() > 0.96               # the weighted vote draws the exact bone
+    old_inclusion, old_agreement = majority["old"]
+    assert old_inclusion < 0.65 and old_agreement.mean() < agreement.mean() - 0.02
+    meta = json.loads((tmp_path / "old" / "dataset.json").read_text())
+    assert meta["config"]["head_exclusion"] == [0.1, 0.7] and meta["generator_version"] == GENERATOR_VERSION
+    assert phantom_dir(tmp_path, "public", "smoke", 0).name.endswith(GENERATOR_VERSION)
+    with pytest.raises(BenchError, match="head-exclusion"):
+        cfg.replace(head_exclusion=(0.5, 0.2))
+    args = ["data", "synth", "--n", "2", "--out", str(tmp_path / "bad"), "--head-exclusion", "0.2", "1.5"]
+    assert main(args) == 2 and "0 <= LOW <= HIGH <= 1" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+
+
 def test_generated_missing_bones_are_absent_from_every_mask(tmp_path):
     cfg = PhantomConfig.for_preset("clinical", "smoke").replace(n_images=6, missing_rate=1.0, annotators=2)
     root = synthesize(tmp_path / "miss", config=cfg, seed=3)
@@ -165,10 +196,12 @@ def test_same_seed_same_bytes_other_seed_differs(tmp_path):
 def test_synth_cli_overrides_and_refuses_to_overwrite(tmp_path, capsys):
     out = tmp_path / "cli"
     args = ["data", "synth", "--preset", "clinical", "--profile", "smoke", "--seed", "1", "--out", str(out),
-            "--n", "4", "--annotators", "2", "--prevalence", "0.4", "--signal", "0.8"]
+            "--n", "4", "--annotators", "2", "--prevalence", "0.4", "--signal", "0.8",
+            "--head-exclusion", "0.1", "0.7"]
     assert main(args) == 0
     meta = json.loads((out / "dataset.json").read_text())
     assert meta["n_images"] == 4 and meta["signal"] == 0.8 and meta["prevalence"] == 0.4
+    assert sorted(a["p_exclude_head"] for a in meta["annotators"]) == pytest.approx([0.1, 0.7])
     assert len(meta["annotators"]) == 2 and "oracle AUC" in capsys.readouterr().out
     assert main(args) == 2                                         # exists: refused
     assert "--overwrite" in capsys.readouterr().err
