@@ -1,9 +1,10 @@
 """`bench export` / `bench predict` (issue 10): round trip against a smoke run, DICOM polarity and
 orientation, bad inputs and bad bundles, the flag logic.
 
-One tiny smoke run of the full method (simclr) per module: a 3-level U-Net trained for 2 epochs on a
-32-row canvas (its bones are poor, so patches.min_confidence=0 keeps enough of them for the probe),
-one SSL step, a 5-epoch probe.
+One tiny smoke run of the full method (simclr) per module: the smoke U-Net trained for 6 epochs on a
+64-row canvas (enough to start learning the bones: a 2-epoch model predicts almost none, and its
+patches came from noise; its bones are poor, so patches.min_confidence=0 keeps enough of them for
+the probe), one SSL step, a 5-epoch probe.
 """
 from __future__ import annotations
 
@@ -28,9 +29,9 @@ from methods.bundle import load_bundle
 from methods.export import export_bundle
 from methods.screen import ScreenConfig, assess
 
-SETS = ["segmentation.levels=3", "segmentation.base_width=4", "segmentation.working_size=32",
-        "segmentation.epochs=2", "segmentation.figures=0", "segmentation.eval_splits=", "segmentation.predict_draws=3",
-        "patches.figure_images=0", "patches.min_confidence=0", "ssl.epochs=1", "ssl.max_steps_per_epoch=1",
+SETS = ["segmentation.working_size=64", "segmentation.epochs=6", "segmentation.figures=0",
+        "segmentation.eval_splits=", "segmentation.predict_draws=3", "patches.figure_images=0",
+        "patches.min_confidence=0", "ssl.epochs=1", "ssl.max_steps_per_epoch=1",
         "ssl.batch_size=8", "probe.epochs=5"]
 PERMISSIVE = ScreenConfig(min_bones=1, min_confidence=0.0)   # decisions even from the tiny model
 
@@ -82,7 +83,7 @@ def test_bundle_reproduces_the_runs_bone_and_subject_probabilities(run, bundle):
     ours = {(sid, bone): p for sid, res in zip(manifest["subject_id"], results)
             for bone, p in res.bone_probability.items() if np.isfinite(p)}
     assert set(ours) == set(ref.index)                      # the same bones usable, image by image
-    assert len(ours) >= 12                                  # enough bones for the comparison to mean something
+    assert len(ours) >= 40                                  # enough bones for the comparison to mean something
     diff = np.abs(np.array([ours[k] for k in ref.index]) - ref.to_numpy())
     assert diff.max() < 1e-5
     # subject level (eq. 10) against the run's predictions.parquet; the smoke phantom has one image per subject
