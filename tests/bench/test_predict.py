@@ -1,10 +1,8 @@
 """`bench export` / `bench predict` (issue 10): round trip against a smoke run, DICOM polarity and
 orientation, bad inputs and bad bundles, the flag logic.
 
-One tiny smoke run of the full method (simclr) per module: the smoke U-Net trained for 6 epochs on a
-64-row canvas (enough to start learning the bones: a 2-epoch model predicts almost none, and its
-patches came from noise; its bones are poor, so patches.min_confidence=0 keeps enough of them for
-the probe), one SSL step, a 5-epoch probe.
+One tiny smoke run of the full method (simclr) per module (`stage_runs.TINY_FULL_METHOD`), its
+label maps from 3 latent draws per expert.
 """
 from __future__ import annotations
 
@@ -28,11 +26,9 @@ from methods.bones import BonePatch
 from methods.bundle import load_bundle
 from methods.export import export_bundle
 from methods.screen import ScreenConfig, assess
+from stage_runs import TINY_FULL_METHOD
 
-SETS = ["segmentation.working_size=64", "segmentation.epochs=6", "segmentation.figures=0",
-        "segmentation.eval_splits=", "segmentation.predict_draws=3", "patches.figure_images=0",
-        "patches.min_confidence=0", "ssl.epochs=1", "ssl.max_steps_per_epoch=1",
-        "ssl.batch_size=8", "probe.epochs=5"]
+SETS = [*TINY_FULL_METHOD, "segmentation.predict_draws=3"]
 PERMISSIVE = ScreenConfig(min_bones=1, min_confidence=0.0)   # decisions even from the tiny model
 
 

@@ -16,11 +16,9 @@ from bench.errors import BenchError
 from methods.bundle import load_bundle
 from methods.export import export_bundle
 from methods.screen import ScreenConfig
+from stage_runs import TINY_FULL_METHOD
 
-SETS = ["segmentation.levels=3", "segmentation.base_width=4", "segmentation.working_size=32",
-        "segmentation.epochs=2", "segmentation.figures=0", "segmentation.eval_splits=",
-        "patches.figure_images=0", "patches.min_confidence=0", "ssl.epochs=1", "ssl.max_steps_per_epoch=1",
-        "ssl.batch_size=8", "probe.epochs=5", "run.num_threads=1"]
+SETS = [*TINY_FULL_METHOD, "run.num_threads=1"]
 PERMISSIVE = ScreenConfig(min_bones=1, min_confidence=0.0)
 
 

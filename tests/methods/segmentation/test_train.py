@@ -250,8 +250,9 @@ def test_interrupted_training_resumes_bit_identical(phantoms, tmp_path, device):
 
     ds = Dataset.open(phantoms["seg"])
     cfg = SegmentationConfig(base_width=4, max_width=8, levels=3, convs=1, samples=2, working_size=32,
-                             epochs=5, batch_size=4, gamma_patience=0, lr_patience=0,   # both plateaus move
-                             ce_weight=0.0)   # (the IoU-only loss of this tiny model stalls within 5 epochs)
+                             epochs=5, batch_size=4, gamma_patience=0, lr_patience=0, ce_weight=0.0,
+                             lr=1e-4, plateau_signal="epoch")   # the loss stalls at once: both plateaus
+                                                                # fire by epoch 2, before the interruption
     train, val = load_split(ds, ["train"], (32, 24), device), load_split(ds, ["val"], (32, 24), device)
     whole_log: list = []
     whole = train_segmentation(cfg, train, val, seed=5, device=device, log=lambda *a: whole_log.append(a))
@@ -278,8 +279,9 @@ def test_interrupted_training_resumes_bit_identical(phantoms, tmp_path, device):
         for k in a:
             torch.testing.assert_close(b[k].float(), a[k].float(), rtol=1e-3, atol=1e-4)
         assert [m["epoch"] for m in logged] == [x[2] for x in whole_log]
-    gammas = [r["gamma"] for r in whole.history]
-    assert gammas[0] == 0.5 and gammas[-1] == 1.0      # the plateau switch happened: its state was resumed
+    gammas, lrs = [r["gamma"] for r in whole.history], [r["lr"] for r in whole.history]
+    assert gammas[0] == 0.5 and gammas[2:] == [1.0] * 3   # the plateau switch happened before the interruption
+    assert lrs[0] == 1e-4 and lrs[4] < lrs[3] < lrs[2] < 1e-4   # and the LR plateau's state was resumed
 
 
 @pytest.mark.parametrize("model_kind", ["mose", "single"])
