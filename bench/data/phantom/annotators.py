@@ -47,7 +47,7 @@ class Annotation:
 
 
 def annotator_styles(m: int, rng: np.random.Generator,
-                     head_exclusion: tuple[float, float] = (0.05, 0.35)) -> list[AnnotatorStyle]:
+                     head_exclusion: tuple[float, float]) -> list[AnnotatorStyle]:
     """Styles of m annotators: offsets spread over +-0.45 mm, head-exclusion probabilities spread
     evenly over `head_exclusion` (low, high; one annotator: the midpoint)."""
     offsets = np.linspace(-0.45, 0.45, m) if m > 1 else np.zeros(1)
