@@ -168,13 +168,15 @@ class Bundle:
     def canvas(self) -> tuple[int, int]:
         return tuple(self.segmenter.spec.canvas)
 
-    def segment(self, images: Iterable[np.ndarray], batch_size: int = 8) -> Iterator[Any]:
-        """Segmentation of float images in [0, 1], as the run's segment stage predicted them."""
+    def segment(self, images: Iterable[np.ndarray], batch_size: int = 8,
+                laterality: Iterable[str | None] | None = None) -> Iterator[Any]:
+        """Segmentation of float images in [0, 1], as the run's segment stage predicted them; `laterality`
+        per image (L, R, unknown) for a canonical-laterality segmenter (methods.segmentation.predict)."""
         from methods.segmentation.predict import predict_many
 
         seg = self.meta["segmentation"]
         return predict_many(self.segmenter, images, batch_size=batch_size, samples=seg.get("samples"),
-                            seed=int(seg.get("seed", 0)))
+                            seed=int(seg.get("seed", 0)), laterality=laterality)
 
     @torch.no_grad()
     def model_probabilities(self, patches: np.ndarray, batch_size: int = 128) -> np.ndarray:

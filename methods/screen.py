@@ -4,7 +4,9 @@ Per radiograph (bone-bright float image from bench.data.imageio.read_image):
 
 1. segmentation exactly as the run's segment stage predicted (:meth:`methods.bundle.Bundle.segment`):
    native-size label map, per-bone confidence (mean max-probability inside the bone), entropy and
-   mutual information of the mixture at the working resolution;
+   mutual information of the mixture at the working resolution; a segmenter trained with canonical
+   laterality takes the side from the DICOM header (ImageLaterality, else Laterality) and otherwise
+   detects it (``laterality`` and ``laterality_source`` of the outputs);
 2. the seven bone patches with :func:`methods.bones.extract_bones` and the run's patch config
    (missing bones carry their reason: absent, cut, small, low-confidence);
 3. P(osteoporosis) of every usable bone (encoder → feature standardisation → linear head); the
@@ -43,6 +45,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from bench.data.dicom_fields import header_fields
 from bench.data.format import BONES, CLASS_NAMES
 from bench.errors import BenchError
 from methods.bones import BonePatch, extract_bones
@@ -106,6 +109,8 @@ class Screening:
     labels: np.ndarray = field(repr=False, default=None)
     entropy: np.ndarray = field(repr=False, default=None)
     model_probabilities: list[float] = field(default_factory=list)   # each probe model's image probability
+    laterality: str = ""               # L | R | "" (the side the segmentation used; methods.segmentation.predict)
+    laterality_source: str = ""        # given (DICOM ImageLaterality/Laterality) | detected | ""
 
     @property
     def n_bones(self) -> int:
@@ -125,7 +130,8 @@ class Screening:
             "n_bones": self.n_bones,
             "flags": ";".join(self.flags), "mean_confidence": self.mean_confidence,
             "mean_entropy": self.mean_entropy, "mean_mutual_info": self.mean_mutual_info,
-            "height": self.shape[0], "width": self.shape[1], "pixel_spacing_mm": self.pixel_spacing_mm}
+            "height": self.shape[0], "width": self.shape[1], "pixel_spacing_mm": self.pixel_spacing_mm,
+            "laterality": self.laterality, "laterality_source": self.laterality_source}
         out.update({f"p_{b.bone}": self.bone_probability[b.bone] for b in self.bones})
         out.update({f"confidence_{b.bone}": b.confidence for b in self.bones})
         out.update({f"missing_{b.bone}": b.reason if b.missing else "" for b in self.bones})
@@ -138,7 +144,8 @@ class Screening:
         out["n_bones"] = self.n_bones
         out["models"] = {"probabilities": list(self.model_probabilities), "sd": self.probability_sd}
         out["segmentation"] = {"mean_confidence": self.mean_confidence, "mean_entropy": self.mean_entropy,
-                               "mean_mutual_info": self.mean_mutual_info}
+                               "mean_mutual_info": self.mean_mutual_info, "laterality": self.laterality,
+                               "laterality_source": self.laterality_source}
         out["image"] = {"height": self.shape[0], "width": self.shape[1], "pixel_spacing_mm": self.pixel_spacing_mm}
         out["bones"] = {b.bone: {"probability": self.bone_probability[b.bone], "confidence": b.confidence,
                                  "missing": b.missing, "reason": b.reason, "note": b.note,
@@ -207,7 +214,8 @@ def screen_radiographs(bundle: Any, radiographs: Sequence[Any], names: Sequence[
         raise BenchError(f"{len(names)} names for {len(radiographs)} radiographs")
     patch_cfg = bundle.patch_config
     reference = bundle.meta.get("reference", {}).get("mean_entropy", {}).get("q99")
-    preds = list(bundle.segment((r.pixels for r in radiographs), batch_size=batch_size))
+    sides = [header_fields(getattr(r, "header", None) or {}).get("laterality") for r in radiographs]
+    preds = list(bundle.segment((r.pixels for r in radiographs), batch_size=batch_size, laterality=sides))
     per_image: list[list[BonePatch]] = []
     patches: list[np.ndarray] = []
     for rad, pred in zip(radiographs, preds):
@@ -235,7 +243,8 @@ def screen_radiographs(bundle: Any, radiographs: Sequence[Any], names: Sequence[
             mean_confidence=float(np.mean(conf)) if conf else float("nan"),
             mean_entropy=float(pred.entropy.mean()), mean_mutual_info=float(pred.mutual_info.mean()),
             shape=tuple(rad.pixels.shape), pixel_spacing_mm=rad.pixel_spacing_mm, image=rad.pixels,
-            labels=pred.labels, entropy=pred.entropy, model_probabilities=model_p))
+            labels=pred.labels, entropy=pred.entropy, model_probabilities=model_p,
+            laterality=pred.laterality, laterality_source=pred.laterality_source))
     return out
 
 

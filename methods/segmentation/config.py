@@ -83,7 +83,8 @@ class SegmentationConfig:
     working_size: int = 512             # rows of the working canvas (images keep their aspect, padded)
     canvas_aspect: float = 0.0          # canvas width / height; 0: the training images' median aspect
     augment: bool = True                # on-device augmentation of training batches
-    flip_p: float = 0.5                 # probability of a horizontal flip (left <-> right hand)
+    canonical_laterality: bool = False  # mirror left hands (manifest laterality L) to right hands; flip only unknown sides (docstring)
+    flip_p: float = 0.5                 # probability of a horizontal flip (left <-> right hand; canonical: unknown sides only)
     vflip_p: float = 0.0                # probability of a vertical flip (reference LIDC: 0.5; hands are shot fingers up)
     rotate_deg: float = 10.0            # rotation drawn uniformly in +- this (reference 10)
     scale_range: float = 0.1            # isotropic scale drawn uniformly in 1 +- this

@@ -14,6 +14,10 @@ Conventions:
   class ids are anatomical so flips keep them valid), a rotation uniform in +-``rotate_deg`` about the canvas
   centre and an isotropic scale uniform in 1 +- ``scale_range``; bilinear for the image, nearest for
   labels, zeros (background) outside. No per-sample host work.
+* Laterality (``segmentation.canonical_laterality``): when on, an image whose manifest says L (a left
+  hand) is mirrored, with its masks, to look like a right hand before it reaches the canvas, and
+  only images of unknown laterality are flipped at random; the model then never has to tell a left
+  hand from a right one (see methods.segmentation.config). :attr:`SegData.mirrored` records which.
 """
 from __future__ import annotations
 
@@ -64,6 +68,12 @@ def choose_canvas(dataset: Dataset, image_ids: Sequence[str], working_size: int,
     return working_size, max(ALIGN, cols)
 
 
+def side_of(value: object) -> str:
+    """A manifest laterality as "L", "R" or "" (unknown: blank, NaN, B, U)."""
+    side = str(value).strip().upper() if isinstance(value, str) else ""
+    return side if side in ("L", "R") else ""
+
+
 def image_to_canvas(image: np.ndarray, canvas: tuple[int, int]) -> tuple[torch.Tensor, Placement]:
     """float32 H x W in [0, 1] -> (1 x rows x cols tensor, placement)."""
     if image.ndim != 2:
@@ -96,19 +106,25 @@ class SegData:
     annotators: list[str]
     placements: list[Placement]
     canvas: tuple[int, int]
+    mirrored: torch.Tensor | None = None    # n bool: stored mirrored (a left hand, canonical laterality)
+    flippable: torch.Tensor | None = None   # n bool: may be flipped left-right by augmentation
 
     def __len__(self) -> int:
         return len(self.image_ids)
 
 
 def load_split(dataset: Dataset, splits: Sequence[str], canvas: tuple[int, int], device: torch.device | str = "cpu",
-               annotators: Sequence[str] = (), allow_empty: bool = False) -> SegData:
+               annotators: Sequence[str] = (), allow_empty: bool = False, canonical: bool = False) -> SegData:
     """Annotated images of `splits`, resized to `canvas` and moved to `device`.
 
     Images without a used annotation are skipped; finding none raises BenchError unless `allow_empty`.
+    `canonical`: left hands are stored mirrored and only images of unknown side are flippable
+    (module docstring); otherwise every image is stored as it is and flippable.
     """
     man = dataset.manifest
-    ids = man.loc[man["split"].isin(list(splits)), "image_id"].astype(str).tolist()
+    chosen = man.loc[man["split"].isin(list(splits))]
+    ids = chosen["image_id"].astype(str).tolist()
+    sides = dict(zip(ids, (side_of(v) for v in chosen["laterality"]))) if "laterality" in chosen else {}
     known = sorted(set(dataset.annotators["annotator"].astype(str))) if len(dataset.annotators) else []
     if annotators:
         missing = [a for a in annotators if a not in known]
@@ -118,20 +134,26 @@ def load_split(dataset: Dataset, splits: Sequence[str], canvas: tuple[int, int],
         names = list(annotators)
     else:
         names = known
-    images, labels, betas, kept, places = [], [], [], [], []
+    images, labels, betas, kept, places, mirrored, flippable = [], [], [], [], [], [], []
     for image_id in ids:
         weights = {a: w for a, w in dataset.annotator_weights(image_id).items() if a in names}
         total = sum(weights.values())
         if total <= 0:
             continue
-        img, pl = image_to_canvas(dataset.image(image_id), canvas)
+        side = sides.get(image_id, "")
+        mirror = canonical and side == "L"
+        image = dataset.image(image_id)
+        img, pl = image_to_canvas(image[:, ::-1] if mirror else image, canvas)
         masks = dataset.masks(image_id)
         lab = torch.zeros(len(names), *canvas, dtype=torch.uint8)
         beta = torch.zeros(len(names))
         for j, a in enumerate(names):
             if a in weights:
-                lab[j, pl.top:pl.top + pl.size[0], pl.left:pl.left + pl.size[1]] = labels_to_canvas(masks[a], pl)
+                mask = masks[a][:, ::-1] if mirror else masks[a]
+                lab[j, pl.top:pl.top + pl.size[0], pl.left:pl.left + pl.size[1]] = labels_to_canvas(mask, pl)
                 beta[j] = weights[a] / total
+        mirrored.append(mirror)
+        flippable.append(not canonical or not side)
         images.append(img)
         labels.append(lab)
         betas.append(beta)
@@ -146,7 +168,9 @@ def load_split(dataset: Dataset, splits: Sequence[str], canvas: tuple[int, int],
     stack = (lambda xs, shape, dt: torch.stack(xs) if xs else torch.zeros(0, *shape, dtype=dt))
     return SegData(kept, stack(images, (1, rows, cols), torch.float32).to(device),
                    stack(labels, (m, rows, cols), torch.uint8).to(device),
-                   stack(betas, (m,), torch.float32).to(device), names, places, canvas)
+                   stack(betas, (m,), torch.float32).to(device), names, places, canvas,
+                   torch.tensor(mirrored, dtype=torch.bool, device=device),
+                   torch.tensor(flippable, dtype=torch.bool, device=device))
 
 
 def one_hot(labels: torch.Tensor, classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:
@@ -155,13 +179,17 @@ def one_hot(labels: torch.Tensor, classes: int, dtype: torch.dtype = torch.float
 
 
 def augment(images: torch.Tensor, labels: torch.Tensor, *, flip_p: float = 0.5, vflip_p: float | None = None,
-            rotate_deg: float = 10.0, scale_range: float = 0.1,
-            generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Random flips, rotation and scale of a batch (B x 1 x H x W float, B x M x H x W uint8)."""
+            rotate_deg: float = 10.0, scale_range: float = 0.1, generator: torch.Generator | None = None,
+            flippable: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Random flips, rotation and scale of a batch (B x 1 x H x W float, B x M x H x W uint8).
+
+    `flippable` (B bool): only these images may be flipped left-right (default: all). The random draws
+    do not depend on it."""
     b, _, h, w = images.shape
     dev = images.device
     u = torch.rand(b, 4, generator=generator, device=dev)
-    fx = torch.where(u[:, 0] < flip_p, -1.0, 1.0)
+    hflip = u[:, 0] < flip_p
+    fx = torch.where(hflip if flippable is None else hflip & flippable, -1.0, 1.0)
     fy = torch.where(u[:, 1] < (flip_p if vflip_p is None else vflip_p), -1.0, 1.0)
     ang = (2 * u[:, 2] - 1) * math.radians(rotate_deg)
     sc = 1.0 + (2 * u[:, 3] - 1) * scale_range

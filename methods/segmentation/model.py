@@ -48,6 +48,7 @@ class ModelSpec:
     canvas: tuple[int, int] = (512, 384)             # working canvas (rows, cols)
     standardize: bool = True                         # z-score each input image over its canvas (reference)
     convs: int = 3                                   # [conv3x3, BN, ReLU] per U-Net block (reference 3)
+    canonical_laterality: bool = False               # trained on right hands (left ones mirrored): predict mirrors L
     extra: dict = field(default_factory=dict)        # free-form notes (training config, classes)
 
     def to_dict(self) -> dict:

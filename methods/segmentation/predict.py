@@ -10,6 +10,13 @@ map. Uncertainty stays at the working resolution (the image's area on the canvas
 the mean H[sum_n w_n p_n] and the mutual information H[mean] - sum_n w_n H[p_n] (>= 0 by concavity;
 0 for the single-decoder model), in nats. The confidence of a bone is the mean, over the pixels
 labelled with it at native resolution, of the largest class probability; 0 when it is absent.
+
+Laterality: a model trained with canonical laterality (``ModelSpec.canonical_laterality``; left
+hands mirrored to right hands, methods.segmentation.data) predicts a left hand on its mirror image and
+mirrors the outputs back, so every output is in the radiograph's own orientation. An image whose side
+is not given (no manifest or DICOM laterality) is predicted both ways and the orientation with the
+higher :func:`orientation_score` is kept (``laterality_source`` "detected"); this doubles its cost.
+A model trained without it takes every image as it is and only reports the side it was given.
 """
 from __future__ import annotations
 
@@ -25,7 +32,7 @@ import torch.nn.functional as F
 from bench.atomic import atomic_write_bytes
 from bench.data.format import BONES, CLASS_NAMES
 from bench.errors import BenchError
-from methods.segmentation.data import Placement, image_to_canvas
+from methods.segmentation.data import Placement, image_to_canvas, side_of
 from methods.segmentation.model import ModelSpec, MoSEUNet, build_model
 
 
@@ -40,6 +47,8 @@ class Prediction:
     area_px: dict[str, int]       # bone -> predicted pixels at native resolution
     placement: Placement          # where the image sat on the working canvas
     log_pi: np.ndarray            # mixture weights pi(x) as logs (K,)
+    laterality: str = ""          # "L" | "R" | "" (not given and not detected)
+    laterality_source: str = ""   # "given" | "detected" | ""
 
     @property
     def present(self) -> dict[str, bool]:
@@ -87,36 +96,67 @@ def mixture_moments(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor,
     return mean, exp_ent, log_pi
 
 
+def orientation_score(pred: Prediction) -> float:
+    """How well a canonical model recognises a hand in one orientation: PLACEHOLDER."""
+    area = np.array([pred.area_px[b] for b in BONES], dtype=np.float64)
+    conf = np.array([pred.confidence[b] for b in BONES], dtype=np.float64)
+    return float((area * conf).sum() / area.sum()) if area.sum() > 0 else 0.0
+
+
+def _views(side: str, canonical: bool) -> tuple[bool, ...]:
+    """The mirror flags an image is predicted with (module docstring)."""
+    if not canonical or side == "R":
+        return (False,)
+    return (True,) if side == "L" else (False, True)
+
+
 def predict_many(model: torch.nn.Module, images: Iterable[np.ndarray], *, batch_size: int = 8,
-                 samples: int | None = None, seed: int = 0) -> Iterator[Prediction]:
+                 samples: int | None = None, seed: int = 0,
+                 laterality: Iterable[str | None] | None = None) -> Iterator[Prediction]:
     """Predictions for images (float32 H x W in [0, 1], any sizes), `batch_size` per forward pass;
-    `samples` latent draws per expert (None or 0: the training S)."""
+    `samples` latent draws per expert (None or 0: the training S); `laterality`, one per image, "L",
+    "R" or unknown (None, "", anything else), used by canonical-laterality models (module docstring)."""
     device = next(model.parameters()).device
     canvas = tuple(model.spec.canvas)
+    canonical = bool(getattr(model.spec, "canonical_laterality", False))
     gen = torch.Generator(device="cpu")
     gen.manual_seed(seed)
     spec = model.spec
     # one latent draw shared by every image: a prediction does not depend on its batch companions
     eps = torch.randn(spec.experts, samples or spec.samples, spec.latent, generator=gen).to(device)
     model.eval()
-    batch: list[tuple[torch.Tensor, Placement]] = []
+    batch: list[tuple[list[tuple[torch.Tensor, Placement]], tuple[bool, ...], str]] = []
 
     def flush() -> Iterator[Prediction]:
-        x = torch.stack([t for t, _ in batch]).to(device)
+        x = torch.stack([t for canvases, _, _ in batch for t, _ in canvases]).to(device)
         if device.type == "cuda":
             x = x.contiguous(memory_format=torch.channels_last)
         mean, exp_ent, log_pi = mixture_moments(model, x, eps)
         ent = -_xlogx(mean).sum(1)
         mi = ent - exp_ent
-        for i, (_, pl) in enumerate(batch):
-            yield _finish(mean[i], ent[i], mi[i], pl, log_pi[i])
+        row = 0
+        for canvases, views, side in batch:
+            preds = []
+            for (_, pl), mirror in zip(canvases, views):
+                preds.append(_finish(mean[row], ent[row], mi[row], pl, log_pi[row], mirror))
+                row += 1
+            if len(preds) == 1:
+                pred = preds[0]
+                pred.laterality, pred.laterality_source = side, "given" if side else ""
+            else:
+                pred = max(preds, key=orientation_score)      # ties keep the image as it is
+                pred.laterality, pred.laterality_source = ("L" if pred is preds[1] else "R"), "detected"
+            yield pred
         batch.clear()
 
+    sides = iter(laterality) if laterality is not None else None
     for image in images:
         image = np.asarray(image)
         if image.ndim != 2 or not np.issubdtype(image.dtype, np.floating):
             raise BenchError(f"predict expects a float H x W image in [0, 1], got {image.dtype} {image.shape}")
-        batch.append(image_to_canvas(image, canvas))
+        side = side_of(next(sides, None)) if sides is not None else ""
+        views = _views(side, canonical)
+        batch.append(([image_to_canvas(image[:, ::-1] if m else image, canvas) for m in views], views, side))
         if len(batch) == batch_size:
             yield from flush()
     if batch:
@@ -124,8 +164,9 @@ def predict_many(model: torch.nn.Module, images: Iterable[np.ndarray], *, batch_
 
 
 def _finish(mean: torch.Tensor, ent: torch.Tensor, mi: torch.Tensor, pl: Placement,
-            log_pi: torch.Tensor) -> Prediction:
-    """Crop to the image's area, upsample the mean to native size, label and score the bones."""
+            log_pi: torch.Tensor, mirrored: bool = False) -> Prediction:
+    """Crop to the image's area, upsample the mean to native size, label and score the bones; `mirrored`:
+    the canvas held the image's mirror, so the maps are mirrored back."""
     sl = (slice(pl.top, pl.top + pl.size[0]), slice(pl.left, pl.left + pl.size[1]))
     crop = mean[:, sl[0], sl[1]].float()
     native = F.interpolate(crop[None], size=pl.native, mode="bilinear", align_corners=False)[0]
@@ -136,14 +177,18 @@ def _finish(mean: torch.Tensor, ent: torch.Tensor, mi: torch.Tensor, pl: Placeme
     areas_np, sums_np = areas.cpu().numpy(), sums.cpu().numpy()
     confidence = {b: float(sums_np[c] / areas_np[c]) if areas_np[c] > 0 else 0.0 for b, c in BONES.items()}
     area = {b: int(areas_np[c]) for b, c in BONES.items()}
-    return Prediction(labels=lab.cpu().numpy(), entropy=ent[sl[0], sl[1]].float().cpu().numpy(),
-                      mutual_info=mi[sl[0], sl[1]].float().cpu().numpy(), confidence=confidence,
+    maps = [lab, ent[sl[0], sl[1]].float(), mi[sl[0], sl[1]].float()]
+    if mirrored:
+        maps = [m.flip(-1) for m in maps]
+    labels, entropy, mutual_info = (m.cpu().numpy() for m in maps)
+    return Prediction(labels=labels, entropy=entropy, mutual_info=mutual_info, confidence=confidence,
                       area_px=area, placement=pl, log_pi=log_pi.float().cpu().numpy())
 
 
-def predict(model: torch.nn.Module, image: np.ndarray, *, samples: int | None = None, seed: int = 0) -> Prediction:
+def predict(model: torch.nn.Module, image: np.ndarray, *, samples: int | None = None, seed: int = 0,
+            laterality: str | None = None) -> Prediction:
     """Prediction for one radiograph (float32 H x W in [0, 1], any size); see the module docstring."""
-    return next(predict_many(model, [image], batch_size=1, samples=samples, seed=seed))
+    return next(predict_many(model, [image], batch_size=1, samples=samples, seed=seed, laterality=[laterality]))
 
 
 def entropy_png(entropy: np.ndarray, classes: int = len(CLASS_NAMES)) -> np.ndarray:

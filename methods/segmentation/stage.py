@@ -21,8 +21,12 @@ that consensus against the truth on the same images (a model need not stay below
 over many images averages out the annotators' per-image noise). GED (with its three terms ``ged_cross``,
 ``ged_sample_diversity`` and ``ged_annotation_diversity``: GED = 2 cross - both diversities), Hungarian-matched IoU and pixel ECE at
 the working resolution (the image's area on the canvas), samples in the compact weighted form unless
-``segmentation.eval_samples`` asks for the standard form; annotations weighted by beta. The
-single-decoder ablation is this stage with ``segmentation.model=single``.
+``segmentation.eval_samples`` asks for the standard form; annotations weighted by beta. With
+``segmentation.canonical_laterality`` the images reach the model as right hands (left ones mirrored; the
+label maps are written in each image's own orientation), GED, Hungarian IoU and ECE are computed on
+the canonical canvas, and ``laterality_detection`` reports how often the model finds the side of an
+evaluation image whose manifest states it when it is not told (n_images, accuracy, the wrong ones).
+The single-decoder ablation is this stage with ``segmentation.model=single``.
 """
 from __future__ import annotations
 
@@ -41,7 +45,7 @@ from bench.errors import BenchError
 from bench.registry import Stage
 from bench.stage import StageContext, derive_seed
 from methods.segmentation.config import SegmentationConfig  # importing it registers the section
-from methods.segmentation.data import SegData, choose_canvas, load_split
+from methods.segmentation.data import SegData, choose_canvas, load_split, side_of
 from methods.segmentation.predict import entropy_png, predict_many, save_model
 from methods.segmentation.train import annotations_of, iter_samples, train_segmentation
 
@@ -86,7 +90,10 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, role: str, out_dir
     ids = dataset.image_ids
     conf_rows, unc_rows, kept = [], [], {}
     images = (dataset.image(i) for i in ids)
-    for image_id, pred in zip(ids, predict_many(model, images, batch_size=batch_size, samples=draws)):
+    sides = dataset.manifest.set_index("image_id")["laterality"] if "laterality" in dataset.manifest else None
+    laterality = [sides.get(i) for i in ids] if sides is not None else None
+    for image_id, pred in zip(ids, predict_many(model, images, batch_size=batch_size, samples=draws,
+                                                laterality=laterality)):
         _write_png(out_dir / "labels" / role / f"{image_id}.png", pred.labels)
         _write_png(out_dir / "uncertainty" / role / f"{image_id}.png", entropy_png(pred.entropy))
         for bone in BONES:
@@ -152,7 +159,22 @@ def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labe
         out[key] = float(np.nanmean([g[term] for g in geds])) if geds else float("nan")
     out["hungarian_iou"] = float(np.nanmean(hious)) if hious else float("nan")
     out["ece"] = float(pixel_ece(ece_probs, ece_labels, annotation_weights=ece_beta)) if ece_probs else float("nan")
+    if model.spec.canonical_laterality:
+        out["laterality_detection"] = laterality_detection(model, dataset, data.image_ids, cfg)
     return out
+
+
+def laterality_detection(model: torch.nn.Module, dataset: Dataset, image_ids: list[str],
+                         cfg: SegmentationConfig) -> dict[str, Any]:
+    """How often a canonical-laterality model finds the manifest's side of an image when not told it
+    (methods.segmentation.predict): what `bench predict` relies on for files without a laterality."""
+    sides = dataset.manifest.set_index("image_id")["laterality"].map(side_of) \
+        if "laterality" in dataset.manifest else pd.Series(dtype=str)
+    ids = [i for i in image_ids if sides.get(i, "")]
+    found = [p.laterality for p in predict_many(model, (dataset.image(i) for i in ids), batch_size=cfg.predict_batch,
+                                                samples=cfg.predict_draws)]
+    wrong = [i for i, f in zip(ids, found) if f != sides[i]]
+    return {"n_images": len(ids), "accuracy": 1.0 - len(wrong) / len(ids) if ids else float("nan"), "wrong": wrong}
 
 
 def unlearnt_bones(report: dict[str, Any], threshold: float = UNLEARNT_DICE) -> list[str]:
@@ -210,8 +232,9 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
     annotators = cfg.annotator_list
     train_ids = seg.manifest.loc[seg.manifest["split"] == "train", "image_id"].astype(str).tolist()
     canvas = choose_canvas(seg, train_ids, cfg.working_size, cfg.canvas_aspect)
-    train = load_split(seg, ["train"], canvas, ctx.device, annotators)
-    val = load_split(seg, ["val"], canvas, ctx.device, annotators, allow_empty=True)
+    canonical = cfg.canonical_laterality
+    train = load_split(seg, ["train"], canvas, ctx.device, annotators, canonical=canonical)
+    val = load_split(seg, ["val"], canvas, ctx.device, annotators, allow_empty=True, canonical=canonical)
     try:
         result = train_segmentation(cfg, train, val if len(val) else None, seed=ctx.seed, device=ctx.device,
                                     log=ctx.log, progress=sys.stderr.isatty(), resume=ctx.resumer())
@@ -223,7 +246,8 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
                   "canvas": list(canvas), "n_train": len(train), "n_val": len(val),
                   "annotators": train.annotators, "model": cfg.model, "compile": result.compile}
     save_model(model, ctx.out_dir / "model.pt", extra={"train": train_info})
-    evals = {s: val if s == "val" else load_split(seg, [s], canvas, ctx.device, annotators, allow_empty=True)
+    evals = {s: val if s == "val" else load_split(seg, [s], canvas, ctx.device, annotators, allow_empty=True,
+                                                  canonical=canonical)
              for s in cfg.split_list}
     keep = {i for d in evals.values() for i in d.image_ids}
     labels: dict[str, np.ndarray] = {}
@@ -288,6 +312,8 @@ def _flat_metrics(split: str, res: dict[str, Any]) -> dict[str, float]:
         out[f"seg_{split}_dice_{a}_mean"] = d["mean"]
     if res["dice_annotators"]:
         out[f"seg_{split}_dice_annotators_mean"] = float(np.nanmean([d["mean"] for d in res["dice_annotators"].values()]))
+    if res.get("laterality_detection", {}).get("n_images"):
+        out[f"seg_{split}_laterality_detection_accuracy"] = res["laterality_detection"]["accuracy"]
     return out
 
 

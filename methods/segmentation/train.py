@@ -54,7 +54,8 @@ class TrainResult:
 def make_spec(cfg: SegmentationConfig, canvas: tuple[int, int], classes: int) -> ModelSpec:
     return ModelSpec(kind=cfg.model, classes=classes, widths=cfg.widths, experts=cfg.experts,
                      samples=cfg.samples, latent=cfg.latent, head=cfg.head, bn_momentum=cfg.bn_momentum,
-                     canvas=tuple(canvas), standardize=cfg.standardize, convs=cfg.convs)
+                     canvas=tuple(canvas), standardize=cfg.standardize, convs=cfg.convs,
+                     canonical_laterality=cfg.canonical_laterality)
 
 
 def autocast(device: torch.device):
@@ -179,7 +180,7 @@ def make_optimizer(model: torch.nn.Module, cfg: SegmentationConfig) -> torch.opt
 
 def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: SegmentationConfig, x: torch.Tensor,
                y: torch.Tensor, beta: torch.Tensor, *, gamma: float, g_aug: torch.Generator,
-               g_z: torch.Generator) -> torch.Tensor:
+               g_z: torch.Generator, flippable: torch.Tensor | None = None) -> torch.Tensor:
     """One optimiser step on a batch; returns the detached (loss, transport|ce, kl|dice) on the device.
 
     MoSE: soft-IoU costs, relaxed OT plan (one host synchronisation per forward pass), eq. 7 loss;
@@ -187,11 +188,12 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: Segmenta
     and its latent noise drawn whole, then forwarded in micro-batches whose gradients accumulate
     (each loss weighted by its share of the batch; both losses are means over images), so only
     BatchNorm's batch statistics differ from the whole-batch step. Shared by the training loop and
-    `bench perf seg`.
+    `bench perf seg`. `flippable` (B bool): the images that may be flipped left-right (default all;
+    methods.segmentation.data, canonical laterality).
     """
     if cfg.augment:
         x, y = augment(x, y, flip_p=cfg.flip_p, vflip_p=cfg.vflip_p, rotate_deg=cfg.rotate_deg,
-                       scale_range=cfg.scale_range, generator=g_aug)
+                       scale_range=cfg.scale_range, generator=g_aug, flippable=flippable)
     if x.device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     b = x.shape[0]
@@ -291,7 +293,8 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
         for start in range(0, n - bs + 1, bs):                     # full batches only (BN, equal weight)
             idx = order[start:start + bs]
             sums += train_step(model, opt, cfg, train.images[idx], train.labels[idx], train.beta[idx],
-                               gamma=gamma, g_aug=g_aug, g_z=g_z)
+                               gamma=gamma, g_aug=g_aug, g_z=g_z,
+                               flippable=None if train.flippable is None else train.flippable[idx])
             batches += 1
         epoch_sums = sums.cpu().numpy()                            # the epoch's one read-back
         train_seconds += time.perf_counter() - started
