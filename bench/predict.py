@@ -17,6 +17,8 @@ Outputs in the folder `out`, each written to a temporary file and renamed into p
     overlays/<name>.png one per processed image
 
 ``name`` is the file's stem, suffixed with a short hash of its path when two inputs share a stem.
+``laterality`` (L/R) stands for the side of every file that states none, as a DICOM ImageLaterality
+tag would (the predictor decides what to do with it: methods.segmentation.predict).
 JSON: NaN is written as null.
 """
 from __future__ import annotations
@@ -85,8 +87,12 @@ def unique_names(files: Sequence[Path]) -> list[str]:
             for s, f in zip(stems, files)]
 
 
-def read_inputs(files: Sequence[Path], pixel_spacing_mm: float | None) -> list[Radiograph | Skipped]:
-    """Read each file (bench.data.imageio); the spacing fills in where the file states none."""
+def read_inputs(files: Sequence[Path], pixel_spacing_mm: float | None,
+                laterality: str | None = None) -> list[Radiograph | Skipped]:
+    """Read each file (bench.data.imageio); the spacing and the laterality (L/R, as the DICOM tag
+    ImageLaterality) fill in where the file states none."""
+    from bench.data.dicom_fields import header_fields
+
     out: list[Radiograph | Skipped] = []
     for f in files:
         try:
@@ -99,6 +105,8 @@ def read_inputs(files: Sequence[Path], pixel_spacing_mm: float | None) -> list[R
             continue
         if rad.pixel_spacing_mm is None and pixel_spacing_mm:
             rad.pixel_spacing_mm = float(pixel_spacing_mm)
+        if laterality and "laterality" not in header_fields(rad.header):
+            rad.header["ImageLaterality"] = laterality
         out.append(rad)
     return out
 
@@ -121,12 +129,14 @@ def _predict(predictor: Any, rads: list[Radiograph], names: list[str], batch_siz
 
 def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str | Path, *, batch_size: int = 8,
                     overlays: bool = True, pixel_spacing_mm: float | None = None,
-                    progress: bool | None = None) -> Report:
+                    progress: bool | None = None, laterality: str | None = None) -> Report:
     """Screen every image under `inputs` and write the outputs into `out_dir` (module docstring)."""
     from tqdm.auto import tqdm
 
     if batch_size < 1:
         raise BenchError(f"--batch-size must be >= 1, got {batch_size}")
+    if laterality not in (None, "L", "R"):
+        raise BenchError(f"--laterality must be L or R, got {laterality!r}")
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BenchError(f"--out {out_dir} is a file; give a folder for the predictions")
@@ -140,7 +150,7 @@ def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str |
                disable=not (sys.stderr.isatty() if progress is None else progress))
     for start in range(0, len(files), batch_size):
         idx = list(range(start, min(start + batch_size, len(files))))
-        read = read_inputs([files[i] for i in idx], pixel_spacing_mm)
+        read = read_inputs([files[i] for i in idx], pixel_spacing_mm, laterality)
         ok = [(i, r) for i, r in zip(idx, read) if isinstance(r, Radiograph)]
         results.update({i: r for i, r in zip(idx, read) if isinstance(r, Skipped)})
         preds = _predict(predictor, [r for _, r in ok], [names[i] for i, _ in ok], batch_size) if ok else []

@@ -17,6 +17,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="radiographs per forward pass (default: 8)")
     p.add_argument("--pixel-spacing", type=float, default=None, metavar="MM",
                    help="pixel spacing (mm) for files that state none (PNG/JPEG often do not)")
+    p.add_argument("--laterality", choices=("L", "R"), default=None,
+                   help="the hand (L or R) of every input whose file states none (DICOM ImageLaterality or Laterality "
+                        "win); without it a segmenter trained with canonical laterality detects the side")
     p.add_argument("--min-bones", type=int, default=None, help="fewer usable bones withhold the decision "
                    "(default: the bundle's, 4)")
     p.add_argument("--min-confidence", type=float, default=None, help="mean segmentation confidence below "
@@ -39,7 +42,8 @@ def predict_command(args: argparse.Namespace) -> int:
                                            min_confidence=args.min_confidence, ood_factor=args.ood_factor,
                                            threshold=args.threshold)
     report = run_predictions(bundle, args.inputs, args.out, batch_size=args.batch_size,
-                             overlays=not args.no_overlays, pixel_spacing_mm=args.pixel_spacing)
+                             overlays=not args.no_overlays, pixel_spacing_mm=args.pixel_spacing,
+                             laterality=args.laterality)
     for s in report.skipped:
         print(f"skipped {s.file}: {s.error}", file=sys.stderr)
     for row in report.rows:

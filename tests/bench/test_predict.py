@@ -61,9 +61,11 @@ def bundle(run):
 def _radiographs(dataset: Dataset, ids: list[str]):
     rads = []
     spacing = dataset.manifest.set_index("image_id")["pixel_spacing_mm"]
+    side = dataset.manifest.set_index("image_id")["laterality"]
     for image_id in ids:
         rad = read_image(dataset.image_path(image_id))
         rad.pixel_spacing_mm = float(spacing[image_id])     # the run's extract used the manifest's spacing
+        rad.header["ImageLaterality"] = side[image_id]      # and its segmentation the manifest's side
         rads.append(rad)
     return rads
 
@@ -105,15 +107,21 @@ def test_cli_export_is_deterministic_and_cli_predict_writes_outputs(run, tmp_pat
     test_ids = dataset.manifest.loc[dataset.manifest["split"] == "test", "image_id"].tolist()
     inputs = tmp_path / "inputs"
     inputs.mkdir()
-    for image_id in test_ids:
-        (inputs / f"{image_id}.png").write_bytes(dataset.image_path(image_id).read_bytes())
+    side = dataset.manifest.set_index("image_id")["laterality"]
+    assert set(side[test_ids]) == {"L", "R"}
+    for image_id in test_ids:       # right hands as PNG (side from --laterality), left ones as DICOM stating theirs
+        if side[image_id] == "R":
+            (inputs / f"{image_id}.png").write_bytes(dataset.image_path(image_id).read_bytes())
+        else:
+            stored = np.round(read_image(dataset.image_path(image_id)).pixels.astype(np.float64) * 65535)
+            _write_dicom(inputs / f"{image_id}.dcm", stored.astype(np.uint16), "MONOCHROME2", laterality="L")
     (inputs / "notes.txt").write_text("not an image")
     (inputs / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\x00" * 40)
     (tmp_path / "empty").mkdir()
     out = tmp_path / "out"
     code = main(["predict", str(run["bundle"]), str(inputs), str(tmp_path / "empty"), "--out", str(out),
                  "--device", "cpu", "--batch-size", "4", "--pixel-spacing", "0.8", "--min-bones", "1",
-                 "--min-confidence", "0"])
+                 "--min-confidence", "0", "--laterality", "R"])
     err = capsys.readouterr().err
     assert code == 0
     assert "notes.txt" in err and "not a PNG, JPEG, TIFF or DICOM" in err
@@ -125,6 +133,7 @@ def test_cli_export_is_deterministic_and_cli_predict_writes_outputs(run, tmp_pat
     subjects = pd.read_parquet(run["folder"] / "predictions.parquet").set_index("subject_id")
     sid = dataset.manifest.set_index("image_id")["subject_id"]
     for image_id, row in done.iterrows():
+        assert (row["laterality"], row["laterality_source"]) == (side[image_id], "given")   # the tag wins
         if sid[image_id] in subjects.index:
             ref = subjects.loc[sid[image_id]]
             assert abs(row["probability"] - ref["p_pos"]) < 1e-5
@@ -159,7 +168,7 @@ def test_nothing_processable_exits_2_with_messages(run, tmp_path, capsys):
     assert len(json.loads((tmp_path / "out" / "predictions.json").read_text())["skipped"]) == 3
 
 
-def _write_dicom(path: Path, stored: np.ndarray, photometric: str) -> None:
+def _write_dicom(path: Path, stored: np.ndarray, photometric: str, laterality: str = "") -> None:
     import pydicom
     from pydicom.dataset import FileMetaDataset
     from pydicom.uid import ExplicitVRLittleEndian, SecondaryCaptureImageStorage, generate_uid
@@ -176,6 +185,8 @@ def _write_dicom(path: Path, stored: np.ndarray, photometric: str) -> None:
     ds.SamplesPerPixel, ds.PhotometricInterpretation = 1, photometric
     ds.BitsAllocated, ds.BitsStored, ds.HighBit, ds.PixelRepresentation = 16, 16, 15, 0
     ds.PixelSpacing = [0.8, 0.8]
+    if laterality:
+        ds.ImageLaterality = laterality
     ds.PixelData = np.ascontiguousarray(stored, dtype="<u2").tobytes()
     try:
         ds.save_as(path, enforce_file_format=True)      # pydicom >= 3
