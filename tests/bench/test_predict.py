@@ -211,6 +211,11 @@ def test_dicom_monochrome1_and_2_read_upright_and_bone_bright(run, bundle, tmp_p
     for other in (b, c, bundle.predict_file(tmp_path / "m1", screen=PERMISSIVE)):
         assert other.bone_probability == pytest.approx(a.bone_probability, nan_ok=True)
         assert other.probability == pytest.approx(a.probability, nan_ok=True)
+        assert other.laterality == a.laterality and other.laterality_source == "detected"   # no tag: found
+    side = dataset.manifest["laterality"].iloc[0]
+    _write_dicom(tmp_path / "tagged.dcm", stored, "MONOCHROME2", laterality=side)
+    tagged = bundle.predict_file(tmp_path / "tagged.dcm", screen=PERMISSIVE)
+    assert (tagged.laterality, tagged.laterality_source) == (side, "given")
 
 
 def _rezip(src: Path, dst: Path, drop: str = "", meta_update: dict | None = None, corrupt: str = "") -> Path:
@@ -298,7 +303,10 @@ def test_withheld_results_carry_no_decision(run, bundle):
 
 def test_an_image_more_uncertain_than_the_runs_own_is_flagged_out_of_distribution(run):
     ours = load_bundle(run["bundle"])
-    rad = _radiographs(run["cls"], [run["cls"].manifest["image_id"].iloc[0]])[0]
+    subjects = pd.read_parquet(run["folder"] / "predictions.parquet")
+    manifest = run["cls"].manifest
+    sid = subjects.loc[subjects["n_bones"] >= 1, "subject_id"].iloc[0]     # a decision, not withheld
+    rad = _radiographs(run["cls"], [manifest.loc[manifest["subject_id"] == sid, "image_id"].iloc[0]])[0]
     entropy = ours.predict([rad], ["x"], screen=PERMISSIVE)[0].mean_entropy
     ours.meta["reference"]["mean_entropy"]["q99"] = entropy / 1.3       # as if the run's images were surer
     res = ours.predict([rad], ["x"], screen=PERMISSIVE)[0]

@@ -179,6 +179,9 @@ def test_segment_stage_reaches_dice_08_on_the_smoke_phantom(phantoms, tmp_path, 
         assert 0 <= res["ged"] < 0.5 and 0.5 < res["hungarian_iou"] <= 1 and 0 <= res["ece"] < 0.1
         assert set(res["dice_annotators"]) == {"a1", "a2", "a3"}
         assert report["unlearnt_bones"] == []
+        # canonical laterality (the default): told nothing, the model finds the side of the manifest
+        det = res["laterality_detection"]
+        assert det["n_images"] == 4 and det["accuracy"] >= 0.75 and len(det["wrong"]) == round(4 * (1 - det["accuracy"]))
         parts = 2 * res["ged_cross"] - res["ged_sample_diversity"] - res["ged_annotation_diversity"]
         assert res["ged"] == pytest.approx(parts, abs=1e-9) and res["ged_sample_diversity"] > 0
     hist = pd.read_parquet(out / "history.parquet")
