@@ -97,7 +97,10 @@ def mixture_moments(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor,
 
 
 def orientation_score(pred: Prediction) -> float:
-    """How well a canonical model recognises a hand in one orientation: PLACEHOLDER."""
+    """How sure a canonical-laterality model is of a hand seen in one orientation: the mean, over the
+    pixels it labels as bone, of the largest class probability (the bones' confidences weighted by
+    their areas; 0 when it finds no bone). A hand shown in the orientation it never trained on gives
+    hesitant bones, and often bones split between two labels."""
     area = np.array([pred.area_px[b] for b in BONES], dtype=np.float64)
     conf = np.array([pred.confidence[b] for b in BONES], dtype=np.float64)
     return float((area * conf).sum() / area.sum()) if area.sum() > 0 else 0.0
@@ -115,7 +118,8 @@ def predict_many(model: torch.nn.Module, images: Iterable[np.ndarray], *, batch_
                  laterality: Iterable[str | None] | None = None) -> Iterator[Prediction]:
     """Predictions for images (float32 H x W in [0, 1], any sizes), `batch_size` per forward pass;
     `samples` latent draws per expert (None or 0: the training S); `laterality`, one per image, "L",
-    "R" or unknown (None, "", anything else), used by canonical-laterality models (module docstring)."""
+    "R" or unknown (None, "", anything else), used by canonical-laterality models (module docstring;
+    an image segmented both ways counts once in `batch_size` but fills two places of the forward pass)."""
     device = next(model.parameters()).device
     canvas = tuple(model.spec.canvas)
     canonical = bool(getattr(model.spec, "canonical_laterality", False))
