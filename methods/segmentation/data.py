@@ -74,6 +74,12 @@ def side_of(value: object) -> str:
     return side if side in ("L", "R") else ""
 
 
+def manifest_sides(dataset: Dataset) -> dict[str, str]:
+    """image_id -> "L", "R" or "" from the manifest's laterality column (:func:`side_of`)."""
+    man = dataset.manifest
+    return dict(zip(man["image_id"].astype(str), (side_of(v) for v in man["laterality"])))
+
+
 def image_to_canvas(image: np.ndarray, canvas: tuple[int, int]) -> tuple[torch.Tensor, Placement]:
     """float32 H x W in [0, 1] -> (1 x rows x cols tensor, placement)."""
     if image.ndim != 2:
@@ -122,9 +128,8 @@ def load_split(dataset: Dataset, splits: Sequence[str], canvas: tuple[int, int],
     (module docstring); otherwise every image is stored as it is and flippable.
     """
     man = dataset.manifest
-    chosen = man.loc[man["split"].isin(list(splits))]
-    ids = chosen["image_id"].astype(str).tolist()
-    sides = dict(zip(ids, (side_of(v) for v in chosen["laterality"]))) if "laterality" in chosen else {}
+    ids = man.loc[man["split"].isin(list(splits)), "image_id"].astype(str).tolist()
+    sides = manifest_sides(dataset)
     known = sorted(set(dataset.annotators["annotator"].astype(str))) if len(dataset.annotators) else []
     if annotators:
         missing = [a for a in annotators if a not in known]

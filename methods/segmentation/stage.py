@@ -45,7 +45,7 @@ from bench.errors import BenchError
 from bench.registry import Stage
 from bench.stage import StageContext, derive_seed
 from methods.segmentation.config import SegmentationConfig  # importing it registers the section
-from methods.segmentation.data import SegData, choose_canvas, load_split, side_of
+from methods.segmentation.data import SegData, choose_canvas, load_split, manifest_sides
 from methods.segmentation.predict import entropy_png, predict_many, save_model
 from methods.segmentation.train import annotations_of, iter_samples, train_segmentation
 
@@ -90,10 +90,9 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, role: str, out_dir
     ids = dataset.image_ids
     conf_rows, unc_rows, kept = [], [], {}
     images = (dataset.image(i) for i in ids)
-    sides = dataset.manifest.set_index("image_id")["laterality"] if "laterality" in dataset.manifest else None
-    laterality = [sides.get(i) for i in ids] if sides is not None else None
+    sides = manifest_sides(dataset)
     for image_id, pred in zip(ids, predict_many(model, images, batch_size=batch_size, samples=draws,
-                                                laterality=laterality)):
+                                                laterality=[sides[i] for i in ids])):
         _write_png(out_dir / "labels" / role / f"{image_id}.png", pred.labels)
         _write_png(out_dir / "uncertainty" / role / f"{image_id}.png", entropy_png(pred.entropy))
         for bone in BONES:
@@ -168,9 +167,8 @@ def laterality_detection(model: torch.nn.Module, dataset: Dataset, image_ids: li
                          cfg: SegmentationConfig) -> dict[str, Any]:
     """How often a canonical-laterality model finds the manifest's side of an image when not told it
     (methods.segmentation.predict): what `bench predict` relies on for files without a laterality."""
-    sides = dataset.manifest.set_index("image_id")["laterality"].map(side_of) \
-        if "laterality" in dataset.manifest else pd.Series(dtype=str)
-    ids = [i for i in image_ids if sides.get(i, "")]
+    sides = manifest_sides(dataset)
+    ids = [i for i in image_ids if sides.get(i)]
     found = [p.laterality for p in predict_many(model, (dataset.image(i) for i in ids), batch_size=cfg.predict_batch,
                                                 samples=cfg.predict_draws)]
     wrong = [i for i, f in zip(ids, found) if f != sides[i]]
