@@ -218,15 +218,27 @@ class Bundle:
                 "models": len(self.models), "folds": [m.fold for m in self.models if m.fold is not None]}
 
 
+def bundle_segmenter(path: str | Path, meta: dict[str, Any], blobs: dict[str, bytes]) -> nn.Module:
+    """The segmentation network of a bundle read by :func:`read_meta` (on the CPU, eval mode)."""
+    from safetensors.torch import load
+
+    try:
+        seg = build_model(ModelSpec.from_dict(meta["segmentation"]["spec"]))
+        seg.load_state_dict(load(blobs[SEGMENTATION]))
+    except (KeyError, RuntimeError, TypeError) as exc:
+        raise BenchError(f"bundle {path} does not fit this osteobench's networks ({type(exc).__name__}: {exc}); "
+                         "export the run again with this version") from None
+    return seg.eval()
+
+
 def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
     """Read a bundle written by methods.export onto `device` (eval mode)."""
     from safetensors.torch import load
 
     meta, blobs = read_meta(path)
     device = torch.device(device)
+    seg = bundle_segmenter(path, meta, blobs)
     try:
-        seg = build_model(ModelSpec.from_dict(meta["segmentation"]["spec"]))
-        seg.load_state_dict(load(blobs[SEGMENTATION]))
         encoder_names: list[str] = []
         encoders: list[nn.Module] = []
         models = []

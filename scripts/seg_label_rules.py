@@ -37,7 +37,7 @@ from methods.segmentation.agreement import consensus
 from methods.segmentation.data import image_to_canvas
 from methods.segmentation.evaluate import dice_per_bone
 from methods.segmentation.predict import _autocast, _finish, load_model
-from methods.segmentation.stage import truth_mask
+from methods.segmentation.scoring import truth_mask
 
 
 def native_labels(probs: torch.Tensor, pl, log_pi: torch.Tensor) -> np.ndarray:

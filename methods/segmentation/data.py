@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Mapping, Sequence
 
 import numpy as np
 import torch
@@ -120,16 +120,19 @@ class SegData:
 
 
 def load_split(dataset: Dataset, splits: Sequence[str], canvas: tuple[int, int], device: torch.device | str = "cpu",
-               annotators: Sequence[str] = (), allow_empty: bool = False, canonical: bool = False) -> SegData:
-    """Annotated images of `splits`, resized to `canvas` and moved to `device`.
+               annotators: Sequence[str] = (), allow_empty: bool = False, canonical: bool = False,
+               image_ids: Sequence[str] | None = None, sides: Mapping[str, str] | None = None) -> SegData:
+    """Annotated images of `splits` (or the manifest's `image_ids`, in their order), resized to `canvas`
+    and moved to `device`; `sides`: image id -> L / R, where known otherwise than from the manifest.
 
     Images without a used annotation are skipped; finding none raises BenchError unless `allow_empty`.
     `canonical`: left hands are stored mirrored and only images of unknown side are flippable
     (module docstring); otherwise every image is stored as it is and flippable.
     """
     man = dataset.manifest
-    ids = man.loc[man["split"].isin(list(splits)), "image_id"].astype(str).tolist()
-    sides = manifest_sides(dataset)
+    ids = (man.loc[man["split"].isin(list(splits)), "image_id"].astype(str).tolist() if image_ids is None
+           else [str(i) for i in image_ids])
+    sides = manifest_sides(dataset) if sides is None else sides
     known = sorted(set(dataset.annotators["annotator"].astype(str))) if len(dataset.annotators) else []
     if annotators:
         missing = [a for a in annotators if a not in known]

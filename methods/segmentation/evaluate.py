@@ -145,6 +145,12 @@ def pixel_ece(probs, labels, n_bins: int = 10, annotation_weights=None) -> float
     H x W) annotator label maps (or a list); ``annotation_weights``: per image, M weights
     (uniform when None).
     """
+    return ece_of_bins(ece_bins(probs, labels, n_bins, annotation_weights))
+
+
+def ece_bins(probs, labels, n_bins: int = 10, annotation_weights=None) -> np.ndarray:
+    """The pixel counts, summed confidences and summed accuracies per confidence bin (3 x n_bins) behind
+    :func:`pixel_ece`; bins of several calls add up (an evaluation in chunks of images)."""
     if n_bins < 1:
         raise BenchError(f"pixel_ece: n_bins = {n_bins} must be >= 1")
     if isinstance(probs, (list, tuple)):
@@ -155,17 +161,20 @@ def pixel_ece(probs, labels, n_bins: int = 10, annotation_weights=None) -> float
         pairs = list(zip(probs, labels, weights))
     else:
         pairs = [(probs, labels, annotation_weights)]
-    count, sum_conf, sum_acc = np.zeros(n_bins), np.zeros(n_bins), np.zeros(n_bins)
+    bins = np.zeros((3, n_bins))
     for pr, lab, w in pairs:
         conf, acc = _ece_image(pr, lab, w)
         idx = np.clip(np.ceil(conf * n_bins).astype(np.int64) - 1, 0, n_bins - 1)
-        count += np.bincount(idx, minlength=n_bins)
-        sum_conf += np.bincount(idx, weights=conf, minlength=n_bins)
-        sum_acc += np.bincount(idx, weights=acc, minlength=n_bins)
-    total = count.sum()
-    if total == 0:
-        return float("nan")
-    return float(np.abs(sum_acc - sum_conf).sum() / total)
+        bins[0] += np.bincount(idx, minlength=n_bins)
+        bins[1] += np.bincount(idx, weights=conf, minlength=n_bins)
+        bins[2] += np.bincount(idx, weights=acc, minlength=n_bins)
+    return bins
+
+
+def ece_of_bins(bins: np.ndarray) -> float:
+    """The ECE of :func:`ece_bins` (NaN without pixels)."""
+    total = bins[0].sum()
+    return float(np.abs(bins[2] - bins[1]).sum() / total) if total > 0 else float("nan")
 
 
 def dice_per_bone(pred: np.ndarray, truth: np.ndarray) -> dict[str, float]:

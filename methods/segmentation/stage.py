@@ -42,25 +42,17 @@ import torch
 
 from bench.data.format import BONES, Dataset
 from bench.errors import BenchError
+from bench.predict import json_safe
 from bench.registry import Stage
 from bench.stage import StageContext, derive_seed
 from methods.segmentation.config import SegmentationConfig  # importing it registers the section
 from methods.segmentation.data import SegData, choose_canvas, load_split, manifest_sides
 from methods.segmentation.predict import entropy_png, predict_many, save_model
-from methods.segmentation.train import annotations_of, iter_samples, train_segmentation
+from methods.segmentation.scoring import GED_KEYS, detect_sides, detection_summary, score_images, summarize
+from methods.segmentation.train import train_segmentation
 
 ROLES = ("seg", "cls")
 UNLEARNT_DICE = 0.5   # a bone below this mean Dice against the annotators is reported as not learnt
-GED_KEYS = {"ged": "ged", "cross": "ged_cross", "sample_diversity": "ged_sample_diversity",   # evaluate.ged_components
-            "annotation_diversity": "ged_annotation_diversity"}                             # -> eval.json key
-
-
-def truth_mask(dataset: Dataset, image_id: str) -> np.ndarray | None:
-    """The exact label map of a phantom image (``truth/`` of the dataset), or None."""
-    from bench.data.imageio import read_label_map
-
-    p = Path(dataset.root) / "truth" / "masks" / f"{image_id}.png"
-    return read_label_map(p) if p.is_file() else None
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -110,69 +102,17 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, role: str, out_dir
     return kept
 
 
-def _mean_dice(rows: list[dict[str, float]]) -> dict[str, float]:
-    """Per-bone nan-mean over images, plus `mean` (over bones)."""
-    out = {b: float(np.nanmean([r[b] for r in rows])) if rows and not all(np.isnan(r[b]) for r in rows)
-           else float("nan") for b in BONES}
-    vals = [v for v in out.values() if not np.isnan(v)]
-    out["mean"] = float(np.mean(vals)) if vals else float("nan")
-    return out
-
-
 def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labels: dict[str, np.ndarray],
                    cfg: SegmentationConfig, seed: int) -> dict[str, Any]:
     """Dice (truth, annotators), GED, Hungarian IoU and pixel ECE of one split (module docstring)."""
-    from methods.segmentation.evaluate import dice_per_bone, ged_components, hungarian_iou, pixel_ece
-
-    from methods.segmentation.agreement import consensus
-
-    truth_rows, ann_rows, ceiling_rows, consensus_rows = [], {}, [], []
-    for image_id in data.image_ids:
-        pred = labels[image_id]
-        truth = truth_mask(dataset, image_id)
-        masks = dataset.masks(image_id)
-        agreed = consensus(masks, dataset.annotator_weights(image_id)) if masks else None
-        if agreed is not None:
-            consensus_rows.append(dice_per_bone(pred, agreed))
-        if truth is not None:
-            truth_rows.append(dice_per_bone(pred, truth))
-            if agreed is not None:      # the annotators' own consensus against the truth
-                ceiling_rows.append(dice_per_bone(agreed, truth))
-        for name, mask in masks.items():
-            ann_rows.setdefault(name, []).append(dice_per_bone(pred, mask))
-    geds, hious, ece_probs, ece_labels, ece_beta = [], [], [], [], []
-    for i, maps, w, mean in iter_samples(model, data, batch_size=cfg.predict_batch,
-                                         eval_samples=cfg.eval_samples, seed=seed):
-        ann, beta = annotations_of(data, i)
-        geds.append(ged_components(maps, ann, sample_weights=w, annotation_weights=beta))
-        hious.append(float(hungarian_iou(maps, ann, sample_weights=w, annotation_weights=beta)))
-        ece_probs.append(mean.float().cpu().numpy())
-        ece_labels.append(ann)
-        ece_beta.append(beta)
-    out: dict[str, Any] = {"n_images": len(data)}
-    out["dice_truth"] = _mean_dice(truth_rows) if truth_rows else None
-    out["dice_consensus_truth"] = _mean_dice(ceiling_rows) if ceiling_rows else None
-    out["dice_consensus"] = _mean_dice(consensus_rows) if consensus_rows else None
-    out["dice_annotators"] = {a: _mean_dice(r) for a, r in sorted(ann_rows.items())}
-    for term, key in GED_KEYS.items():
-        out[key] = float(np.nanmean([g[term] for g in geds])) if geds else float("nan")
-    out["hungarian_iou"] = float(np.nanmean(hious)) if hious else float("nan")
-    out["ece"] = float(pixel_ece(ece_probs, ece_labels, annotation_weights=ece_beta)) if ece_probs else float("nan")
+    scores, bins = score_images(model, dataset, data, labels, batch_size=cfg.predict_batch,
+                                eval_samples=cfg.eval_samples, seed=seed)
+    out = summarize(scores, bins)
     if model.spec.canonical_laterality:
-        out["laterality_detection"] = laterality_detection(model, dataset, data.image_ids, cfg)
+        out["laterality_detection"] = detection_summary(
+            detect_sides(model, dataset, data.image_ids, batch_size=cfg.predict_batch, draws=cfg.predict_draws),
+            dataset)
     return out
-
-
-def laterality_detection(model: torch.nn.Module, dataset: Dataset, image_ids: list[str],
-                         cfg: SegmentationConfig) -> dict[str, Any]:
-    """How often a canonical-laterality model finds the manifest's side of an image when not told it
-    (methods.segmentation.predict): what `bench predict` relies on for files without a laterality."""
-    sides = manifest_sides(dataset)
-    ids = [i for i in image_ids if sides.get(i)]
-    found = [p.laterality for p in predict_many(model, (dataset.image(i) for i in ids), batch_size=cfg.predict_batch,
-                                                samples=cfg.predict_draws)]
-    wrong = [i for i, f in zip(ids, found) if f != sides[i]]
-    return {"n_images": len(ids), "accuracy": 1.0 - len(wrong) / len(ids) if ids else float("nan"), "wrong": wrong}
 
 
 def unlearnt_bones(report: dict[str, Any], threshold: float = UNLEARNT_DICE) -> list[str]:
@@ -270,7 +210,7 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
                       f"< {UNLEARNT_DICE} on the {next(iter(report['splits']))} split); their bone patches will be "
                       "missing or wrong. Check the masks, train longer or keep the CE term "
                       "(segmentation.ce_weight > 0)", stacklevel=2)
-    (ctx.out_dir / "eval.json").write_text(json.dumps(_jsonable(report), indent=2, sort_keys=True))
+    (ctx.out_dir / "eval.json").write_text(json.dumps(json_safe(report), indent=2, sort_keys=True))
     fig_split = next((s for s in reversed(list(evals)) if len(evals[s])), None)
     figures = write_figures(ctx.out_dir, seg, evals[fig_split].image_ids[:cfg.figures], labels, "seg") \
         if fig_split and cfg.figures > 0 else []
@@ -281,20 +221,7 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
         summary[f"{split}_ged"] = res["ged"]
         if res["dice_truth"]:
             summary[f"{split}_dice_truth_mean"] = res["dice_truth"]["mean"]
-    return _jsonable(summary)
-
-
-def _jsonable(obj: Any) -> Any:
-    """NaN -> None (strict JSON), numpy scalars -> Python."""
-    if isinstance(obj, dict):
-        return {k: _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, (float, np.floating)):
-        return None if np.isnan(obj) else float(obj)
-    if isinstance(obj, np.integer):
-        return int(obj)
-    return obj
+    return json_safe(summary)
 
 
 def _flat_metrics(split: str, res: dict[str, Any]) -> dict[str, float]:

@@ -323,3 +323,19 @@ def test_a_run_on_oracle_patches_cannot_be_exported(tmp_path):
     config = {"entry": "simclr", "stages": {"extract": "a", "pretrain": "b", "probe": "c"}}
     with pytest.raises(BenchError, match="no segment stage.*it ran extract, pretrain, probe.*patches.source=predicted"):
         stage_dirs(run_dir, config)
+
+
+def test_evaluate_seg_scores_the_bundles_segmenter_as_the_runs(run, tmp_path, capsys):
+    """`bench evaluate-seg` on the exported bundle and on the run folder: the same segmenter and draws,
+    so the same scores on the run's `seg` dataset."""
+    seg_data = run["config"]["data"]["seg"]
+    summaries = {}
+    for name, source in (("bundle", run["bundle"]), ("run", run["folder"])):
+        out = tmp_path / name
+        assert main(["evaluate-seg", str(source), "--data", seg_data, "--split", "test", "--out", str(out),
+                     "--device", "cpu"]) == 0
+        summaries[name] = json.loads((out / "summary.json").read_text())
+        assert summaries[name]["segmenter"]["kind"] == name and summaries[name]["predict_draws"] == 3
+    capsys.readouterr()
+    bundle, folder = ({k: v for k, v in s.items() if k != "segmenter"} for s in summaries.values())
+    assert bundle == folder and bundle["n_images"] == 4 and bundle["dice_truth"]["mean"] > 0

@@ -1,0 +1,109 @@
+"""`bench evaluate-seg SEGMENTER --data DATASET`: a trained segmenter on annotated radiographs it never saw
+(methods.segmentation.external)."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser(
+        "evaluate-seg", help="external validation of a segmenter: Dice per bone, GED, laterality on a dataset "
+                             "with bone masks",
+        description="Segment every annotated radiograph of a dataset (bone masks from `bench data import --coco`, or "
+                    "a phantom) with a trained segmenter, as its run's segment stage predicts, and score it as that "
+                    "stage scores its test split: Dice per bone against the truth (phantoms), the annotators' "
+                    "consensus and each annotator; GED, Hungarian IoU, pixel ECE; for a canonical-laterality model, "
+                    "how often it finds the manifest's side when not told it. Writes summary.json and images.csv "
+                    "(one row per image) to --out.")
+    p.add_argument("segmenter", type=Path, metavar="SEGMENTER",
+                   help="a bundle (.osteo from `bench export`), a run folder results/<suite>/<entry>/seed<k> whose "
+                        "entry trains a segmenter (full method, ablations, radiogrammetry), or a segment stage's "
+                        "model.pt")
+    p.add_argument("--data", type=Path, required=True, help="a dataset folder with masks (bench data import / synth)")
+    p.add_argument("--split", default="all", help="all: every annotated image (default); or one split of the "
+                   "dataset's manifest, e.g. test")
+    p.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/segmentation/"
+                   "<entry>-seed<k>--<dataset folder name>); replaced if it exists")
+    p.add_argument("--results", type=Path, default=Path("results"), help="results folder for the default --out")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
+    p.add_argument("--batch-size", type=int, default=None, help="radiographs per forward pass (default: the run's "
+                   "segmentation.predict_batch)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the GED's latent draws (default: 0)")
+    p.add_argument("--no-laterality-check", action="store_true",
+                   help="skip predicting each image again without its side (halves the time of a canonical-"
+                        "laterality model; no laterality_detection in the summary)")
+    p.set_defaults(func=evaluate_seg_command)
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None or (isinstance(value, float) and np.isnan(value)) else f"{value:.3f}"
+
+
+def print_summary(summary: dict[str, Any], out: Path) -> None:
+    """A per-bone Dice table and the sample metrics."""
+    from bench.data.format import BONES
+    from methods.segmentation.external import lowest_bone
+
+    annotators = summary["dice_annotators"]
+    columns = [("vs truth", summary["dice_truth"]), ("vs consensus", summary["dice_consensus"]),
+               ("consensus vs truth", summary["dice_consensus_truth"])]
+    columns += [(f"vs {a}", d) for a, d in annotators.items()]
+    columns = [(name, d) for name, d in columns if d]
+    width = max(len(name) for name, _ in columns)
+    print(f"{'bone':<8}" + "".join(f"{name:>{width + 2}}" for name, _ in columns))
+    for bone in (*BONES, "mean"):
+        print(f"{bone:<8}" + "".join(f"{_fmt(d[bone]):>{width + 2}}" for _, d in columns))
+    low = lowest_bone(summary["dice_truth"] or summary["dice_consensus"])
+    if low:
+        print(f"lowest bone: {low[0]} {low[1]:.3f}")
+    print(f"GED {_fmt(summary['ged'])} (cross {_fmt(summary['ged_cross'])}, sample diversity "
+          f"{_fmt(summary['ged_sample_diversity'])}, annotation diversity {_fmt(summary['ged_annotation_diversity'])}), "
+          f"Hungarian IoU {_fmt(summary['hungarian_iou'])}, pixel ECE {_fmt(summary['ece'])}")
+    det = summary.get("laterality_detection")
+    if det and det["n_images"]:
+        wrong = f" (wrong: {', '.join(det['wrong'][:10])}{' ...' if len(det['wrong']) > 10 else ''})" if det["wrong"] else ""
+        print(f"laterality found without being told: {det['n_images'] - len(det['wrong'])}/{det['n_images']}{wrong}")
+    print(f"wrote {out / 'summary.json'} and {out / 'images.csv'}")
+
+
+def evaluate_seg_command(args: argparse.Namespace) -> int:
+    from bench.atomic import atomic_dir
+    from bench.data.format import Dataset
+    from bench.errors import BenchError
+    from bench.predict import json_safe
+    from bench.runner import resolve_device
+    from bench.stage import dataset_fingerprint
+    from methods.segmentation.external import evaluate_segmenter, open_segmenter
+
+    if args.batch_size is not None and args.batch_size < 1:
+        raise BenchError(f"--batch-size {args.batch_size} must be >= 1")
+    dataset = Dataset.open(args.data)                    # BenchError when it is not a dataset
+    seg = open_segmenter(args.segmenter, resolve_device(args.device))
+    if args.batch_size is not None:
+        seg.batch_size = args.batch_size
+
+    def progress(done: int, total: int) -> None:
+        if sys.stderr.isatty():
+            print(f"\r{done}/{total} radiographs", end="" if done < total else "\n", file=sys.stderr)
+
+    result = evaluate_segmenter(seg, dataset, split=args.split, seed=args.seed,
+                                detect=not args.no_laterality_check, progress=progress)
+    out = args.out or args.results / "segmentation" / f"{seg.label}--{Path(args.data).resolve().name}"
+    summary = {"segmenter": seg.source, "data": {"path": str(Path(args.data).resolve()),
+                                                 "fingerprint": dataset_fingerprint(Path(args.data))},
+               "split": args.split, "seed": args.seed, "predict_draws": seg.draws, "eval_samples": seg.eval_samples,
+               "canonical_laterality": bool(getattr(seg.model.spec, "canonical_laterality", False)),
+               **result.summary}
+    with atomic_dir(out, overwrite=True) as tmp:
+        (tmp / "summary.json").write_text(json.dumps(json_safe(summary), indent=2, sort_keys=True))
+        result.images.to_csv(tmp / "images.csv", index=False)
+    print(f"{seg.label} ({seg.source['kind']} {args.segmenter}) on {args.data}: {result.summary['n_images']} "
+          f"annotated radiographs ({args.split})")
+    print_summary(result.summary, out)
+    return 0

@@ -1,0 +1,174 @@
+"""External validation of a segmenter (methods.segmentation.external, `bench evaluate-seg`): it scores a
+dataset exactly as the segment stage scores its own test split."""
+from __future__ import annotations
+
+import json
+import shutil
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from bench.cli import main
+from bench.data.format import BONES, Dataset, write_manifest
+from bench.data.imageio import read_label_map
+from bench.errors import BenchError
+from bench.stage import derive_seed
+from methods.segmentation.evaluate import dice_per_bone
+from methods.segmentation.external import Segmenter, annotated_ids, evaluate_segmenter, open_segmenter
+from methods.segmentation.predict import load_model
+
+TINY_SEG = {"run.device": "cpu", "segmentation.working_size": 64, "segmentation.epochs": 6,
+            "segmentation.figures": 0, "segmentation.eval_splits": "test", "segmentation.predict_draws": 3}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> dict:
+    """A tiny MoSE and single decoder trained by the segment stage, each in a run folder of the results
+    layout (results/s/<entry>/seed0/config.json naming its cache/segment/<key>)."""
+    import methods.segmentation.config  # noqa: F401  (registers the section)
+    from bench.config import resolve
+    from bench.data.phantom import synthesize
+    from bench.stage import run_stage
+    from methods.segmentation.stage import SEGMENT
+
+    root = tmp_path_factory.mktemp("external")
+    public = synthesize(root / "public", "public", "smoke", seed=0)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    out = {"seg": Dataset.open(public), "root": root}
+    try:
+        for kind in ("mose", "single"):
+            config = resolve("smoke", sets={**TINY_SEG, "segmentation.model": kind})
+            key = f"tiny{kind}"
+            with warnings.catch_warnings():             # a 6-epoch model has not learnt every bone
+                warnings.simplefilter("ignore", UserWarning)
+                run_stage(SEGMENT, cache_root=root / "results" / "cache", key=key, material={}, config=config, seed=0,
+                          inputs={}, datasets={"seg": out["seg"]}, device=torch.device("cpu"))
+            run = root / "results" / "s" / f"seg-{kind}" / "seed0"
+            run.mkdir(parents=True)
+            (run / "config.json").write_text(json.dumps({"entry": f"seg-{kind}", "seed": 0, "stages": {"segment": key},
+                                                         "config": config.to_dict()}))
+            out[kind] = run
+        yield out
+    finally:
+        torch.set_num_threads(threads)
+
+
+def stage_dir(run: Path) -> Path:
+    key = json.loads((run / "config.json").read_text())["stages"]["segment"]
+    return run.parent.parent.parent / "cache" / "segment" / key
+
+
+@pytest.mark.parametrize("kind", ["mose", "single"])
+def test_the_stages_test_split_scores_as_its_eval_json(trained, kind):
+    seg = open_segmenter(trained[kind])
+    assert (seg.draws, seg.eval_samples, seg.source["entry"]) == (3, 0, f"seg-{kind}")
+    result = evaluate_segmenter(seg, trained["seg"], split="test", seed=derive_seed(0, "segmentation", "eval", "test"))
+    expected = json.loads((stage_dir(trained[kind]) / "eval.json").read_text())["splits"]["test"]
+    got = result.summary
+    assert got["n_images"] == expected["n_images"] == 4
+    for ref in ("dice_truth", "dice_consensus", "dice_consensus_truth"):
+        for bone in (*BONES, "mean"):
+            assert got[ref][bone] == pytest.approx(expected[ref][bone], abs=1e-12, nan_ok=True), (ref, bone)
+    assert set(got["dice_annotators"]) == set(expected["dice_annotators"]) == {"a1", "a2", "a3"}
+    for key in ("ged", "ged_cross", "ged_sample_diversity", "ged_annotation_diversity", "hungarian_iou", "ece"):
+        assert got[key] == pytest.approx(expected[key], abs=1e-12), key
+    assert got["laterality_detection"]["n_images"] == expected["laterality_detection"]["n_images"] == 4
+    assert got["laterality_detection"]["wrong"] == expected["laterality_detection"]["wrong"]
+    # per image: the stage's own label map against the truth, and the manifest's side given
+    images = result.images.set_index("image_id")
+    ds = trained["seg"]
+    assert list(images.index) == annotated_ids(ds, "test")
+    for image_id in images.index:
+        labels = read_label_map(stage_dir(trained[kind]) / "labels" / "seg" / f"{image_id}.png")
+        truth = read_label_map(ds.root / "truth" / "masks" / f"{image_id}.png")
+        for bone, dice in dice_per_bone(labels, truth).items():
+            assert images.loc[image_id, f"dice_truth_{bone}"] == pytest.approx(dice, nan_ok=True)
+        assert images.loc[image_id, "laterality"] == ds.manifest.set_index("image_id").loc[image_id, "laterality"]
+        assert images.loc[image_id, "laterality_source"] == "given"
+    assert images["split"].eq("test").all() and (images["ged"] >= 0).all()
+
+
+def test_chunks_add_up_to_the_whole(trained):
+    """Dice and every metric of a deterministic model do not depend on the chunking; a MoSE's Dice neither
+    (its label maps come from one latent draw for all images)."""
+    ds = trained["seg"]
+    single = open_segmenter(trained["single"])
+    whole = evaluate_segmenter(single, ds, split="test", chunk=32).summary
+    ones = evaluate_segmenter(single, ds, split="test", chunk=1).summary
+    for key in ("ged", "hungarian_iou", "ece"):         # batches of 1 and of 4: float rounding only
+        assert ones[key] == pytest.approx(whole[key], abs=1e-6)
+    assert ones["dice_consensus"] == pytest.approx(whole["dice_consensus"], abs=1e-6)
+    mose = open_segmenter(trained["mose"])
+    a = evaluate_segmenter(mose, ds, split="test", chunk=32, detect=False)
+    b = evaluate_segmenter(mose, ds, split="test", chunk=3, detect=False)
+    assert a.summary["dice_truth"] == pytest.approx(b.summary["dice_truth"], abs=1e-12)
+    assert "laterality_detection" not in a.summary and (a.images["laterality_detected"] == "").all()
+
+
+def test_an_unknown_side_is_detected_and_scored_on_the_detected_orientation(trained, tmp_path):
+    ds = trained["seg"]
+    blank = tmp_path / "blank"
+    shutil.copytree(ds.root, blank)
+    manifest = ds.manifest.copy()
+    manifest["laterality"] = ""
+    write_manifest(manifest, blank / "manifest.csv")
+    seg = open_segmenter(trained["mose"])
+    told = evaluate_segmenter(seg, ds, split="val").images.set_index("image_id")
+    untold = evaluate_segmenter(seg, Dataset.open(blank), split="val").images.set_index("image_id")
+    assert (untold["laterality_source"] == "detected").all() and set(untold["laterality"]) <= {"L", "R"}
+    assert (untold["laterality_detected"] == "").all()                  # nothing to check it against
+    same = untold.index[untold["laterality"] == told["laterality"]]
+    assert len(same) >= 1
+    for column in ("dice_truth_mean", "dice_consensus_mean", "ged", "hungarian_iou"):
+        np.testing.assert_allclose(untold.loc[same, column], told.loc[same, column], atol=1e-12)
+
+
+def test_a_model_file_uses_the_documented_defaults_and_a_folder_without_segmenter_is_refused(trained, tmp_path):
+    model_file = stage_dir(trained["single"]) / "model.pt"
+    seg = open_segmenter(model_file)
+    assert seg.source["kind"] == "model" and (seg.draws, seg.eval_samples, seg.batch_size) == (16, 0, 8)
+    assert seg.label == "tinysingle"
+    assert isinstance(seg, Segmenter) and seg.model.spec.kind == "single"
+    oracle = tmp_path / "results" / "s" / "simclr" / "seed0"
+    oracle.mkdir(parents=True)
+    (oracle / "config.json").write_text(json.dumps({"entry": "simclr", "seed": 0, "stages": {"patches": "k"}}))
+    with pytest.raises(BenchError, match="trains no segmenter"):
+        open_segmenter(oracle)
+    with pytest.raises(BenchError, match="does not exist"):
+        open_segmenter(tmp_path / "nothing")
+    (oracle / "config.json").write_text(json.dumps({"entry": "simclr", "seed": 0, "stages": {"segment": "gone"}}))
+    with pytest.raises(BenchError, match="missing from the cache"):
+        open_segmenter(oracle)
+
+
+def test_cli_writes_summary_and_images_and_refuses_bad_input(trained, tmp_path, capsys):
+    ds = trained["seg"]
+    out = tmp_path / "ev"
+    assert main(["evaluate-seg", str(trained["mose"]), "--data", str(ds.root), "--split", "val", "--out", str(out),
+                 "--device", "cpu", "--no-laterality-check"]) == 0
+    printed = capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    images = pd.read_csv(out / "images.csv")
+    assert summary["n_images"] == len(images) == 4 and summary["segmenter"]["kind"] == "run"
+    assert summary["predict_draws"] == 3 and summary["canonical_laterality"] is True
+    assert "laterality_detection" not in summary
+    assert summary["dice_truth"]["mean"] == pytest.approx(images["dice_truth_mean"].mean())   # no bone absent here
+    assert "ulna" in printed and "GED" in printed and f"{summary['dice_truth']['mean']:.3f}" in printed
+    assert not list(tmp_path.glob(".ev.tmp-*"))
+    # no masks; an unknown split; a bad batch size
+    masks_gone = tmp_path / "nomasks"
+    shutil.copytree(ds.root, masks_gone)
+    shutil.rmtree(masks_gone / "masks")
+    (masks_gone / "annotators.csv").write_text("image_id,annotator,weight\n")
+    for argv, message in [(["--data", str(masks_gone)], "has a bone mask"),
+                          (["--data", str(ds.root), "--split", "holdout"], "has no 'holdout' split"),
+                          (["--data", str(ds.root), "--batch-size", "0"], "--batch-size 0 must be >= 1")]:
+        assert main(["evaluate-seg", str(trained["single"]), "--out", str(tmp_path / "x"), *argv]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err
+    assert not (tmp_path / "x").exists()
