@@ -19,7 +19,6 @@ from bench.errors import BenchError
 from bench.stage import derive_seed
 from methods.segmentation.evaluate import dice_per_bone
 from methods.segmentation.external import Segmenter, annotated_ids, evaluate_segmenter, open_segmenter
-from methods.segmentation.predict import load_model
 
 TINY_SEG = {"run.device": "cpu", "segmentation.working_size": 64, "segmentation.epochs": 6,
             "segmentation.figures": 0, "segmentation.eval_splits": "test", "segmentation.predict_draws": 3}
