@@ -10,7 +10,7 @@ from sklearn.metrics import f1_score, jaccard_score
 
 from bench.data import BONES
 from bench.errors import BenchError
-from methods.segmentation.evaluate import (dice_per_bone, ged, ged_components, hungarian_iou,
+from methods.segmentation.evaluate import (dice_per_bone, ece_bins, ece_of_bins, ged, ged_components, hungarian_iou,
                                            pairwise_distances, pixel_ece)
 
 FG = (1,)                                               # binary masks of the reference examples
@@ -144,6 +144,10 @@ def test_pixel_ece_pools_bins_over_images():
     # (.9,1]: .92 .97 | (.8,.9]: .83 .86 | (.7,.8]: .74 | (.6,.7]: .65 .62 | (.5,.6]: .56
     by_hand = (abs(2 - .92 - .97) + abs(1.5 - .83 - .86) + abs(1 - .74) + abs(2 - .65 - .62) + abs(.5 - .56)) / 8
     assert pooled == pytest.approx(by_hand, abs=1e-12)
+    # the bins of separate calls add up (an evaluation in chunks of images)
+    bins = ece_bins(p1, ANN) + ece_bins([p2], [a2])
+    assert bins[0].sum() == 8 and ece_of_bins(bins) == pytest.approx(by_hand, abs=1e-12)
+    assert np.isnan(ece_of_bins(ece_bins([], [])))
 
 
 def test_pixel_ece_zero_when_calibrated():
