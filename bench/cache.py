@@ -9,7 +9,8 @@ process writes them; a stage is being written exactly while its lock is held
 (bench.executors.locking), so :func:`clean` removes only what belongs to an unlocked key, holding
 that key's lock while it deletes. The phantom datasets (``cache/phantom``) are data, not stages:
 left as they are, except the temporary folders of an interrupted generation (under the phantom
-lock).
+lock) and, when asked (:func:`stale_phantoms`), the phantoms of other package or generator versions,
+which no run of this version reads.
 """
 from __future__ import annotations
 
@@ -113,25 +114,40 @@ def _lock_of(cache_root: Path, stage: str, key: str) -> Path:
     return lock_path(cache_root, "phantom" if stage == PHANTOM_DIR else f"{stage}-{key}")
 
 
-def clean(cache_root: Path, resumable: bool = False, dry_run: bool = False) -> tuple[list[Path], list[Path], int]:
-    """Remove the leftovers (and with `resumable` the resumable states) of keys nobody is writing.
+def stale_phantoms(cache_root: Path) -> list[Path]:
+    """The cached phantoms made by another osteobench or generator version (bench.data.provision names
+    them by both): a run of this version generates its own and never reads these."""
+    from bench.data.provision import phantom_suffix
+
+    folder = Path(cache_root) / PHANTOM_DIR
+    if not folder.is_dir():
+        return []
+    return [p for p in sorted(folder.iterdir())
+            if p.is_dir() and _kind(p) is None and not p.name.endswith(phantom_suffix())]
+
+
+def clean(cache_root: Path, resumable: bool = False, dry_run: bool = False,
+          stale: bool = False) -> tuple[list[Path], list[Path], int]:
+    """Remove the leftovers (and with `resumable` the resumable states) of keys nobody is writing, and
+    with `stale` the :func:`stale_phantoms` while no phantom is being generated.
 
     Returns (removed, skipped because their stage is being written, bytes freed).
     """
     cache_root = Path(cache_root)
     removed, busy, freed = [], [], 0
-    for u in usage(cache_root):
-        for item in u.leftovers + (u.resumable if resumable else []):
-            key = _kind(item)[0]  # type: ignore[index]
-            with _unless_locked(_lock_of(cache_root, u.stage, key)) as free:
-                if not free:
-                    busy.append(item)
-                    continue
-                size = folder_bytes(item)
-                if not dry_run:
-                    shutil.rmtree(item, ignore_errors=True)
-                removed.append(item)
-                freed += size
+    jobs = [(u.stage, item, _kind(item)[0]) for u in usage(cache_root)  # type: ignore[index]
+            for item in u.leftovers + (u.resumable if resumable else [])]
+    jobs += [(PHANTOM_DIR, item, "") for item in (stale_phantoms(cache_root) if stale else [])]
+    for stage, item, key in jobs:
+        with _unless_locked(_lock_of(cache_root, stage, key)) as free:
+            if not free:
+                busy.append(item)
+                continue
+            size = folder_bytes(item)
+            if not dry_run:
+                shutil.rmtree(item, ignore_errors=True)
+            removed.append(item)
+            freed += size
     return removed, busy, freed
 
 

@@ -11,20 +11,25 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                               description="Without an action: per stage, the finished outputs, the leftovers of "
                               "interrupted writes and the resumable training states, with their sizes. `clean` "
                               "removes the leftovers of keys no process is writing (and with --resume also the "
-                              "resumable states, which a rerun would have continued from).")
+                              "resumable states, which a rerun would have continued from; with --stale-phantoms the phantom "
+                              "datasets of other osteobench or generator versions, which no run of this version "
+                              "reads).")
     p.add_argument("action", nargs="?", choices=("status", "clean"), default="status", help="default: status")
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder (default: ./results)")
     p.add_argument("--resume", action="store_true", help="clean: also remove resumable training states")
+    p.add_argument("--stale-phantoms", action="store_true",
+                   help="clean: also remove cached phantoms of other osteobench or generator versions")
     p.add_argument("--dry-run", action="store_true", help="clean: list what would be removed, remove nothing")
     p.set_defaults(func=cache_command)
 
 
 def cache_command(args: argparse.Namespace) -> int:
-    from bench.cache import clean, human, usage
+    from bench.cache import clean, folder_bytes, human, stale_phantoms, usage
 
     root = Path(args.results) / "cache"
     if args.action == "clean":
-        removed, busy, freed = clean(root, resumable=args.resume, dry_run=args.dry_run)
+        removed, busy, freed = clean(root, resumable=args.resume, dry_run=args.dry_run,
+                                     stale=args.stale_phantoms)
         verb = "would remove" if args.dry_run else "removed"
         for path in removed:
             print(f"{verb} {path}")
@@ -41,4 +46,9 @@ def cache_command(args: argparse.Namespace) -> int:
     if left:
         print(f"{left} leftover folder(s) of interrupted writes: `bench cache clean --results {args.results}` "
               "removes those nobody is writing")
+    stale = stale_phantoms(root)
+    if stale:
+        print(f"{len(stale)} cached phantom(s) of other osteobench or generator versions "
+              f"({human(sum(folder_bytes(p) for p in stale))}), which no run of this version reads: "
+              f"`bench cache clean --stale-phantoms --results {args.results}` removes them")
     return 0

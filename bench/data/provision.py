@@ -16,12 +16,17 @@ from bench.errors import BenchError
 ROLES: dict[str, str] = {"seg": "public", "cls": "clinical"}  # role -> phantom preset
 
 
+def phantom_suffix() -> str:
+    """How this osteobench's cached phantoms end: the package and the generator version."""
+    from bench.data.phantom.presets import GENERATOR_VERSION
+
+    return f"-v{__version__}-{GENERATOR_VERSION}"
+
+
 def phantom_dir(cache_root: Path, preset: str, profile: str, seed: int) -> Path:
     """The cached phantom's folder, named by the package and the generator version (a new generator
     never reuses an older phantom)."""
-    from bench.data.phantom.presets import GENERATOR_VERSION
-
-    return Path(cache_root) / "phantom" / f"{preset}-{profile}-seed{seed}-v{__version__}-{GENERATOR_VERSION}"
+    return Path(cache_root) / "phantom" / f"{preset}-{profile}-seed{seed}{phantom_suffix()}"
 
 
 def planned_paths(config: Config, cache_root: Path) -> dict[str, Path]:

@@ -64,3 +64,26 @@ def test_cli_status_and_clean(tmp_path, capsys):
     assert "removed 4 folder(s)" in capsys.readouterr().out
     assert main(["cache", "--results", str(tmp_path / "nowhere")]) == 2
     assert "not a cache folder" in capsys.readouterr().err
+
+
+def test_stale_phantoms_are_removed_only_when_asked_and_not_while_one_is_generated(tmp_path, capsys):
+    from bench.cache import stale_phantoms
+    from bench.data.provision import phantom_dir
+
+    cache, done, leftovers, busy, resume = _cache(tmp_path)
+    current = _folder(phantom_dir(cache, "public", "smoke", 0), 5)
+    old_generator = _folder(cache / "phantom" / "public-smoke-seed0-v0.1.0-phantom-1.0", 20)
+    unversioned = cache / "phantom" / "public-smoke"                     # from _cache: named before versions
+    assert stale_phantoms(cache) == sorted([old_generator, unversioned])
+    removed, _, _ = clean(cache)
+    assert old_generator.exists() and unversioned.exists() and current.exists()
+    with data_lock(cache):                                   # a phantom is being generated now
+        removed, kept, _ = clean(cache, stale=True)
+    assert sorted(kept) == sorted([old_generator, unversioned]) and old_generator.exists()
+    results = str(tmp_path / "results")
+    assert main(["cache", "--results", results]) == 0
+    assert "2 cached phantom(s) of other osteobench or generator versions" in capsys.readouterr().out
+    assert main(["cache", "clean", "--stale-phantoms", "--results", results]) == 0
+    assert "removed 2 folder(s)" in capsys.readouterr().out
+    assert not old_generator.exists() and not unversioned.exists() and current.exists() and done.exists()
+    assert stale_phantoms(cache) == []
