@@ -41,6 +41,7 @@ from bench.stage import StageContext
 from baselines.landmarks import (LandmarkConfig, decode, gaussian_targets, heatmap_loss, landmark_errors,
                                  reference_landmarks, to_native, to_working)
 from methods.optim import adam
+from methods.segmentation.data import side_of
 from methods.segmentation.model import UNetBackbone
 from methods.transfer import to_device_async
 
@@ -84,7 +85,7 @@ def load_images(dataset: Dataset, role: str, cfg: LandmarkConfig, threads: int |
     def one(rec: dict) -> dict:
         image_id = str(rec["image_id"])
         spacing = _spacing(rec, role)
-        mirror = cfg.canonical_laterality and str(rec.get("laterality", "")).strip().upper().startswith("L")
+        mirror = cfg.canonical_laterality and side_of(rec.get("laterality")) == "L"   # the segmenter's reading
         tensor, scale = resample(dataset.image(image_id), spacing, cfg.mm_per_px)
         weights = dataset.annotator_weights(image_id)
         truth = (reference_landmarks(dataset.masks(image_id), weights, spacing, cfg) if weights

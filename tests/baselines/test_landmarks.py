@@ -112,3 +112,7 @@ def test_images_load_the_same_in_threads(tmp_path):
         assert torch.equal(a["tensor"], b["tensor"]) and a["scale"] == b["scale"] and a["mirror"] == b["mirror"]
         np.testing.assert_array_equal(a["truth"], b["truth"])
     assert np.isfinite(np.stack([i["truth"] for i in one])).mean() > 0.8
+    # left hands (as the segmenter reads the manifest: methods.segmentation.data.side_of) are mirrored
+    assert [i["mirror"] for i in one] == [s == "L" for s in ds.manifest["laterality"]] and any(i["mirror"] for i in one)
+    ds.manifest["laterality"] = ["l", "LEFT", "B", "", "R", " L ", None]
+    assert [i["mirror"] for i in load_images(ds, "seg", lm, threads=1)] == [True, False, False, False, False, True, False]
