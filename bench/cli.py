@@ -15,6 +15,7 @@ import pkgutil
 import sys
 
 from bench import __version__
+from bench.allocator import keep_freed_memory
 from bench.errors import BenchError
 
 
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's INFO lines drown the progress output
     logging.getLogger("alembic").setLevel(logging.WARNING)
+    keep_freed_memory()                                       # bench.allocator: CPU tensors without page faults
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

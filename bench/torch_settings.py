@@ -48,6 +48,9 @@ def apply_run_settings(run: Any, device: Any) -> bool:
     ``cudnn.benchmark`` for a run of config section `run` on `device`; returns whether deterministic."""
     import torch
 
+    from bench.allocator import keep_freed_memory
+
+    keep_freed_memory()                     # also in processes not started by the CLI (Ray workers)
     if run.num_threads:
         torch.set_num_threads(run.num_threads)
     deterministic = deterministic_for(run.deterministic, device)

@@ -11,6 +11,10 @@ sys.path.insert(0, str(Path(__file__).parent))  # tiny_data
 
 from tiny_data import write_tiny_dataset  # noqa: E402
 
+from bench.allocator import keep_freed_memory  # noqa: E402
+
+keep_freed_memory()     # the tests run what the CLI runs, with the CLI's allocator settings
+
 
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
