@@ -4,10 +4,11 @@ glibc's malloc serves every allocation above its mmap threshold (128 KiB, adapti
 a fresh ``mmap`` and unmaps it when it is freed; what it frees at the top of the heap beyond 128 KiB
 it gives back to the kernel too. A CPU training step or a MoSE prediction allocates and frees tensors
 of tens to hundreds of MB many times over, so the kernel zero-fills their pages again each time.
-Measured on the project's 2-core CPU machine (smoke MoSE, 256-row canvas, S = 4, one thread):
-a training step at batch 2 took 6.1 s, 36 of its 57 s of CPU time over 4 steps in the kernel; with
-the settings below 1.7 s. Predicting 8 radiographs with 16 latent draws per expert spent 12.7 s in
-the kernel and 4.6 s computing; with them 0.05 s and 3.8 s.
+Measured on the project's 2-core CPU machine, sharing it with other work (smoke MoSE, 256-row
+canvas, S = 4, one thread): `bench perf seg` at batch 2 took 6.13 s a step, with 36 s of the
+process's 58 s of CPU time in the kernel; with the settings below 1.89 s and 1.6 s. Predicting 8
+radiographs with 16 latent draws per expert took 35 s (13 s in the kernel, 4.7 s computing); with
+them 8-13 s (0.2-2.6 s in the kernel).
 
 The PyTorch CPU performance guide recommends a caching allocator (jemalloc, tcmalloc) for this; glibc's
 own knobs (``mallopt``) give the same reuse without a dependency: the mmap threshold and the trim
