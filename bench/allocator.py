@@ -14,7 +14,8 @@ The PyTorch CPU performance guide recommends a caching allocator (jemalloc, tcma
 own knobs (``mallopt``) give the same reuse without a dependency: the mmap threshold and the trim
 threshold at their maximum (2 GiB - 1) and a top pad of 256 MiB, so freed blocks stay in the heap and
 are reused. The cost: the process's resident memory stays near its peak instead of falling back after
-it. ``OSTEOBENCH_MALLOC=system`` leaves glibc as it is; off glibc (macOS, musl) nothing changes.
+it (a CPU peak-memory measurement first hands the kept memory back: :func:`release_free_memory`).
+``OSTEOBENCH_MALLOC=system`` leaves glibc as it is; off glibc (macOS, musl) nothing changes.
 """
 from __future__ import annotations
 
@@ -31,21 +32,36 @@ ENV = "OSTEOBENCH_MALLOC"
 _applied: bool | None = None
 
 
+def _glibc() -> ctypes.CDLL | None:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        libc.mallopt, libc.malloc_trim, libc.gnu_get_libc_version   # glibc only: musl's mallopt does nothing
+    except (OSError, AttributeError):
+        return None
+    return libc
+
+
 def keep_freed_memory() -> bool:
     """Apply the settings of the module docstring once per process; True when they are in force."""
     global _applied
     if _applied is not None:
         return _applied
     _applied = False
-    if os.environ.get(ENV, "").strip().lower() == "system" or not sys.platform.startswith("linux"):
+    libc = None if os.environ.get(ENV, "").strip().lower() == "system" else _glibc()
+    if libc is None:
         return False
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version                               # glibc only: musl's mallopt does nothing
-    except (OSError, AttributeError):
-        return False
+    mallopt = libc.mallopt
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     _applied = all(mallopt(param, value) == 1 for param, value in
                    ((M_MMAP_THRESHOLD, LARGEST), (M_TRIM_THRESHOLD, LARGEST), (M_TOP_PAD, TOP_PAD)))
     return _applied
+
+
+def release_free_memory() -> None:
+    """Hand the freed memory glibc keeps back to the kernel (``malloc_trim(0)``), so that the resident
+    set is what the process holds; for measuring a step's peak memory on the CPU."""
+    libc = _glibc()
+    if libc is not None:
+        libc.malloc_trim(0)

@@ -11,7 +11,8 @@ B couplings, after the cost's copy to the host); its share is solve time / step 
 Memory: the peak of one step after the timed ones, ``torch.cuda.max_memory_allocated`` on a GPU
 (what the tensors need, the allocator's cache excluded) and on a Linux CPU the process's peak
 resident set during the step (VmHWM after resetting it through /proc/self/clear_refs; it includes
-the model, the batch and the interpreter). ``segmentation.micro_batch`` lowers it.
+the model, the batch and the interpreter; the freed memory glibc keeps for reuse, bench.allocator, is
+handed back first). ``segmentation.micro_batch`` lowers it.
 """
 from __future__ import annotations
 
@@ -74,6 +75,9 @@ def peak_memory_bytes(device: torch.device, step: Callable[[], object]) -> int |
         step()
         torch.cuda.synchronize(device)
         return int(torch.cuda.max_memory_allocated(device))
+    from bench.allocator import release_free_memory
+
+    release_free_memory()                     # memory kept for reuse (bench.allocator) is not the step's
     try:
         with open("/proc/self/clear_refs", "w") as f:
             f.write("5")                      # resets VmHWM to the current resident set (Linux >= 4.0)
