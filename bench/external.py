@@ -39,18 +39,25 @@ class Evaluation:
     threshold: float
 
 
+def split_rows(dataset: Dataset, split: str = ALL, unit: str = "subject") -> pd.DataFrame:
+    """The manifest rows of `split` (all: every row); a BenchError names the splits there are."""
+    manifest = dataset.manifest
+    if split == ALL:
+        return manifest
+    chosen = manifest[manifest["split"].astype(str) == split]
+    if chosen.empty:
+        present = sorted(set(manifest["split"].astype(str)))
+        raise BenchError(f"{dataset.root} has no {split!r} split (it has {', '.join(present)}); choose one of "
+                         f"them, or --split {ALL} for every {unit}")
+    return chosen
+
+
 def chosen_rows(dataset: Dataset, split: str = ALL) -> pd.DataFrame:
     """The labelled manifest rows to evaluate, with the split they are reported under."""
     if not dataset.has_labels:
         raise BenchError(f"{dataset.root} has no labels (manifest column `label`); external validation needs the "
                          "DXA labels of the cohort (import them with `bench data import --csv`)")
-    manifest = dataset.manifest
-    if split != ALL:
-        present = sorted(set(manifest["split"].astype(str)))
-        manifest = manifest[manifest["split"].astype(str) == split]
-        if manifest.empty:
-            raise BenchError(f"{dataset.root} has no {split!r} split (it has {', '.join(present)}); choose one of "
-                             f"them, or --split {ALL} for every subject")
+    manifest = split_rows(dataset, split)
     rows = manifest[manifest["label"].notna()].copy()
     if rows.empty:
         raise BenchError(f"no labelled image in {dataset.root}" + (f" ({split} split)" if split != ALL else ""))

@@ -25,6 +25,7 @@ import torch
 
 from bench.data.format import Dataset
 from bench.errors import BenchError
+from bench.external import ALL, split_rows
 from bench.stage import derive_seed
 from methods.segmentation.config import SegmentationConfig
 from methods.segmentation.data import load_split, manifest_sides
@@ -32,9 +33,6 @@ from methods.segmentation.predict import load_model, predict_many
 from methods.segmentation.evaluate import ece_bins
 from methods.segmentation.scoring import (ImageScore, detect_sides, detection_summary, images_frame, score_images,
                                           summarize)
-
-ALL = "all"
-
 
 @dataclass
 class Segmenter:
@@ -113,13 +111,7 @@ class SegEvaluation:
 
 def annotated_ids(dataset: Dataset, split: str = ALL) -> list[str]:
     """The images of `split` (all: every split) that have at least one annotator mask of weight > 0."""
-    manifest = dataset.manifest
-    if split != ALL:
-        present = sorted(set(manifest["split"].astype(str)))
-        manifest = manifest[manifest["split"].astype(str) == split]
-        if manifest.empty:
-            raise BenchError(f"{dataset.root} has no {split!r} split (it has {', '.join(present)}); choose one of "
-                             f"them, or --split {ALL} for every image")
+    manifest = split_rows(dataset, split, unit="image")
     ids = [i for i in manifest["image_id"].astype(str) if sum(dataset.annotator_weights(i).values()) > 0]
     if not ids:
         raise BenchError(f"no image of {dataset.root}" + (f" ({split} split)" if split != ALL else "") + " has a "
