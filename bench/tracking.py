@@ -431,6 +431,29 @@ class Tracker:
         end = max((r.info.end_time or 0) for r in latest.values()) or None
         self._call("set_terminated", parent, "FAILED" if failed else "FINISHED", end_time=end)
 
+    def log_once(self, suite: str, tags: Mapping[str, str], run_name: str, *, params: Mapping[str, Any],
+                 metrics: Sequence[tuple[str, float, int, int]], files: Sequence[Path]) -> str:
+        """One finished run in the suite's experiment carrying `tags` (which identify its content: a
+        rerun with the same tags reuses it), with params, metrics and `files` as artifacts; "" when
+        disabled. A failure while logging marks the run FAILED."""
+        if not self.enabled:
+            return ""
+        with self._locked():
+            exp_id = self.experiment_id(suite)
+            for run in self._search(exp_id, tags):
+                if run.info.status == "FINISHED":
+                    return run.info.run_id
+            run_id = self._call("create_run", exp_id, tags=dict(tags), run_name=run_name).info.run_id
+            try:
+                self._log(run_id, params=params, metrics=metrics)
+                for f in files:
+                    self._call("log_artifact", run_id, str(f))
+            except BaseException:
+                self._call("set_terminated", run_id, "FAILED")
+                raise
+            self._call("set_terminated", run_id, "FINISHED")
+        return run_id
+
     def _log(self, run_id: str, *, params: Mapping[str, Any] | None = None,
              tags: Mapping[str, Any] | None = None,
              metrics: Sequence[tuple[str, float, int, int]] = ()) -> None:

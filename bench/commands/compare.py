@@ -208,19 +208,5 @@ def log_compare(tracker: Any, suite: str, name: str, frame: pd.DataFrame, a: str
             v = getattr(r, col, math.nan)
             if isinstance(v, (int, float, np.number)) and math.isfinite(float(v)):
                 metrics.append((f"{prefix}/{col}", float(v), now, 0))
-    with tracker._locked():
-        exp_id = tracker.experiment_id(suite)
-        for run in tracker._search(exp_id, tags):
-            if run.info.status == "FINISHED":
-                return run.info.run_id
-        run_id = tracker._call("create_run", exp_id, tags=tags, run_name=f"compare/{name}").info.run_id
-        try:
-            tracker._log(run_id, params={k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()},
-                         metrics=metrics)
-            for f in files:
-                tracker._call("log_artifact", run_id, str(f))
-        except BaseException:
-            tracker._call("set_terminated", run_id, "FAILED")
-            raise
-        tracker._call("set_terminated", run_id, "FINISHED")
-    return run_id
+    return tracker.log_once(suite, tags, f"compare/{name}", metrics=metrics, files=files,
+                            params={k: json.dumps(v) if isinstance(v, list) else v for k, v in params.items()})

@@ -10,6 +10,8 @@ from typing import Any
 
 import numpy as np
 
+EXPERIMENT = "segmentation"          # MLflow experiment osteobench/segmentation
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser(
@@ -35,6 +37,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=None, help="radiographs per forward pass (default: the run's "
                    "segmentation.predict_batch)")
     p.add_argument("--seed", type=int, default=0, help="seed of the GED's latent draws (default: 0)")
+    p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under --results)")
+    p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-laterality-check", action="store_true",
                    help="skip predicting each image again without its side (halves the time of a canonical-"
                         "laterality model; no laterality_detection in the summary)")
@@ -72,6 +76,28 @@ def print_summary(summary: dict[str, Any], out: Path) -> None:
     print(f"wrote {out / 'summary.json'} and {out / 'images.csv'}")
 
 
+def log_evaluation(tracker: Any, name: str, summary: dict[str, Any], files: list[Path]) -> str:
+    """One run ``evaluate-seg/<name>`` in the MLflow experiment ``osteobench/segmentation``: the
+    segmenter and data as params, the eval.json metric names (seg_<split>_...), the two files."""
+    import hashlib
+    import time
+
+    from bench.tracking import TAG_SUITE, TAG_TYPE
+    from methods.segmentation.scoring import flat_metrics
+
+    digest = hashlib.sha256(b"".join(Path(f).read_bytes() for f in files)).hexdigest()[:16]
+    tags = {TAG_SUITE: EXPERIMENT, TAG_TYPE: "evaluate-seg", "osteobench.evaluate_seg.digest": digest}
+    source = summary["segmenter"]
+    params = {"segmenter_kind": source["kind"], "segmenter": source["path"], "entry": source.get("entry"),
+              "seed": source.get("seed"), "data": summary["data"]["path"], "data_fingerprint": summary["data"]["fingerprint"],
+              "split": summary["split"], "predict_draws": summary["predict_draws"],
+              "eval_samples": summary["eval_samples"], "n_images": summary["n_images"]}
+    now = int(time.time() * 1000)
+    metrics = [(k, float(v), now, 0) for k, v in flat_metrics(summary["split"], summary).items()
+               if v is not None and np.isfinite(v)]
+    return tracker.log_once(EXPERIMENT, tags, f"evaluate-seg/{name}", params=params, metrics=metrics, files=files)
+
+
 def evaluate_seg_command(args: argparse.Namespace) -> int:
     from bench.atomic import atomic_dir
     from bench.data.format import Dataset
@@ -106,4 +132,10 @@ def evaluate_seg_command(args: argparse.Namespace) -> int:
     print(f"{seg.label} ({seg.source['kind']} {args.segmenter}) on {args.data}: {result.summary['n_images']} "
           f"annotated radiographs ({args.split})")
     print_summary(result.summary, out)
+    if not args.no_mlflow:
+        from bench.tracking import Tracker
+
+        tracker = Tracker(args.results, uri=args.tracking_uri)
+        if log_evaluation(tracker, out.name, summary, [out / "summary.json", out / "images.csv"]):
+            print(f"logged to MLflow {tracker.uri}, experiment osteobench/{EXPERIMENT}")
     return 0

@@ -131,6 +131,24 @@ def images_frame(scores: list[ImageScore]) -> pd.DataFrame:
     return pd.DataFrame([s.row() for s in scores])
 
 
+def flat_metrics(split: str, res: dict[str, Any]) -> dict[str, float]:
+    """Metric names for ctx.log / MLflow: seg_<split>_<metric>[_<bone>]."""
+    out = {f"seg_{split}_{k}": float(res[k]) for k in ("hungarian_iou", "ece", *GED_KEYS.values())}
+    if res["dice_truth"]:
+        out.update({f"seg_{split}_dice_truth_{b}": v for b, v in res["dice_truth"].items()})
+    if res.get("dice_consensus"):
+        out.update({f"seg_{split}_dice_consensus_{b}": v for b, v in res["dice_consensus"].items()})
+    if res.get("dice_consensus_truth"):
+        out[f"seg_{split}_dice_consensus_truth_mean"] = res["dice_consensus_truth"]["mean"]
+    for a, d in res["dice_annotators"].items():
+        out[f"seg_{split}_dice_{a}_mean"] = d["mean"]
+    if res["dice_annotators"]:
+        out[f"seg_{split}_dice_annotators_mean"] = float(np.nanmean([d["mean"] for d in res["dice_annotators"].values()]))
+    if res.get("laterality_detection", {}).get("n_images"):
+        out[f"seg_{split}_laterality_detection_accuracy"] = res["laterality_detection"]["accuracy"]
+    return out
+
+
 def detect_sides(model: torch.nn.Module, dataset: Dataset, image_ids: Sequence[str], *, batch_size: int,
                  draws: int | None, seed: int = 0) -> dict[str, str]:
     """Image id -> the side a canonical-laterality model chooses when not told it

@@ -48,7 +48,7 @@ from bench.stage import StageContext, derive_seed
 from methods.segmentation.config import SegmentationConfig  # importing it registers the section
 from methods.segmentation.data import SegData, choose_canvas, load_split, manifest_sides
 from methods.segmentation.predict import entropy_png, predict_many, save_model
-from methods.segmentation.scoring import GED_KEYS, detect_sides, detection_summary, score_images, summarize
+from methods.segmentation.scoring import detect_sides, detection_summary, flat_metrics, score_images, summarize
 from methods.segmentation.train import train_segmentation
 
 ROLES = ("seg", "cls")
@@ -202,7 +202,7 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
             continue
         res = evaluate_split(model, seg, data, labels, cfg, derive_seed(ctx.seed, "segmentation", "eval", split))
         report["splits"][split] = res
-        for name, value in _flat_metrics(split, res).items():
+        for name, value in flat_metrics(split, res).items():
             ctx.log(name, value)
     report["unlearnt_bones"] = unlearnt_bones(report)
     if report["unlearnt_bones"]:
@@ -222,24 +222,6 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
         if res["dice_truth"]:
             summary[f"{split}_dice_truth_mean"] = res["dice_truth"]["mean"]
     return json_safe(summary)
-
-
-def _flat_metrics(split: str, res: dict[str, Any]) -> dict[str, float]:
-    """Metric names for ctx.log / MLflow: seg_<split>_<metric>[_<bone>]."""
-    out = {f"seg_{split}_{k}": float(res[k]) for k in ("hungarian_iou", "ece", *GED_KEYS.values())}
-    if res["dice_truth"]:
-        out.update({f"seg_{split}_dice_truth_{b}": v for b, v in res["dice_truth"].items()})
-    if res.get("dice_consensus"):
-        out.update({f"seg_{split}_dice_consensus_{b}": v for b, v in res["dice_consensus"].items()})
-    if res.get("dice_consensus_truth"):
-        out[f"seg_{split}_dice_consensus_truth_mean"] = res["dice_consensus_truth"]["mean"]
-    for a, d in res["dice_annotators"].items():
-        out[f"seg_{split}_dice_{a}_mean"] = d["mean"]
-    if res["dice_annotators"]:
-        out[f"seg_{split}_dice_annotators_mean"] = float(np.nanmean([d["mean"] for d in res["dice_annotators"].values()]))
-    if res.get("laterality_detection", {}).get("n_images"):
-        out[f"seg_{split}_laterality_detection_accuracy"] = res["laterality_detection"]["accuracy"]
-    return out
 
 
 SEGMENT = Stage("segment", segment_stage, sections=("segmentation", "run"), datasets=("seg", "cls"),

@@ -333,7 +333,7 @@ def test_evaluate_seg_scores_the_bundles_segmenter_as_the_runs(run, tmp_path, ca
     for name, source in (("bundle", run["bundle"]), ("run", run["folder"])):
         out = tmp_path / name
         assert main(["evaluate-seg", str(source), "--data", seg_data, "--split", "test", "--out", str(out),
-                     "--device", "cpu"]) == 0
+                     "--device", "cpu", "--no-mlflow"]) == 0
         summaries[name] = json.loads((out / "summary.json").read_text())
         assert summaries[name]["segmenter"]["kind"] == name and summaries[name]["predict_draws"] == 3
     capsys.readouterr()

@@ -148,8 +148,9 @@ def test_a_model_file_uses_the_documented_defaults_and_a_folder_without_segmente
 def test_cli_writes_summary_and_images_and_refuses_bad_input(trained, tmp_path, capsys):
     ds = trained["seg"]
     out = tmp_path / "ev"
-    assert main(["evaluate-seg", str(trained["mose"]), "--data", str(ds.root), "--split", "val", "--out", str(out),
-                 "--device", "cpu", "--no-laterality-check"]) == 0
+    argv = ["evaluate-seg", str(trained["mose"]), "--data", str(ds.root), "--split", "val", "--out", str(out),
+            "--device", "cpu", "--no-laterality-check", "--results", str(tmp_path / "results")]
+    assert main(argv) == 0
     printed = capsys.readouterr().out
     summary = json.loads((out / "summary.json").read_text())
     images = pd.read_csv(out / "images.csv")
@@ -159,6 +160,20 @@ def test_cli_writes_summary_and_images_and_refuses_bad_input(trained, tmp_path, 
     assert summary["dice_truth"]["mean"] == pytest.approx(images["dice_truth_mean"].mean())   # no bone absent here
     assert "ulna" in printed and "GED" in printed and f"{summary['dice_truth']['mean']:.3f}" in printed
     assert not list(tmp_path.glob(".ev.tmp-*"))
+    # one MLflow run in osteobench/segmentation with the eval.json metric names; a rerun reuses it
+    assert main(argv) == 0 and "logged to MLflow" in capsys.readouterr().out
+    from mlflow import MlflowClient
+
+    from bench.tracking import default_tracking_uri
+
+    client = MlflowClient(tracking_uri=default_tracking_uri(tmp_path / "results"))
+    exp = client.get_experiment_by_name("osteobench/segmentation")
+    runs = client.search_runs([exp.experiment_id], "tags.`osteobench.run_type` = 'evaluate-seg'")
+    assert len(runs) == 1 and runs[0].info.status == "FINISHED" and runs[0].info.run_name == "evaluate-seg/ev"
+    assert runs[0].data.metrics["seg_val_dice_truth_mean"] == pytest.approx(summary["dice_truth"]["mean"])
+    assert runs[0].data.metrics["seg_val_ged"] == pytest.approx(summary["ged"])
+    assert runs[0].data.params["split"] == "val" and runs[0].data.params["segmenter_kind"] == "run"
+    assert {a.path for a in client.list_artifacts(runs[0].info.run_id)} == {"summary.json", "images.csv"}
     # no masks; an unknown split; a bad batch size
     masks_gone = tmp_path / "nomasks"
     shutil.copytree(ds.root, masks_gone)
@@ -167,7 +182,7 @@ def test_cli_writes_summary_and_images_and_refuses_bad_input(trained, tmp_path, 
     for argv, message in [(["--data", str(masks_gone)], "has a bone mask"),
                           (["--data", str(ds.root), "--split", "holdout"], "has no 'holdout' split"),
                           (["--data", str(ds.root), "--batch-size", "0"], "--batch-size 0 must be >= 1")]:
-        assert main(["evaluate-seg", str(trained["single"]), "--out", str(tmp_path / "x"), *argv]) == 2
+        assert main(["evaluate-seg", str(trained["single"]), "--out", str(tmp_path / "x"), "--no-mlflow", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
