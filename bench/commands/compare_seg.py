@@ -42,6 +42,10 @@ def read_evaluation(folder: Path) -> tuple[dict[str, Any], pd.DataFrame]:
     except (OSError, ValueError) as exc:
         raise BenchError(f"{folder} is not a `bench evaluate-seg` output folder ({exc}); give the --out folders "
                          "of bench evaluate-seg") from None
+    lacking = [k for k in ("segmenter", "data", "split") if not isinstance(summary, dict) or k not in summary]
+    if lacking:
+        raise BenchError(f"{folder / 'summary.json'} lacks {', '.join(lacking)}: not written by bench evaluate-seg; "
+                         "run it again")
     return summary, images
 
 
@@ -84,8 +88,10 @@ def compare_seg_command(args: argparse.Namespace) -> int:
         rows.append({"metric": metric, "a": r.value_a, "b": r.value_b, "delta": r.delta, "ci_low": r.ci_low,
                      "ci_high": r.ci_high, "p_value": r.p_value,
                      "n_images": int((np.isfinite(va).all(1) & np.isfinite(vb).all(1)).sum())})
-    label = lambda ss: ", ".join(f"{s['segmenter'].get('entry') or Path(s['segmenter']['path']).parent.name}"
-                                 f"-seed{s['segmenter'].get('seed', 0)}" for s in ss)
+    def label(ss: list[dict[str, Any]]) -> str:
+        return ", ".join(f"{s['segmenter'].get('entry') or Path(s['segmenter']['path']).parent.name}"
+                         f"-seed{s['segmenter'].get('seed', 0)}" for s in ss)
+
     print(f"A: {label(summaries_a)}\nB: {label(summaries_b)}\n{len(order)} images ({summaries[0]['split']}) of "
           f"{summaries[0]['data']['path']}; delta = A - B, bootstrap over images and seeds ({args.n_boot} replicates)")
     print(f"{'metric':<22}{'A':>8}{'B':>8}{'delta':>9}   95% CI               p       n")

@@ -21,6 +21,7 @@ A model trained without it takes every image as it is and only reports the side 
 from __future__ import annotations
 
 import io
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Iterator, Sequence
@@ -219,6 +220,9 @@ def load_model(path: str | Path, device: torch.device | str = "cpu") -> torch.nn
     if not path.is_file():
         raise BenchError(f"segmentation model {path} does not exist; train one with `bench run` "
                          "(its segment stage writes model.pt)")
+    if not zipfile.is_zipfile(path):                  # torch.save writes a zip archive
+        raise BenchError(f"cannot read segmentation model {path}: not a PyTorch archive; give the model.pt a "
+                         "segment stage wrote")
     try:
         payload = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unpickling failure is a bad file

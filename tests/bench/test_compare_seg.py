@@ -59,6 +59,14 @@ def _evaluation(folder: Path, entry: str, seed: int, ged: np.ndarray, ids: list[
     return folder
 
 
+def _unsummarised(folder: Path, ids: list[str]) -> Path:
+    """A folder with images.csv whose summary.json is not evaluate-seg's."""
+    folder.mkdir()
+    (folder / "summary.json").write_text("{}")
+    pd.DataFrame({"image_id": ids, "ged": 0.1}).to_csv(folder / "images.csv", index=False)
+    return folder
+
+
 def test_cli_table_json_and_refusals(tmp_path, capsys):
     ids = [f"img{i:03d}" for i in range(50)]
     rng = np.random.default_rng(5)
@@ -79,7 +87,8 @@ def test_cli_table_json_and_refusals(tmp_path, capsys):
     for argv, message in [([str(a[0]), "--vs", str(other)], "different datasets or splits"),
                           ([str(a[0]), "--vs", str(fewer)], "scored different images"),
                           ([str(a[0]), "--vs", str(b[0]), "--metric", "ece"], "ece not in every images.csv"),
-                          ([str(a[0]), "--vs", str(tmp_path)], "is not a `bench evaluate-seg` output folder")]:
+                          ([str(a[0]), "--vs", str(tmp_path)], "is not a `bench evaluate-seg` output folder"),
+                          ([str(a[0]), "--vs", str(_unsummarised(tmp_path / "bare", ids))], "lacks segmenter, data, split")]:
         assert main(["compare-seg", *argv]) == 2
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err

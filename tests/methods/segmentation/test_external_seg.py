@@ -140,6 +140,9 @@ def test_a_model_file_uses_the_documented_defaults_and_a_folder_without_segmente
         open_segmenter(oracle)
     with pytest.raises(BenchError, match="does not exist"):
         open_segmenter(tmp_path / "nothing")
+    (tmp_path / "notes.txt").write_text("not a model")
+    with pytest.raises(BenchError, match="cannot read segmentation model .*not a PyTorch archive"):
+        open_segmenter(tmp_path / "notes.txt")
     (oracle / "config.json").write_text(json.dumps({"entry": "simclr", "seed": 0, "stages": {"segment": "gone"}}))
     with pytest.raises(BenchError, match="missing from the cache"):
         open_segmenter(oracle)
