@@ -40,8 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under --results)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--no-laterality-check", action="store_true",
-                   help="skip predicting each image again without its side (halves the time of a canonical-"
-                        "laterality model; no laterality_detection in the summary)")
+                   help="skip predicting each image of known side mirrored too (halves the prediction time of a "
+                        "canonical-laterality model; no laterality_detection in the summary)")
     p.set_defaults(func=evaluate_seg_command)
 
 

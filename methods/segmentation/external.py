@@ -31,7 +31,7 @@ from methods.segmentation.config import SegmentationConfig
 from methods.segmentation.data import load_split, manifest_sides
 from methods.segmentation.predict import load_model, predict_many
 from methods.segmentation.evaluate import ece_bins
-from methods.segmentation.scoring import (ImageScore, detect_sides, detection_summary, images_frame, score_images,
+from methods.segmentation.scoring import (ImageScore, detection_summary, images_frame, score_images,
                                           summarize)
 
 @dataclass
@@ -124,7 +124,7 @@ def evaluate_segmenter(seg: Segmenter, dataset: Dataset, *, split: str = ALL, se
                        detect: bool = True,
                        progress: Callable[[int, int], None] | None = None) -> SegEvaluation:
     """Predict and score every annotated image of `split` (module docstring); `detect`: also predict each
-    image whose side the manifest states without it, to measure the model's laterality detection."""
+    image whose side the manifest states mirrored, to measure the model's laterality detection."""
     if chunk < 1:
         raise BenchError(f"chunk = {chunk} must be >= 1")
     model = seg.model
@@ -142,8 +142,10 @@ def evaluate_segmenter(seg: Segmenter, dataset: Dataset, *, split: str = ALL, se
         labels, used = {}, {}
         for image_id, pred in zip(part_ids, predict_many(
                 model, (dataset.image(i) for i in part_ids), batch_size=seg.batch_size, samples=seg.draws,
-                laterality=[sides.get(i, "") for i in part_ids])):
+                laterality=[sides.get(i, "") for i in part_ids], detect=detect)):
             labels[image_id], used[image_id] = pred.labels, pred.laterality
+            if detect and sides.get(image_id) and pred.detected:
+                found[image_id] = pred.detected
             extra[image_id] = {"split": splits[image_id], "laterality": pred.laterality,
                                "laterality_source": pred.laterality_source}
         # the sample metrics on the canvas the labels came from: a detected left hand mirrored too
@@ -154,8 +156,6 @@ def evaluate_segmenter(seg: Segmenter, dataset: Dataset, *, split: str = ALL, se
                                        seed=seed if start == 0 else derive_seed(seed, "chunk", start))
         scores += part
         bins += part_bins
-        if canonical and detect:
-            found.update(detect_sides(model, dataset, data.image_ids, batch_size=seg.batch_size, draws=seg.draws))
         if progress is not None:
             progress(min(start + chunk, len(ids)), len(ids))
     summary = summarize(scores, bins)

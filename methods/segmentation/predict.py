@@ -16,6 +16,9 @@ hands mirrored to right hands, methods.segmentation.data) predicts a left hand o
 mirrors the outputs back, so every output is in the radiograph's own orientation. An image whose side
 is not given (no manifest or DICOM laterality) is predicted both ways and the orientation with the
 higher :func:`orientation_score` is kept (``laterality_source`` "detected"); this doubles its cost.
+``predict_many(detect=...)`` predicts an image of known side both ways too, to measure the detection:
+it returns the given side's prediction, whose ``detected`` names the side the model would have chosen
+(one extra view, not two for a second, untold prediction).
 A model trained without it takes every image as it is and only reports the side it was given.
 """
 from __future__ import annotations
@@ -50,6 +53,7 @@ class Prediction:
     log_pi: np.ndarray            # mixture weights pi(x) as logs (K,)
     laterality: str = ""          # "L" | "R" | "" (not given and not detected)
     laterality_source: str = ""   # "given" | "detected" | ""
+    detected: str = ""            # the side chosen when not told: set when detected, or asked for by predict_many(detect=)
 
     @property
     def present(self) -> dict[str, bool]:
@@ -108,20 +112,25 @@ def orientation_score(pred: Prediction) -> float:
     return float((area * conf).sum() / area.sum()) if area.sum() > 0 else 0.0
 
 
-def _views(side: str, canonical: bool) -> tuple[bool, ...]:
+def _views(side: str, canonical: bool, detect: bool = False) -> tuple[bool, ...]:
     """The mirror flags an image is predicted with (module docstring)."""
-    if not canonical or side == "R":
+    if not canonical:
         return (False,)
-    return (True,) if side == "L" else (False, True)
+    if side and not detect:
+        return (side == "L",)
+    return (False, True)
 
 
 def predict_many(model: torch.nn.Module, images: Iterable[np.ndarray], *, batch_size: int = 8,
                  samples: int | None = None, seed: int = 0,
-                 laterality: Iterable[str | None] | None = None) -> Iterator[Prediction]:
+                 laterality: Iterable[str | None] | None = None,
+                 detect: bool | Iterable[bool] = False) -> Iterator[Prediction]:
     """Predictions for images (float32 H x W in [0, 1], any sizes), `batch_size` per forward pass;
     `samples` latent draws per expert (None or 0: the training S); `laterality`, one per image, "L",
     "R" or unknown (None, "", anything else), used by canonical-laterality models (module docstring;
-    an image segmented both ways counts once in `batch_size` but fills two places of the forward pass)."""
+    an image segmented both ways counts once in `batch_size` but fills two places of the forward pass);
+    `detect` (for all images or one per image): also find the side of an image whose side is given
+    (:attr:`Prediction.detected`)."""
     device = next(model.parameters()).device
     canvas = tuple(model.spec.canvas)
     canonical = bool(getattr(model.spec, "canonical_laterality", False))
@@ -149,19 +158,27 @@ def predict_many(model: torch.nn.Module, images: Iterable[np.ndarray], *, batch_
             if len(preds) == 1:
                 pred = preds[0]
                 pred.laterality, pred.laterality_source = side, "given" if side else ""
+                yield pred
+                continue
+            found = "L" if orientation_score(preds[1]) > orientation_score(preds[0]) else "R"   # ties: as it is
+            if side:
+                pred = preds[1] if side == "L" else preds[0]
+                pred.laterality, pred.laterality_source = side, "given"
             else:
-                pred = max(preds, key=orientation_score)      # ties keep the image as it is
-                pred.laterality, pred.laterality_source = ("L" if pred is preds[1] else "R"), "detected"
+                pred = preds[1] if found == "L" else preds[0]
+                pred.laterality, pred.laterality_source = found, "detected"
+            pred.detected = found
             yield pred
         batch.clear()
 
     sides = iter(laterality) if laterality is not None else None
+    detects = iter(detect) if not isinstance(detect, bool) else None
     for image in images:
         image = np.asarray(image)
         if image.ndim != 2 or not np.issubdtype(image.dtype, np.floating):
             raise BenchError(f"predict expects a float H x W image in [0, 1], got {image.dtype} {image.shape}")
         side = side_of(next(sides, None)) if sides is not None else ""
-        views = _views(side, canonical)
+        views = _views(side, canonical, bool(next(detects, False)) if detects is not None else detect)
         batch.append(([image_to_canvas(image[:, ::-1] if m else image, canvas) for m in views], views, side))
         if len(batch) == batch_size:
             yield from flush()

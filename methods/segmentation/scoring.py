@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -149,20 +149,9 @@ def flat_metrics(split: str, res: dict[str, Any]) -> dict[str, float]:
     return out
 
 
-def detect_sides(model: torch.nn.Module, dataset: Dataset, image_ids: Sequence[str], *, batch_size: int,
-                 draws: int | None, seed: int = 0) -> dict[str, str]:
-    """Image id -> the side a canonical-laterality model chooses when not told it
-    (methods.segmentation.predict), for the images whose manifest states a side."""
-    from methods.segmentation.predict import predict_many
-
-    sides = manifest_sides(dataset)
-    ids = [i for i in image_ids if sides.get(i)]
-    preds = predict_many(model, (dataset.image(i) for i in ids), batch_size=batch_size, samples=draws, seed=seed)
-    return {i: p.laterality for i, p in zip(ids, preds)}
-
-
 def detection_summary(found: dict[str, str], dataset: Dataset) -> dict[str, Any]:
-    """How often the sides of :func:`detect_sides` match the manifest: n_images, accuracy, the wrong ids.
+    """How often `found` (image id -> the side a canonical-laterality model chose when not told it;
+    predict_many's `detect`) matches the manifest: n_images, accuracy, the wrong ids.
     What `bench predict` relies on for files that state no laterality."""
     sides = manifest_sides(dataset)
     wrong = [i for i, side in found.items() if side != sides[i]]

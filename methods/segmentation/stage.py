@@ -48,7 +48,7 @@ from bench.stage import StageContext, derive_seed
 from methods.segmentation.config import SegmentationConfig  # importing it registers the section
 from methods.segmentation.data import SegData, choose_canvas, load_split, manifest_sides
 from methods.segmentation.predict import entropy_png, predict_many, save_model
-from methods.segmentation.scoring import detect_sides, detection_summary, flat_metrics, score_images, summarize
+from methods.segmentation.scoring import detection_summary, flat_metrics, score_images, summarize
 from methods.segmentation.train import train_segmentation
 
 ROLES = ("seg", "cls")
@@ -76,15 +76,18 @@ def out_of_memory(cfg: SegmentationConfig, canvas: tuple[int, int]) -> BenchErro
 
 
 def predict_dataset(model: torch.nn.Module, dataset: Dataset, role: str, out_dir: Path, *, batch_size: int,
-                    draws: int = 0, keep: set[str] = frozenset()) -> dict[str, np.ndarray]:
+                    draws: int = 0, keep: set[str] = frozenset()
+                    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
     """Write labels, uncertainty and confidence of every image (`draws` latent draws per expert, 0: the
-    training S); return the label maps of `keep`."""
+    training S); return the label maps of `keep` and, for those of them whose manifest states a side,
+    the side a canonical-laterality model finds when not told (predict_many's `detect`)."""
     ids = dataset.image_ids
-    conf_rows, unc_rows, kept = [], [], {}
+    conf_rows, unc_rows, kept, found = [], [], {}, {}
     images = (dataset.image(i) for i in ids)
     sides = manifest_sides(dataset)
     for image_id, pred in zip(ids, predict_many(model, images, batch_size=batch_size, samples=draws,
-                                                laterality=[sides[i] for i in ids])):
+                                                laterality=[sides[i] for i in ids],
+                                                detect=[i in keep for i in ids])):
         _write_png(out_dir / "labels" / role / f"{image_id}.png", pred.labels)
         _write_png(out_dir / "uncertainty" / role / f"{image_id}.png", entropy_png(pred.entropy))
         for bone in BONES:
@@ -94,24 +97,25 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, role: str, out_dir
                          "mean_mutual_info": float(pred.mutual_info.mean())})
         if image_id in keep:
             kept[image_id] = pred.labels
+            if sides[image_id] and pred.detected:
+                found[image_id] = pred.detected
     (out_dir / "confidence").mkdir(parents=True, exist_ok=True)
     pd.DataFrame(conf_rows, columns=["image_id", "bone", "confidence", "area_px", "present"]).to_parquet(
         out_dir / "confidence" / f"{role}.parquet", index=False)
     pd.DataFrame(unc_rows, columns=["image_id", "mean_entropy", "mean_mutual_info"]).to_parquet(
         out_dir / "uncertainty" / f"{role}.parquet", index=False)
-    return kept
+    return kept, found
 
 
 def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labels: dict[str, np.ndarray],
-                   cfg: SegmentationConfig, seed: int) -> dict[str, Any]:
-    """Dice (truth, annotators), GED, Hungarian IoU and pixel ECE of one split (module docstring)."""
+                   cfg: SegmentationConfig, seed: int, found: dict[str, str]) -> dict[str, Any]:
+    """Dice (truth, annotators), GED, Hungarian IoU and pixel ECE of one split (module docstring);
+    `found`: image id -> the side detected without being told (predict_dataset)."""
     scores, bins = score_images(model, dataset, data, labels, batch_size=cfg.predict_batch,
                                 eval_samples=cfg.eval_samples, seed=seed)
     out = summarize(scores, bins)
     if model.spec.canonical_laterality:
-        out["laterality_detection"] = detection_summary(
-            detect_sides(model, dataset, data.image_ids, batch_size=cfg.predict_batch, draws=cfg.predict_draws),
-            dataset)
+        out["laterality_detection"] = detection_summary({i: found[i] for i in data.image_ids if i in found}, dataset)
     return out
 
 
@@ -189,18 +193,21 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
              for s in cfg.split_list}
     keep = {i for d in evals.values() for i in d.image_ids}
     labels: dict[str, np.ndarray] = {}
+    found: dict[str, str] = {}
     for role in ROLES:
         if role not in ctx.datasets:
             continue
-        got = predict_dataset(model, ctx.datasets[role], role, ctx.out_dir, batch_size=cfg.predict_batch,
-                              draws=cfg.predict_draws, keep=keep if role == "seg" else set())
+        got, sides = predict_dataset(model, ctx.datasets[role], role, ctx.out_dir, batch_size=cfg.predict_batch,
+                                     draws=cfg.predict_draws, keep=keep if role == "seg" else set())
         labels.update(got)
+        found.update(sides)
     draws = (cfg.predict_draws or model.spec.samples) if model.spec.kind == "mose" else 1
     report: dict[str, Any] = {"train": train_info, "predict_draws": draws, "splits": {}}
     for split, data in evals.items():
         if not len(data):
             continue
-        res = evaluate_split(model, seg, data, labels, cfg, derive_seed(ctx.seed, "segmentation", "eval", split))
+        res = evaluate_split(model, seg, data, labels, cfg, derive_seed(ctx.seed, "segmentation", "eval", split),
+                             found)
         report["splits"][split] = res
         for name, value in flat_metrics(split, res).items():
             ctx.log(name, value)

@@ -138,6 +138,26 @@ def test_batches_mixing_given_and_unknown_sides_equal_one_at_a_time():
     assert [b.laterality_source for b in batched] == ["given", "detected", "given", "detected", "given"]
 
 
+def test_detect_returns_the_given_side_and_the_side_it_would_have_found():
+    """detect=: one extra (mirrored) view, not an untold second prediction; the same outputs as without."""
+    model = make_model(True)
+    images = [hand(50 + 3 * i, 30 + 2 * i, seed=i) for i in range(5)]
+    sides = ["L", "R", None, "L", "R"]
+    plain = list(predict_many(model, images, batch_size=2, seed=4, laterality=sides))
+    told = list(predict_many(model, images, batch_size=2, seed=4, laterality=sides, detect=True))
+    untold = list(predict_many(model, images, batch_size=2, seed=4))
+    some = list(predict_many(model, images, batch_size=2, seed=4, laterality=sides,
+                             detect=[True, False, False, False, True]))
+    for p, t, u, s in zip(plain, told, untold, some):
+        assert same(p, t) and same(p, s)
+        assert (t.laterality, t.laterality_source) == (p.laterality, p.laterality_source)
+        assert t.detected == u.laterality                      # what it chooses when not told
+    assert [s.detected for s in some] == [untold[0].laterality, "", untold[2].laterality, "", untold[4].laterality]
+    assert {u.laterality for u in untold} == {"L", "R"}        # the check can fail either way
+    as_is = make_model(False)
+    assert [p.detected for p in predict_many(as_is, images, laterality=sides, detect=True)] == [""] * 5
+
+
 def test_a_model_trained_as_is_ignores_the_side_and_old_specs_load():
     model = make_model(False)
     image = hand()
