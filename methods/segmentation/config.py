@@ -33,6 +33,20 @@ the MoSE of seed 1 never did; it labelled every right-looking image as if it wer
 ended at val GED 0.556. With canonical laterality the same seed reached val GED 0.139 (epoch 35).
 ``--set segmentation.canonical_laterality=false`` restores the reference's flips of every image.
 
+Appearance (ours; the paper and the reference are silent): the input's z-score takes its statistics
+from the unclipped pixels only (``standardize_over = "unclipped"``: not the canvas padding, an
+electronic shutter's black or a CR plate's saturated collimation border; the reference: the whole
+canvas), and training batches get random white or black collimation frames and nnU-Net's intensity
+gamma (``frame_p``, ``intensity_gamma_p``; methods.segmentation.appearance). With the reference
+z-score a wide white frame pushed the bones' z-values below anything seen in training: on 100
+held-out smoke images (256-row canvas, S = 4, 60 epochs, CPU, 2026-11-27) MoSEs of seeds 0 and 1
+reached Dice 0.918 and 0.914 on the 31 images with a bright border (0.961-0.980 on the others) and
+lost pub-00089-1 (Dice 0.13 and 0.12; 0.90 with its frame painted black). With both changes: mean
+Dice 0.964 and 0.961 (was 0.960 and 0.950), GED 0.138 and 0.149 (0.148 and 0.172), pub-00089-1 0.91
+and 0.80, every side found; the augmentation alone gave 0.961 and 0.965 (GED 0.149 and 0.139), the
+z-score alone (seed 0) 0.963 (0.144). ``standardize_over=canvas frame_p=0 intensity_gamma_p=0``
+restores the reference. A model saved before the option keeps the canvas z-score.
+
 Prediction (label maps, uncertainty, confidence; ``predict_draws``): the mixture mean is estimated
 from D = 16 latent draws per expert (weights pi_k / D), not the training S = 4. A trained MoSE's
 samples differ with their latent draw, and one draw serves every image (methods.segmentation.predict),
@@ -52,6 +66,7 @@ from bench.config import register_section
 from bench.data.format import SPLITS
 from bench.errors import BenchError
 from methods.compiling import SegCompileMode
+from methods.segmentation.model import STANDARDIZE_OVER
 
 MODELS = ("mose", "single")
 HEADS = ("shared", "per_expert")
@@ -72,6 +87,7 @@ class SegmentationConfig:
     levels: int = 7                     # U-Net levels (encoder blocks, the last is the bottleneck)
     convs: int = 3                      # [conv3x3, BN, ReLU] per U-Net block (reference 3)
     standardize: bool = True            # z-score each input image (reference)
+    standardize_over: str = "unclipped" # statistics over: canvas (reference) | unclipped (ours: not padding, shutter or saturation; model.standardize_images)
     head: str = "shared"                # shared (reference: one fusion head, experts differ by prior) | per_expert (K heads)
     bn_momentum: float = 0.01           # BatchNorm momentum (reference 0.01; short schedules need a larger one)
     gamma0: float = 0.5                 # initial cap gamma on each sample's transported mass (paper eq. 9)
@@ -100,6 +116,10 @@ class SegmentationConfig:
     vflip_p: float = 0.0                # probability of a vertical flip (reference LIDC: 0.5; hands are shot fingers up)
     rotate_deg: float = 10.0            # rotation drawn uniformly in +- this (reference 10)
     scale_range: float = 0.1            # isotropic scale drawn uniformly in 1 +- this
+    frame_p: float = 0.3                # probability of a random white or black collimation frame (methods.segmentation.appearance)
+    intensity_gamma_p: float = 0.3      # probability of an intensity gamma x**g (nnU-Net: 0.3)
+    intensity_gamma_min: float = 0.7    # g range, half the draws below 1 (nnU-Net: 0.7-1.5)
+    intensity_gamma_max: float = 1.5
     annotators: str = ""                # comma-separated annotator names used for training; empty: all
     eval_samples: int = 0               # evaluation samples: 0 = compact form (K*S weighted); n > 0 = n drawn from pi
     eval_splits: str = "val,test"       # seg splits evaluated (Dice, GED, Hungarian IoU, ECE)
@@ -114,6 +134,8 @@ class SegmentationConfig:
             (self.head in HEADS, f"segmentation.head must be one of {', '.join(HEADS)}"),
             (self.gamma_schedule in GAMMA_SCHEDULES,
              f"segmentation.gamma_schedule must be one of {', '.join(GAMMA_SCHEDULES)}"),
+            (self.standardize_over in STANDARDIZE_OVER,
+             f"segmentation.standardize_over must be one of {', '.join(STANDARDIZE_OVER)}"),
             (self.ot_solver in SOLVERS, f"segmentation.ot_solver must be one of {', '.join(SOLVERS)}"),
             (self.plateau_signal in ("cumulative", "epoch"),
              "segmentation.plateau_signal must be cumulative or epoch"),
@@ -140,6 +162,10 @@ class SegmentationConfig:
              f"segmentation.eval_splits must be a comma-separated subset of {', '.join(SPLITS)}"),
             (0.0 <= self.flip_p <= 1.0 and 0.0 <= self.vflip_p <= 1.0 and 0.0 <= self.scale_range < 1.0,
              "segmentation.flip_p and vflip_p must lie in [0, 1] and scale_range in [0, 1)"),
+            (0.0 <= self.frame_p <= 1.0 and 0.0 <= self.intensity_gamma_p <= 1.0,
+             "segmentation.frame_p and intensity_gamma_p must lie in [0, 1]"),
+            (0.0 < self.intensity_gamma_min <= self.intensity_gamma_max,
+             "segmentation.intensity_gamma_min must be > 0 and <= intensity_gamma_max"),
         ]
         for ok, message in checks:
             if not ok:

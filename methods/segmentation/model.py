@@ -47,6 +47,7 @@ class ModelSpec:
     bn_momentum: float = 0.01                        # BatchNorm momentum
     canvas: tuple[int, int] = (512, 384)             # working canvas (rows, cols)
     standardize: bool = True                         # z-score each input image over its canvas (reference)
+    standardize_over: str = "canvas"                 # the pixels the z-score's statistics use: canvas | unclipped (UNetBackbone)
     convs: int = 3                                   # [conv3x3, BN, ReLU] per U-Net block (reference 3)
     canonical_laterality: bool = False               # trained on right hands (left ones mirrored): predict mirrors L
     extra: dict = field(default_factory=dict)        # free-form notes (training config, classes)
@@ -104,13 +105,41 @@ class Block(nn.Sequential):
         super().__init__(*(conv_bn_relu(cin if i == 0 else cout, cout, 3, momentum) for i in range(convs)))
 
 
+STANDARDIZE_OVER = ("canvas", "unclipped")
+CLIPPED = (0.005, 0.995)       # at or beyond these an input pixel counts as clipped (padding, shutter, saturation)
+MIN_UNCLIPPED = 0.05           # below this share of unclipped pixels the whole canvas is used
+
+
+def standardize_images(x: torch.Tensor, over: str = "canvas") -> torch.Tensor:
+    """Per image and channel z-score of B x C x H x W inputs in [0, 1].
+
+    ``canvas``: mean and variance over every pixel (the reference's LIDC loader). ``unclipped`` (ours):
+    over the pixels strictly inside ``CLIPPED``, so the canvas padding, an electronic shutter's black,
+    and a CR plate's saturated collimation border or an opaque apparatus do not move the bones' z-values
+    (methods.segmentation.config); an image with less than ``MIN_UNCLIPPED`` of such pixels uses its
+    whole canvas. Every pixel is standardised with these statistics."""
+    mean = x.mean(dim=(2, 3), keepdim=True)
+    var = x.var(dim=(2, 3), keepdim=True, unbiased=False)
+    if over == "unclipped":
+        w = ((x > CLIPPED[0]) & (x < CLIPPED[1])).to(x.dtype)
+        n = w.sum(dim=(2, 3), keepdim=True)
+        m = (x * w).sum(dim=(2, 3), keepdim=True) / n.clamp(min=1.0)
+        v = ((x - m).square() * w).sum(dim=(2, 3), keepdim=True) / n.clamp(min=1.0)
+        enough = n >= MIN_UNCLIPPED * x.shape[2] * x.shape[3]
+        mean, var = torch.where(enough, m, mean), torch.where(enough, v, var)
+    return (x - mean) / (var + 1e-6).sqrt()
+
+
 class UNetBackbone(nn.Module):
     """Encoder-decoder without a final 1x1 conv; returns (bottleneck u_g, dense feature u_d)."""
 
     def __init__(self, in_channels: int, widths: tuple[int, ...], momentum: float, standardize: bool = True,
-                 convs: int = 3):
+                 convs: int = 3, standardize_over: str = "canvas"):
         super().__init__()
+        if standardize_over not in STANDARDIZE_OVER:
+            raise ValueError(f"standardize_over must be one of {STANDARDIZE_OVER}, got {standardize_over!r}")
         self.standardize = standardize
+        self.standardize_over = standardize_over
         self.down = nn.ModuleList()
         cin = in_channels
         for w in widths:
@@ -120,9 +149,8 @@ class UNetBackbone(nn.Module):
                                 for i in reversed(range(len(widths) - 1)))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        if self.standardize:   # per image (and channel) z-score, as the reference's LIDC loader
-            mean = x.mean(dim=(2, 3), keepdim=True)
-            x = (x - mean) / (x.var(dim=(2, 3), keepdim=True, unbiased=False) + 1e-6).sqrt()
+        if self.standardize:
+            x = standardize_images(x, self.standardize_over)
         skips = []
         for i, block in enumerate(self.down):
             if i > 0:
@@ -200,7 +228,8 @@ class MoSEUNet(nn.Module):
         super().__init__()
         self.spec = spec
         k, lat, cg = spec.experts, spec.latent, spec.widths[-1]
-        self.backbone = UNetBackbone(spec.in_channels, spec.widths, spec.bn_momentum, spec.standardize, spec.convs)
+        self.backbone = UNetBackbone(spec.in_channels, spec.widths, spec.bn_momentum, spec.standardize, spec.convs,
+                                     spec.standardize_over)
         self.gate = nn.Sequential(nn.Linear(cg, cg), nn.ReLU(inplace=True), nn.Linear(cg, cg),
                                   nn.ReLU(inplace=True), nn.Linear(cg, k, bias=False))
         self.mu = nn.Parameter(binary_code_init(k, lat))

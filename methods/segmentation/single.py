@@ -23,7 +23,8 @@ class SingleUNet(nn.Module):
     def __init__(self, spec: ModelSpec):
         super().__init__()
         self.spec = spec
-        self.backbone = UNetBackbone(spec.in_channels, spec.widths, spec.bn_momentum, spec.standardize, spec.convs)
+        self.backbone = UNetBackbone(spec.in_channels, spec.widths, spec.bn_momentum, spec.standardize, spec.convs,
+                                     spec.standardize_over)
         self.head = head_stack(spec.widths[0], 0, spec.classes, spec.bn_momentum)
 
     @property

@@ -34,6 +34,7 @@ from bench.checkpoint import Resumer, loop_state, restore_loop
 from bench.progress import epoch_line
 from bench.stage import derive_seed
 from methods.segmentation.config import SegmentationConfig
+from methods.segmentation.appearance import augment_appearance
 from methods.segmentation.data import SegData, augment
 from methods.segmentation.model import ModelSpec, SegOutput, build_model
 
@@ -54,8 +55,8 @@ class TrainResult:
 def make_spec(cfg: SegmentationConfig, canvas: tuple[int, int], classes: int) -> ModelSpec:
     return ModelSpec(kind=cfg.model, classes=classes, widths=cfg.widths, experts=cfg.experts,
                      samples=cfg.samples, latent=cfg.latent, head=cfg.head, bn_momentum=cfg.bn_momentum,
-                     canvas=tuple(canvas), standardize=cfg.standardize, convs=cfg.convs,
-                     canonical_laterality=cfg.canonical_laterality)
+                     canvas=tuple(canvas), standardize=cfg.standardize, standardize_over=cfg.standardize_over,
+                     convs=cfg.convs, canonical_laterality=cfg.canonical_laterality)
 
 
 def autocast(device: torch.device):
@@ -194,6 +195,9 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: Segmenta
     if cfg.augment:
         x, y = augment(x, y, flip_p=cfg.flip_p, vflip_p=cfg.vflip_p, rotate_deg=cfg.rotate_deg,
                        scale_range=cfg.scale_range, generator=g_aug, flippable=flippable)
+        x = augment_appearance(x, y, frame_p=cfg.frame_p, gamma_p=cfg.intensity_gamma_p,
+                               gamma_min=cfg.intensity_gamma_min, gamma_max=cfg.intensity_gamma_max,
+                               generator=g_aug)
     if x.device.type == "cuda":
         x = x.contiguous(memory_format=torch.channels_last)
     b = x.shape[0]
