@@ -42,9 +42,9 @@ z-score a wide white frame pushed the bones' z-values below anything seen in tra
 held-out smoke images (256-row canvas, S = 4, 60 epochs, CPU, 2026-11-27) MoSEs of seeds 0 and 1
 reached Dice 0.918 and 0.914 on the 31 images with a bright border (0.961-0.980 on the others) and
 lost pub-00089-1 (Dice 0.13 and 0.12; 0.90 with its frame painted black). With both changes: mean
-Dice 0.964 and 0.961 (was 0.960 and 0.950), GED 0.138 and 0.149 (0.148 and 0.172), pub-00089-1 0.91
+Dice 0.964 and 0.961 (was 0.961 and 0.950), GED 0.138 and 0.149 (0.148 and 0.172), pub-00089-1 0.91
 and 0.80, every side found; the augmentation alone gave 0.961 and 0.965 (GED 0.149 and 0.139), the
-z-score alone (seed 0) 0.963 (0.144). ``standardize_over=canvas frame_p=0 intensity_gamma_p=0``
+z-score alone (seed 0) 0.963 (0.144); the single decoder (seed 0) 0.972 (was 0.957), GED 0.150 (0.182). ``standardize_over=canvas frame_p=0 intensity_gamma_p=0``
 restores the reference. A model saved before the option keeps the canvas z-score.
 
 Prediction (label maps, uncertainty, confidence; ``predict_draws``): the mixture mean is estimated

@@ -254,8 +254,9 @@ def test_interrupted_training_resumes_bit_identical(phantoms, tmp_path, device):
     ds = Dataset.open(phantoms["seg"])
     cfg = SegmentationConfig(base_width=4, max_width=8, levels=3, convs=1, samples=2, working_size=32,
                              epochs=5, batch_size=4, gamma_patience=0, lr_patience=0, ce_weight=0.0,
-                             lr=1e-4, plateau_signal="epoch")   # the loss stalls at once: both plateaus
-                                                                # fire by epoch 2, before the interruption
+                             lr=1e-4, plateau_signal="epoch",   # the loss stalls at once: both plateaus
+                             frame_p=0.0, intensity_gamma_p=0.0)  # fire by epoch 2, before the interruption
+                                                                  # (random frames keep it moving to epoch 3)
     train, val = load_split(ds, ["train"], (32, 24), device), load_split(ds, ["val"], (32, 24), device)
     whole_log: list = []
     whole = train_segmentation(cfg, train, val, seed=5, device=device, log=lambda *a: whole_log.append(a))
