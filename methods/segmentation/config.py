@@ -43,9 +43,11 @@ held-out smoke images (256-row canvas, S = 4, 60 epochs, CPU, 2026-11-27) MoSEs 
 reached Dice 0.918 and 0.914 on the 31 images with a bright border (0.961-0.980 on the others) and
 lost pub-00089-1 (Dice 0.13 and 0.12; 0.90 with its frame painted black). With both changes: mean
 Dice 0.964 and 0.961 (was 0.961 and 0.950), GED 0.138 and 0.149 (0.148 and 0.172), pub-00089-1 0.91
-and 0.80, every side found; the augmentation alone gave 0.961 and 0.965 (GED 0.149 and 0.139), the
-z-score alone (seed 0) 0.963 (0.144); the single decoder (seed 0) 0.972 (was 0.957), GED 0.150 (0.182). ``standardize_over=canvas frame_p=0 intensity_gamma_p=0``
-restores the reference. A model saved before the option keeps the canvas z-score.
+and 0.80, 100 and 99 sides found; the augmentation alone gave 0.961 and 0.965 (GED 0.149 and 0.139),
+the z-score alone (seed 0) 0.963 (0.144); the single decoder (seed 0) 0.972 (was 0.957), GED 0.150
+(0.182). Over two seeds the MoSE's gain is not significant (`bench compare-seg`: Dice +0.007, 95 % CI
+-0.006 to +0.025). ``standardize_over=canvas frame_p=0 intensity_gamma_p=0`` restores the reference.
+A model saved before the option keeps the canvas z-score.
 
 Prediction (label maps, uncertainty, confidence; ``predict_draws``): the mixture mean is estimated
 from D = 16 latent draws per expert (weights pi_k / D), not the training S = 4. A trained MoSE's
