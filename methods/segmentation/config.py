@@ -41,12 +41,13 @@ gamma (``frame_p``, ``intensity_gamma_p``; methods.segmentation.appearance). Wit
 z-score a wide white frame pushed the bones' z-values below anything seen in training: on 100
 held-out smoke images (256-row canvas, S = 4, 60 epochs, CPU, 2026-11-27) MoSEs of seeds 0 and 1
 reached Dice 0.918 and 0.914 on the 31 images with a bright border (0.961-0.980 on the others) and
-lost pub-00089-1 (Dice 0.13 and 0.12; 0.90 with its frame painted black). With both changes: mean
-Dice 0.964 and 0.961 (was 0.961 and 0.950), GED 0.138 and 0.149 (0.148 and 0.172), pub-00089-1 0.91
-and 0.80, 100 and 99 sides found; the augmentation alone gave 0.961 and 0.965 (GED 0.149 and 0.139),
-the z-score alone (seed 0) 0.963 (0.144); the single decoder (seed 0) 0.972 (was 0.957), GED 0.150
-(0.182). Over two seeds the MoSE's gain is not significant (`bench compare-seg`: Dice +0.007, 95 % CI
--0.006 to +0.025). ``standardize_over=canvas frame_p=0 intensity_gamma_p=0`` restores the reference.
+lost pub-00089-1 (Dice 0.13 and 0.12; 0.90 with its frame painted black). With both changes, seeds
+0-2: mean Dice 0.964, 0.961, 0.966 (was 0.961, 0.950, 0.956), GED 0.138, 0.149, 0.139 (0.148, 0.172,
+0.162), pub-00089-1 0.91, 0.80, 0.95, 100, 99, 100 sides found; the augmentation alone gave 0.961 and
+0.965 (GED 0.149 and 0.139), the z-score alone (seed 0) 0.963 (0.144); the single decoder (seed 0)
+0.972 (was 0.957), GED 0.150 (0.182). Every MoSE seed gained, yet three against three are not
+significantly apart (`bench compare-seg`: Dice +0.009, 95 % CI -0.003 to +0.027; GED -0.019, CI
+-0.047 to +0.002). ``standardize_over=canvas frame_p=0 intensity_gamma_p=0`` restores the reference.
 A model saved before the option keeps the canvas z-score.
 
 Prediction (label maps, uncertainty, confidence; ``predict_draws``): the mixture mean is estimated
