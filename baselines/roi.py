@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from bench.config import register_section
 from bench.data.format import BONES
+from bench.errors import BenchError
 from baselines.axis import FOREARM, bone_axis, component_pixels
 
 Box = tuple[float, float, float, float]   # (row0, col0, row1, col1), row1/col1 exclusive
@@ -37,6 +38,14 @@ class RoiConfig:
     margin: float = 0.05        # Jang's box grows by this fraction of its side on every side
     jitter: float = 0.08        # each side of Jang's box moves uniformly within ± this fraction of the side
     size_mm: float = 40.0       # side of the square landmark ROI (Hsieh, Wang)
+
+    def validate(self) -> None:
+        """Raise BenchError naming the first bad option (before any stage runs)."""
+        if not (self.forearm_mm > 0 and self.size_mm > 0):
+            raise BenchError(f"roi.forearm_mm and roi.size_mm must be > 0 mm (got {self.forearm_mm}, {self.size_mm})")
+        if not (self.margin >= 0 and 0 <= self.jitter < 0.5):
+            raise BenchError(f"roi.margin must be >= 0 and roi.jitter in [0, 0.5) (fractions of a side; "
+                             f"got {self.margin}, {self.jitter})")
 
 
 register_section("roi", RoiConfig)

@@ -16,7 +16,8 @@ import torch
 from torch import nn
 
 from bench.config import register_section
-from methods.encoders import build_encoder
+from bench.errors import BenchError
+from methods.encoders import build_encoder, check_encoder_name
 
 
 @dataclass
@@ -25,6 +26,12 @@ class VGGConfig:
 
     name: str = "vgg16"         # timm model name (vgg11 | vgg13 | vgg16 | vgg19 | *_bn)
     mlp_ratio: float = 1.0      # width of fc6 relative to 4096 (timm's VGG mlp_ratio)
+
+    def validate(self) -> None:
+        """Raise BenchError naming the first bad option (before any stage runs)."""
+        if not self.mlp_ratio > 0:
+            raise BenchError(f"vgg.mlp_ratio = {self.mlp_ratio} must be > 0 (width of fc6 relative to 4096)")
+        check_encoder_name(self.name, "vgg.name")
 
 
 register_section("vgg", VGGConfig, {

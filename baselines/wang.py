@@ -23,6 +23,7 @@ from torch import nn
 
 from bench.checkpoint import Resumer
 from bench.config import register_section
+from bench.errors import BenchError
 from bench.stage import StageContext
 from baselines.common import require_labels, subject_predictions, write_history
 from baselines.hsieh import landmark_metrics, landmark_rois
@@ -42,6 +43,17 @@ class WangConfig:
     dropout: float = 0.1                      # dropout in the encoder layers
     pooling: Literal["cls", "mean"] = "cls"   # subject token: the CLS token | the mean ROI token
     batch_size: int = 8                       # radiographs per step (each with all its ROIs)
+
+    def validate(self) -> None:
+        """Raise BenchError naming the first bad option (before any stage runs)."""
+        if min(self.d_model, self.heads, self.layers, self.batch_size) < 1:
+            raise BenchError("wang.d_model, heads, layers and batch_size must be >= 1 (got "
+                             f"{self.d_model}, {self.heads}, {self.layers}, {self.batch_size})")
+        if self.d_model % self.heads:
+            raise BenchError(f"wang.d_model = {self.d_model} must be a multiple of wang.heads = {self.heads} "
+                             "(each attention head gets d_model / heads channels)")
+        if not 0 <= self.dropout < 1:
+            raise BenchError(f"wang.dropout = {self.dropout} must lie in [0, 1)")
 
 
 register_section("wang", WangConfig, {"smoke": {"d_model": 32, "heads": 2, "layers": 1}})

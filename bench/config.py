@@ -86,6 +86,14 @@ class RunConfig:
     deterministic: DeterministicMode = "auto"  # auto: deterministic on CPU, cuDNN autotuned on CUDA | true | false
     num_threads: int = 0        # torch intra-op threads; 0: torch's default
 
+    def validate(self) -> None:
+        device = self.device.strip()
+        index = device[5:] if device.startswith("cuda:") else ""
+        if device not in ("auto", "cpu", "cuda") and not index.isdigit():
+            raise BenchError(f"run.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+        if self.num_threads < 0:
+            raise BenchError(f"run.num_threads = {self.num_threads} must be >= 0 (0: torch's default)")
+
 
 @dataclass
 class CheckpointConfig:

@@ -11,11 +11,25 @@ mean/std normalisation is applied.
 """
 from __future__ import annotations
 
+import difflib
+
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from bench.errors import BenchError
+
+
+def check_encoder_name(name: str, option: str) -> None:
+    """Raise BenchError unless `name` is a timm model (checked when the config is resolved, so a typo
+    fails before a segmentation training, not hours later); `option` names the config key."""
+    import timm
+
+    if not timm.is_model(name):
+        near = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f"; did you mean {', '.join(near)}?" if near else ""
+        raise BenchError(f"{option} = {name!r} is not a timm model{hint} (any name of timm.list_models() "
+                         "works, e.g. resnet18, resnet50, vgg16)")
 
 
 def build_encoder(name: str = "resnet50", in_chans: int = 1, **kwargs) -> nn.Module:

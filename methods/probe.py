@@ -35,6 +35,13 @@ class ProbeConfig:
     class_weight: Literal["none", "balanced"] = "none" # cross-entropy class weights
     standardize: bool = True                           # z-score features with train statistics
 
+    def validate(self) -> None:
+        """Raise BenchError naming the first bad option (before any stage runs)."""
+        if self.epochs < 1 or self.batch_size < 1:
+            raise BenchError(f"probe.epochs and probe.batch_size must be >= 1 (got {self.epochs}, {self.batch_size})")
+        if not (self.lr > 0 and self.weight_decay >= 0):
+            raise BenchError(f"probe.lr must be > 0 and probe.weight_decay >= 0 (got {self.lr}, {self.weight_decay})")
+
 
 register_section("probe", ProbeConfig, {"smoke": {"epochs": 30}, "quick": {"epochs": 100},
                                         "paper": {"epochs": 100}})

@@ -50,6 +50,40 @@ class TuneConfig:
     max_failures: int = 3               # consecutive failed trials of one session that stop it (a systematic error)
     keep_trial_outputs: bool = False    # downstream: keep each trial's stage outputs under tune/<study>/trials/
 
+    def validate(self) -> None:
+        """The checks that need no segmentation config (make_space adds the gamma0 floor, which does);
+        raise BenchError naming the first bad option."""
+        if not (0.0 <= self.gamma0_low <= self.gamma0_high <= 1.0 and self.gamma0_high > 0.0):
+            raise BenchError(f"tune.gamma0_low = {self.gamma0_low} and tune.gamma0_high = {self.gamma0_high} "
+                             "must satisfy 0 < low <= high <= 1 (gamma0 caps each sample's transported mass); "
+                             "set tune.gamma0_low=0 for the automatic floor")
+        self.schedule_list()
+        if not (0 <= self.patience_low <= self.patience_high):
+            raise BenchError(f"tune.patience_low = {self.patience_low} and tune.patience_high = "
+                             f"{self.patience_high} must satisfy 0 <= low <= high (epochs)")
+        if self.anneal_low < 1 or self.anneal_high < 0:
+            raise BenchError(f"tune.anneal_low = {self.anneal_low} must be >= 1 epoch and tune.anneal_high = "
+                             f"{self.anneal_high} >= 0 (0: segmentation.epochs)")
+        if not (0.0 < self.lam_low <= self.lam_high):
+            raise BenchError(f"tune.lam_low = {self.lam_low} and tune.lam_high = {self.lam_high} must satisfy "
+                             "0 < low <= high (lambda is searched on a log scale)")
+        for name in ("startup_trials", "prune_startup_trials", "prune_warmup_epochs"):
+            if getattr(self, name) < 0:
+                raise BenchError(f"tune.{name} must be >= 0, got {getattr(self, name)}")
+        if self.max_failures < 1:
+            raise BenchError(f"tune.max_failures must be >= 1, got {self.max_failures}")
+
+    def schedule_list(self) -> tuple[str, ...]:
+        """``schedules`` as a tuple; unknown or repeated names raise BenchError."""
+        schedules = tuple(s.strip() for s in self.schedules.split(",") if s.strip())
+        bad = [s for s in schedules if s not in SCHEDULES]
+        if not schedules or bad:
+            raise BenchError(f"tune.schedules = {self.schedules!r}: give a comma-separated subset of "
+                             f"{', '.join(SCHEDULES)}" + (f" (unknown: {', '.join(bad)})" if bad else ""))
+        if len(set(schedules)) != len(schedules):
+            raise BenchError(f"tune.schedules = {self.schedules!r} names a schedule twice")
+        return schedules
+
 
 PROFILES = {
     # 60-epoch CPU schedule: short patience, few random trials, early pruning
@@ -78,39 +112,20 @@ class Space:
 
 def make_space(tune: TuneConfig, seg: Any) -> Space:
     """Resolve the ranges of `tune` for the segmentation config `seg`; bad ranges raise BenchError."""
+    tune.validate()
     n = int(seg.experts) * int(seg.samples)
     floor = 1.0 / n
     lo = tune.gamma0_low if tune.gamma0_low > 0 else min(1.0, FEASIBILITY_MARGIN * floor)
     hi = tune.gamma0_high
-    if not (0.0 < lo <= hi <= 1.0):
-        raise BenchError(f"tune.gamma0_low = {tune.gamma0_low} and tune.gamma0_high = {hi} must satisfy "
-                         "0 < low <= high <= 1 (gamma0 caps each sample's transported mass); "
-                         "set tune.gamma0_low=0 for the automatic floor")
+    if lo > hi:
+        raise BenchError(f"the automatic tune.gamma0_low, {lo:.6g} (just above 1/N, N = experts * samples = {n}), "
+                         f"exceeds tune.gamma0_high = {hi}; raise tune.gamma0_high")
     if lo < floor:
         raise BenchError(f"tune.gamma0_low = {lo} is infeasible: with N = experts * samples = {n} the caps hold "
                          f"N * gamma0 < 1; use at least {floor:.6g} (or tune.gamma0_low=0 for the automatic floor)")
-    schedules = tuple(s.strip() for s in tune.schedules.split(",") if s.strip())
-    bad = [s for s in schedules if s not in SCHEDULES]
-    if not schedules or bad:
-        raise BenchError(f"tune.schedules = {tune.schedules!r}: give a comma-separated subset of "
-                         f"{', '.join(SCHEDULES)}" + (f" (unknown: {', '.join(bad)})" if bad else ""))
-    if len(set(schedules)) != len(schedules):
-        raise BenchError(f"tune.schedules = {tune.schedules!r} names a schedule twice")
-    if not (0 <= tune.patience_low <= tune.patience_high):
-        raise BenchError(f"tune.patience_low = {tune.patience_low} and tune.patience_high = {tune.patience_high} "
-                         "must satisfy 0 <= low <= high (epochs)")
+    schedules = tune.schedule_list()
     a_hi = tune.anneal_high if tune.anneal_high > 0 else int(seg.epochs)
     a_lo = min(tune.anneal_low, a_hi)
-    if a_lo < 1:
-        raise BenchError(f"tune.anneal_low = {tune.anneal_low} must be >= 1 epoch")
-    if not (0.0 < tune.lam_low <= tune.lam_high):
-        raise BenchError(f"tune.lam_low = {tune.lam_low} and tune.lam_high = {tune.lam_high} must satisfy "
-                         "0 < low <= high (lambda is searched on a log scale)")
-    for name in ("startup_trials", "prune_startup_trials", "prune_warmup_epochs"):
-        if getattr(tune, name) < 0:
-            raise BenchError(f"tune.{name} must be >= 0, got {getattr(tune, name)}")
-    if tune.max_failures < 1:
-        raise BenchError(f"tune.max_failures must be >= 1, got {tune.max_failures}")
     return Space(gamma0=(float(lo), float(hi)), schedules=schedules,
                  patience=(int(tune.patience_low), int(tune.patience_high)), anneal=(int(a_lo), int(a_hi)),
                  lam=(float(tune.lam_low), float(tune.lam_high)))

@@ -13,12 +13,12 @@ from dataclasses import dataclass
 from typing import Literal
 
 from bench.config import register_section
+from bench.errors import BenchError
 from methods.augment import AugmentConfig
 from methods.compiling import CompileMode
+from methods.encoders import check_encoder_name
 from methods.multicrop import MultiCropConfig
 from methods.ssl.heads import HEAD_PROFILES, HeadConfig
-
-
 
 
 @dataclass
@@ -45,6 +45,26 @@ class SSLConfig:
     max_steps_per_epoch: int = 0                # cap on steps per epoch; 0 = every patch once
     compile: CompileMode = "off"                # torch.compile mode of the encoder (reduce-overhead, max-autotune: + CUDA graphs)
     channels_last: bool = True                  # on CUDA (bf16): NHWC tensors; false keeps NCHW (cuDNN's BatchNorm)
+
+    def validate(self) -> None:
+        """Raise BenchError naming the first bad option (before any stage runs)."""
+        checks = [
+            (self.epochs >= 0, "ssl.epochs must be >= 0 (0: the randomly initialised encoder, a control)"),
+            (self.batch_size >= 2, "ssl.batch_size must be >= 2 (the losses compare samples of a batch)"),
+            (self.lr > 0 and self.weight_decay >= 0, "ssl.lr must be > 0 and ssl.weight_decay >= 0"),
+            (self.warmup_epochs >= 0 and self.swav_freeze_epochs >= 0,
+             "ssl.warmup_epochs and ssl.swav_freeze_epochs must be >= 0"),
+            (self.temperature > 0, "ssl.temperature must be > 0"),
+            (self.swav_epsilon > 0 and self.swav_iterations >= 1,
+             "ssl.swav_epsilon must be > 0 and ssl.swav_iterations >= 1"),
+            (min(self.vicreg_sim, self.vicreg_std, self.vicreg_cov) >= 0,
+             "ssl.vicreg_sim, vicreg_std and vicreg_cov must be >= 0"),
+            (self.max_steps_per_epoch >= 0, "ssl.max_steps_per_epoch must be >= 0 (0: every patch once)"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise BenchError(f"invalid ssl configuration: {message}")
+        check_encoder_name(self.encoder, "ssl.encoder")
 
     @property
     def uses_cls_train(self) -> bool:

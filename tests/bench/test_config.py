@@ -1,6 +1,7 @@
 """Config layering, validation and coercion (bench.config)."""
 from __future__ import annotations
 
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -111,3 +112,46 @@ def test_baseline_training_options_are_validated(item, needle):
         config.resolve("smoke", sets=[item])
     config.resolve("smoke", sets=[item.split("=")[0] + "=" + ("1e-3" if "lr" in item else "64" if "size" in item
                                                                else "1")])
+
+
+@pytest.mark.parametrize("item, needle", [
+    ("run.device=tpu", "run.device = 'tpu': use auto, cpu, cuda or cuda:N"),
+    ("run.num_threads=-1", "run.num_threads = -1 must be >= 0"),
+    ("ssl.lr=-1", "ssl.lr must be > 0"),
+    ("ssl.epochs=-1", "ssl.epochs must be >= 0"),
+    ("ssl.batch_size=1", "ssl.batch_size must be >= 2"),
+    ("ssl.temperature=0", "ssl.temperature must be > 0"),
+    ("ssl.swav_iterations=0", "ssl.swav_iterations >= 1"),
+    ("ssl.encoder=resnet5O", "ssl.encoder = 'resnet5O' is not a timm model; did you mean resnet50"),
+    ("probe.epochs=0", "probe.epochs and probe.batch_size must be >= 1"),
+    ("probe.lr=-3", "probe.lr must be > 0"),
+    ("roi.jitter=0.5", "roi.jitter in [0, 0.5)"),
+    ("roi.size_mm=0", "roi.forearm_mm and roi.size_mm must be > 0"),
+    ("vgg.name=vgg61", "vgg.name = 'vgg61' is not a timm model"),
+    ("vgg.mlp_ratio=0", "vgg.mlp_ratio = 0.0 must be > 0"),
+    ("wang.d_model=33", "wang.d_model = 33 must be a multiple of wang.heads = 2"),
+    ("wang.dropout=1", "wang.dropout = 1.0 must lie in [0, 1)"),
+    ("tune.lam_low=0", "tune.lam_low = 0.0 and tune.lam_high = 100.0 must satisfy"),
+    ("tune.schedules=plateau,warm", "unknown: warm"),
+])
+def test_pretraining_probe_baseline_and_run_options_are_validated(item, needle):
+    """Each bad value stops at resolve, naming its key, before a segmentation training runs for hours
+    ahead of the stage that would have failed on it."""
+    from bench.registry import load_entries
+
+    load_entries()
+    with pytest.raises(BenchError, match=re.escape(needle)):
+        config.resolve("smoke", sets=[item])
+
+
+def test_every_section_with_numeric_options_validates_them():
+    """A new section with numbers must say which values it refuses (a validate method)."""
+    import dataclasses
+
+    from bench.registry import load_entries
+
+    load_entries()
+    unchecked = [name for name, spec in config.sections().items() if name != "toysec"
+                 and any(f.type in (int, float, "int", "float") for f in dataclasses.fields(spec.cls))
+                 and not callable(getattr(spec.cls, "validate", None))]
+    assert unchecked == []

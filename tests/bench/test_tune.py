@@ -89,9 +89,12 @@ def test_space_bounds_conditionals_and_bad_ranges():
     assert {t.params["gamma_schedule"] for t in study.trials} == {"plateau", "linear", "cosine"}
     for sets, match in [({"tune.gamma0_low": 0.1}, "infeasible"), ({"tune.schedules": "plateau,warm"}, "warm"),
                         ({"tune.lam_low": 0.0}, "lam"), ({"tune.gamma0_high": 1.5}, "gamma0_high")]:
-        bad = resolve("smoke", sets=sets)
-        with pytest.raises(BenchError, match=match):
+        with pytest.raises(BenchError, match=match):   # range errors when resolved, the floor in make_space
+            bad = resolve("smoke", sets=sets)
             make_space(bad.tune, bad.segmentation)
+    bad = resolve("smoke", sets={"tune.gamma0_high": 0.1})       # below the automatic floor 1.001 / N
+    with pytest.raises(BenchError, match="raise tune.gamma0_high"):
+        make_space(bad.tune, bad.segmentation)
 
 
 def test_downstream_score_uses_validation_rows_only():
