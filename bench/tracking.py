@@ -8,9 +8,9 @@
 - Parent run per entry (``run_name = entry``, tag ``osteobench.run_type=entry``); child per seed
   (``<entry>/seed<k>``, tags ``osteobench.seed``, ``osteobench.config_hash``,
   ``mlflow.parentRunId``). Parent status: FAILED while some seed's latest attempt failed.
-- Final metrics ``{split: {m: v}}`` → ``split_m``; NaN is logged as NaN (an undefined AUC stays
-  visible); None/non-numbers are skipped (they stay in ``metrics.json``). History rows →
-  ``<stage>/<metric>`` at ``step = epoch`` (-1 = a stage's final value).
+- Params, metrics, history and tags take MLflow's form in bench.tracking_values (``split_m``,
+  ``<stage>/<metric>`` at ``step = epoch``, -1 = a stage's final value); URIs, the server check and
+  the SQLite lock retries are bench.tracking_uri.
 - Resume: a FINISHED child with the same (entry, seed, config hash) is returned untouched
   (params are immutable); a RUNNING one is an interrupted attempt: marked KILLED, replaced.
 - Concurrency: get-or-create and seed logging hold an ``fcntl`` lock on ``<db>.lock`` (or
@@ -35,18 +35,18 @@ BenchError rather than MLflow's minutes of retries.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
-import json
-import numbers
 import os
-import re
 import threading
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Mapping, Sequence, TypeVar
+from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 from bench.errors import BenchError
+from bench.tracking_uri import (DISABLED_URIS, REMOTE_SCHEMES, check_server, default_tracking_uri, normalise_uri,
+                                retry_locked, sqlite_path)
+from bench.tracking_values import (final_metrics, filter_literal, flatten, history_metrics,
+                                   mlflow_key, tag_values)
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -56,8 +56,6 @@ try:  # POSIX; on other platforms the lock is a no-op (one writer process there)
 except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
-T = TypeVar("T")
-
 EXPERIMENT_PREFIX = "osteobench/"
 TAG_SUITE = "osteobench.suite"
 TAG_ENTRY = "osteobench.entry"
@@ -65,149 +63,6 @@ TAG_SEED = "osteobench.seed"
 TAG_HASH = "osteobench.config_hash"
 TAG_TYPE = "osteobench.run_type"          # "entry" (parent) or "seed" (child)
 TAG_PARENT = "mlflow.parentRunId"
-DISABLED_URIS = {"none", "off", "disabled", ""}
-REMOTE_SCHEMES = {"http", "https", "databricks"}
-HISTORY_COLUMNS = ("stage", "epoch", "metric", "value")
-LOCK_RETRIES = 6                          # attempts at an operation that hit "database is locked"
-
-
-def default_tracking_uri(results: Path) -> str:
-    """``sqlite:///<absolute results>/mlflow.db`` (four slashes before an absolute POSIX path)."""
-    return "sqlite:///" + Path(results).expanduser().resolve().joinpath("mlflow.db").as_posix()
-
-
-def _sqlite_path(uri: str) -> Path | None:
-    """The database file of a ``sqlite:///`` URI, or None for other URIs and in-memory SQLite."""
-    if not uri.startswith("sqlite:///"):
-        return None
-    path = uri[len("sqlite:///"):].split("?", 1)[0]
-    return None if path in ("", ":memory:") else Path(path)
-
-
-def _normalise_uri(uri: str) -> str:
-    """Make a relative ``sqlite:///`` path absolute (against the current directory, once)."""
-    path = _sqlite_path(uri)
-    if path is None or path.is_absolute():
-        return uri
-    query = uri.split("?", 1)[1] if "?" in uri else ""
-    out = "sqlite:///" + path.resolve().as_posix()
-    return f"{out}?{query}" if query else out
-
-
-def check_server(uri: str, timeout: float = 10.0) -> None:
-    """Raise BenchError unless an MLflow tracking server answers ``GET <uri>/health`` with 200."""
-    import urllib.error
-    import urllib.request
-
-    url = uri.rstrip("/") + "/health"
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (http/https only)
-            if response.status == 200:
-                return
-            problem = f"HTTP {response.status}"
-    except (urllib.error.URLError, OSError, ValueError) as exc:
-        problem = str(getattr(exc, "reason", exc))
-    raise BenchError(f"no MLflow tracking server answers at {uri} ({url}: {problem}). Start one, e.g. "
-                     "`mlflow server --backend-store-uri sqlite:////abs/mlflow.db --host 127.0.0.1 --port 5000` "
-                     "(or a postgresql:// backend), or leave --tracking-uri out for sqlite:///<results>/mlflow.db")
-
-
-def flatten(config: Mapping, prefix: str = "") -> dict[str, str | float | int | bool]:
-    """Nested mappings (and dataclasses) → dotted keys; lists/tuples → JSON; None → "None".
-
-    ``{"segmentation": {"gamma0": 0.5}, "crops": [224, 96]}`` →
-    ``{"segmentation.gamma0": 0.5, "crops": "[224, 96]"}``. Two inputs that flatten to the same
-    key (``{"a.b": 1, "a": {"b": 2}}``) raise BenchError.
-    """
-    if dataclasses.is_dataclass(config) and not isinstance(config, type):
-        config = dataclasses.asdict(config)
-    if not isinstance(config, Mapping):
-        raise BenchError(f"flatten expects a mapping of config values, got {type(config).__name__}")
-    out: dict[str, str | float | int | bool] = {}
-    for key, value in config.items():
-        name = f"{prefix}{key}"
-        if dataclasses.is_dataclass(value) and not isinstance(value, type):
-            value = dataclasses.asdict(value)
-        if isinstance(value, Mapping):
-            items = flatten(value, prefix=f"{name}.")
-            if not items:
-                items = {name: "{}"}
-        else:
-            items = {name: _scalar(value)}
-        for k, v in items.items():
-            if k in out:
-                raise BenchError(f"config key {k!r} occurs twice after flattening nested keys with '.'; "
-                                 "rename one of them")
-            out[k] = v
-    return out
-
-
-def _scalar(value: Any) -> str | float | int | bool:
-    if value is None:
-        return "None"
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    if isinstance(value, numbers.Number) and hasattr(value, "item"):  # numpy scalar
-        return value.item()
-    if isinstance(value, (list, tuple)):
-        return json.dumps(list(value), default=str)
-    if isinstance(value, os.PathLike):
-        return os.fspath(value)
-    return str(value)
-
-
-def _final_metrics(metrics: Mapping, prefix: str = "") -> dict[str, float]:
-    """``{split: {metric: v}}`` → ``{"split_metric": v}`` (any depth, joined with ``_``).
-
-    Numbers (bools included) become floats, NaN stays NaN; None and non-numbers are skipped.
-    """
-    out: dict[str, float] = {}
-    for key, value in metrics.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_final_metrics(value, prefix=f"{name}_"))
-        elif isinstance(value, numbers.Number) and not isinstance(value, complex):
-            out[name] = float(value)
-    return out
-
-
-def mlflow_key(name: str) -> str:
-    r"""An MLflow-valid param/metric key: characters outside ``[/\w.\- :]`` become ``_``,
-    empty path parts are dropped (MLflow rejects names that normalise to another path)."""
-    name = re.sub(r"[^/\w.\- :]", "_", str(name))
-    return "/".join(part for part in name.split("/") if part not in ("", ".", "..")) or "_"
-
-
-def _is_locked(exc: BaseException) -> bool:
-    text = str(exc).lower()
-    return "database is locked" in text or "database table is locked" in text
-
-
-def retry_locked(call: Callable[[], T], retries: int = LOCK_RETRIES, pause: float = 0.2) -> T:
-    """Run `call`; on SQLite "database is locked" (after MLflow's own busy timeout) wait and retry.
-
-    A locked write is rolled back by MLflow's session, so repeating it cannot duplicate
-    anything. Every other error propagates at once.
-    """
-    for attempt in range(retries):
-        try:
-            return call()
-        except Exception as exc:
-            if not _is_locked(exc) or attempt == retries - 1:
-                raise
-            time.sleep(pause * 2 ** attempt)
-    raise AssertionError("unreachable")  # pragma: no cover
-
-
-def _quote(value: str) -> str:
-    """A string literal for an MLflow filter (MLflow's parser has no escape for quotes)."""
-    value = str(value)
-    if "'" not in value:
-        return f"'{value}'"
-    if '"' not in value:
-        return f'"{value}"'
-    raise BenchError(f"name {value!r} contains both quote characters; MLflow cannot search for it. "
-                     "Rename the entry or suite.")
 
 
 class Tracker:
@@ -216,7 +71,7 @@ class Tracker:
     def __init__(self, results: Path, uri: str | None = None, enabled: bool = True) -> None:
         self.results = Path(results).expanduser().resolve()
         self.enabled = bool(enabled) and (uri is None or uri.strip().lower() not in DISABLED_URIS)
-        self.uri = "none" if not self.enabled else _normalise_uri(uri.strip() if uri else
+        self.uri = "none" if not self.enabled else normalise_uri(uri.strip() if uri else
                                                                   default_tracking_uri(self.results))
         self._experiments: dict[str, str] = {}
         self._entries: dict[tuple[str, str], str] = {}
@@ -227,7 +82,7 @@ class Tracker:
         self._client: Any = None
         if not self.enabled:
             return
-        db = _sqlite_path(self.uri)
+        db = sqlite_path(self.uri)
         self._lock_path = (db.parent / f"{db.name}.lock") if db else self.results / ".mlflow.lock"
         if urlparse(self.uri).scheme in ("http", "https"):
             check_server(self.uri)
@@ -285,7 +140,7 @@ class Tracker:
 
     def _search(self, experiment_id: str, filters: Mapping[str, str], order_by: Sequence[str] = ()) -> list:
         """All active runs of the experiment whose tags equal `filters` (every page)."""
-        where = " and ".join(f"tags.`{k}` = {_quote(v)}" for k, v in filters.items())
+        where = " and ".join(f"tags.`{k}` = {filter_literal(v)}" for k, v in filters.items())
         runs: list = []
         token = None
         while True:
@@ -335,7 +190,7 @@ class Tracker:
                     run_id = found[0].info.run_id
             own = {TAG_SUITE: suite, TAG_ENTRY: entry, TAG_TYPE: "entry"}
             if run_id is None:
-                all_tags = {**_tag_values(tags), **own}
+                all_tags = {**tag_values(tags), **own}
                 run_id = self._call("create_run", exp_id, tags=all_tags, run_name=entry).info.run_id
             elif tags:
                 self._log(run_id, tags={k: v for k, v in tags.items() if k not in own})
@@ -353,8 +208,8 @@ class Tracker:
         if not self.enabled:
             return ""
         flat_params = flatten(params)
-        final = _final_metrics(metrics)
-        steps = _history_metrics(history)
+        final = final_metrics(metrics)
+        steps = history_metrics(history)
         files = [Path(a) for a in artifacts]
         missing = [str(p) for p in files if not p.exists()]
         if missing:
@@ -413,7 +268,7 @@ class Tracker:
         for stale in existing:
             if stale.info.status == "RUNNING":
                 self._call("set_terminated", stale.info.run_id, "KILLED")
-        run = self._call("create_run", self.experiment_id(suite), tags={**_tag_values(tags), **own},
+        run = self._call("create_run", self.experiment_id(suite), tags={**tag_values(tags), **own},
                          run_name=f"{entry}/seed{int(seed)}")
         return parent, run.info.run_id, True
 
@@ -465,7 +320,7 @@ class Tracker:
             ("params", [Param(k, val) for k, val in {mlflow_key(k): str(x)[:v.MAX_PARAM_VAL_LENGTH]
                                                      for k, x in (params or {}).items()}.items()],
              v.MAX_PARAMS_TAGS_PER_BATCH),
-            ("tags", [RunTag(k, val) for k, val in _tag_values(tags).items()], v.MAX_PARAMS_TAGS_PER_BATCH),
+            ("tags", [RunTag(k, val) for k, val in tag_values(tags).items()], v.MAX_PARAMS_TAGS_PER_BATCH),
             ("metrics", [Metric(mlflow_key(k), x, ts, step) for k, x, ts, step in metrics], v.MAX_METRICS_PER_BATCH),
         ]
         for field, items, size in batches:
@@ -473,27 +328,3 @@ class Tracker:
                 self._call("log_batch", run_id, **{field: items[i:i + size]})
 
 
-def _tag_values(tags: Mapping[str, Any] | None) -> dict[str, str]:
-    """Tag values as strings within MLflow's length limit."""
-    from mlflow.utils.validation import MAX_TAG_VAL_LENGTH
-
-    return {str(k): str(x)[:MAX_TAG_VAL_LENGTH] for k, x in (tags or {}).items()}
-
-
-def _history_metrics(history: pd.DataFrame | None) -> list[tuple[str, float, int]]:
-    """Rows (stage, epoch, metric, value) → (``"<stage>/<metric>"``, value, step = epoch)."""
-    if history is None or len(history) == 0:
-        return []
-    missing = [c for c in HISTORY_COLUMNS if c not in history.columns]
-    if missing:
-        raise BenchError(f"history lacks columns {missing}; expected {list(HISTORY_COLUMNS)}")
-    out = []
-    for stage, epoch, metric, value in history[list(HISTORY_COLUMNS)].itertuples(index=False, name=None):
-        try:
-            value = float(value)
-            step = int(epoch)
-        except (TypeError, ValueError) as exc:
-            raise BenchError(f"history row ({stage}, {epoch}, {metric}, {value!r}) needs an integer "
-                             f"epoch and a numeric value: {exc}") from None
-        out.append((f"{stage}/{metric}", value, step))
-    return out

@@ -17,7 +17,9 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from bench.tracking import TAG_PARENT, TAG_TYPE, Tracker, mlflow_key, retry_locked, flatten
+from bench.tracking import TAG_PARENT, TAG_TYPE, Tracker
+from bench.tracking_uri import retry_locked
+from bench.tracking_values import flatten, mlflow_key
 
 SUITE = "tune"                            # experiment osteobench/tune
 TAG_STUDY = "osteobench.optuna_study"

@@ -13,8 +13,9 @@ import pandas as pd
 import pytest
 
 from bench.errors import BenchError
-from bench.tracking import (Tracker, mlflow_key, _normalise_uri, retry_locked, default_tracking_uri,
-                            flatten)
+from bench.tracking import Tracker
+from bench.tracking_uri import default_tracking_uri, normalise_uri, retry_locked
+from bench.tracking_values import flatten, mlflow_key
 
 ENTRIES = ("simclr", "noseg-simclr")
 SEEDS = (0, 1)
@@ -72,9 +73,9 @@ def test_default_uri_is_absolute_sqlite(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     assert default_tracking_uri(Path("results")) == f"sqlite:///{tmp_path.resolve()}/results/mlflow.db"
     assert default_tracking_uri(Path("results")).startswith("sqlite:////")
-    assert _normalise_uri("sqlite:///rel/m.db") == f"sqlite:///{tmp_path.resolve()}/rel/m.db"
-    assert _normalise_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
-    assert _normalise_uri("http://host:5000") == "http://host:5000"
+    assert normalise_uri("sqlite:///rel/m.db") == f"sqlite:///{tmp_path.resolve()}/rel/m.db"
+    assert normalise_uri("sqlite:////abs/m.db") == "sqlite:////abs/m.db"
+    assert normalise_uri("http://host:5000") == "http://host:5000"
 
 
 def test_keys_are_made_mlflow_valid():
