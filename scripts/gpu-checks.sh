@@ -32,6 +32,11 @@
 #            written); then scripts/seg_label_rules.py on every MoSE model (label-rules.txt: Dice against truth, annotators
 #            and consensus of the mixture mean, the top expert, each expert and the vote; the mean routing
 #            weights);
+#   segeval: after train, `bench evaluate-seg` of every trained segmenter on the same held-out phantom images
+#            (`bench data synth --profile RUN_PROFILE --seed 7 --n GPU_CHECKS_HELDOUT_N`, default 100, rendered
+#            during the trainings), then `bench compare-seg` of the first MoSE training's seeds against the
+#            single decoder's, per bone (issue 4: multi- vs single-decoder Dice and GED, images and seeds
+#            resampled; about 40 s per model kept for it);
 #   entry:   one full entry at the paper profile, run then projected: `jang` (VGG16 on the wrist ROI; with
 #            roi.source=annotator, what `auto` picks on the phantom, so it trains no unused segmenter), then
 #            `bench perf suite --entry jang --measured`: each stage's measured seconds (its _stage.json) beside
@@ -45,7 +50,8 @@
 #   nchw:    `bench perf ssl --set ssl.channels_last=false`: (a), (b) in NCHW (cuDNN BatchNorm; 90 s left).
 # GPU_CHECKS_STEPS picks steps (default "tests train entry suite compile"; seg, ssl, det, segcompile and nchw
 # were measured on an H200 or H100 and run when named), GPU_CHECKS_COMPILE_MODES the compile step's modes
-# (default reduce-overhead), GPU_CHECKS_TRAIN the trainings (default "mose-compiled").
+# (default reduce-overhead), GPU_CHECKS_TRAIN the trainings (default "mose-compiled"), GPU_CHECKS_SEEDS their
+# seeds (default "0"; one process per training and seed, all side by side).
 # Measured on an H200 (2026-11-27, steps "tests seg ssl det train entry suite", budget 560): tests 42 s, seg and
 # det 58 s, ssl and det 113 s, the eager quick MoSE radiogrammetry entry 198 s (2.2 s an epoch), suite 132 s;
 # entry was skipped (142 s left). Earlier (2026-11-26): the landmark stage 245 s on an H200; on an H100, side by
@@ -66,6 +72,7 @@ RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of
 PERF_PROFILE=${GPU_CHECKS_PERF_PROFILE:-paper}
 STEPS=" ${GPU_CHECKS_STEPS-tests train entry suite compile} "
 TRAIN=" ${GPU_CHECKS_TRAIN-mose-compiled} "
+SEEDS=${GPU_CHECKS_SEEDS:-0}                    # seeds of every training, each its own process
 want() { [[ "$STEPS" == *" $1 "* ]]; }
 wanttrain() { [[ "$TRAIN" == *" $1 "* ]]; }
 BENCH="python3 -m bench.cli"
@@ -140,17 +147,24 @@ fi
 # steps wanted their time (entry 180 s, suite 130 s; compile runs only when 150 s are left); a training cut
 # there resumes from its last saved minute in a second call (GPU_CHECKS_STEPS=train)
 RESERVE=20; want entry && RESERVE=$(( RESERVE + 180 )); want suite && RESERVE=$(( RESERVE + 130 ))
+HELDOUT_N=${GPU_CHECKS_HELDOUT_N:-100}
+want segeval && RESERVE=$(( RESERVE + 40 * ${GPU_CHECKS_SEGEVAL_RUNS:-$(( $(wc -w <<<"$TRAIN") * $(wc -w <<<"$SEEDS") ))} + 20 ))
 TRAIN_END=$(( BUDGET - RESERVE ))
-run() { # name, extra args...
-  local name=$1; shift
-  OSTEOBENCH_EPOCH_LINES=1 OMP_NUM_THREADS=5 timeout "$(left $TRAIN_END)" $BENCH run --profile "$RUN_PROFILE" --seeds 0 --device "$DEV" \
-    --results "$RES" --no-mlflow --name "$name" --set checkpoint.minutes=1 "$@" >>"$RES/run-$name.log" 2>&1
-  log "run $name rc=$?"
+run() { # name, extra args...: one process per seed of GPU_CHECKS_SEEDS, side by side
+  local name=$1 seed; shift
+  for seed in $SEEDS; do
+    OSTEOBENCH_EPOCH_LINES=1 OMP_NUM_THREADS=5 timeout "$(left $TRAIN_END)" $BENCH run --profile "$RUN_PROFILE" --seeds "$seed" \
+      --device "$DEV" --results "$RES" --no-mlflow --name "$name" --set checkpoint.minutes=1 "$@" \
+      >>"$RES/run-$name-s$seed.log" 2>&1 && log "run $name seed $seed rc=0" || log "run $name seed $seed rc=$?" &
+  done
+  wait
 }
 if want train; then
   log "quick trainings until $TRAIN_END s:$TRAIN"
   # meanwhile the paper phantoms of the entry step render on a few cores (not part of any timed stage)
   want entry && gen_phantoms "$PERF_PROFILE" 5
+  want segeval && { $BENCH data synth --preset public --profile "$RUN_PROFILE" --seed 7 --n "$HELDOUT_N" \
+    --out "$RES/heldout" --overwrite --workers 3 >"$W/heldout-synth.txt" 2>&1 & }
   wanttrain mose && run mose --entry radiogrammetry &
   wanttrain mose-compiled && run mose-compiled --entry radiogrammetry --set segmentation.compile=default &
   wanttrain mose-g16 && run mose-g16 --entry radiogrammetry --set segmentation.gamma0=0.0625 \
@@ -178,7 +192,8 @@ res = pathlib.Path(sys.argv[1])
 for f in sorted(res.glob("cache/segment/*/eval.json")):
     r = json.loads(f.read_text())
     t = r["train"]
-    print(f.parent.name, "model", t["model"], "compile", t.get("compile"), "best epoch", t["best_epoch"],
+    material = json.loads((f.parent / "_stage.json").read_text())["material"]
+    print(f.parent.name, "seed", material.get("seed"), "model", t["model"], "compile", t.get("compile"), "best epoch", t["best_epoch"],
           "s/epoch", round(t["seconds_per_epoch"], 3), "unlearnt", r.get("unlearnt_bones"))
     for split, s in r["splits"].items():
         terms = {k: round(s[k], 4) for k in s if k.startswith("ged") or k in ("hungarian_iou", "ece")}
@@ -199,6 +214,26 @@ PY
   done
 fi
 enough() { [ $(( BUDGET - $(now) )) -ge "$1" ] || { log "skipping $2: $(( BUDGET - $(now) )) s left"; false; }; }
+if want segeval && [ -f "$RES/heldout/manifest.csv" ]; then
+  # issue 4: every trained segmenter on the same held-out phantom images, then the first MoSE training's
+  # seeds against the single decoder's (bench compare-seg: images and seeds resampled, per bone)
+  log "segeval on $HELDOUT_N held-out images"
+  for d in "$RES"/*/radiogrammetry/seed*; do
+    [ -f "$d/metrics.json" ] || continue
+    tag=$(basename "$(dirname "$(dirname "$d")")")-$(basename "$d")
+    enough 40 "segeval $tag" || break
+    timeout "$(left $(( BUDGET - 30 )))" $BENCH evaluate-seg "$d" --data "$RES/heldout" --out "$W/segeval/$tag" \
+      --device "$DEV" --no-mlflow >"$W/segeval-$tag.txt" 2>&1
+    log "evaluate-seg $tag rc=$?"
+  done
+  A=$(for t in $TRAIN; do [ "$t" != single ] && ls -d "$W"/segeval/"$t"-seed* 2>/dev/null; done | head -"$(wc -w <<<"$SEEDS")")
+  B=$(ls -d "$W"/segeval/single-seed* 2>/dev/null)
+  if [ -n "$A" ] && [ -n "$B" ]; then
+    { echo "A (MoSE): $(echo $A | xargs -n1 basename | xargs)"; echo "B (single): $(echo $B | xargs -n1 basename | xargs)"
+      $BENCH compare-seg $A --vs $B --per-bone --out "$W/compare-seg.json"; } >"$W/perf-compare-seg.txt" 2>&1
+    log "compare-seg rc=$?"
+  fi
+fi
 if want entry && enough 180 entry; then
   log "paper entry jang: run"
   timeout "$(left $(( BUDGET - 90 )))" $BENCH run --entry jang --profile "$PERF_PROFILE" --seeds 0 --device "$DEV" \
@@ -237,10 +272,10 @@ if want nchw && enough 90 nchw; then
 fi
 
 # the headline lines of every output in one file, to read first
-for f in "$W"/perf-*.txt "$W"/train-summary.txt "$W"/label-rules.txt "$W"/cuda-tests.txt; do
+for f in "$W"/perf-*.txt "$W"/segeval-*.txt "$W"/train-summary.txt "$W"/label-rules.txt "$W"/cuda-tests.txt; do
   [ -f "$f" ] || continue
   echo "== $(basename "$f")"
-  grep -E "torch settings|samples/s|ms/step|projected|measured|^  (stage|total|jang|segment|pretrain) |model |test |passed|failed|error|mean pi_k|vs truth" \
+  grep -E "torch settings|samples/s|ms/step|projected|measured|^  (stage|total|jang|segment|pretrain) |model |test |passed|failed|error|mean pi_k|vs truth|^(A|B) \(|^(metric|mean|GED|lowest bone|laterality|ged|hungarian_iou|dice_truth)|images \(all\)" \
     "$f" | head -40
 done >"$W/summary.txt" 2>&1
 (cd "$RES" && find . -path ./cache/phantom -prune -o -path ./outputs -prune -o -type f \( -name '*.json' -o -name '*.csv' -o -name '*.log' \

@@ -5,7 +5,8 @@
 SEGMENT_DIR is a `segment` stage folder (its model.pt), DATASET_DIR the `seg` phantom it was trained
 on (truth/ masks needed). For every image of the split the model runs once, as `predict_many` does
 (one latent draw shared by the images, the compact form: K x D samples weighted pi_k / D, D the
-stage's `predict_draws` from its eval.json); each rule's
+stage's `predict_draws` from its eval.json; a canonical-laterality model sees left hands mirrored and
+its maps are mirrored back, images of unknown side are left out); each rule's
 canvas probabilities go through `predict._finish`, the stage's own crop, upsampling to native size and
 argmax. Rules:
 
@@ -34,16 +35,17 @@ import torch.nn.functional as F
 from bench.data.format import Dataset
 from bench.errors import BenchError
 from methods.segmentation.agreement import consensus
-from methods.segmentation.data import image_to_canvas
+from methods.segmentation.data import image_to_canvas, manifest_sides
 from methods.segmentation.evaluate import dice_per_bone
 from methods.segmentation.predict import _autocast, _finish, load_model
 from methods.segmentation.scoring import truth_mask
 
 
-def native_labels(probs: torch.Tensor, pl, log_pi: torch.Tensor) -> np.ndarray:
-    """C x H x W canvas probabilities -> native uint8 labels, as the stage labels the mixture mean."""
+def native_labels(probs: torch.Tensor, pl, log_pi: torch.Tensor, mirrored: bool) -> np.ndarray:
+    """C x H x W canvas probabilities -> native uint8 labels, as the stage labels the mixture mean
+    (`mirrored`: the canvas held the image's mirror, a left hand for a canonical-laterality model)."""
     no_map = torch.zeros_like(probs[0])              # the uncertainty maps play no part in the labels
-    return _finish(probs, no_map, no_map, pl, log_pi).labels
+    return _finish(probs, no_map, no_map, pl, log_pi, mirrored).labels
 
 
 def rule_probs(probs: torch.Tensor, weights: torch.Tensor, log_pi: torch.Tensor, experts: int) -> dict[str, torch.Tensor]:
@@ -73,6 +75,10 @@ def main() -> None:
         raise SystemExit(f"{args.segment_dir} holds a {model.spec.kind} model; the rules compare MoSE samples")
     ds = Dataset.open(args.dataset_dir)
     ids = [i for i in ds.image_ids if ds.row(i)["split"] == args.split]
+    sides = manifest_sides(ds)
+    canonical = bool(getattr(model.spec, "canonical_laterality", False))
+    unsided = [i for i in ids if canonical and not sides.get(i)]
+    ids = [i for i in ids if i not in unsided]      # the stage would detect their side; left out here
     spec, canvas = model.spec, tuple(model.spec.canvas)
     gen = torch.Generator().manual_seed(args.seed)
     stage_eval = args.segment_dir / "eval.json"
@@ -86,7 +92,9 @@ def main() -> None:
         truth = truth_mask(ds, image_id)
         if truth is None:
             raise SystemExit(f"{args.dataset_dir} has no truth mask for {image_id}: a phantom is needed")
-        x, pl = image_to_canvas(ds.image(image_id), canvas)
+        mirrored = canonical and sides[image_id] == "L"     # left hands reach the model mirrored (predict_many)
+        image = ds.image(image_id)
+        x, pl = image_to_canvas(image[:, ::-1] if mirrored else image, canvas)
         with torch.no_grad(), _autocast(device):
             out = model(x[None].to(device), eps=eps)
         with torch.no_grad():
@@ -95,13 +103,14 @@ def main() -> None:
         masks = ds.masks(image_id)
         refs = {"truth": truth, **masks, "consensus": consensus(masks, ds.annotator_weights(image_id))}
         for rule, p in rule_probs(probs, w, log_pi, spec.experts).items():
-            labels = native_labels(p, pl, log_pi)
+            labels = native_labels(p, pl, log_pi, mirrored)
             for ref, mask in refs.items():
                 rows.setdefault(rule, {}).setdefault(ref, []).append(dice_per_bone(labels, mask))
     print(f"{args.segment_dir.name}: {len(ids)} {args.split} images, canvas {canvas[0]}x{canvas[1]}, "
           f"K={spec.experts}, S={spec.samples}, {draws} draws per expert; "
           f"mean pi_k {np.round(np.mean(pis, axis=0, dtype=np.float64), 3).tolist()}, "
-          f"mean max_k pi_k {np.mean(np.max(pis, axis=1)):.3f}")
+          f"mean max_k pi_k {np.mean(np.max(pis, axis=1)):.3f}"
+          + (f"; {len(unsided)} images of unknown side left out" if unsided else ""))
     if report:
         split = report["splits"].get(args.split, {})
         print(f"  eval.json dice_truth (the 'mean' rule must match): "

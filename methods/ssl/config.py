@@ -28,7 +28,7 @@ class SSLConfig:
     method: Literal["simclr", "supcon", "swav", "vicreg"] = "simclr"   # SSL objective
     crop_policy: Literal["bone-aware", "conventional"] = "bone-aware"  # multi-crop policy (Table 7 ablates it)
     encoder: str = "resnet50"                   # timm backbone (paper: ResNet-50)
-    epochs: int = 100                           # pretraining epochs (paper silent; solo-learn's short schedule)
+    epochs: int = 100                           # pretraining epochs (paper silent; solo-learn's short schedule); 0: the random encoder
     batch_size: int = 128                       # patches per step (paper: 128)
     optimizer: Literal["larc", "lars", "adam"] = "larc"  # paper: LARC
     lr: float = 0.15                            # base learning rate (SimCLR scaling 0.3 * 128 / 256)
