@@ -123,6 +123,7 @@ class SegmentationConfig:
     intensity_gamma_p: float = 0.3      # probability of an intensity gamma x**g (nnU-Net: 0.3)
     intensity_gamma_min: float = 0.7    # g range, half the draws below 1 (nnU-Net: 0.7-1.5)
     intensity_gamma_max: float = 1.5
+    occlude_p: float = 0.0              # probability that one bone is hidden under an opaque bar and unannotated (methods.segmentation.occlusion)
     annotators: str = ""                # comma-separated annotator names used for training; empty: all
     eval_samples: int = 0               # evaluation samples: 0 = compact form (K*S weighted); n > 0 = n drawn from pi
     eval_splits: str = "val,test"       # seg splits evaluated (Dice, GED, Hungarian IoU, ECE)
@@ -165,8 +166,8 @@ class SegmentationConfig:
              f"segmentation.eval_splits must be a comma-separated subset of {', '.join(SPLITS)}"),
             (0.0 <= self.flip_p <= 1.0 and 0.0 <= self.vflip_p <= 1.0 and 0.0 <= self.scale_range < 1.0,
              "segmentation.flip_p and vflip_p must lie in [0, 1] and scale_range in [0, 1)"),
-            (0.0 <= self.frame_p <= 1.0 and 0.0 <= self.intensity_gamma_p <= 1.0,
-             "segmentation.frame_p and intensity_gamma_p must lie in [0, 1]"),
+            (0.0 <= self.frame_p <= 1.0 and 0.0 <= self.intensity_gamma_p <= 1.0 and 0.0 <= self.occlude_p <= 1.0,
+             "segmentation.frame_p, intensity_gamma_p and occlude_p must lie in [0, 1]"),
             (0.0 < self.intensity_gamma_min <= self.intensity_gamma_max,
              "segmentation.intensity_gamma_min must be > 0 and <= intensity_gamma_max"),
         ]

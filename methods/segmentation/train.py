@@ -35,6 +35,7 @@ from bench.progress import epoch_line
 from bench.stage import derive_seed
 from methods.segmentation.config import SegmentationConfig
 from methods.segmentation.appearance import augment_appearance
+from methods.segmentation.occlusion import occlude_bones
 from methods.segmentation.data import SegData, augment
 from methods.segmentation.model import ModelSpec, SegOutput, build_model
 
@@ -195,6 +196,7 @@ def train_step(model: torch.nn.Module, opt: torch.optim.Optimizer, cfg: Segmenta
     if cfg.augment:
         x, y = augment(x, y, flip_p=cfg.flip_p, vflip_p=cfg.vflip_p, rotate_deg=cfg.rotate_deg,
                        scale_range=cfg.scale_range, generator=g_aug, flippable=flippable)
+        x, y = occlude_bones(x, y, p=cfg.occlude_p, generator=g_aug)
         x = augment_appearance(x, y, frame_p=cfg.frame_p, gamma_p=cfg.intensity_gamma_p,
                                gamma_min=cfg.intensity_gamma_min, gamma_max=cfg.intensity_gamma_max,
                                generator=g_aug)
