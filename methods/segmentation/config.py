@@ -50,6 +50,14 @@ significantly apart (`bench compare-seg`: Dice +0.009, 95 % CI -0.003 to +0.027;
 -0.047 to +0.002). ``standardize_over=canvas frame_p=0 intensity_gamma_p=0`` restores the reference.
 A model saved before the option keeps the canvas z-score.
 
+Occlusion (``occlude_p``, ours, off by default): with probability p a training image gets one bone
+under an opaque bar along its axis, and that bone's label is removed (methods.segmentation.occlusion).
+The MoSEs above labelled the visible metacarpals of pub-00092-1 (M3 under an opaque bar, absent from
+the truth) one place off: Dice 0.38 and 0.33 for seeds 0 and 1. With p = 0.2 (same protocol,
+2026-11-27) they reached 0.71 and 0.75 there, but the mean over the 100 images moved by +0.002 and
+-0.003 (0.9655 vs 0.9635, 0.958 vs 0.961) and GED by -0.003 and +0.009 (seed 0 against seed 0,
+`bench compare-seg`: Dice +0.0019, 95 % CI -0.0025 to +0.0094): no gain that would justify a default.
+
 Prediction (label maps, uncertainty, confidence; ``predict_draws``): the mixture mean is estimated
 from D = 16 latent draws per expert (weights pi_k / D), not the training S = 4. A trained MoSE's
 samples differ with their latent draw, and one draw serves every image (methods.segmentation.predict),
