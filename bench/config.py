@@ -78,6 +78,14 @@ class DataConfig:
             raise BenchError(f"data.fold = {self.fold} is not one of the folds 0..{self.folds - 1}")
 
 
+def check_device_name(name: str, option: str = "--device") -> None:
+    """Raise BenchError unless `name` is auto, cpu, cuda or cuda:N (whether a GPU exists is
+    bench.runner.resolve_device's question)."""
+    index = name[5:] if name.startswith("cuda:") else ""
+    if name not in ("auto", "cpu", "cuda") and not index.isdigit():
+        raise BenchError(f"{option} = {name!r}: use auto, cpu, cuda or cuda:N")
+
+
 @dataclass
 class RunConfig:
     """Execution settings that can change numbers (so they key the stage cache)."""
@@ -87,10 +95,7 @@ class RunConfig:
     num_threads: int = 0        # torch intra-op threads; 0: torch's default
 
     def validate(self) -> None:
-        device = self.device.strip()
-        index = device[5:] if device.startswith("cuda:") else ""
-        if device not in ("auto", "cpu", "cuda") and not index.isdigit():
-            raise BenchError(f"run.device = {self.device!r}: use auto, cpu, cuda or cuda:N")
+        check_device_name(self.device, "run.device")
         if self.num_threads < 0:
             raise BenchError(f"run.num_threads = {self.num_threads} must be >= 0 (0: torch's default)")
 

@@ -28,7 +28,7 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from bench import __version__, results as store
-from bench.config import Config, resolve
+from bench.config import Config, check_device_name, resolve
 from bench.data.folds import apply_fold, fold_names
 from bench.data.format import Dataset
 from bench.data.provision import open_all, planned_paths, provide
@@ -104,14 +104,13 @@ def resolve_device(name: str, check: bool = True):
     """
     import torch
 
-    if not check and (name == "cpu" or name.startswith("cuda")):
+    check_device_name(name)
+    if not check and name != "auto":
         return torch.device(name)
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise BenchError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
-    if name not in ("cpu",) and not name.startswith("cuda"):
-        raise BenchError(f"unknown device {name!r}; use auto, cpu or cuda")
     return torch.device(name)
 
 

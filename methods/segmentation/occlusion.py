@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import torch
 
+from bench.data.format import BONES
 from methods.segmentation.appearance import WHITE
 
-N_BONES = 7                      # class ids 1..7 (bench.data.BONES)
+N_BONES = len(BONES)             # class ids 1..7
 
 
 def default_margin(height: int) -> int:
@@ -57,8 +58,8 @@ def occlude_bones(images: torch.Tensor, labels: torch.Tensor, *, p: float, margi
     b, _, h, _ = images.shape
     dev = images.device
     u = torch.rand(b, N_BONES + 2, generator=generator, device=dev)
-    classes = torch.arange(1, N_BONES + 1, device=dev).view(1, N_BONES, 1)
-    present = (labels.flatten(1).unsqueeze(1) == classes).any(dim=2)               # B x 7
+    present = torch.zeros(b, N_BONES + 1, dtype=torch.bool, device=dev).scatter_(
+        1, labels.flatten(1).long(), True)[:, 1:]                                  # B x 7: which bones occur
     chosen = torch.where(present, u[:, :N_BONES], -1.0).argmax(dim=1) + 1          # uniform among present
     apply = (u[:, N_BONES] < p) & present.any(dim=1)
     bone = (labels == chosen.view(b, 1, 1, 1).to(labels.dtype)) & apply.view(b, 1, 1, 1)
