@@ -10,7 +10,7 @@ et al., "Calibration: the Achilles heel of predictive analytics", BMC Medicine 2
 
 Both are maximum-likelihood fits of a binomial GLM (statsmodels). Probabilities are clipped to
 [1e-6, 1 - 1e-6] before the logit. Undefined (NaN): fewer than two classes; for the slope, also
-when logit(p) separates the classes perfectly (the MLE diverges) or the fit does not converge.
+when logit(p) separates the classes, completely or with ties only at the boundary (the MLE diverges) or the fit does not converge.
 """
 from __future__ import annotations
 
@@ -38,7 +38,9 @@ def calibration_slope_intercept(y_true: np.ndarray, p_pos: np.ndarray) -> tuple[
         warnings.simplefilter("ignore")          # separation and convergence warnings: handled below
         citl_fit = sm.GLM(y, np.ones((len(y), 1)), family=sm.families.Binomial(), offset=x).fit()
         intercept = float(citl_fit.params[0]) if citl_fit.converged else float("nan")
-        separated = x[y == 0].max() < x[y == 1].min() or x[y == 1].max() < x[y == 0].min()
+        # (quasi-)complete separation: no maximum-likelihood slope exists (the fit "converges" to
+        # whatever its tolerance allows), also when the classes only touch at one tied value
+        separated = x[y == 0].max() <= x[y == 1].min() or x[y == 1].max() <= x[y == 0].min()
         slope = float("nan")
         if not separated and np.ptp(x) > 0:
             fit = sm.GLM(y, sm.add_constant(x, has_constant="add"), family=sm.families.Binomial()).fit()

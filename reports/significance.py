@@ -10,8 +10,9 @@ Convention (issue 7, "a significance marker from the paired tests against the fu
   ``bench.stats`` default), as seed k of two entries is not one paired trial in general, and
   their seed counts may differ. A subject not scored in every seed of both entries is left
   out of both (and counted in ``note``).
-* Holm's correction runs over the family of all comparisons of one table (rows × metrics);
-  a cell is marked when its Holm-adjusted p-value is below ``alpha`` (0.05).
+* Holm's correction runs over the family of one table's comparisons of one metric (the rows of
+  a metric column; statistics.md §2.5, as ``bench compare --all`` does per metric); a cell is
+  marked when its Holm-adjusted p-value is below ``alpha`` (0.05).
 * Each comparison gets its own bootstrap seed, derived from (seed, table, entry, reference), so
   adding a row never changes the resamples of another one.
 """
@@ -53,10 +54,11 @@ class Significance:
         p = self.p_holm(table, entry, metric)
         return math.isfinite(p) and p < self.alpha
 
-    def family_size(self, table: str) -> int:
-        """Number of comparisons of `table` that produced a p-value (Holm's family)."""
-        f = self.frame
-        return int(np.isfinite(f.loc[f["table"] == table, "p_value"].to_numpy(dtype=float)).sum())
+    def family_sizes(self, table: str) -> dict[str, int]:
+        """Per metric, the number of comparisons of `table` that produced a p-value (Holm's families)."""
+        f = self.frame[self.frame["table"] == table]
+        tested = np.isfinite(f["p_value"].to_numpy(dtype=float))
+        return {str(m): int(tested[(f["metric"] == m).to_numpy()].sum()) for m in pd.unique(f["metric"])}
 
 
 def pair_seed(seed: int, *names: str) -> int:
@@ -99,7 +101,7 @@ def paired_frames(predictions: pd.DataFrame, entry: str, reference: str,
 def run_tests(predictions: pd.DataFrame, pairs: Mapping[str, Sequence[tuple[str, str]]],
               metrics: Sequence[str] = SIG_METRICS, split: str = "test", n_boot: int = 2000,
               seed: int = 0, alpha: float = 0.05) -> Significance:
-    """Test every (entry, reference) pair of every table; Holm within each table.
+    """Test every (entry, reference) pair of every table; Holm within each table's metric column.
 
     `pairs` maps a table key to its (entry, reference) pairs. A comparison that cannot be made
     (no common subjects, a single class, ...) gets NaN p-values and the reason in ``note``.
@@ -134,13 +136,14 @@ def run_tests(predictions: pd.DataFrame, pairs: Mapping[str, Sequence[tuple[str,
                              "n_subjects": int(fa["subject_id"].nunique()),
                              "delta": float(r.delta), "ci_low": float(r.ci_low), "ci_high": float(r.ci_high),
                              "p_value": float(r.p_value), "note": note})
-        family = rows[start:]
-        p = np.array([r["p_value"] for r in family], dtype=float)
-        ok = np.isfinite(p)
-        adjusted = np.full(len(p), math.nan)
-        if ok.any():
-            adjusted[ok] = np.asarray(stats.holm(p[ok]), dtype=float)
-        for r, q in zip(family, adjusted):
-            r["p_holm"] = float(q)
+        for m in metrics:
+            family = [r for r in rows[start:] if r["metric"] == m]
+            p = np.array([r["p_value"] for r in family], dtype=float)
+            ok = np.isfinite(p)
+            adjusted = np.full(len(p), math.nan)
+            if ok.any():
+                adjusted[ok] = np.asarray(stats.holm(p[ok]), dtype=float)
+            for r, q in zip(family, adjusted):
+                r["p_holm"] = float(q)
     frame = pd.DataFrame(rows, columns=list(TEST_COLUMNS))
     return Significance(frame=frame, n_boot=n_boot, alpha=alpha, available=True)

@@ -17,7 +17,7 @@ says); underline marks the largest drop (most negative Δ) of each Δ column. Em
 more rows than it marks (bold: more than ``bold_top`` rows; underline: at least two Δ values).
 The significance marker ``$^{\\dagger}$`` (Markdown ``†``) follows the Δ cell
 (Tables 4-7) or the value cell (Tables 3, 8) of a comparison whose Holm-adjusted paired
-bootstrap p-value is below 0.05 (significance.py); each caption says so. Rows are ordered as in
+bootstrap p-value (Holm within the table's metric column) is below 0.05 (significance.py); each caption says so. Rows are ordered as in
 the paper (SimCLR, SupCon, SwAV, VICReg; Jang, Hsieh, Wang, DeepDXA: a token of the entry name or a
 part of its row label), then by name; only entries
 with results appear and a table without rows is not produced.
@@ -245,9 +245,18 @@ def caption(table: Table, tests: Significance | None, registry: Mapping[str, Ent
         else:
             ref = "its full-method parent" if spec.reference == "parent" else "the best full-method entry"
             parts.append(f"{mark}: differs from {ref} (paired hierarchical bootstrap over subjects and "
-                         f"seeds, B={tests.n_boot}, p < {tests.alpha:g} after Holm's correction over the "
-                         f"{tests.family_size(table.key)} comparisons of this table).")
+                         f"seeds, B={tests.n_boot}, p < {tests.alpha:g} after Holm's correction over "
+                         f"{_families(tests.family_sizes(table.key))}).")
     return " ".join(parts)
+
+
+def _families(sizes: Mapping[str, int]) -> str:
+    """The caption's words for Holm's families: one per metric column of the table."""
+    counts = set(sizes.values())
+    if len(counts) == 1:
+        return f"the {counts.pop()} comparisons of each metric in this table"
+    each = ", ".join(f"{n} for {METRIC_HEADERS.get(m, m)}" for m, n in sizes.items())
+    return f"the comparisons of each metric in this table ({each})"
 
 
 def to_latex(table: Table, tests: Significance | None, registry: Mapping[str, Entry], digits: int = 2) -> str:

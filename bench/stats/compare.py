@@ -117,7 +117,7 @@ def method_info(suite: str, split: str, metrics: Sequence[str], n_boot: int, see
 
 # --------------------------------------------------------------------------- pairing
 def _paired(preds: pd.DataFrame, a: str, b: str, split: str,
-            seeds: Sequence[int] | None) -> tuple[list[int], pd.DataFrame, list[str]]:
+            seeds: Sequence[int] | None) -> tuple[list[int], pd.DataFrame]:
     """Common seeds and a frame seed, subject_id, y_true, p_a, p_b of the split (unscored rows kept as NaN)."""
     part = preds[preds["split"].astype(str) == split]
     sets = {}
@@ -164,37 +164,41 @@ def _paired(preds: pd.DataFrame, a: str, b: str, split: str,
                         "y_true": np.where(np.isnan(la), lb, la),
                         "p_a": merged["p_pos_a"].astype(float), "p_b": merged["p_pos_b"].astype(float)})
     out = out.sort_values(["seed", "subject_id"], kind="stable").reset_index(drop=True)
-    notes = []
-    unusable = out["y_true"].isna() | out["p_a"].isna() | out["p_b"].isna()
-    if unusable.any():
-        notes.append(f"{int(unusable.sum())} (seed, subject) rows without a label or a probability left out")
-    return list(seeds), out, notes
+    return list(seeds), out
 
 
 # --------------------------------------------------------------------------- rows
 def _compare(preds: pd.DataFrame, a: str, b: str, metrics: tuple[str, ...], split: str, n_boot: int, seed: int,
              seeds: Sequence[int] | None, threshold: float) -> pd.DataFrame:
-    seed_list, pairs, notes = _paired(preds, a, b, split, seeds)
-    usable = pairs.dropna(subset=["y_true", "p_a", "p_b"])
+    seed_list, pairs = _paired(preds, a, b, split, seeds)
+    unusable = pairs[["y_true", "p_a", "p_b"]].isna().any(axis=1)
+    usable = pairs[~unusable]
     rows: list[dict[str, Any]] = []
     base = {"entry_a": a, "entry_b": b}
     for s in seed_list:
         g = usable[usable["seed"] == s]
-        rows += _scope_rows(base, f"seed{s}", g["y_true"], g["p_a"], g["p_b"], metrics, n_boot, seed, threshold, 1)
+        rows += _scope_rows(base, f"seed{s}", g["y_true"], g["p_a"], g["p_b"], metrics, n_boot, seed, threshold, 1,
+                            _unusable_note(int(unusable[pairs["seed"] == s].sum())))
     complete = _complete_subjects(pairs, len(seed_list))
     pooled = usable[usable["subject_id"].isin(complete)]
     left = sorted(set(usable["subject_id"]) - set(complete))
-    note = f"{len(left)} subjects unscored in some seed left out" if left else ""
+    note = "; ".join(n for n in (_unusable_note(int(unusable.sum()), over_seeds=True),
+                                 f"{len(left)} subjects unscored in some seed left out" if left else "") if n)
     if len(seed_list) > 1:
         ens = pooled.groupby("subject_id", sort=True).agg(y_true=("y_true", "first"), p_a=("p_a", "mean"),
                                                           p_b=("p_b", "mean"))
         rows += _scope_rows(base, "ensemble", ens["y_true"], ens["p_a"], ens["p_b"], metrics, n_boot, seed,
                             threshold, len(seed_list), note)
     rows += _pooled_rows(base, pooled, metrics, n_boot, seed, threshold, len(seed_list), note)
-    frame = pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
-    if notes:
-        frame["note"] = ["; ".join(x for x in [*notes, n] if x) for n in frame["note"]]
-    return frame
+    return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+
+
+def _unusable_note(n: int, over_seeds: bool = False) -> str:
+    """The note of a scope from which `n` rows without a label or a probability were left out."""
+    if not n:
+        return ""
+    return f"{n} (seed, subject) rows without a label or a probability left out" if over_seeds else \
+        f"{n} subjects without a label or a probability left out"
 
 
 def _complete_subjects(pairs: pd.DataFrame, n_seeds: int) -> list:

@@ -54,5 +54,7 @@ def test_undefined_cases_are_nan():
     assert all(math.isnan(v) for v in calibration_slope_intercept(np.array([1, 1]), np.array([0.2, 0.9])))
     slope, intercept = calibration_slope_intercept(np.array([0, 0, 1, 1]), np.array([0.1, 0.2, 0.7, 0.9]))
     assert math.isnan(slope) and math.isfinite(intercept)                    # separated: no finite slope
+    slope, _ = calibration_slope_intercept(np.array([0, 0, 1, 1]), np.array([0.2, 0.5, 0.5, 0.8]))
+    assert math.isnan(slope)                 # quasi-separated (the classes touch at 0.5): no MLE either
     m = classification_metrics([0, 1, 1, 0, 1, 0], [0.2, 0.7, 0.4, 0.6, 0.9, 0.3])
     assert math.isfinite(m["calibration_slope"]) and math.isfinite(m["calibration_intercept"])

@@ -212,21 +212,24 @@ def _fake_stats(calls):
     return mod
 
 
-def test_holm_family_is_one_table(tmp_path, registered, monkeypatch):
+def test_holm_family_is_one_metric_of_one_table(tmp_path, registered, monkeypatch):
     _, _, tables = _build(tmp_path, registered)
     calls = []
     monkeypatch.setitem(sys.modules, "bench.stats", _fake_stats(calls))
     preds = store.load_predictions(tmp_path, SUITE)
     tests = run_tests(preds, {"table4": tables["table4"].comparisons()}, n_boot=50, seed=3)
     f = tests.frame.set_index(["entry", "metric"])
-    # Holm by hand over the 6 p-values of Table 4: sorted 0.001 0.01 0.03 0.04 0.2 0.5, × 6 5 4 3 2 1, running max
-    assert f.loc[("rt_noseg_supcon", "auc"), "p_holm"] == pytest.approx(0.006)
-    assert f.loc[("rt_noseg_simclr", "f1"), "p_holm"] == pytest.approx(0.05)
-    assert f.loc[("rt_noseg_simclr", "accuracy"), "p_holm"] == pytest.approx(0.12)
-    assert f.loc[("rt_noseg_simclr", "auc"), "p_holm"] == pytest.approx(0.12)
-    assert f.loc[("rt_noseg_supcon", "f1"), "p_holm"] == pytest.approx(0.4)
-    assert tests.significant("table4", "rt_noseg_supcon", "auc")
-    assert not tests.significant("table4", "rt_noseg_simclr", "f1")  # 0.05 is not < 0.05
+    # Holm by hand within each metric of Table 4 (statistics.md §2.5), two rows each, × 2 1, running max:
+    # F1 0.01 0.2 -> 0.02 0.2; AUC 0.001 0.04 -> 0.002 0.04; accuracy 0.03 0.5 -> 0.06 0.5
+    expected = {("rt_noseg_simclr", "f1"): 0.02, ("rt_noseg_supcon", "f1"): 0.2,
+                ("rt_noseg_supcon", "auc"): 0.002, ("rt_noseg_simclr", "auc"): 0.04,
+                ("rt_noseg_simclr", "accuracy"): 0.06, ("rt_noseg_supcon", "accuracy"): 0.5}
+    for cell, p in expected.items():
+        assert f.loc[cell, "p_holm"] == pytest.approx(p), cell
+    assert tests.significant("table4", "rt_noseg_simclr", "auc")        # 0.04: marked per metric, not over 6
+    assert not tests.significant("table4", "rt_noseg_simclr", "accuracy")
+    assert tests.family_sizes("table4") == {"f1": 2, "auc": 2, "accuracy": 2}
+    assert "the 2 comparisons of each metric in this table" in tab.caption(tables["table4"], tests, registered)
     # frames are paired on (seed, subject) of the test split, entry first; seeds differ per pair
     fa, fb, metrics, n_boot, s1 = calls[0]
     assert list(fa.columns) == ["seed", "subject_id", "y_true", "p_pos"] and len(fa) == 3 * 60
