@@ -34,7 +34,7 @@ import json
 import sys
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 import pandas as pd
@@ -77,12 +77,13 @@ def out_of_memory(cfg: SegmentationConfig, canvas: tuple[int, int]) -> BenchErro
 
 def predict_dataset(model: torch.nn.Module, dataset: Dataset, role: str, out_dir: Path, *, batch_size: int,
                     draws: int = 0, keep: set[str] = frozenset()
-                    ) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+                    ) -> tuple[dict[str, np.ndarray], dict[str, str], dict[str, str]]:
     """Write labels, uncertainty and confidence of every image (`draws` latent draws per expert, 0: the
-    training S); return the label maps of `keep` and, for those of them whose manifest states a side,
-    the side a canonical-laterality model finds when not told (predict_many's `detect`)."""
+    training S); return for the images of `keep` their label maps, the side each was segmented as
+    (the manifest's, or for an unknown side the one a canonical-laterality model detected), and, for
+    those whose manifest states a side, the side the model finds when not told (predict_many's `detect`)."""
     ids = dataset.image_ids
-    conf_rows, unc_rows, kept, found = [], [], {}, {}
+    conf_rows, unc_rows, kept, used, found = [], [], {}, {}, {}
     images = (dataset.image(i) for i in ids)
     sides = manifest_sides(dataset)
     for image_id, pred in zip(ids, predict_many(model, images, batch_size=batch_size, samples=draws,
@@ -96,7 +97,7 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, role: str, out_dir
         unc_rows.append({"image_id": image_id, "mean_entropy": float(pred.entropy.mean()),
                          "mean_mutual_info": float(pred.mutual_info.mean())})
         if image_id in keep:
-            kept[image_id] = pred.labels
+            kept[image_id], used[image_id] = pred.labels, pred.laterality
             if sides[image_id] and pred.detected:
                 found[image_id] = pred.detected
     (out_dir / "confidence").mkdir(parents=True, exist_ok=True)
@@ -104,7 +105,25 @@ def predict_dataset(model: torch.nn.Module, dataset: Dataset, role: str, out_dir
         out_dir / "confidence" / f"{role}.parquet", index=False)
     pd.DataFrame(unc_rows, columns=["image_id", "mean_entropy", "mean_mutual_info"]).to_parquet(
         out_dir / "uncertainty" / f"{role}.parquet", index=False)
-    return kept, found
+    return kept, used, found
+
+
+def rescore_detected_sides(dataset: Dataset, evals: dict[str, SegData], used: dict[str, str],
+                           canvas: tuple[int, int], device: torch.device, annotators: Sequence[str],
+                           canonical: bool) -> dict[str, SegData]:
+    """The evaluation splits on the canvas their label maps came from: an image of unknown side that a
+    canonical-laterality model segmented as a left hand is reloaded mirrored, so its GED, Hungarian IoU
+    and ECE are those of `bench evaluate-seg` (methods.segmentation.external), which does the same."""
+    if not canonical:
+        return evals
+    sides = manifest_sides(dataset)
+    out = {}
+    for split, data in evals.items():
+        if any(used.get(i, "") == "L" and not sides.get(i) for i in data.image_ids):
+            data = load_split(dataset, [], canvas, device, annotators, allow_empty=True, canonical=True,
+                              image_ids=data.image_ids, sides={**sides, **used})
+        out[split] = data
+    return out
 
 
 def evaluate_split(model: torch.nn.Module, dataset: Dataset, data: SegData, labels: dict[str, np.ndarray],
@@ -193,14 +212,18 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
              for s in cfg.split_list}
     keep = {i for d in evals.values() for i in d.image_ids}
     labels: dict[str, np.ndarray] = {}
+    used: dict[str, str] = {}
     found: dict[str, str] = {}
     for role in ROLES:
         if role not in ctx.datasets:
             continue
-        got, sides = predict_dataset(model, ctx.datasets[role], role, ctx.out_dir, batch_size=cfg.predict_batch,
-                                     draws=cfg.predict_draws, keep=keep if role == "seg" else set())
+        got, segmented_as, detected = predict_dataset(model, ctx.datasets[role], role, ctx.out_dir,
+                                                      batch_size=cfg.predict_batch, draws=cfg.predict_draws,
+                                                      keep=keep if role == "seg" else set())
         labels.update(got)
-        found.update(sides)
+        used.update(segmented_as)
+        found.update(detected)
+    evals = rescore_detected_sides(seg, evals, used, canvas, ctx.device, annotators, canonical)
     draws = (cfg.predict_draws or model.spec.samples) if model.spec.kind == "mose" else 1
     report: dict[str, Any] = {"train": train_info, "predict_draws": draws, "splits": {}}
     for split, data in evals.items():
