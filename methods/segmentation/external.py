@@ -3,8 +3,9 @@ never saw, e.g. hand radiographs with bone masks imported as COCO polygons, or a
 
 The segmenter comes from a bundle (`bench export`), from a run folder whose entry trained one (its
 `segment` stage: the full method, the ablations, radiogrammetry), or from a segment stage's
-``model.pt``. It predicts every annotated image of the dataset exactly as the stage predicts its own
-(methods.segmentation.predict: the run's ``predict_draws`` latent draws per expert, seed 0, the
+``model.pt`` (the settings of the stage that wrote it, from its ``_stage.json``; the config defaults
+for a model file found elsewhere). It predicts every annotated image of the dataset exactly as the
+stage predicts its own (methods.segmentation.predict: the run's ``predict_draws`` latent draws per expert, seed 0, the
 manifest's laterality given), and is scored as the stage scores its val and test splits
 (methods.segmentation.scoring: Dice per bone against the truth where the dataset has it, the
 annotators' consensus and each annotator; GED, Hungarian IoU and pixel ECE on the model's canvas;
@@ -14,6 +15,7 @@ go through in chunks, so a large cohort is never held at once; the GED's latent 
 """
 from __future__ import annotations
 
+import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +61,21 @@ def _settings(seg_config: dict[str, Any]) -> dict[str, int]:
             "batch_size": int(seg_config.get("predict_batch", defaults.predict_batch))}
 
 
+def _stage_segmentation_config(model_file: Path) -> dict[str, Any]:
+    """The segmentation config of the stage that wrote `model_file` (its ``_stage.json`` material), or {}
+    for a model file outside a stage folder (then the defaults apply)."""
+    from bench.stage import STAGE_MARKER
+
+    marker = model_file.parent / STAGE_MARKER
+    try:
+        material = json.loads(marker.read_text()).get("material", {})
+    except (OSError, ValueError, AttributeError):
+        return {}
+    sections = material.get("sections", {}) if isinstance(material, dict) else {}
+    seg = sections.get("segmentation", {}) if isinstance(sections, dict) else {}
+    return seg if isinstance(seg, dict) else {}
+
+
 def _is_bundle(path: Path) -> bool:
     from methods.bundle import META
 
@@ -84,7 +101,7 @@ def open_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segm
         return Segmenter(bundle_segmenter(path, meta, blobs).to(device), source=source, **settings)
     if path.is_file():
         return Segmenter(load_model(path, device), source={"kind": "model", "path": str(path.resolve())},
-                         **_settings({}))
+                         **_settings(_stage_segmentation_config(path)))
     from methods.export import find_run, read_run_config
 
     run = find_run(path)

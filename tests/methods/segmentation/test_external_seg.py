@@ -133,6 +133,13 @@ def test_a_model_file_uses_the_documented_defaults_and_a_folder_without_segmente
     assert seg.source["kind"] == "model" and (seg.draws, seg.eval_samples, seg.batch_size) == (16, 0, 8)
     assert seg.label == "tinysingle"
     assert isinstance(seg, Segmenter) and seg.model.spec.kind == "single"
+    # beside the _stage.json of a real run, the model file takes that stage's prediction settings
+    staged = tmp_path / "stage"
+    staged.mkdir()
+    shutil.copy(model_file, staged / "model.pt")
+    (staged / "_stage.json").write_text(json.dumps({"key": "k", "material": {"sections": {"segmentation": {
+        "predict_draws": 3, "eval_samples": 2, "predict_batch": 4}}}}))
+    assert (lambda s: (s.draws, s.eval_samples, s.batch_size))(open_segmenter(staged / "model.pt")) == (3, 2, 4)
     oracle = tmp_path / "results" / "s" / "simclr" / "seed0"
     oracle.mkdir(parents=True)
     (oracle / "config.json").write_text(json.dumps({"entry": "simclr", "seed": 0, "stages": {"patches": "k"}}))
