@@ -3,8 +3,9 @@
 Each bone patch of the `cls` dataset is labelled with its subject's label. Features of the frozen
 encoder are computed once; a single linear layer (2 logits) is trained on the train-split bones.
 After every epoch the per-bone probabilities of the validation subjects are averaged per subject
-(eq. 10) and the epoch with the best subject-level validation macro-F1 (ties: AUC, then the
-earliest) is kept (paper "Metrics"). The kept head scores every bone of every split.
+(eq. 10, exactly as the reported results are: :func:`subject_probabilities`) and the epoch with the
+best subject-level validation macro-F1 (ties: AUC, then the earliest) is kept (paper "Metrics").
+The kept head scores every bone of every split.
 
 Conventions where the paper is silent (solo-learn / MAE linear-probe practice): features are
 standardised with the train-split mean and std (MAE's affine-free BatchNorm before the head);
@@ -15,13 +16,15 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import nn
 
 from bench.config import register_section
 from bench.errors import BenchError
-from bench.metrics import classification_metrics, select_best
+from bench.data import BONES
+from bench.metrics import aggregate_subjects, average_images, classification_metrics, select_best
 
 
 @dataclass
@@ -123,16 +126,34 @@ def train_probe(features: torch.Tensor, index: pd.DataFrame, cfg: ProbeConfig, g
     return ProbeResult(bones.reset_index(drop=True), history, best, head, mean, std)
 
 
-def subject_metrics(rows: pd.DataFrame, p_pos) -> dict[str, float]:
-    """Subject-level metrics of per-patch probabilities: mean per subject (eq. 10), then metrics.
+def subject_probabilities(rows: pd.DataFrame, p_pos: np.ndarray) -> pd.DataFrame:
+    """Per-patch probabilities → one row per (subject_id, split) with y_true and p_pos, aggregated as the
+    reported results are (bench.runner.evaluate), so model selection sees the numbers that are reported.
 
-    Works for bones and for one whole-image prediction per subject alike.
+    Bone rows (names of ``bench.data.BONES``): :func:`average_images` per (subject, split, bone), so a
+    subject's two radiographs count each bone once, then :func:`aggregate_subjects` (eq. 10, the mean
+    over the bones present). Other rows (one whole-image or ROI prediction per radiograph): the mean
+    per subject, as the subject-level ``predictions.parquet`` is averaged.
+    """
+    missing = sorted({"subject_id", "split", "bone", "label"} - set(rows.columns))
+    if missing:
+        raise BenchError(f"subject aggregation needs columns subject_id, split, bone, label; missing {missing}")
+    frame = pd.DataFrame({"subject_id": rows["subject_id"].to_numpy(), "split": rows["split"].to_numpy(),
+                          "bone": rows["bone"].astype(str).to_numpy(), "p_pos": p_pos,
+                          "y_true": rows["label"].astype(int).to_numpy()})
+    if frame["bone"].isin(BONES).all():
+        return aggregate_subjects(average_images(frame))
+    return average_images(frame, ("subject_id", "split"))
+
+
+def subject_metrics(rows: pd.DataFrame, p_pos: np.ndarray) -> dict[str, float]:
+    """Subject-level metrics of per-patch probabilities (:func:`subject_probabilities`, eq. 10).
+
+    `rows` carry subject_id, split, bone and label; works for bones and whole-image predictions alike.
     """
     import warnings
 
-    frame = pd.DataFrame({"subject_id": rows["subject_id"].to_numpy(), "p_pos": p_pos,
-                          "y_true": rows["label"].astype(int).to_numpy()})
-    subjects = frame.groupby("subject_id").agg(y_true=("y_true", "max"), p_pos=("p_pos", "mean"))
+    subjects = subject_probabilities(rows, p_pos)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # a single-class validation split is reported by the final metrics
         return classification_metrics(subjects["y_true"].to_numpy(dtype=float), subjects["p_pos"].to_numpy())

@@ -6,6 +6,11 @@ the strongest public recipes (ssl.md): SimCLR's linear scaling lr = 0.3 · B / 2
 10-epoch warm-up, temperature 0.1, weight decay 1e-6. The `smoke` profile swaps the ResNet-50 for a
 ResNet-18 and shrinks views, heads and epochs so the whole paper suite runs on a CPU in minutes;
 its numbers only show that the pipeline runs.
+
+The SwAV queue (``ssl.swav_queue``, off by default) follows the official bs-256 recipe (ssl.md §1.3:
+3840 per global crop, started at epoch 15): filled with every step's global-crop projections from
+the first step, its scores join Sinkhorn from epoch ``ssl.swav_queue_start`` once it is full; like
+the official code's, its length is a multiple of the batch size.
 """
 from __future__ import annotations
 
@@ -38,6 +43,8 @@ class SSLConfig:
     swav_epsilon: float = 0.05                  # SwAV Sinkhorn entropy
     swav_iterations: int = 3                    # SwAV Sinkhorn iterations
     swav_freeze_epochs: int = 1                 # SwAV prototypes frozen for the first epochs
+    swav_queue: int = 0                         # SwAV queue per global crop, a multiple of batch_size; 0: off (bs-256: 3840)
+    swav_queue_start: int = 15                  # SwAV queue used from this epoch on, once full (filled from step 0)
     vicreg_sim: float = 25.0                    # VICReg invariance weight
     vicreg_std: float = 25.0                    # VICReg variance weight
     vicreg_cov: float = 1.0                     # VICReg covariance weight
@@ -54,9 +61,16 @@ class SSLConfig:
             (self.lr > 0 and self.weight_decay >= 0, "ssl.lr must be > 0 and ssl.weight_decay >= 0"),
             (self.warmup_epochs >= 0 and self.swav_freeze_epochs >= 0,
              "ssl.warmup_epochs and ssl.swav_freeze_epochs must be >= 0"),
+            (self.epochs == 0 or self.warmup_epochs <= self.epochs,
+             f"ssl.warmup_epochs = {self.warmup_epochs} must be <= ssl.epochs = {self.epochs} (the warm-up is "
+             "part of the schedule): lower ssl.warmup_epochs or raise ssl.epochs"),
             (self.temperature > 0, "ssl.temperature must be > 0"),
             (self.swav_epsilon > 0 and self.swav_iterations >= 1,
              "ssl.swav_epsilon must be > 0 and ssl.swav_iterations >= 1"),
+            (self.swav_queue >= 0 and self.swav_queue % max(self.batch_size, 1) == 0,
+             f"ssl.swav_queue = {self.swav_queue} must be >= 0 and a multiple of ssl.batch_size = {self.batch_size} "
+             "(as the official SwAV queue; 0: off)"),
+            (self.swav_queue_start >= 0, f"ssl.swav_queue_start = {self.swav_queue_start} must be >= 0"),
             (min(self.vicreg_sim, self.vicreg_std, self.vicreg_cov) >= 0,
              "ssl.vicreg_sim, vicreg_std and vicreg_cov must be >= 0"),
             (self.max_steps_per_epoch >= 0, "ssl.max_steps_per_epoch must be >= 0 (0: every patch once)"),

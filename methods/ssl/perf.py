@@ -40,6 +40,7 @@ from bench.stage import derive_seed
 from methods.augment import AugmentConfig
 from methods.multicrop import MultiCropConfig
 from methods.patch_store import PatchStore
+from methods.ssl.config import SSLConfig
 from methods.ssl.pretrain import build_pretrainer, gather, pretrain_step, pretraining_set, train_step
 from methods.views import make_views
 
@@ -118,6 +119,11 @@ def _forever(loader: DataLoader):
 
 
 # --------------------------------------------------------------------------- benchmark
+def _steady_epoch(cfg: SSLConfig) -> int:
+    """An epoch past SwAV's early phases: prototypes trainable and the queue (``ssl.swav_queue``) in use once full."""
+    return max(cfg.swav_freeze_epochs, cfg.swav_queue_start if cfg.swav_queue else 0)
+
+
 def _result(step_s: float, batch: int, steps: int) -> dict[str, float]:
     return {"step_ms": step_s * 1e3, "samples_per_s": batch / step_s, "steps": steps}
 
@@ -150,8 +156,8 @@ def benchmark_ssl(config: Config, device: torch.device | str, *, batch: int = 12
     gen = torch.Generator(device=device).manual_seed(seed)
     lr = cfg.lr
     if {"end_to_end", "model_only"} & set(feeds):
-        p = seeded_build(lambda: build_pretrainer(cfg, config.heads, device), seed)
-        p.start_epoch(cfg.swav_freeze_epochs)               # SwAV prototypes trainable, as after warm-up
+        p = seeded_build(lambda: build_pretrainer(cfg, config.heads, device, n_global=mc.n_global), seed)
+        p.start_epoch(_steady_epoch(cfg))                   # SwAV prototypes trainable (queue on), as after warm-up
         data16 = torch.from_numpy(np.require(array, requirements=["C", "W"])).to(device).view(torch.int16)
         rows_dev = torch.as_tensor(np.asarray(rows, dtype=np.int64), device=device)
         targets = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=device)
@@ -198,8 +204,8 @@ def _conventional(config: Config, device: torch.device, array: np.ndarray, rows:
     batches = _forever(loader)
     loader_s = time_steps(lambda i: next(batches), steps, warmup, "cpu")
     eager = dataclasses.replace(config.ssl, compile="off")
-    p = seeded_build(lambda: build_pretrainer(eager, config.heads, device, fast=False), seed)
-    p.start_epoch(config.ssl.swav_freeze_epochs)
+    p = seeded_build(lambda: build_pretrainer(eager, config.heads, device, fast=False, n_global=mc.n_global), seed)
+    p.start_epoch(_steady_epoch(eager))
 
     def step(i: int) -> torch.Tensor:
         views, y = next(batches)

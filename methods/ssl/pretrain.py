@@ -6,6 +6,7 @@ patches being unlabeled (−1: only their own crops are positives). The patch st
 device once (uint16); every step indexes a batch there, draws the multi-crop views (bone-aware or
 conventional) and the paper's augmentations on the device (:func:`methods.views.make_views`, one
 resampling per view size), runs the encoder once per view size, and applies the method's loss.
+SwAV can keep a queue of earlier global-crop projections (``ssl.swav_queue``).
 LARC + warm-up + cosine decay; bf16 autocast and channels_last on CUDA, optionally a compiled
 encoder (``ssl.compile``); the loss is read back once per epoch, not per step; an interrupted
 pretraining resumes from its last saved epoch (bench.checkpoint). The step is
@@ -34,7 +35,7 @@ from methods.patch_store import PatchStore
 from methods.ssl.config import SSLConfig  # importing it registers the config sections
 from methods.ssl.heads import HeadConfig, build_head
 from methods.ssl.lars import LARC, LARS, cosine_schedule, param_groups, set_lr
-from methods.ssl.losses import nt_xent, supcon, swav, vicreg_multicrop
+from methods.ssl.losses import SwAVQueue, nt_xent, supcon, swav, vicreg_multicrop
 from methods.views import make_views
 
 ENCODER_FILE = "encoder.pt"
@@ -57,16 +58,22 @@ def pretraining_set(store: PatchStore, use_cls_train: bool) -> tuple[np.ndarray,
     return rows, labels
 
 
-def _loss(method: str, cfg, head: nn.Module, feats: list[torch.Tensor], labels: torch.Tensor, n_global: int):
-    if method == "swav":
+def _loss(p: Pretrainer, feats: list[torch.Tensor], labels: torch.Tensor, n_global: int) -> torch.Tensor:
+    """The method's loss on pooled features; SwAV with a queue also pushes this step's global projections."""
+    cfg, head = p.cfg, p.head
+    if cfg.method == "swav":
         head.prototypes.normalize()
-        scores = [head(h)[1] for h in feats]
-        return swav(scores, n_global=n_global, temperature=cfg.temperature, epsilon=cfg.swav_epsilon,
-                    iterations=cfg.swav_iterations)
+        out = [head(h) for h in feats]
+        queue = p.queue.scores(head.prototypes) if p.queue is not None and p.queue_on else None
+        loss = swav([s for _, s in out], n_global=n_global, temperature=cfg.temperature, epsilon=cfg.swav_epsilon,
+                    iterations=cfg.swav_iterations, queue_scores=queue)
+        if p.queue is not None:       # filled from the first step, after its use: a step never sees itself twice
+            p.queue.push([z for z, _ in out[:n_global]])
+        return loss
     z = [head(h) for h in feats]
-    if method == "simclr":
+    if cfg.method == "simclr":
         return nt_xent(z, cfg.temperature)
-    if method == "supcon":
+    if cfg.method == "supcon":
         return supcon(z, labels, cfg.temperature)
     return vicreg_multicrop(z, n_global=n_global, sim_coeff=cfg.vicreg_sim, std_coeff=cfg.vicreg_std,
                             cov_coeff=cfg.vicreg_cov).total
@@ -79,7 +86,8 @@ class Pretrainer:
     Built by :func:`build_pretrainer`; shared by :func:`pretrain_stage` and ``bench perf ssl``
     (methods.ssl.perf), so the benchmark times the stage's own step. ``fast`` = bf16 autocast and,
     with ``ssl.channels_last``, the channels-last layout (the stage uses it exactly on CUDA; the
-    benchmark's conventional reference turns it off to get eager fp32).
+    benchmark's conventional reference turns it off to get eager fp32). ``queue``: the SwAV queue
+    (``ssl.swav_queue`` > 0, else None), its scores used while ``queue_on`` (set by :meth:`start_epoch`).
     """
 
     cfg: SSLConfig
@@ -89,21 +97,26 @@ class Pretrainer:
     opt: torch.optim.Optimizer
     device: torch.device
     fast: bool
+    queue: SwAVQueue | None = None
+    queue_on: bool = False
 
     @property
     def channels_last(self) -> bool:
         return self.fast and self.cfg.channels_last
 
     def start_epoch(self, epoch: int) -> None:
-        """Train mode; SwAV keeps its prototypes frozen for the first ``ssl.swav_freeze_epochs``."""
+        """Train mode; SwAV keeps its prototypes frozen for the first ``ssl.swav_freeze_epochs`` and
+        uses its queue (when full) from epoch ``ssl.swav_queue_start`` on (epochs counted from 0)."""
         self.model.train()
         if self.cfg.method == "swav":
             self.head.prototypes.freeze_for_epoch(epoch, self.cfg.swav_freeze_epochs)
+            self.queue_on = epoch >= self.cfg.swav_queue_start
 
 
-def build_pretrainer(cfg: SSLConfig, heads: HeadConfig, device: torch.device | str, fast: bool | None = None
-                     ) -> Pretrainer:
-    """Encoder + the method's head on `device` and the configured optimiser (LARC/LARS foreach, AdamW foreach).
+def build_pretrainer(cfg: SSLConfig, heads: HeadConfig, device: torch.device | str, fast: bool | None = None,
+                     n_global: int = 2) -> Pretrainer:
+    """Encoder + the method's head on `device` and the configured optimiser (LARC/LARS foreach, AdamW foreach);
+    for SwAV with ``ssl.swav_queue`` > 0 a queue of that length for each of the `n_global` global crops.
 
     `fast` defaults to ``device.type == "cuda"`` (bf16 autocast + ``ssl.channels_last`` only on a GPU).
     With ``ssl.compile`` other than ``off`` the encoder is compiled in place (:func:`compile_encoder`).
@@ -121,7 +134,10 @@ def build_pretrainer(cfg: SSLConfig, heads: HeadConfig, device: torch.device | s
         opt: torch.optim.Optimizer = torch.optim.AdamW(groups, lr=cfg.lr, foreach=True)
     else:
         opt = (LARC if cfg.optimizer == "larc" else LARS)(groups, lr=cfg.lr, momentum=0.9)
-    return Pretrainer(cfg, encoder, head, model, opt, device, fast)
+    queue = None
+    if cfg.method == "swav" and cfg.swav_queue > 0:
+        queue = SwAVQueue(n_global, cfg.swav_queue, heads.out_dim).to(device)
+    return Pretrainer(cfg, encoder, head, model, opt, device, fast, queue)
 
 
 def compile_encoder(encoder: nn.Module, mode: str) -> None:
@@ -152,7 +168,7 @@ def train_step(p: Pretrainer, views: list[torch.Tensor], labels: torch.Tensor, l
     set_lr(p.opt, lr)
     with torch.autocast(device_type=p.device.type, dtype=torch.bfloat16, enabled=p.fast):
         feats = _encode(p.encoder, views, n_global, p.channels_last)
-    loss = _loss(p.cfg.method, p.cfg, p.head, [f.float() for f in feats], labels, n_global)
+    loss = _loss(p, [f.float() for f in feats], labels, n_global)
     p.opt.zero_grad(set_to_none=True)
     loss.backward()
     p.opt.step()
@@ -185,12 +201,14 @@ def pretrain_stage(ctx: StageContext) -> dict:
     data16 = resident_store(store, device)
     rows_dev = torch.as_tensor(rows.copy(), device=device)
     targets = torch.as_tensor(labels, device=device)
-    p = build_pretrainer(cfg, heads, device)
+    p = build_pretrainer(cfg, heads, device, n_global=mc.n_global)
     batch, steps = steps_per_epoch(cfg, len(rows))
     total, step, first = cfg.epochs * steps, 0, 0
     gen = ctx.torch_generator("pretrain", device=device)
     resume = ctx.resumer()                   # continue an interrupted pretraining (bench.checkpoint)
     parts, gens = {"model": p.model, "opt": p.opt}, {"pretrain": gen}
+    if p.queue is not None:
+        parts["queue"] = p.queue              # the SwAV queue's projections and fill count resume with it
     saved = resume.load(map_location=device)
     if saved is not None:
         first, step = restore_loop(saved, parts, gens), saved["step"]

@@ -8,8 +8,8 @@ import torch
 
 from bench.data import BONES
 from bench.errors import BenchError
-from bench.metrics import aggregate_subjects, classification_metrics
-from methods.probe import ProbeConfig, train_probe
+from bench.metrics import aggregate_subjects, average_images, classification_metrics
+from methods.probe import ProbeConfig, subject_metrics, subject_probabilities, train_probe
 
 
 def _bones(n_subjects=80, signal=1.0, seed=0, dim=16):
@@ -49,6 +49,49 @@ def test_separable_features_give_high_test_auc_and_are_deterministic():
     subj = aggregate_subjects(a.bone_predictions)
     test = subj[subj.split == "test"]
     assert classification_metrics(test.y_true.to_numpy(dtype=float), test.p_pos.to_numpy())["auc"] > 0.9
+
+
+def _reported(bone_predictions: pd.DataFrame) -> pd.DataFrame:
+    """Subjects as the reported results aggregate them (bench.runner.evaluate on bone_predictions)."""
+    return aggregate_subjects(average_images(bone_predictions))
+
+
+def test_validation_counts_each_bone_of_a_subject_with_two_radiographs_once():
+    """Subject a: image 1 has ulna 0.3 and radius 0.9, image 2 only ulna 0.1. Reported (eq. 10 after
+    averaging the images per bone): (0.2 + 0.9) / 2 = 0.55, positive; a plain mean over the three rows
+    would give 0.433, negative, and select epochs on a different number than the one reported."""
+    rows = pd.DataFrame({"subject_id": ["a", "a", "a", "b"], "split": "val",
+                         "bone": ["ulna", "radius", "ulna", "ulna"], "label": [1, 1, 1, 0]})
+    p = np.array([0.3, 0.9, 0.1, 0.2])
+    reported = _reported(rows.rename(columns={"label": "y_true"}).assign(p_pos=p)).set_index("subject_id")
+    assert reported.loc["a", "p_pos"] == pytest.approx(0.55)
+    val = subject_probabilities(rows, p).set_index("subject_id")
+    assert val["p_pos"].to_dict() == pytest.approx(reported["p_pos"].to_dict())
+    m = subject_metrics(rows, p)
+    assert m["macro_f1"] == pytest.approx(1.0) and m["recall"] == pytest.approx(1.0)
+
+
+def test_whole_image_rows_average_per_subject():
+    rows = pd.DataFrame({"subject_id": ["a", "a", "b"], "split": "val", "bone": "whole", "label": [1, 1, 0]})
+    val = subject_probabilities(rows, np.array([0.2, 0.6, 0.3])).set_index("subject_id")
+    assert val["p_pos"].to_dict() == pytest.approx({"a": 0.4, "b": 0.3})
+
+
+def test_selected_validation_score_is_the_reported_one_with_two_radiographs_per_subject():
+    """Every subject has a second radiograph with only some bones: the history's val macro-F1 and AUC of the
+    kept epoch equal the reported val metrics of the kept head's bone predictions."""
+    x, index = _bones(n_subjects=60, signal=0.5, seed=3)
+    rng = np.random.default_rng(3)
+    second = index[index["bone"].isin(["ulna", "M3"])]
+    extra = torch.tensor(rng.normal(size=(len(second), x.shape[1])), dtype=torch.float32)
+    extra[:, 0] += 0.5 * (2 * torch.tensor(second["label"].to_numpy()) - 1)
+    x, index = torch.cat([x, extra]), pd.concat([index, second], ignore_index=True)
+    res = train_probe(x, index, ProbeConfig(epochs=6, lr=1e-2), torch.Generator().manual_seed(0))
+    subjects = _reported(res.bone_predictions)
+    val = subjects[subjects.split == "val"]
+    m = classification_metrics(val.y_true.to_numpy(dtype=float), val.p_pos.to_numpy())
+    best = res.history[res.best_epoch]
+    assert (best["val_macro_f1"], best["val_auc"]) == pytest.approx((m["macro_f1"], m["auc"]), abs=1e-12)
 
 
 def test_single_class_train_split_is_a_clear_error():

@@ -72,15 +72,20 @@ def test_each_ssl_method_pretrains_with_finite_loss(env, patches, method, monkey
         assert not torch.equal(fresh.state_dict()["conv1.weight"], w_trained)
 
 
-@pytest.mark.parametrize("method", ["swav", "simclr"])
-def test_interrupted_pretraining_resumes_to_the_same_encoder(env, patches, monkeypatch, method):
+RESUMED = {"swav": {"ssl.method": "swav"}, "simclr": {"ssl.method": "simclr"},
+           "swav-queue": {"ssl.method": "swav", "ssl.swav_queue": 32, "ssl.swav_queue_start": 1}}
+
+
+@pytest.mark.parametrize("name", list(RESUMED))
+def test_interrupted_pretraining_resumes_to_the_same_encoder(env, patches, monkeypatch, name):
     """Killed after epoch 1 (its state saved at every epoch end), rerun: the same encoder and loss history
     as without the interruption; the state is removed once the stage completes. (SwAV: the prototypes
-    are frozen in epoch 0 only, so the resumed epochs must know where they are.)"""
+    are frozen in epoch 0 only, so the resumed epochs must know where they are; with a queue of two
+    batches, filled in epoch 0 and used from epoch 1, the resumed epoch 1 must find it full.)"""
     from bench.stage import StageContext
 
-    cfg = _cfg(**{"ssl.method": method, "ssl.epochs": 3, "checkpoint.minutes": 1e-9})
-    whole = run_cpu_stage(PRETRAIN, cfg, (env[0] / f"whole-{method}", env[1]), {"extract": patches})
+    cfg = _cfg(**RESUMED[name], **{"ssl.epochs": 3, "checkpoint.minutes": 1e-9})
+    whole = run_cpu_stage(PRETRAIN, cfg, (env[0] / f"whole-{name}", env[1]), {"extract": patches})
     original = StageContext.log
 
     def interrupted(self, metric, value, epoch=None):
@@ -88,11 +93,14 @@ def test_interrupted_pretraining_resumes_to_the_same_encoder(env, patches, monke
         if epoch == 1:
             raise KeyboardInterrupt                 # after epoch 1's loss, before its save
     monkeypatch.setattr(StageContext, "log", interrupted)
-    root = (env[0] / f"resumed-{method}", env[1])
+    root = (env[0] / f"resumed-{name}", env[1])
     with pytest.raises(KeyboardInterrupt):
         run_cpu_stage(PRETRAIN, cfg, root, {"extract": patches})
     states = list((root[0] / "cache" / "pretrain").glob(".*.resume/state.pt"))
     assert len(states) == 1
+    if cfg.ssl.swav_queue:                              # saved after epoch 0: the queue full, not used yet
+        saved = torch.load(states[0], weights_only=False)["state"]["parts"]["queue"]
+        assert saved["_extra_state"]["count"] == 32 and saved["queue"].abs().sum() > 0
     monkeypatch.setattr(StageContext, "log", original)
     resumed = run_cpu_stage(PRETRAIN, cfg, root, {"extract": patches})
     a, b = load_encoder(whole).state_dict(), load_encoder(resumed).state_dict()
