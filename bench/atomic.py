@@ -1,6 +1,7 @@
 """Atomic outputs: everything is written to a temporary sibling and renamed into place.
 
-A crash leaves either the old complete output or none, never a half-written one.
+A crash leaves either the old complete output or none, never a half-written one. A folder that
+cannot be created (no permission, a file in the way, read-only disk) is a BenchError naming it.
 """
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import tempfile
 from pathlib import Path
 from typing import Iterator
 
+from bench.errors import BenchError
+
 
 @contextlib.contextmanager
 def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[Path]:
@@ -20,8 +23,8 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     With `overwrite`, an existing `target` is replaced (moved aside, then deleted).
     """
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    tmp = Path(_writable(target.parent, lambda: tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent),
+                         target))
     try:
         yield tmp
     except BaseException:
@@ -42,8 +45,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same directory and rename it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent)
+    fd, tmp = _writable(path.parent, lambda: tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent), path)
     try:
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -57,3 +59,14 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _writable(folder: Path, make, target: Path):
+    """Create `folder` (with parents) and run `make` in it; OSError -> BenchError naming the folder."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return make()
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        raise BenchError(f"cannot write {target}: cannot create files in {folder} ({reason}); choose a "
+                         "folder you can write to") from exc

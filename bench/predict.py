@@ -103,7 +103,7 @@ def read_inputs(files: Sequence[Path], pixel_spacing_mm: float | None,
         except OSError as exc:
             out.append(Skipped(str(f), f"cannot read {f}: {exc}"))
             continue
-        if rad.pixel_spacing_mm is None and pixel_spacing_mm:
+        if rad.pixel_spacing_mm is None and pixel_spacing_mm is not None:
             rad.pixel_spacing_mm = float(pixel_spacing_mm)
         if laterality and "laterality" not in header_fields(rad.header):
             rad.header["ImageLaterality"] = laterality
@@ -127,16 +127,25 @@ def _predict(predictor: Any, rads: list[Radiograph], names: list[str], batch_siz
     return out
 
 
+def check_options(batch_size: int = 8, pixel_spacing_mm: float | None = None,
+                  laterality: str | None = None) -> None:
+    """BenchError for a batch size below 1, a non-positive pixel spacing or a side other than L/R."""
+    if batch_size < 1:
+        raise BenchError(f"--batch-size must be >= 1, got {batch_size}")
+    if pixel_spacing_mm is not None and not (math.isfinite(pixel_spacing_mm) and pixel_spacing_mm > 0):
+        raise BenchError(f"--pixel-spacing must be a positive number of millimetres per pixel (e.g. 0.1), "
+                         f"got {pixel_spacing_mm:g}")
+    if laterality not in (None, "L", "R"):
+        raise BenchError(f"--laterality must be L or R, got {laterality!r}")
+
+
 def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str | Path, *, batch_size: int = 8,
                     overlays: bool = True, pixel_spacing_mm: float | None = None,
                     progress: bool | None = None, laterality: str | None = None) -> Report:
     """Screen every image under `inputs` and write the outputs into `out_dir` (module docstring)."""
     from tqdm.auto import tqdm
 
-    if batch_size < 1:
-        raise BenchError(f"--batch-size must be >= 1, got {batch_size}")
-    if laterality not in (None, "L", "R"):
-        raise BenchError(f"--laterality must be L or R, got {laterality!r}")
+    check_options(batch_size, pixel_spacing_mm, laterality)
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise BenchError(f"--out {out_dir} is a file; give a folder for the predictions")

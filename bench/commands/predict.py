@@ -32,11 +32,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def predict_command(args: argparse.Namespace) -> int:
-    from bench.predict import run_predictions
+    from bench.predict import check_options, run_predictions
     from bench.runner import resolve_device
     from methods.bundle import load_bundle
     from methods.screen import ScreenConfig
 
+    check_options(args.batch_size, args.pixel_spacing, args.laterality)   # before the bundle loads
     bundle = load_bundle(args.bundle, resolve_device(args.device))
     bundle.screen = ScreenConfig.from_dict(bundle.meta.get("screening", {}), min_bones=args.min_bones,
                                            min_confidence=args.min_confidence, ood_factor=args.ood_factor,

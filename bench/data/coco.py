@@ -9,7 +9,9 @@ Conventions:
   with a warning; names nobody recognises are listed in one error.
 - Annotators: the attribute ``annotator`` of an annotation's ``attributes`` (or a top-level
   ``annotator`` key), else the annotator named for its file (``NAME=file.json``, default: the
-  file's stem). Images are matched across files by file name.
+  file's stem). Images are matched across files by the file each name resolves to (``resolve``,
+  e.g. the importer's lookup under the image folder: 'imgs/a.png' and '/data/export/a.png' are
+  one image), else by the name itself. Files are read as UTF-8 (a byte-order mark is allowed).
 - Rasterisation: COCO pixel (i, j) covers [j, j+1) x [i, i+1); a pixel belongs to a polygon when
   its centre (j + .5, i + .5) is inside (even-odd rule, scanline fill; exact for fractional
   vertices, which PIL's ImageDraw truncates). Larger shapes are painted first so small bones that
@@ -22,6 +24,7 @@ import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 import yaml
@@ -121,9 +124,10 @@ class CocoImage:
 
 @dataclass
 class CocoImport:
-    images: dict[str, CocoImage]                             # file name -> image
+    images: dict[str, CocoImage]                             # resolved file (else file name) -> image
     classes: dict[str, int]                                  # COCO class name -> class id used
     warnings: list[str] = field(default_factory=list)
+    missing: list[str] = field(default_factory=list)         # file names `resolve` found no file for
 
 
 def decode_rle_string(counts: str | bytes) -> list[int]:
@@ -156,10 +160,14 @@ def decode_rle(segmentation: dict) -> np.ndarray:
         counts = segmentation["counts"]
     except (KeyError, TypeError, ValueError) as exc:
         raise BenchError(f"RLE segmentation needs 'size': [h, w] and 'counts' ({exc})") from exc
-    runs = decode_rle_string(counts) if isinstance(counts, (str, bytes)) else [int(c) for c in counts]
-    if any(r < 0 for r in runs) or sum(runs) != h * w:
-        raise BenchError(f"RLE counts add up to {sum(runs)} pixels with negative runs "
-                         f"{any(r < 0 for r in runs)}; the size {h}x{w} needs {h * w}")
+    try:
+        runs = decode_rle_string(counts) if isinstance(counts, (str, bytes)) else [int(c) for c in counts]
+    except (TypeError, ValueError, UnicodeDecodeError) as exc:
+        raise BenchError(f"RLE 'counts' must be a list of integers or a COCO RLE string ({exc})") from exc
+    if any(r < 0 for r in runs):
+        raise BenchError("RLE counts contain negative runs")
+    if sum(runs) != h * w:
+        raise BenchError(f"RLE counts add up to {sum(runs)} pixels; the size {h}x{w} needs {h * w}")
     values = np.zeros(len(runs), dtype=bool)
     values[1::2] = True
     return np.repeat(values, runs).reshape((w, h)).T
@@ -221,7 +229,7 @@ def safe_annotator(name: object) -> str:
 
 def _read_json(path: Path) -> dict:
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
         raise BenchError(f"cannot read COCO file {path}: {exc}") from exc
     for key in ("images", "annotations", "categories"):
@@ -237,27 +245,44 @@ def _annotator_of(ann: dict, default: str) -> str:
     return safe_annotator(name) if name not in (None, "") else default
 
 
-def _shape(ann: dict, class_id: int, order: int, where: str) -> Shape | None:
-    """Geometry of one annotation; None when it has none (bbox only)."""
+def _shape(ann: dict, class_id: int, order: int, where: str, image: CocoImage) -> Shape | None:
+    """Geometry of one annotation; None when it has none (bbox only). Errors name `where`."""
     seg = ann.get("segmentation")
     if isinstance(seg, dict):
-        mask = decode_rle(seg)
+        try:
+            mask = decode_rle(seg)
+        except BenchError as exc:
+            raise BenchError(f"{where}: bad RLE segmentation: {exc}; re-export the annotation") from exc
+        if mask.shape != (image.height, image.width):
+            raise BenchError(f"{where}: the RLE mask is {mask.shape[0]}x{mask.shape[1]} (size [h, w]) but "
+                             f"the image is {image.height}x{image.width}; re-export the annotation")
         return Shape(class_id, rle=mask, area=float(mask.sum()), order=order)
     if isinstance(seg, list) and seg:
         polys = []
         for flat in seg:
-            pts = np.asarray(flat, dtype=float)
+            try:
+                pts = np.asarray(flat, dtype=float)
+            except (TypeError, ValueError):
+                raise BenchError(f"{where}: polygon {flat!r} has a coordinate that is not a number; "
+                                 "fix or remove the annotation") from None
             if pts.ndim != 1 or pts.size % 2 or pts.size < 6:
                 raise BenchError(f"{where}: a polygon needs at least 3 x,y pairs, got {pts.size} numbers")
+            if not np.isfinite(pts).all():
+                raise BenchError(f"{where}: a polygon has NaN or infinite coordinates; fix or remove the annotation")
             polys.append(pts.reshape(-1, 2))
         return Shape(class_id, polygons=polys, area=sum(_polygon_area(p) for p in polys), order=order)
     return None
 
 
-def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | None = None) -> CocoImport:
-    """Read COCO files ((annotator or None, path) pairs) into per-image, per-annotator shapes."""
+def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | None = None,
+              resolve: Callable[[str], str | None] | None = None) -> CocoImport:
+    """Read COCO files ((annotator or None, path) pairs) into per-image, per-annotator shapes.
+
+    `resolve` maps a file_name to the file it names (None: not found); images are merged by it.
+    """
     class_map = class_map or {}
     images: dict[str, CocoImage] = {}
+    missing: dict[str, None] = {}
     classes: dict[str, int] = {}
     unknown: dict[str, int] = {}
     ignored: dict[str, int] = {}
@@ -273,20 +298,34 @@ def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | 
         data = _read_json(path)
         cats = {c.get("id"): str(c.get("name", "")) for c in data["categories"] if isinstance(c, dict)}
         by_id: dict[object, CocoImage] = {}
+        names_by_id: dict[object, str] = {}
         for img in data["images"]:
             try:
                 fname, width, height = str(img["file_name"]), int(img["width"]), int(img["height"])
             except (KeyError, TypeError, ValueError) as exc:
                 raise BenchError(f"{path}: image entry {img!r} lacks file_name/width/height") from exc
-            entry = images.setdefault(fname, CocoImage(fname, width, height))
+            key = fname
+            if resolve is not None:
+                try:
+                    found = resolve(fname)
+                except BenchError as exc:
+                    raise BenchError(f"{path}: image {fname}: {exc}") from exc
+                if found is None:
+                    missing[fname] = None
+                key = found or fname
+            entry = images.setdefault(key, CocoImage(fname, width, height))
             if (entry.width, entry.height) != (width, height):
+                other = f" (as {entry.file_name})" if entry.file_name != fname else ""
                 raise BenchError(f"{path}: image {fname} is {width}x{height} here but "
-                                 f"{entry.width}x{entry.height} in another COCO file")
+                                 f"{entry.width}x{entry.height} in another COCO file{other}")
             by_id[img.get("id")] = entry
+            names_by_id[img.get("id")] = fname
         for ann in data["annotations"]:
             where = f"{path} annotation {ann.get('id')}"
             if ann.get("image_id") not in by_id:
                 raise BenchError(f"{where} refers to image_id {ann.get('image_id')!r}, not in 'images'")
+            image = by_id[ann["image_id"]]
+            where = f"{path}, image {names_by_id[ann['image_id']]}, annotation {ann.get('id')}"
             if ann.get("category_id") not in cats:
                 raise BenchError(f"{where} refers to category_id {ann.get('category_id')!r}, "
                                  "not in 'categories'")
@@ -299,12 +338,12 @@ def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | 
                 ignored[cname] = ignored.get(cname, 0) + 1
                 continue
             classes[cname] = cid
-            shape = _shape(ann, cid, order, where)
+            shape = _shape(ann, cid, order, where, image)
             order += 1
             if shape is None:
                 no_geometry += 1
                 continue
-            by_id[ann["image_id"]].shapes.setdefault(_annotator_of(ann, default), []).append(shape)
+            image.shapes.setdefault(_annotator_of(ann, default), []).append(shape)
     if unknown:
         listing = ", ".join(f"{n!r} ({k} annotations)" for n, k in sorted(unknown.items()))
         template = "\n".join(f"  {json.dumps(n)}: null   # or ulna, radius, M1..M5" for n in sorted(unknown))
@@ -313,4 +352,4 @@ def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | 
     warnings = [f"ignored {k} annotation(s) of class {n!r} (background)" for n, k in sorted(ignored.items())]
     if no_geometry:
         warnings.append(f"ignored {no_geometry} annotation(s) without a polygon or RLE (bbox only)")
-    return CocoImport(images=images, classes=classes, warnings=warnings)
+    return CocoImport(images=images, classes=classes, warnings=warnings, missing=list(missing))

@@ -6,18 +6,19 @@ when the file states one. Generated data is written as 16-bit grayscale PNG.
 Conventions of :func:`read_image` (the format is recognised from the file's content, so DICOM
 files without an extension work):
 
-- PNG / JPEG (Pillow) and TIFF (tifffile), 8 or 16 bit: integer values are divided by the
-  largest value of the stored bit depth (TIFF BitsPerSample, else the dtype); float TIFFs
-  already in [0, 1] are kept, others are min-max scaled. Colour is averaged to gray, alpha
-  dropped. TIFF "min-is-white" photometry is inverted; EXIF/TIFF orientation is applied.
-  Pixel spacing comes from the stated resolution (PNG pHYs, JPEG JFIF, TIFF X/YResolution)
-  unless it is a placeholder (72 or 96 dpi, or no physical unit).
-- DICOM (pydicom): modality LUT / rescale, then the VOI LUT or window centre/width
-  (pydicom.pixels.apply_modality_lut / apply_voi_lut, VOI LUT preferred as pydicom does),
-  then the VOI output range is mapped to [0, 1]; without VOI the rescaled stored-bit range is.
-  MONOCHROME1 (minimum is white) is inverted so bone is bright. Pixel spacing from
-  PixelSpacing, else ImagerPixelSpacing (row spacing, mm). The patient and series tags the
-  importer can use are kept in ``Radiograph.header`` (bench.data.dicom_fields).
+- PNG / JPEG (Pillow) and TIFF (tifffile; Pillow when tifffile cannot decode the compression,
+  e.g. LZW or PackBits without imagecodecs), 8 or 16 bit: integer values are divided by the
+  largest value of the stored bit depth (TIFF BitsPerSample, else the dtype), colour channels
+  alike before they are averaged to gray (alpha dropped); float TIFFs already in [0, 1] are
+  kept, others are min-max scaled. A palette TIFF's colour map is applied. TIFF "min-is-white"
+  photometry is inverted; EXIF/TIFF orientation is applied. Pixel spacing comes from the stated
+  resolution (PNG pHYs, JPEG JFIF, TIFF X/YResolution) unless it is a placeholder (72 or 96
+  dpi, or no physical unit). 12-bit data in a 16-bit file is divided by 65535 like any 16-bit
+  data (:func:`looks_12_bit` tells when an image may be such data).
+- DICOM (pydicom): bench.data.dicom_pixels (modality LUT / rescale, then the VOI LUT or window
+  centre/width, MONOCHROME1 inverted; pixel spacing from PixelSpacing, else ImagerPixelSpacing).
+  The patient and series tags the importer can use are kept in ``Radiograph.header``
+  (bench.data.dicom_fields).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ class Radiograph:
     pixel_spacing_mm: float | None   # row spacing in mm, when the file says
     bit_depth: int                   # stored bits of the source
     header: dict[str, str] = field(default_factory=dict)  # DICOM: patient/series tags (bench.data.dicom_fields)
+    file_format: str = ""            # 'png' | 'jpeg' | 'tiff' | 'dicom' (bench.data.imageio.sniff_format)
 
 
 def write_png16(path: Path, image: np.ndarray) -> None:
@@ -97,7 +99,7 @@ def read_image(path: Path) -> Radiograph:
               "dicom": _read_dicom}.get(kind)
     if reader is None:
         raise BenchError(f"cannot read image {path}: not a PNG, JPEG, TIFF or DICOM file "
-                         "(convert it to one of these, or leave it out of the CSV)")
+                         "(convert it to one of these)")
     try:
         rad = reader(path)
     except BenchError:
@@ -109,7 +111,21 @@ def read_image(path: Path) -> Radiograph:
     if not np.isfinite(rad.pixels).all():
         raise BenchError(f"image {path} contains NaN or infinite pixel values")
     rad.pixels = np.ascontiguousarray(np.clip(rad.pixels, 0.0, 1.0), dtype=np.float32)
+    rad.file_format = kind
     return rad
+
+
+def looks_12_bit(rad: Radiograph) -> bool:
+    """True for a 16-bit PNG/TIFF whose values all lie below 4096: likely 12-bit detector data,
+    which the 65535 scaling shows 16x darker than intended."""
+    return (rad.file_format in ("png", "tiff") and rad.bit_depth == 16
+            and 0 < float(rad.pixels.max()) * 65535.0 < 4095.5)
+
+
+def _read_dicom(path: Path) -> Radiograph:
+    from bench.data.dicom_pixels import read_dicom
+
+    return read_dicom(path)
 
 
 def _to_gray(arr: np.ndarray, has_alpha: bool) -> np.ndarray:
@@ -120,7 +136,7 @@ def _to_gray(arr: np.ndarray, has_alpha: bool) -> np.ndarray:
     return arr
 
 
-def _integer_scale(arr: np.ndarray, bits: int | None) -> tuple[np.ndarray, int]:
+def integer_scale(arr: np.ndarray, bits: int | None) -> tuple[np.ndarray, int]:
     """Integer array -> [0, 1] by the stored bit depth (unsigned) or the dtype range (signed)."""
     info = np.iinfo(arr.dtype)
     if info.min < 0:
@@ -163,7 +179,7 @@ def _read_pillow(path: Path) -> Radiograph:
             if arr.min() < 0 or arr.max() > 65535:
                 raise BenchError(f"image {path} has {arr.dtype} values outside 0..65535")
             arr = arr.astype(np.uint16)
-        pixels, bits = _integer_scale(arr, 16)
+        pixels, bits = integer_scale(arr, 16)
         return Radiograph(pixels.astype(np.float32), spacing, bits)
     if mode == "F":
         return Radiograph(_float_scale(arr), spacing, 32)
@@ -197,24 +213,56 @@ def _read_tiff(path: Path) -> Radiograph:
 
     with tifffile.TiffFile(path) as tif:
         page = tif.pages[0]
-        arr = page.asarray()
         tags = {t.name: t.value for t in page.tags.values()}
+        try:
+            arr, pillow = page.asarray(), False
+        except Exception as exc:  # a compression tifffile cannot decode here (LZW, PackBits: imagecodecs)
+            try:
+                arr, pillow = _tiff_via_pillow(path), True
+            except Exception:
+                raise exc from None   # neither can: tifffile's reason is the more telling
     photometric = int(tags.get("PhotometricInterpretation", 1))
-    extra = tags.get("ExtraSamples", ())
-    arr = _to_gray(arr, has_alpha=bool(extra) if not isinstance(extra, int) else True)
     bits = tags.get("BitsPerSample")
     bits = int(bits[0] if isinstance(bits, tuple) else bits) if bits is not None else None
+    if pillow:
+        bits = None  # Pillow widens 1-, 2- and 4-bit data to 8 bit: scale by its dtype
+        if photometric == 0 and arr.dtype in (np.bool_, np.uint8):  # Pillow inverted these already
+            arr = ~arr if arr.dtype == np.bool_ else 255 - arr
+    if photometric == 3:  # palette: look the colours up
+        arr, bits = _apply_colormap(path, arr, tags.get("ColorMap"))
+    extra = tags.get("ExtraSamples", ())
+    has_alpha = bool(extra) if not isinstance(extra, int) else True
     if np.issubdtype(arr.dtype, np.integer):
-        pixels, bits = _integer_scale(arr, bits)
+        pixels, bits = integer_scale(arr, bits)
+        pixels = _to_gray(pixels, has_alpha)
     elif arr.dtype == np.bool_:
-        pixels, bits = arr.astype(np.float64), 1
+        pixels, bits = _to_gray(arr, has_alpha).astype(np.float64), 1
     else:
-        pixels = _float_scale(arr).astype(np.float64)
+        pixels = _float_scale(_to_gray(arr, has_alpha)).astype(np.float64)
         bits = 8 * arr.dtype.itemsize
     if photometric == 0:  # WhiteIsZero: low values are bright
         pixels = 1.0 - pixels
     pixels = _TIFF_ORIENT.get(int(tags.get("Orientation", 1)), _TIFF_ORIENT[1])(pixels)
     return Radiograph(np.ascontiguousarray(pixels, dtype=np.float32), _tiff_spacing(tags), int(bits))
+
+
+def _tiff_via_pillow(path: Path) -> np.ndarray:
+    """The first page's stored samples decoded by Pillow (no orientation, palette kept as indices)."""
+    with Image.open(path) as im:
+        im.load()
+        return np.asarray(im)
+
+
+def _apply_colormap(path: Path, index: np.ndarray, colormap: object) -> tuple[np.ndarray, int]:
+    """Palette indices -> RGB by the TIFF ColorMap (3 x 2**bits, 16-bit values; 8-bit maps as some
+    writers store them are recognised by their maximum)."""
+    cmap = np.asarray(colormap) if colormap is not None else None
+    if cmap is None or cmap.ndim != 2 or cmap.shape[0] != 3 or index.ndim != 2 \
+            or not np.issubdtype(index.dtype, np.integer) or int(index.max()) >= cmap.shape[1]:
+        raise BenchError(f"cannot read image {path}: a palette TIFF whose colour map does not fit its "
+                         "pixels; save it as a grayscale TIFF or PNG")
+    rgb = np.moveaxis(cmap[:, index], 0, -1).astype(np.uint16)
+    return rgb, (8 if int(cmap.max()) < 256 else 16)
 
 
 def _tiff_spacing(tags: dict) -> float | None:
@@ -227,103 +275,3 @@ def _tiff_spacing(tags: dict) -> float | None:
         return None
     dpi = num / den * (1.0 if unit == 2 else 2.54)
     return _spacing_from_dpi((dpi, dpi))
-
-
-def _read_dicom(path: Path) -> Radiograph:
-    import pydicom
-
-    from bench.data.dicom_fields import read_header
-
-    try:  # pydicom >= 3
-        from pydicom.pixels import apply_modality_lut, apply_voi_lut
-    except ImportError:  # pydicom 2.x
-        from pydicom.pixel_data_handlers.util import apply_modality_lut, apply_voi_lut
-    ds = pydicom.dcmread(path, force=True)
-    if "PixelData" not in ds:
-        raise BenchError(f"DICOM file {path} has no pixel data (is it a DICOMDIR or a report?)")
-    frames = int(ds.get("NumberOfFrames", 1) or 1)
-    if frames > 1:
-        raise BenchError(f"DICOM file {path} has {frames} frames; expected a single radiograph "
-                         "(export the frame you want as its own file)")
-    try:
-        stored = ds.pixel_array
-    except Exception as exc:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
-        raise BenchError(f"cannot decode the pixel data of DICOM file {path} (transfer syntax "
-                         f"{ts}): {exc}; install a decoder plugin (e.g. pylibjpeg, "
-                         "pylibjpeg-libjpeg, pylibjpeg-openjpeg) or export it uncompressed") from exc
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
-    if photometric not in ("MONOCHROME1", "MONOCHROME2"):
-        if stored.ndim == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
-            try:
-                from pydicom.pixels import convert_color_space
-            except ImportError:  # pydicom 2.x
-                from pydicom.pixel_data_handlers.util import convert_color_space
-
-            rgb = convert_color_space(stored, photometric, "RGB") if photometric != "RGB" else stored
-            pixels, bits = _integer_scale(rgb, None)
-            return Radiograph(pixels.mean(axis=-1).astype(np.float32), _dicom_spacing(ds), bits, read_header(ds))
-        raise BenchError(f"DICOM file {path} has photometric interpretation {photometric}; "
-                         "expected MONOCHROME1 or MONOCHROME2 (a grayscale radiograph)")
-    values = apply_modality_lut(stored, ds)
-    y_min, y_max = _modality_range(ds)
-    voi = _voi_kind(ds)
-    if voi is None:
-        lo, hi = min(y_min, y_max), max(y_min, y_max)
-    else:
-        values = apply_voi_lut(values if voi == "window" else _as_lut_index(values), ds)
-        lo, hi = (0.0, _lut_max(ds.VOILUTSequence[0])) if voi == "lut" else (y_min, y_max)
-    values = np.asarray(values, dtype=np.float64)
-    pixels = (values - lo) / (hi - lo) if hi > lo else np.zeros_like(values)
-    if photometric == "MONOCHROME1":
-        pixels = 1.0 - pixels
-    return Radiograph(pixels.astype(np.float32), _dicom_spacing(ds), int(ds.get("BitsStored", 16)), read_header(ds))
-
-
-def _as_lut_index(values: np.ndarray) -> np.ndarray:
-    """A VOI LUT indexes integers: round modality output (rescale may make floats)."""
-    return np.rint(values).astype(np.int64) if not np.issubdtype(values.dtype, np.integer) else values
-
-
-def _modality_range(ds) -> tuple[float, float]:
-    """(y_min, y_max) of the modality transform as pydicom's windowing uses them (PS3.3 C.11.2.1.2):
-    the stored-bit range, rescaled (unsorted for a negative slope) or the modality LUT's range."""
-    if ds.get("ModalityLUTSequence"):
-        return 0.0, _lut_max(ds.ModalityLUTSequence[0])
-    bits = int(ds.get("BitsStored", 16))
-    if int(ds.get("PixelRepresentation", 0)) == 0:
-        lo, hi = 0.0, float(2 ** bits - 1)
-    else:
-        lo, hi = float(-(2 ** (bits - 1))), float(2 ** (bits - 1) - 1)
-    slope, intercept = ds.get("RescaleSlope"), ds.get("RescaleIntercept")
-    if slope is not None and intercept is not None:
-        lo, hi = lo * float(slope) + float(intercept), hi * float(slope) + float(intercept)
-    return lo, hi
-
-
-def _voi_kind(ds) -> str | None:
-    """'lut' | 'window' | None: what pydicom's apply_voi_lut (prefer_lut=True) will apply."""
-    seq = ds.get("VOILUTSequence")
-    if seq and seq[0].get("LUTDescriptor") is not None and seq[0].get("LUTData") is not None:
-        return "lut"
-    if ds.get("WindowCenter") is not None and ds.get("WindowWidth") is not None:
-        return "window"
-    return None
-
-
-def _lut_max(item) -> float:
-    """Largest output of a LUT: 2**bits - 1 by its descriptor (PS3.3 C.11.2.1.1)."""
-    return float(2 ** int(item.LUTDescriptor[2]) - 1)
-
-
-def _dicom_spacing(ds) -> float | None:
-    for key in ("PixelSpacing", "ImagerPixelSpacing"):
-        value = ds.get(key)
-        if value is not None:
-            try:
-                spacing = float(value[0] if hasattr(value, "__len__") and not isinstance(value, str) else value)
-            except (TypeError, ValueError, IndexError):
-                continue
-            if spacing > 0 and np.isfinite(spacing):
-                return spacing
-    return None

@@ -2,14 +2,10 @@
 folder (DESIGN.md "Data contracts").
 
 Conventions:
-- The CSV names each image by file name (relative to the image folder, or just the base name)
-  or by image id (the file name without its image extension). The image id is the file's path
-  under the folder without that extension, '/' replaced by '_'.
-- CSV columns are found by common names (case and punctuation ignored, e.g. "T-score" is
-  t_score, "PatientID" is subject_id); `columns` overrides them (field -> column, None: absent).
-- label = 1 when t_score < -2.5 (paper: osteoporosis by DXA T-score), derived when only the
-  T-score is given; a given label that contradicts the T-score is an error (T = -2.5 excepted).
-- sex is stored as F/M, laterality as L/R; a pixel spacing in the CSV wins over the file's. Fields
+- The CSV (image references, columns, labels, delimiter): bench.data.metadata; `columns`
+  overrides the column guesses (field -> column, None: absent).
+- COCO images are matched to files as the CSV's are (and across COCO files by that file).
+- A pixel spacing in the CSV wins over the file's. Fields
   the CSV leaves empty (subject id when it has no subject column, sex, age, laterality, site) are
   taken from DICOM headers (bench.data.dicom_fields) unless `dicom_tags` is off.
 - Images are referenced in place (absolute `path`) or, with `copy`, converted to 16-bit PNG
@@ -20,7 +16,6 @@ Conventions:
 from __future__ import annotations
 
 import json
-import re
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,33 +27,12 @@ import pandas as pd
 from bench.atomic import atomic_dir
 from bench.data.coco import CocoImport, load_class_map, load_coco, rasterise
 from bench.data.dicom_fields import header_fields
-from bench.data.format import ANNOTATOR_COLUMNS, MANIFEST_COLUMNS, mask_path, write_manifest
-from bench.data.imageio import read_image, write_label_map, write_png16
+from bench.data.format import ANNOTATOR_COLUMNS, mask_path, write_manifest
+from bench.data.imageio import looks_12_bit, read_image, write_label_map, write_png16
+from bench.data.metadata import (OSTEOPOROSIS_T, SUBJECT_FROM, ImageIndex,  # noqa: F401 (re-exported)
+                                 describe_columns, image_id_for, read_metadata)
 from bench.data.splits import DEFAULT_FRACTIONS, assign_splits
 from bench.errors import BenchError
-
-OSTEOPOROSIS_T = -2.5  # WHO: osteoporosis when the DXA T-score is below -2.5
-SUBJECT_FROM = "_subject_from"   # working column: csv | image (one per image) | header (PatientID) | header-or-image
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".dic")
-#: CSV column names recognised for each field (compared lower case, letters and digits only).
-COLUMN_ALIASES: dict[str, tuple[str, ...]] = {
-    "image": ("image", "imageid", "file", "filename", "filepath", "path", "image_file", "imagefile"),
-    "subject_id": ("subjectid", "subject", "patientid", "patient", "participantid", "pid"),
-    "t_score": ("tscore", "t", "dxatscore", "tscoremin", "lowesttscore"),
-    "label": ("label", "osteoporosis", "osteoporotic", "target", "class", "y"),
-    "sex": ("sex", "gender"),
-    "age": ("age", "ageyears", "patientage"),
-    "laterality": ("laterality", "side", "hand", "imagelaterality"),
-    "site": ("site", "center", "centre", "hospital", "scanner", "institution"),
-    "pixel_spacing_mm": ("pixelspacingmm", "pixelspacing", "spacing", "spacingmm"),
-}
-MISSING = {"", "na", "nan", "n/a", "none", "null", "unknown", "?", "-", "nat"}
-_LABELS = {**dict.fromkeys(("1", "1.0", "true", "yes", "y", "osteoporosis", "osteoporotic",
-                            "positive", "pos"), 1),
-           **dict.fromkeys(("0", "0.0", "false", "no", "n", "normal", "osteopenia", "osteopenic",
-                            "control", "negative", "neg", "nonosteoporotic"), 0)}
-_SEX = {"f": "F", "female": "F", "w": "F", "woman": "F", "m": "M", "male": "M", "man": "M"}
-_SIDE = {"l": "L", "left": "L", "lt": "L", "r": "R", "right": "R", "rt": "R"}
 
 
 @dataclass
@@ -87,158 +61,7 @@ class ImportReport:
     n_masks: int
     skipped: list[tuple[str, str]]   # (file, reason)
     warnings: list[str]
-
-
-def _key(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(name).lower())
-
-
-def resolve_columns(csv_columns: list[str], overrides: dict[str, str | None]) -> dict[str, str | None]:
-    """Field -> CSV column: the override, else the first alias present, else None."""
-    unknown = [f for f in overrides if f not in COLUMN_ALIASES]
-    if unknown:
-        raise BenchError(f"unknown field(s) {unknown} in the column mapping; fields are "
-                         f"{', '.join(COLUMN_ALIASES)}")
-    by_key = {_key(c): c for c in csv_columns}
-    out: dict[str, str | None] = {}
-    for fld, aliases in COLUMN_ALIASES.items():
-        if fld in overrides:
-            col = overrides[fld]
-            if col and col not in csv_columns:
-                raise BenchError(f"column {col!r} (mapped to {fld}) is not in the CSV; its columns "
-                                 f"are {', '.join(csv_columns)}")
-            out[fld] = col or None
-        else:
-            out[fld] = next((by_key[a] for a in (_key(fld),) + aliases if a in by_key), None)
-    if out["image"] is None:
-        raise BenchError(f"the CSV has no image column (looked for {', '.join(COLUMN_ALIASES['image'])}); "
-                         "map one with --column image=COLUMN")
-    return out
-
-
-def image_id_for(rel: str) -> str:
-    """Image id of a file path relative to the image folder."""
-    p = Path(rel)
-    if p.suffix.lower() in IMAGE_SUFFIXES:
-        p = p.with_suffix("")
-    return p.as_posix().replace("/", "_")
-
-
-class ImageIndex:
-    """Files under the image folder, looked up by relative path, base name or image id."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        files = sorted(p for p in root.rglob("*") if p.is_file() and not any(
-            part.startswith(".") for part in p.relative_to(root).parts))
-        self.lookup: dict[str, list[str]] = {}
-        for p in files:
-            rel = p.relative_to(root).as_posix()
-            for k in {rel, p.name, image_id_for(rel), image_id_for(p.name)}:
-                self.lookup.setdefault(k, []).append(rel)
-
-    def find(self, ref: str) -> str | None:
-        """Relative path for a CSV/COCO reference; BenchError when ambiguous."""
-        ref = ref.strip().replace("\\", "/")
-        hits = sorted(set(self.lookup.get(ref, []) or self.lookup.get(ref.lstrip("./"), [])
-                          or self.lookup.get(Path(ref).name, [])))
-        if len(hits) > 1:
-            raise BenchError(f"image reference {ref!r} matches several files ({', '.join(hits)}); "
-                             "name the file with its path under the image folder")
-        return hits[0] if hits else None
-
-
-def _parse(value: str, table: dict, what: str, errors: list[str], where: str):
-    v = value.strip().lower()
-    if v in MISSING:
-        return None
-    if v in table:
-        return table[v]
-    errors.append(f"{where}: {what} {value!r} is not one of {', '.join(sorted(set(map(str, table))))}")
-    return None
-
-
-def _number(value: str, what: str, errors: list[str], where: str, lo: float, hi: float) -> float:
-    v = value.strip()
-    if v.lower() in MISSING:
-        return np.nan
-    m = re.fullmatch(r"0*(\d+)\s*[yY]", v)  # DICOM age string, e.g. 063Y
-    try:
-        x = float(m.group(1)) if m else float(v)
-    except ValueError:
-        errors.append(f"{where}: {what} {value!r} is not a number")
-        return np.nan
-    if not (lo <= x <= hi):
-        errors.append(f"{where}: {what} {x:g} is outside {lo:g}..{hi:g}")
-        return np.nan
-    return x
-
-
-def read_metadata(csv: Path, index: ImageIndex, overrides: dict[str, str | None]
-                  ) -> tuple[pd.DataFrame, list[tuple[str, str]], list[str]]:
-    """Parse the CSV into manifest rows (with `file`, relative to the image folder).
-
-    Returns (rows, missing files as (reference, reason), warnings). Value errors in every row
-    are collected into one BenchError.
-    """
-    try:
-        raw = pd.read_csv(csv, dtype=str, keep_default_na=False, skipinitialspace=True)
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
-        raise BenchError(f"cannot read metadata CSV {csv}: {exc}") from exc
-    cols = resolve_columns(list(raw.columns), overrides)
-    warnings: list[str] = []
-    subject_from = "csv" if cols["subject_id"] else "image" if "subject_id" in overrides else "header"
-    if subject_from == "image":
-        warnings.append("no subject column: every image is its own subject")
-    errors: list[str] = []
-    missing: list[tuple[str, str]] = []
-    rows = []
-    for i, rec in raw.iterrows():
-        where = f"{csv.name} row {i + 2}"
-        get = lambda f: rec[cols[f]] if cols[f] else ""  # noqa: E731
-        ref = get("image").strip()
-        rel = index.find(ref) if ref else None
-        if not ref:
-            errors.append(f"{where}: empty image reference")
-            continue
-        if rel is None:
-            missing.append((ref, f"{where}: no such file under {index.root}"))
-            continue
-        t = _number(get("t_score"), "t_score", errors, where, -10, 10)
-        label = _parse(get("label"), _LABELS, "label", errors, where)
-        if label is None and not np.isnan(t):
-            label = int(t < OSTEOPOROSIS_T)
-        elif label is not None and not np.isnan(t) and t != OSTEOPOROSIS_T and label != int(t < OSTEOPOROSIS_T):
-            errors.append(f"{where}: label {label} contradicts t_score {t:g} (label = t_score < "
-                          f"{OSTEOPOROSIS_T}); fix the row, or import without one of the columns "
-                          "(--column label= or --column t_score=)")
-        subject = get("subject_id").strip() or (image_id_for(rel) if subject_from != "csv" else "")
-        if not subject:
-            errors.append(f"{where}: empty subject id")
-        rows.append({
-            **{c: rec[c] for c in raw.columns
-               if c not in cols.values() and c not in MANIFEST_COLUMNS and c != "file"},
-            "image_id": image_id_for(rel), "subject_id": subject, "file": rel, SUBJECT_FROM: subject_from,
-            "sex": _parse(get("sex"), _SEX, "sex", errors, where) or "",
-            "age": _number(get("age"), "age", errors, where, 0, 130), "t_score": t,
-            "label": label, "laterality": _parse(get("laterality"), _SIDE, "laterality", errors, where) or "",
-            "pixel_spacing_mm": _number(get("pixel_spacing_mm"), "pixel_spacing_mm", errors, where, 1e-4, 10),
-            "site": get("site").strip(),
-        })
-    if errors:
-        raise BenchError(f"{len(errors)} problem(s) in {csv}:\n  " + "\n  ".join(errors))
-    df = pd.DataFrame(rows)
-    if not df.empty:
-        dup = df.loc[df["image_id"].duplicated(keep=False), "image_id"].unique()
-        if len(dup):
-            raise BenchError(f"{csv} lists image(s) {', '.join(map(str, dup))} more than once; "
-                             "one row per image")
-        for col, what in (("label", "labels"), ("sex", "sexes")):
-            n = df[df[col].astype(str) != ""].groupby("subject_id")[col].nunique(dropna=True)
-            if (n > 1).any():
-                warnings.append(f"subject(s) {', '.join(n[n > 1].index[:10])} have different {what} "
-                                "across their images")
-    return df, missing, warnings
+    columns: str = ""                # which CSV column became which field (bench.data.metadata.describe_columns)
 
 
 class HeaderFill:
@@ -247,7 +70,7 @@ class HeaderFill:
 
     def __init__(self) -> None:
         self.filled: dict[str, int] = {}
-        self.disagree: dict[str, int] = {}
+        self.disagree: dict[str, list[str]] = {}   # field -> images
 
     def add(self, rec: dict, fields: dict) -> None:
         for name, value in fields.items():
@@ -261,7 +84,7 @@ class HeaderFill:
                 if name == "subject_id":
                     rec[SUBJECT_FROM] = "filled"
             elif name != "subject_id" and not _same(current, value):
-                self.disagree[name] = self.disagree.get(name, 0) + 1
+                self.disagree.setdefault(name, []).append(str(rec.get("file") or rec.get("image_id")))
 
     def warnings(self) -> list[str]:
         out = []
@@ -270,8 +93,9 @@ class HeaderFill:
                 f"{k} of {n} image(s)" for k, n in sorted(self.filled.items()))
                 + "; --ignore-dicom-tags leaves them empty")
         if self.disagree:
-            out.append("the CSV and the DICOM headers disagree (the CSV is kept): " + ", ".join(
-                f"{k} in {n} image(s)" for k, n in sorted(self.disagree.items())))
+            out.append("the CSV and the DICOM headers disagree (the CSV is kept): " + "; ".join(
+                f"{k} in {len(files)} image(s) ({', '.join(files[:5])}{', ...' if len(files) > 5 else ''})"
+                for k, files in sorted(self.disagree.items())))
         return out
 
 
@@ -284,27 +108,11 @@ def _same(a: Any, b: Any) -> bool:
     return str(a).strip().upper() == str(b).strip().upper()
 
 
-def _coco_rows(coco: CocoImport, index: ImageIndex) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
+def _coco_rows(coco: CocoImport, root: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Manifest rows for the COCO images when there is no CSV: one subject per image (its DICOM PatientID if any)."""
-    rows, missing = [], []
-    for fname in sorted(coco.images):
-        rel = index.find(fname)
-        if rel is None:
-            missing.append((fname, f"COCO image not found under {index.root}"))
-            continue
-        rows.append({"image_id": image_id_for(rel), "subject_id": image_id_for(rel), "file": rel,
-                     SUBJECT_FROM: "header-or-image", "label": None})
-    return pd.DataFrame(rows), missing
-
-
-def _coco_by_file(coco: CocoImport, index: ImageIndex) -> dict[str, str]:
-    """Relative image path -> COCO file name."""
-    out = {}
-    for fname in coco.images:
-        rel = index.find(fname)
-        if rel is not None:
-            out[rel] = fname
-    return out
+    rows = [{"image_id": image_id_for(rel), "subject_id": image_id_for(rel), "file": rel,
+             SUBJECT_FROM: "header-or-image", "label": None} for rel in sorted(coco.images) if rel not in coco.missing]
+    return pd.DataFrame(rows), [(name, f"COCO image not found under {root}") for name in coco.missing]
 
 
 def _weights(annotators: list[str], given: dict[str, float]) -> dict[str, float]:
@@ -333,27 +141,32 @@ def import_dataset(cfg: ImportConfig) -> ImportReport:
     if any(w <= 0 or not np.isfinite(w) for w in cfg.weights.values()):
         raise BenchError(f"annotator weights must be positive numbers, got {cfg.weights}")
     index = ImageIndex(images)
-    coco = load_coco(cfg.coco, load_class_map(cfg.class_map)) if cfg.coco else None
+    coco = load_coco(cfg.coco, load_class_map(cfg.class_map), resolve=index.find) if cfg.coco else None
     warnings = list(coco.warnings) if coco else []
+    columns = ""
     if cfg.csv is not None:
-        rows, missing, more = read_metadata(Path(cfg.csv), index, cfg.columns)
-        warnings += more
+        meta = read_metadata(Path(cfg.csv), index, cfg.columns)
+        rows, missing, columns = meta.rows, meta.missing, describe_columns(meta)
+        warnings += meta.warnings
     else:
-        rows, missing = _coco_rows(coco, index)
-    coco_of = _coco_by_file(coco, index) if coco else {}
+        rows, missing = _coco_rows(coco, index.root)
+    coco_of = {rel for rel in coco.images if rel not in coco.missing} if coco else set()
     if coco is not None and cfg.csv is not None:
-        extra = set(coco_of) - set(rows["file"] if len(rows) else [])
+        extra = coco_of - set(rows["file"] if len(rows) else [])
         if extra:
             warnings.append(f"{len(extra)} annotated image(s) are not in the CSV and were left out")
-        if len(coco_of) < len(coco.images):
-            warnings.append(f"{len(coco.images) - len(coco_of)} COCO image(s) are not in {images}")
-    return _write(cfg, index, rows, missing, coco, coco_of, warnings)
+        if coco.missing:
+            warnings.append(f"{len(coco.missing)} COCO image(s) are not in {images}: "
+                            + ", ".join(coco.missing[:5]) + (", ..." if len(coco.missing) > 5 else ""))
+    report = _write(cfg, index, rows, missing, coco, coco_of, warnings)
+    report.columns = columns
+    return report
 
 
 def _write(cfg: ImportConfig, index: ImageIndex, rows: pd.DataFrame, missing: list[tuple[str, str]],
-           coco: CocoImport | None, coco_of: dict[str, str], warnings: list[str]) -> ImportReport:
+           coco: CocoImport | None, coco_of: set[str], warnings: list[str]) -> ImportReport:
     bad: list[tuple[str, str]] = list(missing)
-    keep, ann_rows, n_masks = [], [], 0
+    keep, ann_rows, n_masks, dark = [], [], 0, []
     from_header = HeaderFill()
     show = sys.stderr.isatty() if cfg.progress is None else cfg.progress
     from tqdm import tqdm
@@ -367,9 +180,11 @@ def _write(cfg: ImportConfig, index: ImageIndex, rows: pd.DataFrame, missing: li
                 bad.append((str(src), str(exc)))
                 continue
             h, w = rad.pixels.shape
+            if looks_12_bit(rad):
+                dark.append(row["file"])
             masks = {}
             if row["file"] in coco_of:
-                cimg = coco.images[coco_of[row["file"]]]
+                cimg = coco.images[row["file"]]
                 if (cimg.height, cimg.width) != (h, w):
                     bad.append((str(src), f"image is {w}x{h} but the COCO annotations are for "
                                           f"{cimg.width}x{cimg.height}"))
@@ -400,6 +215,12 @@ def _write(cfg: ImportConfig, index: ImageIndex, rows: pd.DataFrame, missing: li
         if not keep:
             raise BenchError("no image could be imported" + (f"; {len(bad)} skipped" if bad else ""))
         warnings += from_header.warnings()
+        if dark:
+            warnings.append(
+                f"{len(dark)} image(s) are 16-bit files whose values all lie below 4096 "
+                f"({', '.join(dark[:5])}{', ...' if len(dark) > 5 else ''}): likely 12-bit data, which is "
+                "scaled by 65535 like any 16-bit file and will look 16x darker. If that is not intended, "
+                "rescale the files to the 16-bit range (values x 16) and import them again")
         unknown = [rec["file"] for rec in keep if rec.get(SUBJECT_FROM) == "header"]
         if unknown:
             raise BenchError(f"the CSV has no subject id column and {len(unknown)} image(s) have no DICOM "

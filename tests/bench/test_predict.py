@@ -21,6 +21,7 @@ from bench.cli import main
 from bench.data.format import BONES, Dataset
 from bench.data.imageio import read_image
 from bench.errors import BenchError
+from bench.predict import run_predictions
 from bench.runner import Runner
 from methods.bones import BonePatch
 from methods.bundle import load_bundle
@@ -339,3 +340,28 @@ def test_evaluate_seg_scores_the_bundles_segmenter_as_the_runs(run, tmp_path, ca
     capsys.readouterr()
     bundle, folder = ({k: v for k, v in s.items() if k != "segmenter"} for s in summaries.values())
     assert bundle == folder and bundle["n_images"] == 4 and bundle["dice_truth"]["mean"] > 0
+
+
+@pytest.mark.parametrize("spacing", ["-1", "0", "nan"])
+def test_non_positive_pixel_spacing_is_refused_before_anything_runs(tmp_path, capsys, spacing):
+    from bench.data.imageio import write_png16
+
+    write_png16(tmp_path / "a.png", np.zeros((8, 8)))
+    code = main(["predict", str(tmp_path / "no-bundle.osteo"), str(tmp_path / "a.png"), "--out",
+                 str(tmp_path / "out"), "--pixel-spacing", spacing, "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "--pixel-spacing must be a positive number" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+    with pytest.raises(BenchError, match="--pixel-spacing"):
+        run_predictions(object(), [tmp_path / "a.png"], tmp_path / "out", pixel_spacing_mm=float(spacing))
+
+
+def test_unwritable_out_names_the_folder(tmp_path):
+    (tmp_path / "afile").write_text("in the way")
+
+    class Nothing:
+        def describe(self) -> dict:
+            return {}
+
+    with pytest.raises(BenchError, match=r"cannot write .*predictions.csv: cannot create files in .*afile"):
+        run_predictions(Nothing(), [], tmp_path / "afile" / "out")

@@ -16,7 +16,7 @@ def _pair(text: str, what: str) -> tuple[str, str]:
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    from bench.data.importers import COLUMN_ALIASES
+    from bench.data.metadata import COLUMN_ALIASES
     from bench.data.splits import DEFAULT_FRACTIONS
 
     parser = subparsers.add_parser(
@@ -85,6 +85,8 @@ def run(args: argparse.Namespace) -> int:
                        fractions=tuple(args.fractions), overwrite=args.overwrite,
                        dicom_tags=not args.ignore_dicom_tags)
     report = import_dataset(cfg)
+    if report.columns:
+        print(report.columns)
     for warning in report.warnings:
         print(f"bench: warning: {warning}", file=sys.stderr)
     if report.skipped:

@@ -207,3 +207,54 @@ def test_size_mismatch_and_bad_coco(images, tmp_path):
         load_coco([(None, tmp_path / "y.json")])
     with pytest.raises(BenchError, match="both default to annotator 'x'"):
         load_coco([(None, f), (None, f)])
+
+
+def test_one_image_named_differently_in_two_files_is_one_image(images, tmp_path):
+    a = coco_file(tmp_path / "alice.json", [dict(image_id=1, category_id=1, segmentation=rect(2, 20, 10, 40)),
+                                            dict(image_id=2, category_id=2, segmentation=rect(5, 5, 9, 9))],
+                  CATS, images=(("imgs/a.png", 1), ("b.png", 2)))
+    b = coco_file(tmp_path / "bob.json", [dict(image_id=4, category_id=2, segmentation=rect(12, 20, 24, 40))],
+                  CATS, images=(("/data/export/a.png", 4),))
+    exp_alice, exp_bob = np.zeros((H, W), np.uint8), np.zeros((H, W), np.uint8)
+    exp_alice[20:40, 2:10] = BONES["ulna"]
+    exp_bob[20:40, 12:24] = BONES["radius"]
+    csv = tmp_path / "meta.csv"
+    pd.DataFrame({"image": ["a.png", "b.png"], "subject_id": ["p1", "p2"], "t_score": [-3, 0]}).to_csv(csv, index=False)
+    for out, with_csv in (("coco-only", None), ("with-csv", csv)):
+        report = import_dataset(ImportConfig(images=images, out=tmp_path / out, csv=with_csv,
+                                             coco=[(None, a), (None, b)]))
+        ds = Dataset.open(tmp_path / out)
+        assert ds.image_ids == ["a", "b"] and report.n_masks == 3          # one manifest row per image
+        masks = ds.masks("a")
+        assert sorted(masks) == ["alice", "bob"]                            # both annotators on the one image
+        assert np.array_equal(masks["alice"], exp_alice) and np.array_equal(masks["bob"], exp_bob)
+        assert ds.annotator_weights("a") == {"alice": 0.5, "bob": 0.5}
+        assert check_dataset(tmp_path / out) == []
+
+
+def _one_annotation(tmp_path, segmentation, name="x.json"):
+    return coco_file(tmp_path / name, [dict(image_id=1, category_id=1, segmentation=rect(2, 2, 8, 8)),
+                                       dict(image_id=2, category_id=2, segmentation=segmentation)], CATS)
+
+
+@pytest.mark.parametrize("segmentation, problem", [
+    ([[1, 2, 3, "x", 5, 6]], r"polygon \[1, 2, 3, .x., 5, 6\] has a coordinate that is not a number"),
+    ({"size": [H, W], "counts": [1, 2, 3]}, "bad RLE segmentation: RLE counts add up to 6 pixels"),
+    ({"size": [H, W], "counts": "not an rle \u00e9"}, "bad RLE segmentation"),
+    ({"size": [W, H], "counts": [H * W]}, f"the RLE mask is {W}x{H} .size .h, w.. but the image is {H}x{W}"),
+])
+def test_bad_geometry_names_file_image_and_annotation(images, tmp_path, capsys, segmentation, problem):
+    f = _one_annotation(tmp_path, segmentation)
+    with pytest.raises(BenchError, match=rf"x.json, image b.png, annotation 2: {problem}"):
+        load_coco([(None, f)])
+    assert main(["data", "import", str(images), "--coco", str(f), "--out", str(tmp_path / "ds")]) == 2
+    err = capsys.readouterr().err
+    assert "annotation 2" in err and "Traceback" not in err and not (tmp_path / "ds").exists()
+
+
+def test_coco_file_with_a_byte_order_mark(images, tmp_path):
+    f = _one_annotation(tmp_path, rect(5, 5, 9, 9))
+    f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())
+    coco = load_coco([(None, f)])
+    assert sorted(coco.images) == ["a.png", "b.png"]
+    assert len(coco.images["b.png"].shapes["x"]) == 1

@@ -215,3 +215,110 @@ def test_dicom_rgb_secondary_capture_is_averaged(tmp_path):
     ds.save_as(tmp_path / "sc.dcm", enforce_file_format=True)
     rad = read_image(tmp_path / "sc.dcm")
     np.testing.assert_allclose(rad.pixels, rgb.mean(axis=-1) / 255.0, atol=1e-6)
+
+
+def test_dicom_negative_slope_with_window_is_the_window_ramp(tmp_path):
+    # Rescale slope -1, intercept 4095: modality output 4095 - stored, then the window (c 1000, w 500)
+    stored = np.array([[0, 3000, 3200, 3300], [3100, 2900, 4095, 3346]])
+    make_dicom(tmp_path / "neg.dcm", stored, RescaleSlope=-1, RescaleIntercept=4095,
+               WindowCenter=1000, WindowWidth=500)
+    rad = read_image(tmp_path / "neg.dcm")
+    expected = np.clip((4095 - stored - 999.5) / 499 + 0.5, 0, 1)
+    assert expected.max() == 1 and 0 < expected[0, 1] < 1            # not a constant picture
+    np.testing.assert_allclose(rad.pixels, expected, atol=1e-6)
+
+
+def _voi_lut_item(entries: int, first: int, bits: int, data: np.ndarray) -> Dataset:
+    item = Dataset()
+    item.add_new(0x00283002, "US", [entries, first, bits])      # LUTDescriptor
+    item.add_new(0x00283006, "US", [int(v) for v in data])     # LUTData
+    return item
+
+
+@pytest.mark.parametrize("bits", [8, 16])
+def test_dicom_voi_lut_with_more_than_256_entries(tmp_path, bits):
+    # 4096 entries starting at input 100: inputs below map to the first entry, past the end to the last
+    first, top = 100, 2 ** bits - 1
+    lut = np.round(np.linspace(0, 1, 4096) ** 0.5 * top).astype(np.int64)
+    stored = np.array([[0, 99, 100, 101, 600], [1500, 3000, 4095, 4196, 5000]])
+    make_dicom(tmp_path / "lut.dcm", stored, bits=16, VOILUTSequence=[_voi_lut_item(4096, first, bits, lut)])
+    rad = read_image(tmp_path / "lut.dcm")
+    expected = lut[np.clip(stored - first, 0, 4095)] / top
+    np.testing.assert_allclose(rad.pixels, expected, atol=1e-6)
+    assert rad.pixels[0, 0] == 0 and rad.pixels[1, 3] == rad.pixels[1, 4] == pytest.approx(lut[-1] / top)
+
+
+def test_dicom_voi_lut_shorter_than_its_descriptor_is_refused(tmp_path):
+    make_dicom(tmp_path / "short.dcm", np.zeros((2, 2)),
+               VOILUTSequence=[_voi_lut_item(4096, 0, 8, np.arange(10))])
+    with pytest.raises(BenchError, match=r"short.dcm.*VOI LUT has 10 entries but its descriptor says 4096"):
+        read_image(tmp_path / "short.dcm")
+
+
+def test_integer_rgb_tiff_is_scaled_by_its_dtype_like_png(tmp_path):
+    rgb = np.zeros((12, 16, 3), np.uint8)
+    rgb[...] = (20, 40, 60)                      # narrow range: must not be stretched to 0..1
+    rgb[:4, :5] = (200, 180, 160)
+    tifffile.imwrite(tmp_path / "rgb.tif", rgb, photometric="rgb")
+    Image.fromarray(rgb).save(tmp_path / "rgb.png")
+    tif, png = read_image(tmp_path / "rgb.tif"), read_image(tmp_path / "rgb.png")
+    np.testing.assert_allclose(tif.pixels, rgb.mean(axis=-1) / 255.0, atol=1e-6)
+    np.testing.assert_allclose(tif.pixels, png.pixels, atol=1e-6)
+    assert tif.bit_depth == 8
+
+
+def test_palette_tiff_applies_its_colour_map(tmp_path):
+    index = bone_square(bone=3, tissue=250).astype(np.uint8)
+    cmap = np.zeros((3, 256), np.uint16)
+    cmap[:] = (255 - np.arange(256)) * 257                     # an inverted gray palette
+    tifffile.imwrite(tmp_path / "pal.tif", index, photometric="palette", colormap=cmap)
+    rad = read_image(tmp_path / "pal.tif")
+    np.testing.assert_allclose(rad.pixels, (255 - index) / 255.0, atol=1e-6)
+    assert_bright_top_left(rad.pixels)
+
+
+@pytest.mark.parametrize("mode", ["I;16", "L", "RGB", "P"])
+def test_lzw_tiff_written_by_pillow_is_read_without_imagecodecs(tmp_path, mode):
+    arr16 = bone_square(bone=50000, tissue=5000).astype(np.uint16)
+    arr8 = (arr16 // 257).astype(np.uint8)
+    if mode == "I;16":
+        im, expected = Image.fromarray(arr16), arr16 / 65535.0
+    elif mode == "RGB":
+        im, expected = Image.fromarray(np.stack([arr8] * 3, -1)), arr8 / 255.0
+    else:
+        im, expected = Image.fromarray(arr8), arr8 / 255.0
+        if mode == "P":
+            im = im.convert("P")
+            expected = arr8 * 256.0 / 65535                   # Pillow writes 8-bit colours as v * 256
+    im.save(tmp_path / "lzw.tif", compression="tiff_lzw")
+    with tifffile.TiffFile(tmp_path / "lzw.tif") as tif:
+        assert tif.pages[0].compression == 5                   # LZW indeed
+    rad = read_image(tmp_path / "lzw.tif")
+    np.testing.assert_allclose(rad.pixels, expected, atol=1e-6)
+    assert_bright_top_left(rad.pixels)
+
+
+def test_lzw_min_is_white_tiff_keeps_bone_bright(tmp_path):
+    arr8 = bone_square(bone=200, tissue=50).astype(np.uint8)
+    for name, comp in (("raw.tif", None), ("lzw.tif", "tiff_lzw")):   # Pillow stores 255 - arr8, WhiteIsZero
+        Image.fromarray(arr8).save(tmp_path / name, compression=comp, tiffinfo={262: 0})
+        with tifffile.TiffFile(tmp_path / name) as tif:
+            assert tif.pages[0].photometric == 0 and tif.pages[0].compression == (5 if comp else 1)
+        np.testing.assert_allclose(read_image(tmp_path / name).pixels, arr8 / 255.0, atol=1e-6)
+
+
+def test_unknown_file_message_fits_any_caller(tmp_path):
+    (tmp_path / "notes.txt").write_text("hello")
+    with pytest.raises(BenchError) as err:
+        read_image(tmp_path / "notes.txt")
+    assert "notes.txt" in str(err.value) and "CSV" not in str(err.value)
+
+
+def test_looks_12_bit_flags_16_bit_files_below_4096(tmp_path):
+    from bench.data.imageio import looks_12_bit
+
+    Image.fromarray(bone_square(bone=4095, tissue=100).astype(np.uint16)).save(tmp_path / "a.png")
+    Image.fromarray(bone_square(bone=4096, tissue=100).astype(np.uint16)).save(tmp_path / "b.png")
+    make_dicom(tmp_path / "c.dcm", bone_square(bone=4000, tissue=100), bits=16)
+    assert looks_12_bit(read_image(tmp_path / "a.png"))
+    assert not looks_12_bit(read_image(tmp_path / "b.png")) and not looks_12_bit(read_image(tmp_path / "c.dcm"))

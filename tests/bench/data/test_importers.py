@@ -158,7 +158,7 @@ def test_label_words_and_column_mapping(folder, tmp_path):
                   "dx": ["osteoporosis", "normal", "1"], "yrs": ["60", "61", "62"]}).to_csv(csv, index=False)
     cfg = dict(images=src, csv=csv, columns={"image": "pic", "subject_id": "who", "label": "dx",
                                              "age": "yrs"})
-    rows, missing, warnings = read_metadata(csv, ImageIndex(src), cfg["columns"])
+    rows, missing, warnings, _, _ = read_metadata(csv, ImageIndex(src), cfg["columns"])
     assert rows["label"].tolist() == [1, 0, 1] and rows["age"].tolist() == [60, 61, 62]
     assert not missing and any("different labels" in w for w in warnings)
     with pytest.raises(BenchError, match="no subject id column and 3 image.s. have no DICOM PatientID"):
@@ -203,3 +203,80 @@ def test_cli_import_and_errors(folder, tmp_path, capsys):
     assert "already exists" in err and "Traceback" not in err
     assert main(["data", "import", str(src), "--out", str(tmp_path / "z")]) == 2
     assert "nothing to import" in capsys.readouterr().err
+
+
+def test_column_mapping_is_printed_and_a_csv_without_labels_warns(folder, tmp_path, capsys):
+    src, csv = folder
+    assert main(["data", "import", str(src), "--csv", str(csv), "--out", str(tmp_path / "ds")]) == 0
+    captured = capsys.readouterr()
+    assert ("CSV columns: image <- 'File', subject_id <- 'Patient ID', t_score <- 'T-score', sex <- 'Sex', "
+            "age <- 'Age', laterality <- 'Side'; not found: label, site, pixel_spacing_mm; "
+            "kept as extra columns: BMD") in captured.out
+    assert "no label or T-score" not in captured.err
+    nolab = tmp_path / "nolab.csv"
+    pd.read_csv(csv, dtype=str).rename(columns={"T-score": "DXA T (lowest)"}).to_csv(nolab, index=False)
+    assert main(["data", "import", str(src), "--csv", str(nolab), "--out", str(tmp_path / "d2")]) == 0
+    captured = capsys.readouterr()
+    warning = next(line for line in captured.err.splitlines() if "no label or T-score column" in line)
+    assert warning.startswith("bench: warning: nolab.csv has no label or T-score column")
+    assert "'DXA T (lowest)', 'BMD'" in warning and "--column t_score=COLUMN" in warning
+    assert read_manifest(tmp_path / "d2" / "manifest.csv")["label"].isna().all()
+    # an explicit --column t_score= says the user means it: no warning
+    assert main(["data", "import", str(src), "--csv", str(nolab), "--out", str(tmp_path / "d3"),
+                 "--column", "t_score=", "--column", "label="]) == 0
+    assert "no label or T-score" not in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("delimiter, decimal", [(";", ","), ("\t", ","), ("\t", "."), (",", ".")])
+def test_semicolon_and_tab_delimited_csv(folder, tmp_path, delimiter, decimal):
+    src, csv = folder
+    meta = pd.read_csv(csv, dtype=str)
+    meta["T-score"] = meta["T-score"].str.replace(".", decimal, regex=False)
+    meta["Notes"] = "a, b; c"                                   # the other delimiters inside a field
+    other = tmp_path / "excel.csv"
+    other.write_bytes(b"\xef\xbb\xbf" + meta.to_csv(index=False, sep=delimiter, lineterminator="\r\n").encode())
+    import_dataset(ImportConfig(images=src, csv=other, out=tmp_path / "ds"))
+    import_dataset(ImportConfig(images=src, csv=csv, out=tmp_path / "ref"))
+    m, ref = (read_manifest(tmp_path / d / "manifest.csv") for d in ("ds", "ref"))
+    cols = ["image_id", "subject_id", "t_score", "label", "sex", "age", "laterality"]
+    pd.testing.assert_frame_equal(m[cols], ref[cols])
+    assert (m["Notes"] == "a, b; c").all() and m.loc[m["image_id"] == "a", "t_score"].item() == -3.1
+
+
+def test_csv_columns_named_like_manifest_columns_are_kept_with_a_warning(folder, tmp_path):
+    src, csv = folder
+    meta = pd.read_csv(csv, dtype=str)
+    meta["split"] = ["train"] * 10 + ["test"] * 4
+    meta["path"] = "/elsewhere/" + meta["File"]
+    meta.to_csv(csv, index=False)
+    report = import_dataset(ImportConfig(images=src, csv=csv, out=tmp_path / "ds"))
+    m = read_manifest(tmp_path / "ds" / "manifest.csv")
+    assert m["csv_split"].tolist() == meta["split"].tolist()            # the user's split is not lost
+    assert m["csv_path"].tolist() == meta["path"].tolist()
+    assert set(m["split"]) <= {"train", "val", "test"} and m["path"].str.startswith(str(src.resolve())).all()
+    text = "\n".join(report.warnings)
+    assert "column 'split' is kept as 'csv_split'" in text and "--split-seed" in text
+    assert "copy csv_split into split in manifest.csv" in text
+    assert "column 'path' is kept as 'csv_path'" in text
+    assert "'split' as 'csv_split'" in report.columns
+
+
+def test_unwritable_out_is_a_clear_error(folder, tmp_path, capsys):
+    src, csv = folder
+    (tmp_path / "afile").write_text("in the way")
+    out = tmp_path / "afile" / "ds"
+    assert main(["data", "import", str(src), "--csv", str(csv), "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert f"cannot create files in {tmp_path / 'afile'}" in err and "Traceback" not in err
+
+
+def test_12_bit_data_in_16_bit_files_warns_once_and_keeps_the_scaling(folder, tmp_path):
+    src, csv = folder
+    for name in ("e.png", "f.png"):
+        Image.fromarray(np.round(square() * 4095).astype(np.uint16)).save(src / name)
+    report = import_dataset(ImportConfig(images=src, csv=csv, out=tmp_path / "ds"))
+    dark = [w for w in report.warnings if "below 4096" in w]
+    assert len(dark) == 1 and dark[0].startswith("2 image(s)") and "e.png, f.png" in dark[0]
+    assert "16x darker" in dark[0]
+    ds = Dataset.open(tmp_path / "ds")
+    np.testing.assert_allclose(ds.image("e"), np.round(square() * 4095) / 65535, atol=1e-6)   # unchanged
