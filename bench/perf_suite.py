@@ -34,7 +34,7 @@ import torch
 from torch import nn
 
 from bench.config import Config
-from bench.stage import Fingerprint
+from bench.fingerprint import Fingerprint
 from bench.data.provision import planned_paths
 from bench.errors import BenchError
 from bench.registry import Stage

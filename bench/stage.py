@@ -11,7 +11,6 @@ attempts up to their last save (also given alone as ``resumed_seconds``).
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 import time
@@ -29,88 +28,17 @@ from bench.checkpoint import Resumer, resume_dir
 from bench.errors import BenchError
 from bench.config import Config
 from bench.data.format import Dataset
+from bench.fingerprint import Fingerprint, stable_hash
 from bench.registry import Stage
 
 STAGE_MARKER = "_stage.json"
 HISTORY_FILE = "history.parquet"
 
 
-def stable_hash(obj: Any) -> str:
-    """SHA-256 of the canonical JSON of `obj` (sorted keys)."""
-    text = json.dumps(obj, sort_keys=True, default=str, separators=(",", ":"))
-    return hashlib.sha256(text.encode("utf-8")).hexdigest()
-
-
 def derive_seed(*parts: int | str) -> int:
     """A 32-bit seed derived from (seed, stage name, ...): strings hashed with CRC32."""
     ints = [p if isinstance(p, int) else zlib.crc32(str(p).encode()) for p in parts]
     return int(np.random.SeedSequence(ints).generate_state(1)[0])
-
-
-def _fingerprint_parts(root: Path) -> list[bytes]:
-    """What a dataset's fingerprint hashes, in order: the name and bytes of manifest.csv, annotators.csv
-    and dataset.json ("-" when absent), then every image's and mask's relative path and size."""
-    root = Path(root)
-    parts: list[bytes] = []
-    for name in ("manifest.csv", "annotators.csv", "dataset.json"):
-        p = root / name
-        parts += [name.encode(), p.read_bytes() if p.is_file() else b"-"]
-    for sub in ("images", "masks"):
-        base = root / sub
-        if base.is_dir():
-            parts += [f"{p.relative_to(root)}:{p.stat().st_size}".encode() for p in sorted(base.rglob("*"))
-                      if p.is_file()]
-    return parts
-
-
-def _digest(parts: list[bytes]) -> str:
-    h = hashlib.sha256()
-    for part in parts:
-        h.update(part)
-    return h.hexdigest()
-
-
-def dataset_fingerprint(root: Path) -> str:
-    """Hash of a dataset's metadata files and its images' names and sizes (cheap, content-sensitive)."""
-    return _digest(_fingerprint_parts(root))
-
-
-SPLIT_COLUMNS: tuple[str, ...] = ("split", "fold")
-
-
-def _content(root: Path, parts: list[bytes]) -> str:
-    """The fingerprint without the manifest's split and fold columns (`parts` from _fingerprint_parts)."""
-    h = hashlib.sha256()
-    manifest = Path(root) / "manifest.csv"
-    if manifest.is_file():
-        frame = pd.read_csv(manifest, dtype=str, keep_default_na=False)
-        frame = frame.drop(columns=[c for c in SPLIT_COLUMNS if c in frame.columns])
-        h.update(b"manifest-content:" + frame.to_csv(index=False, lineterminator="\n").encode())
-    h.update(_digest(parts[2:]).encode())            # everything but manifest.csv
-    return h.hexdigest()
-
-
-def content_fingerprint(root: Path) -> str:
-    """:func:`dataset_fingerprint` without the split and fold columns: what the data is, not how it is split."""
-    return _content(root, _fingerprint_parts(root))
-
-
-@dataclass(frozen=True)
-class Fingerprint:
-    """A dataset as a stage keys it: `full` (content and splits) or `content` (without the splits)."""
-
-    full: str
-    content: str
-
-    @classmethod
-    def of(cls, root: Path, splits: pd.Series | None = None) -> "Fingerprint":
-        """The folder's fingerprints (one listing of its files); `splits` (image_id-aligned, e.g. a fold's)
-        replaces the manifest's split."""
-        parts = _fingerprint_parts(root)
-        content = _content(root, parts)
-        if splits is None:
-            return cls(_digest(parts), content)
-        return cls(stable_hash({"content": content, "splits": [str(v) for v in splits]}), content)
 
 
 def _fingerprint(value: Fingerprint | str, with_splits: bool) -> str:

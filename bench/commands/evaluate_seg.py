@@ -104,7 +104,7 @@ def evaluate_seg_command(args: argparse.Namespace) -> int:
     from bench.errors import BenchError
     from bench.predict import json_safe
     from bench.runner import resolve_device
-    from bench.stage import dataset_fingerprint
+    from bench.fingerprint import dataset_fingerprint
     from methods.segmentation.external import evaluate_segmenter, open_segmenter
 
     if args.batch_size is not None and args.batch_size < 1:

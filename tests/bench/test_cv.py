@@ -16,7 +16,8 @@ from bench.config import resolve
 from bench.data.folds import apply_fold, cv_splits, fold_names, fold_of
 from bench.errors import BenchError
 from bench.runner import Runner
-from bench.stage import Fingerprint, dataset_fingerprint, stage_key
+from bench.fingerprint import Fingerprint, dataset_fingerprint
+from bench.stage import stage_key
 
 TESTS = Path(__file__).parent
 
