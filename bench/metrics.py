@@ -29,6 +29,10 @@ from bench.calibration import calibration_slope_intercept
 from bench.data.format import BONES, SPLITS
 from bench.errors import BenchError
 
+#: Version of the metric and aggregation code, in every run's key (bench.runner): bump it when a change
+#: alters a run's metrics or predictions, so that `bench run` recomputes finished runs (stages stay cached).
+METRICS_VERSION = 1
+
 #: Per-bone probability columns of a subject table, in class-id order (ulna, radius, M1..M5).
 BONE_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in BONES)
 #: Columns of a subject table, in order: what :func:`aggregate_subjects` returns.

@@ -30,6 +30,10 @@ PAPER_TABLES: tuple[str, ...] = ("table3", "table4", "table5", "table6", "table7
 class Stage:
     """One cacheable step. Its output folder is keyed by the hash of everything listed here.
 
+    ``version`` is how a code change reaches the cache: the key holds no hash of the code, so a fix
+    that changes what a stage writes (not a refactor, not a docstring) must raise its ``version``;
+    every later stage reading it is then recomputed too, as its key holds the input's key.
+
     The function receives a :class:`bench.stage.StageContext`, writes its outputs into
     ``ctx.out_dir`` and may return a small JSON-able summary. The last stage of an entry writes
     ``bone_predictions.parquet`` (subject_id, split, bone, y_true, p_pos) or, for entries without
@@ -45,6 +49,7 @@ class Stage:
     datasets: tuple[str, ...] = ("seg", "cls")  # datasets whose fingerprints key the cache
     needs: Callable[[Any], Iterable[str]] | None = None  # config -> the inputs it reads under it (None: all)
     splits: tuple[str, ...] | Callable[[Any], Iterable[str]] | None = None  # datasets whose split it reads (None: all)
+    version: int = 1                            # the code's version, keyed: bump it when a change alters the output
 
     def reads(self, config: Any) -> tuple[str, ...]:
         """The inputs this stage reads under `config`: all of ``inputs``, or those ``needs`` names.

@@ -21,6 +21,7 @@ import socket
 import sys
 import time
 import traceback
+import warnings
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -34,7 +35,7 @@ from bench.data.format import Dataset
 from bench.data.provision import open_all, planned_paths, provide
 from bench.errors import BenchError
 from bench.executors.locking import data_lock, stage_lock
-from bench.metrics import aggregate_subjects, average_images, split_metrics
+from bench.metrics import METRICS_VERSION, aggregate_subjects, average_images, split_metrics
 from bench.registry import Entry, get, stages_to_run
 from bench.torch_settings import apply_run_settings
 from bench.stage import (STAGE_MARKER, Fingerprint, is_cached, read_history, run_stage, stable_hash,
@@ -203,7 +204,8 @@ class Runner:
             keys[stage.name] = key
             stages.append(PlannedStage(stage.name, key, is_cached(self.cache_root / stage.name / key)))
         run_key = None if data is None else stable_hash(
-            {"entry": entry.name, "stages": keys, "config": entry_config(entry, config), "version": __version__})[:16]
+            {"entry": entry.name, "stages": keys, "config": entry_config(entry, config), "version": __version__,
+             "metrics": METRICS_VERSION})[:16]
         done = run_key is not None and self._finished(entry.name, seed, run_key)
         return PlannedRun(entry, seed, config, stages, run_key, done)
 
@@ -261,7 +263,9 @@ class Runner:
         """The outcome of a run whose results for the same run key exist already."""
         path = store.run_dir(self.results, self.suite, planned.entry.name, planned.seed)
         return Outcome(planned.entry.name, planned.seed, "skipped", 0.0, metrics=store.read_run(path).metrics,
-                       run_key=planned.run_key or "", path=str(path), host=socket.gethostname())
+                       run_key=planned.run_key or "", path=str(path), host=socket.gethostname(),
+                       stage_keys={s.name: s.key for s in planned.stages if s.key},
+                       params=entry_config(planned.entry, planned.config))
 
     def execute_one(self, entry: Entry, seed: int, bar: Any = None) -> Outcome:
         """Plan, compute (through the locked stage cache) and store one run; a failure is recorded."""
@@ -317,8 +321,10 @@ class Runner:
                        traceback=text, host=host or socket.gethostname())
 
     def finish(self, outcome: Outcome) -> Outcome:
-        """Log a finished run (or a failure) to MLflow; a tracking error fails a done run."""
-        if self.tracker is None or outcome.status == "skipped":
+        """Log a finished run (or a failure) to MLflow; a tracking error fails a done run. A skipped run
+        is logged too unless MLflow has it already (log_seed_run reuses a finished child of the same run
+        key): one computed under ``--no-mlflow`` or killed before its logging reaches MLflow on a rerun."""
+        if self.tracker is None:
             return outcome
         try:
             if outcome.status == "failed":
@@ -338,6 +344,10 @@ class Runner:
             raise
         except Exception as exc:
             if outcome.status == "failed":      # tracking must not hide the real failure
+                return outcome
+            if outcome.status == "skipped":     # its results stand; only the MLflow copy is missing
+                warnings.warn(f"{outcome.entry} seed {outcome.seed}: could not log the finished run to MLflow "
+                              f"({type(exc).__name__}: {exc}); rerun to try again", stacklevel=2)
                 return outcome
             failed = self.failed(outcome.entry, outcome.seed, exc, traceback.format_exc(), time.time(),
                                  run_key=outcome.run_key, host=outcome.host)

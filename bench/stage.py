@@ -1,8 +1,9 @@
 """Stage execution context and the content-addressed stage cache (DESIGN.md "Stages and caching").
 
 A stage's output lives in ``results/cache/<stage>/<key>`` where the key hashes the stage's
-function, its config sections, the entry's options for it, its inputs' keys, the fingerprints of
-the datasets it reads, the seed (when seeded), the resolved device type and the package version.
+function and its code version (``Stage.version``), its config sections, the entry's options for it,
+its inputs' keys, the fingerprints of the datasets it reads (bench.fingerprint), the seed (when
+seeded), the resolved device type and the package version.
 The folder is written atomically and carries ``_stage.json``; a folder without it never exists,
 so an interrupted stage is redone: long trainings from their last resumable state (bench.checkpoint).
 ``_stage.json`` holds the key, its material, the stage's summary and ``seconds``: the function's
@@ -47,6 +48,16 @@ def _fingerprint(value: Fingerprint | str, with_splits: bool) -> str:
     return value                         # a plain string (planning placeholders, tests): both at once
 
 
+#: Options a stage's key leaves out: ``run.device`` is keyed as the resolved device type instead, so
+#: ``auto``, ``cpu`` on a machine without a GPU, ``cuda`` and ``cuda:0`` share their outputs.
+UNKEYED_OPTIONS: dict[str, tuple[str, ...]] = {"run": ("device",)}
+
+
+def _keyed_options(config: Config, section: str) -> dict[str, Any]:
+    values = config.section_dict(section)
+    return {k: v for k, v in values.items() if k not in UNKEYED_OPTIONS.get(section, ())}
+
+
 def stage_key(stage: Stage, config: Config, seed: int, input_keys: Mapping[str, str],
               data_fingerprints: Mapping[str, Fingerprint | str], device_type: str) -> tuple[str, dict[str, Any]]:
     """The cache key of a stage and the material it hashes (saved beside the output).
@@ -56,7 +67,8 @@ def stage_key(stage: Stage, config: Config, seed: int, input_keys: Mapping[str, 
     material = {
         "stage": stage.name,
         "fn": f"{stage.fn.__module__}.{stage.fn.__qualname__}",
-        "sections": {s: config.section_dict(s) for s in stage.sections},
+        "code": stage.version,
+        "sections": {s: _keyed_options(config, s) for s in stage.sections},
         "options": dict(stage.options),
         "inputs": dict(input_keys),
         "data": {d: _fingerprint(data_fingerprints[d], d in split_roles)

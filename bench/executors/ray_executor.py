@@ -154,7 +154,7 @@ class RayExecutor:
             except Exception:                          # the task itself will record the error
                 plans.append(None)
         options = [self._options(r, p, e) for p, (r, e, _) in zip(plans, items)]
-        outcomes: list[Outcome | None] = [r.skipped(p) if p is not None and p.done else None
+        outcomes: list[Outcome | None] = [r.finish(r.skipped(p)) if p is not None and p.done else None
                                           for p, (r, _, _) in zip(plans, items)]
         needs = [set() if p is None or p.done else {(s.name, s.key) for s in p.stages if s.key and not s.cached}
                  for p in plans]

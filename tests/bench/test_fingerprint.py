@@ -82,3 +82,19 @@ def test_resplitting_changes_only_the_full_fingerprint(tmp_path):
     assert after.full != before.full
     (root / "dataset.json").write_text(json.dumps({**meta, "name": "other"}))
     assert content_fingerprint(root) != before.content   # other metadata still counts
+
+
+def test_the_device_spelling_is_not_keyed_but_the_device_type_and_threads_are():
+    """`run.device` reaches a stage key as the resolved device type only (bench.stage.UNKEYED_OPTIONS)."""
+    import methods.segmentation.config  # noqa: F401  (registers the section)
+    from bench.config import resolve
+    from bench.stage import stage_key
+    from methods.segmentation.stage import SEGMENT
+
+    def key(sets: dict, device_type: str) -> str:
+        return stage_key(SEGMENT, resolve("smoke", sets=sets), 0, {}, {"seg": "s", "cls": "c"}, device_type)[0]
+
+    assert key({}, "cpu") == key({"run.device": "cpu"}, "cpu")
+    assert key({"run.device": "cuda"}, "cuda") == key({"run.device": "cuda:0"}, "cuda") == key({}, "cuda")
+    assert key({}, "cpu") != key({}, "cuda")
+    assert key({}, "cpu") != key({"run.num_threads": 1}, "cpu")

@@ -79,6 +79,26 @@ def test_config_change_reruns_only_affected_stage(tmp_path, tiny_dataset, monkey
     assert _log(tmp_path) == ["toy_prep", "toy_probe"] * 2
 
 
+def test_code_versions_rerun_what_they_cover(tmp_path, tiny_dataset, monkeypatch):
+    """METRICS_VERSION re-evaluates finished runs from the cached stages; a stage's ``version`` reruns
+    it and the stages that read it (the key holds no hash of the code)."""
+    import toy_entries
+    from bench import runner as runner_module
+
+    monkeypatch.setenv("TOY_LOG", str(tmp_path / "toy.log"))
+    assert [o.status for o in _runner(tmp_path, tiny_dataset).run(["toy"], [0])] == ["done"]
+    monkeypatch.setattr(runner_module, "METRICS_VERSION", runner_module.METRICS_VERSION + 1)
+    assert [o.status for o in _runner(tmp_path, tiny_dataset).run(["toy"], [0])] == ["done"]
+    assert _log(tmp_path) == ["toy_prep", "toy_probe"]              # re-evaluated, no stage recomputed
+    assert [o.status for o in _runner(tmp_path, tiny_dataset).run(["toy"], [0])] == ["skipped"]
+    object.__setattr__(toy_entries.PREP, "version", 2)             # Stage is frozen: a code change bumps it
+    try:
+        assert [o.status for o in _runner(tmp_path, tiny_dataset).run(["toy"], [0])] == ["done"]
+    finally:
+        object.__setattr__(toy_entries.PREP, "version", 1)
+    assert _log(tmp_path) == ["toy_prep", "toy_probe"] * 2
+
+
 def test_failing_entry_does_not_stop_the_others(tmp_path, tiny_dataset):
     outcomes = _runner(tmp_path, tiny_dataset).run(["toy-fail", "toy"], [0])
     assert [(o.entry, o.status) for o in outcomes] == [("toy-fail", "failed"), ("toy", "done")]
@@ -158,6 +178,24 @@ def test_mlflow_holds_one_parent_per_entry_and_one_child_per_seed(tmp_path, tiny
         assert child.data.params["run.device"] == "cpu"
         assert child.data.metrics["test_auc"] == pytest.approx(saved.metrics["test"]["auc"])
     assert parents["toy-fail"].info.status == "FAILED"
+
+
+def test_a_run_made_without_mlflow_is_logged_when_rerun_with_it(tmp_path, tiny_dataset):
+    from bench.tracking import Tracker
+
+    assert [o.status for o in _runner(tmp_path, tiny_dataset).run(["toy"], [0])] == ["done"]   # --no-mlflow
+    tracker = Tracker(tmp_path / "results")
+    assert [o.status for o in _runner(tmp_path, tiny_dataset, tracker=tracker).run(["toy"], [0])] == ["skipped"]
+    _runner(tmp_path, tiny_dataset, tracker=tracker).run(["toy"], [0])               # logged once, not twice
+    exp = tracker.client.get_experiment_by_name("osteobench/t")
+    runs = tracker.client.search_runs([exp.experiment_id], max_results=100)
+    parent = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert len(parent) == 1 and parent[0].info.status == "FINISHED"
+    assert len(children) == 1 and children[0].info.status == "FINISHED"
+    saved = store.read_run(store.run_dir(tmp_path / "results", "t", "toy", 0))
+    assert children[0].data.metrics["test_auc"] == pytest.approx(saved.metrics["test"]["auc"])
+    assert children[0].data.params["profile"] == "smoke"
 
 
 def test_run_key_ignores_sections_the_entry_does_not_use(tmp_path, tiny_dataset, monkeypatch):
