@@ -102,7 +102,8 @@ def pool(results: Path, suite: str, folds: int, entry: str, seed: int,
 
 
 def pooled_predictions(runs: Sequence[store.RunResult]) -> pd.DataFrame:
-    """The folds' test rows, tagged with their fold; each subject must come from exactly one fold."""
+    """The folds' test rows, tagged with their fold; each subject must come from exactly one fold, and every
+    subject a fold run scored (in any split) must be in some fold's test split."""
     parts = []
     for k, run in enumerate(runs):
         preds = run.predictions
@@ -114,6 +115,12 @@ def pooled_predictions(runs: Sequence[store.RunResult]) -> pd.DataFrame:
         raise BenchError(f"subject {sid!r} is in the test split of folds "
                          f"{sorted(pooled.loc[pooled['subject_id'] == sid, 'fold'])}: the fold runs were made "
                          "with different folds (data.fold_seed or the dataset's fold column changed); rerun them")
+    everyone = set().union(*(set(run.predictions["subject_id"].astype(str)) for run in runs))
+    missing = sorted(everyone - set(pooled["subject_id"].astype(str)))
+    if missing:
+        raise BenchError(f"{len(missing)} subjects (e.g. {missing[:5]}) are in no fold's test split: the fold runs "
+                         "were made with different folds (data.fold_seed or the dataset's fold column changed); "
+                         "rerun them")
     return pooled.sort_values(["fold", "subject_id"], kind="stable").reset_index(drop=True)
 
 

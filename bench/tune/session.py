@@ -123,6 +123,30 @@ class Setup:
         require_mose(self.base)
         self.space = make_space(self.base.tune, self.base.segmentation)
         self.study_dir = Path(req.results) / "tune" / req.study
+        self._paths: dict[str, Path] | None = None
+        self._data_identity: dict[str, str] | None = None
+
+    def data_paths(self) -> dict[str, Path]:
+        """The dataset folders; a phantom is generated once, under the cache's data lock (a concurrent
+        `bench run` or `bench tune` on the same results folder waits for it instead of writing it too)."""
+        if self._paths is None:
+            from bench.data.provision import provide
+            from bench.executors.locking import data_lock
+
+            cache = Path(self.req.results) / "cache"
+            with data_lock(cache):
+                self._paths = provide(self.base, cache, self.req.progress)
+        return self._paths
+
+    def data_identity(self) -> dict[str, str]:
+        """Fingerprints (bench.fingerprint, splits included) of the datasets the target reads: a study
+        resumed on other data is refused, not mixed (the data paths may differ between workers)."""
+        if self._data_identity is None:
+            from bench.fingerprint import dataset_fingerprint
+
+            roles = ("seg",) if self.req.target == "seg" else ("seg", "cls")
+            self._data_identity = {r: dataset_fingerprint(p)[:16] for r, p in self.data_paths().items() if r in roles}
+        return self._data_identity
 
     def config(self, overrides: dict[str, Any]) -> Config:
         entry = self.entry
@@ -137,16 +161,16 @@ class Setup:
             fixed.get(section, {}).pop(name, None)
         return {"target": self.req.target, "direction": DIRECTIONS[self.req.target], "profile": self.req.profile,
                 "entry": self.entry.name if self.entry else "", "seed": self.req.seed,
-                "space": self.space.to_dict(), "config_hash": stable_hash(fixed)[:16]}
+                "space": self.space.to_dict(), "config_hash": stable_hash(fixed)[:16], "data": self.data_identity()}
 
     def objective(self) -> Any:
-        from bench.data.provision import open_all, provide
+        from bench.data.provision import open_all
         from bench.runner import resolve_device
         from bench.torch_settings import apply_run_settings
 
         device = resolve_device(self.base.run.device)
         apply_run_settings(self.base.run, device)
-        datasets = open_all(provide(self.base, Path(self.req.results) / "cache", self.req.progress))
+        datasets = open_all(self.data_paths())
         if self.req.target == "seg":
             return SegObjective(self.base, datasets, self.req.seed, device)
         return DownstreamObjective(self.entry, self.base, datasets, self.req.seed, device,
@@ -196,15 +220,10 @@ def _run_workers(req: TuneRequest, setup: Setup, store: st.StudyStorage, study: 
     """Start `req.workers` spawned worker sessions, wait for them, write the outputs (module docstring)."""
     import multiprocessing
 
-    from bench.data.provision import provide
-    from bench.executors.locking import data_lock
-
     if not store.shared_lock:
         req.notes.append(f"{store.description} has no lock shared by workers: the study may run up to "
                          f"{req.workers - 1} trials beyond --trials")
-    cache = Path(req.results) / "cache"
-    with data_lock(cache):
-        provide(setup.base, cache, req.progress)             # phantom data once, before the workers
+    setup.data_paths()                                       # phantom data once, before the workers
     if req.mlflow:
         from bench.tracking import Tracker
 

@@ -38,7 +38,8 @@ n_warmup_steps=tune.prune_warmup_epochs)`` on the per-epoch validation GED; ``No
 ``tune.prune`` is false.
 
 Identity: the first session writes ``tune.identity`` (target, direction, search space, profile,
-entry, hash of the fixed config); a session with another identity is refused.
+entry, hash of the fixed config, fingerprints of the datasets the target reads); a session with another
+identity is refused.
 """
 from __future__ import annotations
 

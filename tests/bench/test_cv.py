@@ -246,6 +246,20 @@ def test_pooling_refuses_folds_that_overlap(tmp_path, tiny_dataset):
         cv.pool(results, "t", 2, "toy", 0)
 
 
+def test_pooling_refuses_folds_that_leave_a_subject_out():
+    import types
+
+    def run(test: list[str], train: list[str]) -> types.SimpleNamespace:
+        rows = [{"subject_id": s, "split": split, "y_true": 0, "p_pos": 0.2}
+                for split, ids in (("test", test), ("train", train)) for s in ids]
+        return types.SimpleNamespace(predictions=pd.DataFrame(rows))
+
+    pooled = cv.pooled_predictions([run(["a", "b"], ["c", "d"]), run(["c", "d"], ["a", "b"])])
+    assert pooled["subject_id"].tolist() == ["a", "b", "c", "d"] and pooled["fold"].tolist() == [0, 0, 1, 1]
+    with pytest.raises(BenchError, match=r"1 subjects \(e.g. \['b'\]\) are in no fold's test split"):
+        cv.pooled_predictions([run(["a"], ["b", "c", "d"]), run(["c", "d"], ["a", "b"])])
+
+
 def test_tune_refuses_a_cross_validated_config(tmp_path):
     out = subprocess.run([sys.executable, "-m", "bench.cli", "tune", "--target", "seg", "--trials", "1", "--study",
                           "s", "--results", str(tmp_path / "r"), "--set", "data.folds=3"],

@@ -273,6 +273,24 @@ def test_a_clearly_worse_trial_is_pruned(phantoms, tmp_path):
     assert summary["trials"]["pruned"] == 1 and summary["best"]["number"] == 0
 
 
+def test_the_study_identity_holds_the_data_content_not_its_path(phantoms, tmp_path):
+    import shutil
+
+    copy = tmp_path / "public"
+    shutil.copytree(phantoms[0], copy)
+
+    def identity(seg: Path) -> dict:
+        return Setup(TuneRequest(target="seg", trials=1, study="i", results=tmp_path, data_seg=str(seg),
+                                 data_cls=str(phantoms[1]), sets=TINY)).identity()
+
+    first = identity(phantoms[0])
+    assert set(first["data"]) == {"seg"}                  # the seg target reads no `cls` data
+    assert identity(copy) == first                        # the same data elsewhere (another worker's mount)
+    image = sorted((copy / "images").iterdir())[0]
+    image.write_bytes(image.read_bytes()[::-1])           # same size, other pixels
+    assert identity(copy)["data"] != first["data"]
+
+
 def test_bad_inputs_raise_bench_errors(phantoms, tmp_path, capsys):
     base = dict(trials=1, study="b", results=tmp_path, data_seg=str(phantoms[0]), data_cls=str(phantoms[1]),
                 sets=TINY)
