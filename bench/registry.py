@@ -42,7 +42,7 @@ class Stage:
 
     name: str                                   # cache folder name, e.g. "segment", "pretrain"
     fn: Callable[["StageContext"], Mapping[str, Any] | None]
-    sections: tuple[str, ...] = ()              # config sections whose values key the cache
+    sections: tuple[str, ...] = ()              # config sections (or single "section.option"s) that key the cache
     inputs: tuple[str, ...] = ()                # earlier stages (by name) whose outputs it reads
     options: Mapping[str, Any] = field(default_factory=dict)  # entry-specific options (keyed too)
     seeded: bool = True                         # whether the run seed keys the cache

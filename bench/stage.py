@@ -53,9 +53,15 @@ def _fingerprint(value: Fingerprint | str, with_splits: bool) -> str:
 UNKEYED_OPTIONS: dict[str, tuple[str, ...]] = {"run": ("device",)}
 
 
-def _keyed_options(config: Config, section: str) -> dict[str, Any]:
-    values = config.section_dict(section)
-    return {k: v for k, v in values.items() if k not in UNKEYED_OPTIONS.get(section, ())}
+def _keyed_options(config: Config, section: str) -> Any:
+    """The keyed values of a section, or of one option when `section` is "section.option"."""
+    name, _, option = section.partition(".")
+    values = config.section_dict(name)
+    if option:
+        if option not in values:
+            raise BenchError(f"a stage declares the option {section!r}, which section {name!r} does not have")
+        return values[option]
+    return {k: v for k, v in values.items() if k not in UNKEYED_OPTIONS.get(name, ())}
 
 
 def stage_key(stage: Stage, config: Config, seed: int, input_keys: Mapping[str, str],

@@ -94,5 +94,5 @@ def supervised_stage(ctx: StageContext) -> dict:
 
 PROBE = Stage("probe", probe_stage, sections=("probe", "multicrop", "run"), inputs=("extract", "pretrain"),
               datasets=("cls",))
-SUPERVISED = Stage("supervised", supervised_stage, sections=("supervised", "ssl", "run"), inputs=("extract",),
+SUPERVISED = Stage("supervised", supervised_stage, sections=("supervised", "ssl.encoder", "run"), inputs=("extract",),
                    datasets=("cls",))

@@ -98,3 +98,18 @@ def test_the_device_spelling_is_not_keyed_but_the_device_type_and_threads_are():
     assert key({"run.device": "cuda"}, "cuda") == key({"run.device": "cuda:0"}, "cuda") == key({}, "cuda")
     assert key({}, "cpu") != key({}, "cuda")
     assert key({}, "cpu") != key({"run.num_threads": 1}, "cpu")
+
+
+def test_a_stage_keyed_by_one_option_ignores_the_rest_of_its_section():
+    """The supervised stage reads ``ssl.encoder`` only: SSL schedule options do not retrain it."""
+    import methods.ssl.config  # noqa: F401  (registers the section)
+    import methods.supervised  # noqa: F401
+    from bench.config import resolve
+    from bench.stage import stage_key
+    from methods.stages import SUPERVISED
+
+    def key(sets: dict) -> str:
+        return stage_key(SUPERVISED, resolve("smoke", sets=sets), 0, {"extract": "e"}, {"cls": "c"}, "cpu")[0]
+
+    assert key({}) == key({"ssl.epochs": 3, "ssl.lr": 0.1})
+    assert key({}) != key({"ssl.encoder": "resnet34"})
