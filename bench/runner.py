@@ -34,7 +34,7 @@ from bench.data.folds import apply_fold, fold_names
 from bench.data.format import Dataset
 from bench.data.provision import open_all, planned_paths, provide
 from bench.errors import BenchError
-from bench.executors.locking import data_lock, stage_lock
+from bench.executors.locking import data_lock, run_lock, stage_lock
 from bench.metrics import METRICS_VERSION, aggregate_subjects, average_images, split_metrics
 from bench.registry import Entry, get, stages_to_run
 from bench.torch_settings import apply_run_settings
@@ -299,9 +299,10 @@ class Runner:
                           "data": {r: str(p) for r, p in paths.items()}, "config": entry_config(entry, config)}
             if "cls" in datasets and "cv" in datasets["cls"].meta:
                 run_config["cv"] = datasets["cls"].meta["cv"]     # which fold, and what it holds out
-            path = store.write_run(self.results, self.suite, entry.name, seed, config=run_config,
-                                   metrics=metrics, predictions=predictions,
-                                   history=history if len(history) else None)
+            with run_lock(self.cache_root, self.suite, entry.name, seed):
+                path = store.write_run(self.results, self.suite, entry.name, seed, config=run_config,
+                                       metrics=metrics, predictions=predictions,
+                                       history=history if len(history) else None)
             return Outcome(entry.name, seed, "done", time.time() - started, metrics=metrics,
                            run_key=planned.run_key or "", stage_keys=keys, path=str(path),
                            params=entry_config(entry, config), host=host)
@@ -314,7 +315,8 @@ class Runner:
     def failed(self, entry: str, seed: int, exc: BaseException | str, text: str, started: float,
                run_key: str = "", host: str = "") -> Outcome:
         """Record a failed attempt (``seed<k>.failed/traceback.txt``) and return its outcome."""
-        store.write_failure(self.results, self.suite, entry, seed, text)
+        with run_lock(self.cache_root, self.suite, entry, seed):
+            store.write_failure(self.results, self.suite, entry, seed, text)
         message = (exc if isinstance(exc, str) else str(exc) if isinstance(exc, BenchError)
                    else f"{type(exc).__name__}: {exc}")
         return Outcome(entry, seed, "failed", time.time() - started, error=message, run_key=run_key,

@@ -52,6 +52,12 @@ def stage_lock(cache_root: Path, stage: str, key: str):
     return file_lock(lock_path(cache_root, f"{stage}-{key}"))
 
 
+def run_lock(cache_root: Path, suite: str, entry: str, seed: int):
+    """The lock around writing one run's results folder (or its failure record): two processes that
+    finish the same (suite, entry, seed) write it one after the other, never into each other's rename."""
+    return file_lock(lock_path(cache_root, f"run-{suite}-{entry}-seed{int(seed)}"))
+
+
 def data_lock(cache_root: Path):
     """The lock around generating (or checking) the cached phantom datasets."""
     return file_lock(lock_path(cache_root, "phantom"))

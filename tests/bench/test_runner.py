@@ -99,6 +99,31 @@ def test_code_versions_rerun_what_they_cover(tmp_path, tiny_dataset, monkeypatch
     assert _log(tmp_path) == ["toy_prep", "toy_probe"] * 2
 
 
+def test_a_run_is_written_under_its_run_lock(tmp_path, tiny_dataset, monkeypatch):
+    """Two processes finishing one (suite, entry, seed) write its folder in turn (locking.run_lock)."""
+    import fcntl
+
+    from bench import runner as runner_module
+    from bench.executors.locking import lock_path
+
+    held = []
+    write_run = store.write_run
+
+    def checking_write_run(results, suite, entry, seed, **kw):
+        with open(lock_path(results / "cache", f"run-{suite}-{entry}-seed{seed}"), "a+") as fh:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                held.append(False)
+                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+            except BlockingIOError:
+                held.append(True)
+        return write_run(results, suite, entry, seed, **kw)
+
+    monkeypatch.setattr(runner_module.store, "write_run", checking_write_run)
+    assert [o.status for o in _runner(tmp_path, tiny_dataset).run(["toy"], [0])] == ["done"]
+    assert held == [True]
+
+
 def test_failing_entry_does_not_stop_the_others(tmp_path, tiny_dataset):
     outcomes = _runner(tmp_path, tiny_dataset).run(["toy-fail", "toy"], [0])
     assert [(o.entry, o.status) for o in outcomes] == [("toy-fail", "failed"), ("toy", "done")]
