@@ -13,12 +13,16 @@ By default every labelled subject is a ``test`` subject (an external cohort); ``
 one split of the dataset's own manifest (e.g. the test split of a dataset a model was not trained
 on). The result is a run folder ``results/<name>/<entry>/seed<k>`` like any other, so
 ``bench show`` (AUC with its DeLong CI, ``--by sex``), ``bench compare`` (two models evaluated on
-the same cohort) and the MLflow experiment ``osteobench/<name>`` read it as usual.
+the same cohort) and the MLflow experiment ``osteobench/<name>`` read it as usual. That folder is
+replaced only by a rerun on the same dataset (the fingerprint its config.json records); anything
+else there (an evaluation of other data, a benchmark run) needs ``overwrite`` (:func:`check_replaceable`).
 """
 from __future__ import annotations
 
 import io
+import json
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 import numpy as np
@@ -27,6 +31,7 @@ import pandas as pd
 from bench.data.format import BONES, Dataset
 from bench.errors import BenchError
 from bench.metrics import aggregate_subjects, average_images, split_metrics
+from bench.results import CONFIG_FILE
 
 ALL = "all"
 
@@ -101,6 +106,26 @@ def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, thre
                            for k in ("ok", "low-confidence", "withheld")},
                         "threshold": t}
     return Evaluation(subjects, metrics, image_frame, t)
+
+
+def check_replaceable(folder: Path, fingerprint: str, overwrite: bool = False) -> None:
+    """BenchError when run folder `folder` holds something other than an evaluation of the dataset
+    with `fingerprint` (a rerun may replace it), unless `overwrite`."""
+    if overwrite or not Path(folder).exists():
+        return
+    try:
+        config = json.loads((Path(folder) / CONFIG_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        config = None
+    data = config.get("data") if isinstance(config, dict) else None
+    if isinstance(config, dict) and config.get("kind") == "external" and isinstance(data, dict):
+        if data.get("fingerprint") == fingerprint:
+            return
+        what = f"an evaluation on another dataset ({data.get('cls')}, or that folder before it changed)"
+    else:
+        what = "a run that is not an evaluation" if isinstance(config, dict) else "a run without a readable config.json"
+    raise BenchError(f"{folder} already holds {what}; pass --overwrite to replace it, or choose another "
+                     "--name (or --entry)")
 
 
 def images_csv(evaluation: Evaluation) -> bytes:

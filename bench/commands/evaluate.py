@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="radiographs per forward pass (default: 8)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under --results)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--overwrite", action="store_true", help="replace a run folder holding an evaluation on another "
+                   "dataset (a rerun on the same dataset replaces it anyway)")
     p.set_defaults(func=evaluate_command)
 
 
@@ -40,7 +42,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from bench import __version__
     from bench import results as store
     from bench.data.format import Dataset
-    from bench.external import evaluate_dataset, images_csv
+    from bench.external import check_replaceable, evaluate_dataset, images_csv
     from bench.operating import rates
     from bench.runner import resolve_device
     from bench.fingerprint import dataset_fingerprint, stable_hash
@@ -53,6 +55,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     entry = args.entry or str(source.get("entry") or "bundle")
     seed = int(source.get("seed") or 0)
     fingerprint = dataset_fingerprint(Path(args.data))
+    check_replaceable(store.run_dir(args.results, args.name, entry, seed), fingerprint, args.overwrite)
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():

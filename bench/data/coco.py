@@ -17,6 +17,9 @@ Conventions:
   vertices, which PIL's ImageDraw truncates). Larger shapes are painted first so small bones that
   overlap them stay visible. RLE (uncompressed counts or the compressed COCO string) is decoded
   here (pycocotools' column-major run-length layout; no pycocotools needed).
+- A segmentation is a list of polygons or an RLE dict; anything else (a string, a number) is an
+  error naming the annotation. Polygons lying entirely outside their image and images a file
+  lists without any bone shape are left out with one warning each (up to 5 named, then a count).
 """
 from __future__ import annotations
 
@@ -245,9 +248,27 @@ def _annotator_of(ann: dict, default: str) -> str:
     return safe_annotator(name) if name not in (None, "") else default
 
 
-def _shape(ann: dict, class_id: int, order: int, where: str, image: CocoImage) -> Shape | None:
-    """Geometry of one annotation; None when it has none (bbox only). Errors name `where`."""
+def some(items: list[str], limit: int = 5) -> str:
+    """The first `limit` items joined, then how many more there are."""
+    more = f" and {len(items) - limit} more" if len(items) > limit else ""
+    return "; ".join(items[:limit]) + more
+
+
+def _outside(poly: np.ndarray, image: CocoImage) -> bool:
+    """True when the polygon's bounding box does not overlap the image (it can paint no pixel)."""
+    x, y = poly[:, 0], poly[:, 1]
+    return bool(x.max() <= 0 or y.max() <= 0 or x.min() >= image.width or y.min() >= image.height)
+
+
+def _shape(ann: dict, class_id: int, order: int, where: str, image: CocoImage,
+           outside: list[str]) -> Shape | None:
+    """Geometry of one annotation; None when it has none (bbox only). Errors name `where`; polygons
+    entirely outside the image are dropped and `where` appended to `outside`."""
     seg = ann.get("segmentation")
+    if seg is not None and not isinstance(seg, (dict, list)):
+        raise BenchError(f"{where}: segmentation is {type(seg).__name__} {str(seg)[:40]!r}; expected a list "
+                         "of polygons [[x1, y1, x2, y2, ...]] or an RLE {'size': [h, w], 'counts': ...}; "
+                         "fix or re-export the annotation")
     if isinstance(seg, dict):
         try:
             mask = decode_rle(seg)
@@ -270,6 +291,10 @@ def _shape(ann: dict, class_id: int, order: int, where: str, image: CocoImage) -
             if not np.isfinite(pts).all():
                 raise BenchError(f"{where}: a polygon has NaN or infinite coordinates; fix or remove the annotation")
             polys.append(pts.reshape(-1, 2))
+        inside = [p for p in polys if not _outside(p, image)]
+        if len(inside) < len(polys):
+            outside.append(where)
+        polys = inside
         return Shape(class_id, polygons=polys, area=sum(_polygon_area(p) for p in polys), order=order)
     return None
 
@@ -287,6 +312,8 @@ def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | 
     unknown: dict[str, int] = {}
     ignored: dict[str, int] = {}
     no_geometry = 0
+    outside: list[str] = []     # annotations with a polygon entirely outside the image
+    bare: list[str] = []        # images a file lists without any bone shape
     file_annotators: dict[str, Path] = {}
     order = 0
     for name, path in files:
@@ -299,6 +326,7 @@ def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | 
         cats = {c.get("id"): str(c.get("name", "")) for c in data["categories"] if isinstance(c, dict)}
         by_id: dict[object, CocoImage] = {}
         names_by_id: dict[object, str] = {}
+        drawn: set[object] = set()              # image ids with a shape from this file (or not found)
         for img in data["images"]:
             try:
                 fname, width, height = str(img["file_name"]), int(img["width"]), int(img["height"])
@@ -312,6 +340,7 @@ def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | 
                     raise BenchError(f"{path}: image {fname}: {exc}") from exc
                 if found is None:
                     missing[fname] = None
+                    drawn.add(img.get("id"))    # reported as missing instead
                 key = found or fname
             entry = images.setdefault(key, CocoImage(fname, width, height))
             if (entry.width, entry.height) != (width, height):
@@ -338,12 +367,15 @@ def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | 
                 ignored[cname] = ignored.get(cname, 0) + 1
                 continue
             classes[cname] = cid
-            shape = _shape(ann, cid, order, where, image)
+            shape = _shape(ann, cid, order, where, image, outside)
             order += 1
             if shape is None:
                 no_geometry += 1
                 continue
-            image.shapes.setdefault(_annotator_of(ann, default), []).append(shape)
+            if shape.polygons or shape.rle is not None:
+                image.shapes.setdefault(_annotator_of(ann, default), []).append(shape)
+                drawn.add(ann["image_id"])
+        bare += [f"{path}, image {n}" for i, n in names_by_id.items() if i not in drawn]
     if unknown:
         listing = ", ".join(f"{n!r} ({k} annotations)" for n, k in sorted(unknown.items()))
         template = "\n".join(f"  {json.dumps(n)}: null   # or ulna, radius, M1..M5" for n in sorted(unknown))
@@ -352,4 +384,10 @@ def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | 
     warnings = [f"ignored {k} annotation(s) of class {n!r} (background)" for n, k in sorted(ignored.items())]
     if no_geometry:
         warnings.append(f"ignored {no_geometry} annotation(s) without a polygon or RLE (bbox only)")
+    if outside:
+        warnings.append(f"ignored the polygon(s) of {len(outside)} annotation(s) lying entirely outside their "
+                        f"image ({some(outside)}); check the export's coordinates and image sizes")
+    if bare:
+        warnings.append(f"{len(bare)} image(s) have no bone annotation in a COCO file listing them, so that "
+                        f"file gives them no mask ({some(bare)})")
     return CocoImport(images=images, classes=classes, warnings=warnings, missing=list(missing))

@@ -8,7 +8,7 @@ General Series/Image modules):
 * PatientSex F/M → ``sex`` (O and blanks stay empty);
 * PatientAge ``nnnD|W|M|Y`` → ``age`` in years; without it, whole years from PatientBirthDate to
   the first of StudyDate, SeriesDate, AcquisitionDate, ContentDate;
-* ImageLaterality, else Laterality, L/R → ``laterality`` (B and U stay empty);
+* ImageLaterality, else Laterality, L/R → ``laterality`` (B and U stay empty here; the import refuses B, both hands on one image)
 * InstitutionName → ``site``.
 
 De-identified exports often blank or scramble these tags; ``bench data import --ignore-dicom-tags``

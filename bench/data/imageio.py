@@ -14,7 +14,9 @@ files without an extension work):
   photometry is inverted; EXIF/TIFF orientation is applied. Pixel spacing comes from the stated
   resolution (PNG pHYs, JPEG JFIF, TIFF X/YResolution) unless it is a placeholder (72 or 96
   dpi, or no physical unit). 12-bit data in a 16-bit file is divided by 65535 like any 16-bit
-  data (:func:`looks_12_bit` tells when an image may be such data).
+  data (:func:`looks_12_bit` tells when an image may be such data). A TIFF holds one radiograph:
+  several full-resolution pages are refused, as multi-frame DICOM is; reduced-resolution pages
+  (pyramid levels, thumbnails: NewSubfileType bit 0) are skipped (:func:`tiff_image_page`).
 - DICOM (pydicom): bench.data.dicom_pixels (modality LUT / rescale, then the VOI LUT or window
   centre/width, MONOCHROME1 inverted; pixel spacing from PixelSpacing, else ImagerPixelSpacing).
   The patient and series tags the importer can use are kept in ``Radiograph.header``
@@ -212,13 +214,14 @@ def _read_tiff(path: Path) -> Radiograph:
     import tifffile
 
     with tifffile.TiffFile(path) as tif:
-        page = tif.pages[0]
+        index = tiff_image_page(path, tif)
+        page = tif.pages[index]
         tags = {t.name: t.value for t in page.tags.values()}
         try:
             arr, pillow = page.asarray(), False
         except Exception as exc:  # a compression tifffile cannot decode here (LZW, PackBits: imagecodecs)
             try:
-                arr, pillow = _tiff_via_pillow(path), True
+                arr, pillow = _tiff_via_pillow(path, index), True
             except Exception:
                 raise exc from None   # neither can: tifffile's reason is the more telling
     photometric = int(tags.get("PhotometricInterpretation", 1))
@@ -246,9 +249,24 @@ def _read_tiff(path: Path) -> Radiograph:
     return Radiograph(np.ascontiguousarray(pixels, dtype=np.float32), _tiff_spacing(tags), int(bits))
 
 
-def _tiff_via_pillow(path: Path) -> np.ndarray:
-    """The first page's stored samples decoded by Pillow (no orientation, palette kept as indices)."""
+def tiff_image_page(path: Path, tif) -> int:
+    """Index of the one full-resolution page of a TIFF; BenchError when there are several.
+
+    Pages flagged as reduced-resolution copies (NewSubfileType bit 0: pyramid levels, thumbnails)
+    are not images of their own; a file of only such pages gives its first page.
+    """
+    pages = list(tif.pages)
+    full = [i for i, pg in enumerate(pages) if not int(getattr(pg, "subfiletype", 0) or 0) & 1]
+    if len(full) > 1:
+        raise BenchError(f"TIFF file {path} has {len(full)} pages (images); expected a single radiograph "
+                         "(save the page you want as its own file)")
+    return full[0] if full else 0
+
+
+def _tiff_via_pillow(path: Path, index: int = 0) -> np.ndarray:
+    """Page `index`'s stored samples decoded by Pillow (no orientation, palette kept as indices)."""
     with Image.open(path) as im:
+        im.seek(index)
         im.load()
         return np.asarray(im)
 

@@ -7,7 +7,9 @@ Conventions:
 - COCO images are matched to files as the CSV's are (and across COCO files by that file).
 - A pixel spacing in the CSV wins over the file's. Fields
   the CSV leaves empty (subject id when it has no subject column, sex, age, laterality, site) are
-  taken from DICOM headers (bench.data.dicom_fields) unless `dicom_tags` is off.
+  taken from DICOM headers (bench.data.dicom_fields) unless `dicom_tags` is off. A header
+  laterality B (both hands on one image) makes the image unusable, as a CSV's B does, unless the
+  CSV gives the image a side (the CSV wins); U stays empty.
 - Images are referenced in place (absolute `path`) or, with `copy`, converted to 16-bit PNG
   under images/. Splits: bench.data.splits.assign_splits with `split_seed`.
 - Unreadable or missing image files: one BenchError naming them all, or with `skip_bad` they are
@@ -29,9 +31,9 @@ from bench.data.coco import CocoImport, load_class_map, load_coco, rasterise
 from bench.data.dicom_fields import header_fields
 from bench.data.format import ANNOTATOR_COLUMNS, mask_path, write_manifest
 from bench.data.imageio import looks_12_bit, read_image, write_label_map, write_png16
-from bench.data.metadata import (OSTEOPOROSIS_T, SUBJECT_FROM, ImageIndex,  # noqa: F401 (re-exported)
+from bench.data.metadata import (BOTH_HANDS, OSTEOPOROSIS_T, SUBJECT_FROM, ImageIndex,  # noqa: F401 (re-exported)
                                  describe_columns, image_id_for, read_metadata)
-from bench.data.splits import DEFAULT_FRACTIONS, assign_splits
+from bench.data.splits import DEFAULT_FRACTIONS, assign_splits, check_fractions
 from bench.errors import BenchError
 
 
@@ -99,6 +101,11 @@ class HeaderFill:
         return out
 
 
+def _header_side(header: dict[str, str]) -> str:
+    """ImageLaterality, else Laterality, upper case ('' when neither)."""
+    return (header.get("ImageLaterality") or header.get("Laterality") or "").strip().upper()
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(b, float):
         try:
@@ -128,6 +135,24 @@ def _weights(annotators: list[str], given: dict[str, float]) -> dict[str, float]
     return dict(zip(annotators, (w / w.sum()).tolist()))
 
 
+def check_out_folder(images: Path, out: Path) -> None:
+    """Refuse an `out` inside the image folder, or one that holds it.
+
+    Refused rather than left out of the scan: a dataset inside the image folder would still be
+    scanned as radiographs by every later import into another folder (its copies and masks
+    clashing with the originals' names), and `--overwrite` of a folder holding the images would
+    delete the originals the dataset points at.
+    """
+    src, dst = Path(images).resolve(), Path(out).resolve()
+    if dst == src or src in dst.parents:
+        raise BenchError(f"--out {out} is {'' if dst == src else 'inside '}the image folder {images}, which is "
+                         "searched for radiographs (the dataset's own files would be taken for images); "
+                         "choose an --out outside it")
+    if dst in src.parents:
+        raise BenchError(f"--out {out} holds the image folder {images} (--overwrite would delete the "
+                         "radiographs); choose an --out outside it")
+
+
 def import_dataset(cfg: ImportConfig) -> ImportReport:
     """Build the dataset folder `cfg.out` (see the module docstring for the conventions)."""
     images = Path(cfg.images)
@@ -136,10 +161,12 @@ def import_dataset(cfg: ImportConfig) -> ImportReport:
     if cfg.csv is None and not cfg.coco:
         raise BenchError("nothing to import: give a metadata CSV (--csv FILE) and/or COCO "
                          "annotations (--coco FILE.json)")
+    check_out_folder(images, Path(cfg.out))
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise BenchError(f"{cfg.out} already exists; choose another --out or pass --overwrite")
     if any(w <= 0 or not np.isfinite(w) for w in cfg.weights.values()):
         raise BenchError(f"annotator weights must be positive numbers, got {cfg.weights}")
+    check_fractions(cfg.fractions)                 # before any image is read
     index = ImageIndex(images)
     coco = load_coco(cfg.coco, load_class_map(cfg.class_map), resolve=index.find) if cfg.coco else None
     warnings = list(coco.warnings) if coco else []
@@ -191,6 +218,11 @@ def _write(cfg: ImportConfig, index: ImageIndex, rows: pd.DataFrame, missing: li
                     continue
                 masks = {a: rasterise(s, h, w) for a, s in sorted(cimg.shapes.items())}
             rec = row.to_dict()
+            if cfg.dicom_tags and _header_side(rad.header) == "B":
+                if rec.get("laterality") not in ("L", "R"):
+                    bad.append((str(src), f"the DICOM header's laterality B means {BOTH_HANDS}"))
+                    continue
+                from_header.disagree.setdefault("laterality", []).append(row["file"])
             if rad.pixel_spacing_mm and not (rec.get("pixel_spacing_mm", np.nan) > 0):
                 rec["pixel_spacing_mm"] = rad.pixel_spacing_mm
             if cfg.dicom_tags and rad.header:

@@ -3,16 +3,19 @@
 Conventions (bench.data.importers uses them):
 - The CSV names each image by file name (relative to the image folder, or just the base name)
   or by image id (the file name without its image extension). The image id is the file's path
-  under the folder without that extension, '/' replaced by '_'.
+  under the folder without that extension, '/' replaced by '_'. A reference naming no file
+  exactly matches a file whose name differs only in case, when exactly one does (several: error).
 - The delimiter is detected among ',', ';' and tab (Excel writes ';' where the decimal mark is a
   comma); with ';' or tab, numbers may use a decimal comma (-2,7). UTF-8, a byte-order mark allowed.
+  A number may start with a Unicode minus sign or an en dash (−2.7, –2.7), as word processors write it.
 - CSV columns are found by common names (case and punctuation ignored, e.g. "T-score" is
   t_score, "PatientID" is subject_id); `overrides` replaces them (field -> column, None: absent).
   Other columns are kept as extra manifest columns; one named like a manifest column the import
   fills itself (path, split, ...) is kept as csv_<name>, with a warning.
 - label = 1 when t_score < -2.5 (paper: osteoporosis by DXA T-score), derived when only the
   T-score is given; a given label that contradicts the T-score is an error (T = -2.5 excepted).
-  sex is stored as F/M, laterality as L/R.
+  sex is stored as F/M, laterality as L/R: U (unpaired/unknown) is left empty, as in a DICOM
+  header; B (both hands on one image) is an error, since one hand's bones cannot be cut from it.
 """
 from __future__ import annotations
 
@@ -48,7 +51,10 @@ _LABELS = {**dict.fromkeys(("1", "1.0", "true", "yes", "y", "osteoporosis", "ost
            **dict.fromkeys(("0", "0.0", "false", "no", "n", "normal", "osteopenia", "osteopenic",
                             "control", "negative", "neg", "nonosteoporotic"), 0)}
 _SEX = {"f": "F", "female": "F", "w": "F", "woman": "F", "m": "M", "male": "M", "man": "M"}
-_SIDE = {"l": "L", "left": "L", "lt": "L", "r": "R", "right": "R", "rt": "R"}
+_SIDE = {"l": "L", "left": "L", "lt": "L", "r": "R", "right": "R", "rt": "R", "u": "", "unpaired": ""}
+_BOTH = ("b", "both", "bilateral")
+BOTH_HANDS = ("both hands on one image, which cannot be cut into one hand's bones; save each hand as its "
+              "own file (laterality L and R) or leave the image out")
 
 DELIMITERS = ",;\t"  # CSV delimiters recognised
 
@@ -99,26 +105,39 @@ def image_id_for(rel: str) -> str:
 
 
 class ImageIndex:
-    """Files under the image folder, looked up by relative path, base name or image id."""
+    """Files under the image folder, looked up by relative path, base name or image id; exactly,
+    else ignoring case when that finds a single file (CSVs often differ from the files in case)."""
 
     def __init__(self, root: Path):
         self.root = root
         files = sorted(p for p in root.rglob("*") if p.is_file() and not any(
             part.startswith(".") for part in p.relative_to(root).parts))
         self.lookup: dict[str, list[str]] = {}
+        self.folded: dict[str, list[str]] = {}     # the same keys, case folded
         for p in files:
             rel = p.relative_to(root).as_posix()
             for k in {rel, p.name, image_id_for(rel), image_id_for(p.name)}:
                 self.lookup.setdefault(k, []).append(rel)
+                self.folded.setdefault(k.casefold(), []).append(rel)
+
+    @staticmethod
+    def _hits(table: dict[str, list[str]], keys: list[str]) -> list[str]:
+        """Files of the first key (relative path, stripped path, base name) that names any."""
+        return sorted(set(next((table[k] for k in keys if table.get(k)), [])))
 
     def find(self, ref: str) -> str | None:
         """Relative path for a CSV/COCO reference; BenchError when ambiguous."""
         ref = ref.strip().replace("\\", "/")
-        hits = sorted(set(self.lookup.get(ref, []) or self.lookup.get(ref.lstrip("./"), [])
-                          or self.lookup.get(Path(ref).name, [])))
+        keys = [ref, ref.lstrip("./"), Path(ref).name]
+        hits = self._hits(self.lookup, keys)
         if len(hits) > 1:
             raise BenchError(f"image reference {ref!r} matches several files ({', '.join(hits)}); "
                              "name the file with its path under the image folder")
+        if not hits:
+            hits = self._hits(self.folded, [k.casefold() for k in keys])
+            if len(hits) > 1:
+                raise BenchError(f"image reference {ref!r} matches no file exactly and several when case is "
+                                 f"ignored ({', '.join(hits)}); name the file with its exact case")
         return hits[0] if hits else None
 
 
@@ -154,11 +173,25 @@ def _parse(value: str, table: dict, what: str, errors: list[str], where: str):
     return None
 
 
+def _ascii_minus(v: str) -> str:
+    """A leading Unicode minus sign (U+2212) or en dash (U+2013) before a digit as '-'."""
+    return "-" + v[1:] if re.match(r"[\u2212\u2013][\d.,]", v) else v
+
+
+def _laterality(value: str, errors: list[str], where: str) -> str:
+    """L, R or '' (unknown, U); B (both hands) is an error."""
+    if value.strip().lower() in _BOTH:
+        errors.append(f"{where}: laterality {value!r} means {BOTH_HANDS}")
+        return ""
+    return _parse(value, _SIDE, "laterality", errors, where) or ""
+
+
 def _number(value: str, what: str, errors: list[str], where: str, lo: float, hi: float,
             decimal_comma: bool = False) -> float:
     v = value.strip()
     if v.lower() in MISSING:
         return np.nan
+    v = _ascii_minus(v)
     if decimal_comma and re.fullmatch(r"[+-]?\d*,\d+", v):
         v = v.replace(",", ".")
     m = re.fullmatch(r"0*(\d+)\s*[yY]", v)  # DICOM age string, e.g. 063Y
@@ -269,7 +302,7 @@ def read_metadata(csv: Path, index: ImageIndex, overrides: dict[str, str | None]
             "image_id": image_id_for(rel), "subject_id": subject, "file": rel, SUBJECT_FROM: subject_from,
             "sex": _parse(get("sex"), _SEX, "sex", errors, where) or "",
             "age": _number(get("age"), "age", errors, where, 0, 130, comma), "t_score": t,
-            "label": label, "laterality": _parse(get("laterality"), _SIDE, "laterality", errors, where) or "",
+            "label": label, "laterality": _laterality(get("laterality"), errors, where),
             "pixel_spacing_mm": _number(get("pixel_spacing_mm"), "pixel_spacing_mm", errors, where, 1e-4, 10, comma),
             "site": get("site").strip(),
         })

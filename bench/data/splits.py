@@ -26,6 +26,21 @@ def subject_table(manifest: pd.DataFrame) -> pd.DataFrame:
     return table
 
 
+def check_fractions(fractions: tuple[float, ...]) -> tuple[float, float, float]:
+    """The (train, val, test) fractions as floats; BenchError unless three finite non-negative
+    numbers summing to 1 with a positive train fraction."""
+    try:
+        values = tuple(float(f) for f in fractions)
+    except (TypeError, ValueError):
+        values = ()
+    shown = " ".join(map(str, fractions)) if isinstance(fractions, (tuple, list)) else repr(fractions)
+    if (len(values) != 3 or not all(np.isfinite(values)) or min(values) < 0 or values[0] <= 0
+            or abs(sum(values) - 1) > 1e-6):
+        raise BenchError(f"split fractions {shown} (train val test) must be three non-negative numbers "
+                         f"summing to 1, train above 0; e.g. --fractions {' '.join(map(str, DEFAULT_FRACTIONS))}")
+    return values  # type: ignore[return-value]
+
+
 def _allocate(n: int, fractions: tuple[float, float, float]) -> tuple[int, int, int]:
     """Largest-remainder allocation of n items to (train, val, test)."""
     raw = np.asarray(fractions, dtype=float) * n
@@ -41,8 +56,7 @@ def assign_splits(manifest: pd.DataFrame, seed: int,
 
     Stratified by subject label (unlabeled subjects form their own stratum); fixed by `seed`.
     """
-    if len(fractions) != 3 or any(f < 0 for f in fractions) or abs(sum(fractions) - 1) > 1e-6:
-        raise BenchError(f"split fractions {fractions} must be three non-negative numbers summing to 1")
+    fractions = check_fractions(fractions)
     subjects = subject_table(manifest)
     rng = np.random.default_rng(np.random.SeedSequence([seed, 0x5B117]))
     split_of: dict[str, str] = {}

@@ -97,3 +97,38 @@ def test_a_cohort_without_labels_is_refused(cohort):
     manifest.to_csv(cohort / "manifest.csv", index=False)
     with pytest.raises(BenchError, match="has no labels"):
         evaluate_dataset(FakePredictor(), Dataset.open(cohort))
+
+
+@pytest.mark.filterwarnings("ignore::bench.metrics.NoUsableBoneWarning")
+def test_evaluate_refuses_to_replace_an_evaluation_of_another_dataset(cohort, tmp_path, monkeypatch, capsys):
+    import shutil
+
+    import methods.bundle
+    from bench.cli import main
+    from bench.data.format import read_manifest
+
+    fake = FakePredictor()
+    fake.meta = {**fake.meta, "source": {"entry": "simclr", "seed": 0}, "format_version": 1}
+    monkeypatch.setattr(methods.bundle, "load_bundle", lambda path, device: fake)
+    monkeypatch.setattr(methods.bundle, "models_of", lambda meta: [0])
+    (tmp_path / "m.osteo").write_bytes(b"bundle")
+    other = tmp_path / "other"
+    shutil.copytree(cohort, other)
+    manifest = read_manifest(other / "manifest.csv")
+    write_manifest(manifest.assign(site="Y"), other / "manifest.csv")
+
+    def evaluate(data: Path, *extra: str) -> int:
+        return main(["evaluate", str(tmp_path / "m.osteo"), "--data", str(data), "--name", "ext", "--results",
+                     str(tmp_path / "results"), "--no-mlflow", "--device", "cpu", *extra])
+
+    run = tmp_path / "results" / "ext" / "simclr" / "seed0"
+    assert evaluate(cohort) == 0 and evaluate(cohort) == 0                      # a rerun replaces it
+    capsys.readouterr()
+    assert evaluate(other) == 2
+    err = capsys.readouterr().err
+    assert f"{run} already holds an evaluation on another dataset ({cohort.resolve()}" in err
+    assert "--overwrite" in err and "Traceback" not in err
+    assert str(cohort.resolve()) in (run / "config.json").read_text()            # left as it was
+    assert evaluate(other, "--overwrite") == 0 and str(other.resolve()) in (run / "config.json").read_text()
+    (run / "config.json").write_text('{"suite": "ext", "entry": "simclr", "seed": 0}')   # a benchmark run
+    assert evaluate(other) == 2 and "a run that is not an evaluation" in capsys.readouterr().err

@@ -32,7 +32,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--csv", type=Path, default=None, metavar="FILE",
                         help="metadata CSV naming each image by file name or image id")
     parser.add_argument("--out", "-o", type=Path, required=True, metavar="DIR",
-                        help="dataset folder to create")
+                        help="dataset folder to create (outside the image folder)")
     parser.add_argument("--column", action="append", default=[], metavar="FIELD=COLUMN",
                         help=f"CSV column of a field ({', '.join(COLUMN_ALIASES)}); "
                              "FIELD= marks it absent; repeatable")

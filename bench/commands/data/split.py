@@ -40,8 +40,10 @@ def rewrite_splits(root: Path, seed: int = 0, fractions: tuple[float, float, flo
     import pandas as pd
 
     from bench.atomic import atomic_write_text
-    from bench.data.splits import assign_splits, kfold_splits
+    from bench.data.splits import assign_splits, check_fractions, kfold_splits
 
+    if kfold is None:
+        fractions = check_fractions(fractions)          # before the manifest is read
     path = Path(root) / "manifest.csv"
     if not path.is_file():
         raise BenchError(f"{path} does not exist: {root} is not a dataset folder")

@@ -258,3 +258,31 @@ def test_coco_file_with_a_byte_order_mark(images, tmp_path):
     coco = load_coco([(None, f)])
     assert sorted(coco.images) == ["a.png", "b.png"]
     assert len(coco.images["b.png"].shapes["x"]) == 1
+
+
+def test_a_string_segmentation_is_an_error_naming_the_annotation(images, tmp_path, capsys):
+    f = _one_annotation(tmp_path, "abc")
+    with pytest.raises(BenchError, match=r"x.json, image b.png, annotation 2: segmentation is str 'abc'; "
+                                         r"expected a list of polygons"):
+        load_coco([(None, f)])
+    assert main(["data", "import", str(images), "--coco", str(f), "--out", str(tmp_path / "ds")]) == 2
+    assert "Traceback" not in capsys.readouterr().err and not (tmp_path / "ds").exists()
+
+
+def test_polygons_outside_the_image_and_unannotated_images_are_warned_once(images, tmp_path):
+    far = rect(W + 5, 2, W + 9, 8)                                     # right of the image
+    anns = [dict(image_id=1, category_id=1, segmentation=rect(2, 2, 8, 8) + far),   # one polygon of two
+            *[dict(image_id=2, category_id=2, segmentation=rect(-9, y, -1, y + 3)) for y in range(0, 30, 5)]]
+    f = coco_file(tmp_path / "x.json", anns, CATS, images=(("a.png", 1), ("b.png", 2), ("c.png", 3)))
+    coco = load_coco([(None, f)])
+    outside = [w for w in coco.warnings if w.startswith("ignored the polygon")]
+    assert len(outside) == 1 and outside[0].startswith("ignored the polygon(s) of 7 annotation(s) lying entirely")
+    assert f"{f}, image a.png, annotation 1; {f}, image b.png, annotation 2;" in outside[0]
+    assert "annotation 5" in outside[0] and "annotation 6" not in outside[0] and "and 2 more" in outside[0]
+    exp = np.zeros((H, W), np.uint8)
+    exp[2:8, 2:8] = BONES["ulna"]
+    assert np.array_equal(rasterise(coco.images["a.png"].shapes["x"], H, W), exp)
+    assert coco.images["b.png"].shapes == {}                           # nothing left to paint
+    bare = [w for w in coco.warnings if "have no bone annotation" in w]
+    assert len(bare) == 1 and bare[0].startswith("2 image(s)")
+    assert f"{f}, image b.png; {f}, image c.png" in bare[0]

@@ -106,3 +106,26 @@ def test_coco_import_without_csv_takes_subjects_from_patient_id_where_there_is_o
     report = import_dataset(ImportConfig(images=src, coco=[("alice", coco)], out=tmp_path / "ds"))
     m = read_manifest(tmp_path / "ds" / "manifest.csv").set_index("image_id")
     assert m["subject_id"].to_dict() == {"a": "P1", "b": "P1", "c": "c"} and report.n_subjects == 2
+
+
+def test_a_both_hands_dicom_is_refused_unless_the_csv_gives_its_side(tmp_path):
+    src = _images(tmp_path)
+    img = np.full((24, 32), 1000.0)
+    write_dicom(src / "e.dcm", img, PhotometricInterpretation="MONOCHROME2", PatientID="P4", ImageLaterality="B")
+    write_dicom(src / "f.dcm", img, PhotometricInterpretation="MONOCHROME2", PatientID="P5", ImageLaterality="U")
+    csv = tmp_path / "meta.csv"
+    table = pd.DataFrame({"file": ["a.dcm", "e.dcm", "f.dcm"], "t_score": [-3.0, -1.0, 0.2]})
+    table.to_csv(csv, index=False)
+    with pytest.raises(BenchError, match=r"e.dcm: the DICOM header's laterality B means both hands on one image"):
+        import_dataset(ImportConfig(images=src, csv=csv, out=tmp_path / "ds"))
+    report = import_dataset(ImportConfig(images=src, csv=csv, out=tmp_path / "ds", skip_bad=True))
+    m = read_manifest(tmp_path / "ds" / "manifest.csv").set_index("image_id")
+    assert list(m.index) == ["a", "f"] and pd.isna(m.loc["f", "laterality"])        # U: unknown side
+    assert [f.split("/")[-1] for f, _ in report.skipped] == ["e.dcm"]
+    table.assign(side=["", "R", ""]).to_csv(csv, index=False)                        # the CSV wins
+    report = import_dataset(ImportConfig(images=src, csv=csv, out=tmp_path / "ds2"))
+    assert read_manifest(tmp_path / "ds2" / "manifest.csv").set_index("image_id").loc["e", "laterality"] == "R"
+    assert "laterality in 1 image(s) (e.dcm)" in " ".join(report.warnings)
+    table.to_csv(csv, index=False)
+    import_dataset(ImportConfig(images=src, csv=csv, out=tmp_path / "ds3", dicom_tags=False,
+                                columns={"subject_id": None}))                       # tags ignored: no refusal

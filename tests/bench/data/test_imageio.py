@@ -322,3 +322,23 @@ def test_looks_12_bit_flags_16_bit_files_below_4096(tmp_path):
     make_dicom(tmp_path / "c.dcm", bone_square(bone=4000, tissue=100), bits=16)
     assert looks_12_bit(read_image(tmp_path / "a.png"))
     assert not looks_12_bit(read_image(tmp_path / "b.png")) and not looks_12_bit(read_image(tmp_path / "c.dcm"))
+
+
+def test_multi_page_tiff_is_refused_like_multi_frame_dicom(tmp_path):
+    tifffile.imwrite(tmp_path / "stack.tif", np.stack([bone_square(), bone_square()]).astype(np.uint16))
+    with pytest.raises(BenchError, match=r"stack\.tif has 2 pages \(images\); expected a single radiograph"):
+        read_image(tmp_path / "stack.tif")
+
+
+@pytest.mark.parametrize("pillow", [False, True])
+def test_tiff_reduced_resolution_pages_are_skipped_for_the_full_image(tmp_path, monkeypatch, pillow):
+    full = bone_square().astype(np.uint16)
+    with tifffile.TiffWriter(tmp_path / "thumb.tif") as tif:            # thumbnail first, then the image
+        tif.write(np.full((3, 4), 60000, np.uint16), subfiletype=1)
+        tif.write(full, subifds=1)
+        tif.write(full[::2, ::2], subfiletype=1)                         # its pyramid level (a SubIFD)
+        tif.write(full[::4, ::4], subfiletype=1)                         # and another main-chain thumbnail
+    if pillow:                                                           # as when tifffile cannot decode
+        monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: 1 / 0)
+    rad = read_image(tmp_path / "thumb.tif")
+    np.testing.assert_allclose(rad.pixels, full / 65535.0, atol=1e-6)

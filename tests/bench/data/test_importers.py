@@ -280,3 +280,16 @@ def test_12_bit_data_in_16_bit_files_warns_once_and_keeps_the_scaling(folder, tm
     assert "16x darker" in dark[0]
     ds = Dataset.open(tmp_path / "ds")
     np.testing.assert_allclose(ds.image("e"), np.round(square() * 4095) / 65535, atol=1e-6)   # unchanged
+
+
+def test_out_inside_the_image_folder_or_holding_it_is_refused(folder, tmp_path, capsys):
+    src, csv = folder
+    before = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*"))
+    for out in (src / "ds", src / "sub" / "ds", src):
+        assert main(["data", "import", str(src), "--csv", str(csv), "--out", str(out), "--copy"]) == 2
+        err = capsys.readouterr().err
+        assert f"--out {out} is {'' if out == src else 'inside '}the image folder {src}" in err
+        assert "Traceback" not in err
+    with pytest.raises(BenchError, match=f"--out {tmp_path} holds the image folder {src}"):
+        import_dataset(ImportConfig(images=src, csv=csv, out=tmp_path, overwrite=True))
+    assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before    # nothing written or lost

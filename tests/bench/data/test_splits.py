@@ -119,3 +119,25 @@ def test_cli_kfold_and_errors(dataset, capsys):
     assert main(["data", "split", str(dataset), "--fractions", "0.8", "0.3", "0.1"]) == 2
     assert "summing to 1" in capsys.readouterr().err
     assert main(["data", "split", str(dataset.parent / "nope")]) == 2
+
+
+@pytest.mark.parametrize("fractions", [("0.8", "0.3", "0.1"), ("1.1", "0", "-0.1"), ("0", "0.5", "0.5"),
+                                       ("nan", "0.5", "0.5")])
+def test_fractions_are_checked_before_any_data_is_read(tmp_path, monkeypatch, capsys, fractions):
+    import bench.data.importers as importers
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("an image was read before the fractions were checked")
+
+    monkeypatch.setattr(importers, "ImageIndex", no_reading)
+    monkeypatch.setattr(importers, "read_image", no_reading)
+    (tmp_path / "imgs").mkdir()
+    (tmp_path / "meta.csv").write_text("image,t_score\na.png,-3\n")
+    for argv in (["data", "import", str(tmp_path / "imgs"), "--csv", str(tmp_path / "meta.csv"), "--out",
+                  str(tmp_path / "ds")], ["data", "split", str(tmp_path / "no-dataset")]):
+        assert main(argv + ["--fractions", *fractions]) == 2
+        err = capsys.readouterr().err
+        assert f"split fractions {' '.join(str(float(f)) for f in fractions)} (train val test) must be three " \
+               "non-negative numbers summing to 1, train above 0" in err and "Traceback" not in err
+    with pytest.raises(BenchError, match="train above 0"):
+        assign_splits(manifest(), 0, (0.0, 0.5, 0.5))
