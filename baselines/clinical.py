@@ -22,10 +22,15 @@ def subject_covariates(manifest: pd.DataFrame) -> pd.DataFrame:
         "split": grouped["split"].first(),
         "y_true": grouped["label"].max(),
         "age": grouped["age"].first().astype(float),
-        "female": grouped["sex"].first().astype(str).str.upper().str.startswith("F").astype(float),
+        "female": grouped["sex"].first().map(_female),
     }).reset_index()
-    table["age"] = table["age"].fillna(table["age"].median())
-    return table
+    return table            # missing ages and sexes stay NaN: fit_logistic imputes the train median
+
+
+def _female(sex: object) -> float:
+    """F -> 1, M -> 0, anything else (missing, other) -> NaN."""
+    text = str(sex).strip().upper() if isinstance(sex, str) else ""
+    return 1.0 if text.startswith("F") else 0.0 if text.startswith("M") else float("nan")
 
 
 def fit_clinical(ctx: StageContext) -> dict:
@@ -35,4 +40,4 @@ def fit_clinical(ctx: StageContext) -> dict:
     out = table[["subject_id", "split", "y_true"]].assign(p_pos=fit.p_pos)
     out.to_parquet(ctx.out_dir / "predictions.parquet", index=False)
     coef = fit.model[-1].coef_[0]
-    return {"metrics": {"C": fit.c, "coef_age": float(coef[0]), "coef_female": float(coef[1])}}
+    return {"metrics": {"C": fit.c, **{f"coef_{name}": float(c) for name, c in zip(fit.features, coef)}}}

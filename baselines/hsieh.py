@@ -1,4 +1,4 @@
-"""`hsieh` baseline (Hsieh et al., Nat. Commun. 2021): landmark-based ROIs, one VGG16 per ROI type.
+"""`hsieh` baseline (Hsieh et al., Nat. Commun. 2021): landmark-based ROIs, one VGG16 shared by the ROI types.
 
 Hsieh et al. detect anatomical landmarks automatically and crop ROIs around them. Here the
 detector of the `landmarks` stage (trained on the `seg` dataset, baselines.landmark_detector)

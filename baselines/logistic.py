@@ -18,7 +18,7 @@ from sklearn.pipeline import Pipeline, make_pipeline
 from sklearn.preprocessing import StandardScaler
 
 from bench.errors import BenchError
-from bench.metrics import classification_metrics, select_best
+from bench.metrics import classification_metrics, require_validation, select_best
 
 C_GRID: tuple[float, ...] = (0.01, 0.1, 1.0, 10.0, 100.0)
 
@@ -29,6 +29,7 @@ class LogisticFit:
     c: float
     p_pos: np.ndarray                  # positive probability of every row of the table
     history: list[dict[str, float]]    # per C: val_macro_f1, val_auc
+    features: list[str]                # the features fitted (those some train subject has), in coefficient order
 
 
 def fit_logistic(table: pd.DataFrame, features: Sequence[str], c_grid: Sequence[float] = C_GRID,
@@ -40,6 +41,7 @@ def fit_logistic(table: pd.DataFrame, features: Sequence[str], c_grid: Sequence[
     val = table[labelled & (table["split"] == "val")]
     if train["y_true"].nunique() < 2:
         raise BenchError("the train split of the `cls` dataset holds a single class; cannot fit")
+    require_validation(len(val), "the logistic baseline")
     usable = [f for f in features if train[f].notna().any()]
     if not usable:
         raise BenchError(f"none of the measurements {features} is available for any train subject")
@@ -48,13 +50,12 @@ def fit_logistic(table: pd.DataFrame, features: Sequence[str], c_grid: Sequence[
         model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(),
                               LogisticRegression(C=float(c), max_iter=1000))
         model.fit(train[usable].to_numpy(dtype=float), train["y_true"].astype(int).to_numpy())
-        p_val = model.predict_proba(val[usable].to_numpy(dtype=float))[:, 1] if len(val) else np.zeros(0)
-        m = classification_metrics(val["y_true"].astype(int).to_numpy(), p_val) if len(val) else \
-            {"macro_f1": float("nan"), "auc": float("nan")}
+        p_val = model.predict_proba(val[usable].to_numpy(dtype=float))[:, 1]
+        m = classification_metrics(val["y_true"].astype(int).to_numpy(), p_val)
         history.append({"val_macro_f1": m["macro_f1"], "val_auc": m["auc"]})
         models.append(model)
         if log is not None:
             log("val_macro_f1", m["macro_f1"], i)
     best = select_best(history)
     p = models[best].predict_proba(table[usable].to_numpy(dtype=float))[:, 1]
-    return LogisticFit(models[best], float(c_grid[best]), p, history)
+    return LogisticFit(models[best], float(c_grid[best]), p, history, usable)

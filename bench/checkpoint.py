@@ -97,11 +97,14 @@ class Resumer:
 
 def loop_state(epoch: int, parts: dict[str, Any], generators: dict[str, Any], **extra: Any) -> dict[str, Any]:
     """The resumable state of a training loop after `epoch`: the ``state_dict()`` of every part (model,
-    optimiser, schedulers), the generators' states, the global CPU RNG state and `extra` values."""
+    optimiser, schedulers), the generators' states, the global CPU RNG state, the global CUDA RNG
+    states when CUDA is in use (dropout and other global draws on the GPU) and `extra` values."""
     import torch
 
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() and torch.cuda.is_initialized() else None
     return {"epoch": epoch, "parts": {name: part.state_dict() for name, part in parts.items()},
-            "generators": generator_states(**generators), "torch_rng": torch.get_rng_state(), **extra}
+            "generators": generator_states(**generators), "torch_rng": torch.get_rng_state(), "cuda_rng": cuda,
+            **extra}
 
 
 def restore_loop(saved: dict[str, Any], parts: dict[str, Any], generators: dict[str, Any]) -> int:
@@ -112,6 +115,11 @@ def restore_loop(saved: dict[str, Any], parts: dict[str, Any], generators: dict[
         part.load_state_dict(saved["parts"][name])
     restore_generators(saved["generators"], **generators)
     torch.set_rng_state(saved["torch_rng"].cpu())      # a CPU state, whatever the map_location of the load
+    cuda = saved.get("cuda_rng")
+    if cuda and torch.cuda.is_available():
+        states = [s.cpu() for s in cuda][:torch.cuda.device_count()]
+        for index, state in enumerate(states):
+            torch.cuda.set_rng_state(state, index)
     return int(saved["epoch"]) + 1
 
 

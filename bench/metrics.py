@@ -261,6 +261,15 @@ def split_metrics(subjects: pd.DataFrame, threshold: float = DECISION_THRESHOLD)
 
 
 # --------------------------------------------------------------------------- selection
+def require_validation(n_labelled: int, what: str) -> None:
+    """Model selection (paper "Metrics") needs labelled validation subjects; without any, every epoch
+    (or C) would score NaN and the first would be kept silently: a BenchError instead."""
+    if n_labelled <= 0:
+        raise BenchError(f"{what} selects on the validation split of the `cls` dataset, which has no labelled "
+                         "subject; re-split it with a validation fraction > 0 (`bench data split DIR --fractions "
+                         "0.8 0.1 0.1`) or label some of its val subjects")
+
+
 def select_best(history: Sequence[Mapping[str, float]], key: str = "val_macro_f1",
                 tie_break: str | None = "val_auc") -> int:
     """Index of the best record: highest ``key`` (validation macro-F1, paper "Metrics").

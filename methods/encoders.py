@@ -6,8 +6,10 @@ num_classes=0, in_chans=1)`` so they return pooled features, never classifier lo
 initialised from scratch (the paper does not use ImageNet weights; no weights are downloaded).
 
 Inputs are radiograph patches scaled to [0, 1] (uint16 / 65535) and resized to the encoder input
-size (:func:`to_input`); the network's first batch norm absorbs the intensity scale, so no fixed
-mean/std normalisation is applied.
+size (:func:`to_input`); no fixed mean/std normalisation is applied: a ResNet's first batch norm
+absorbs the intensity scale. The plain VGGs of the Table 8 baselines (baselines.vgg) have no batch
+norm and see the [0, 1] inputs as they are, under timm's Kaiming initialisation; ``vgg.name=vgg16_bn``
+is the variant with batch norm.
 """
 from __future__ import annotations
 

@@ -24,7 +24,8 @@ from torch import nn
 from bench.config import register_section
 from bench.errors import BenchError
 from bench.data import BONES
-from bench.metrics import aggregate_subjects, average_images, classification_metrics, select_best
+from bench.metrics import (aggregate_subjects, average_images, classification_metrics, require_validation,
+                           select_best)
 
 
 @dataclass
@@ -83,6 +84,7 @@ def train_probe(features: torch.Tensor, index: pd.DataFrame, cfg: ProbeConfig, g
     val_mask = torch.as_tensor(((index["split"] == "val") & labels.notna()).to_numpy(dtype=bool).copy())
     if labels[train_mask.numpy()].nunique() < 2:
         raise BenchError("the train split holds bones of a single class; the probe needs both labels")
+    require_validation(int(val_mask.sum()), "the linear probe")
     x = features.to(device, torch.float32)
     mean = std = None
     if cfg.standardize:

@@ -22,7 +22,7 @@ from torch import nn
 from bench.checkpoint import Resumer, loop_state, restore_loop
 from bench.config import register_section
 from bench.errors import BenchError
-from bench.metrics import select_best
+from bench.metrics import require_validation, select_best
 from bench.progress import epoch_line
 from methods.encoders import to_input
 from methods.optim import adam
@@ -124,6 +124,7 @@ def fit_end_to_end(model: nn.Module, data: torch.Tensor, index: pd.DataFrame, cf
     val_rows = ((index["split"] == "val") & labels.notna()).to_numpy(dtype=bool).copy()
     if labels[train_rows].nunique() < 2:
         raise BenchError("the train split holds samples of a single class; supervised training needs both")
+    require_validation(int(val_rows.sum()), "supervised training")
     cuda = device.type == "cuda"
     model = model.to(device)
     if cuda:

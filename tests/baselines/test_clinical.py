@@ -46,3 +46,35 @@ def test_clinical_matches_sklearn_and_selects_on_validation(tmp_path):
     assert run.metrics["test"]["auc"] == roc_auc_score(test.label, expected)
     assert run.metrics["test"]["auc"] > 0.75  # age carries the signal here
     assert run.metrics["extra"]["coef_age"] > 0  # older → more likely osteoporotic
+
+
+def test_missing_covariates_are_imputed_from_train_only_and_a_missing_sex_is_not_male():
+    from baselines.clinical import subject_covariates
+    from baselines.logistic import fit_logistic
+
+    manifest = pd.DataFrame({
+        "subject_id": ["a", "b", "c", "d", "e", "f", "g", "h"],
+        "split": ["train"] * 4 + ["val"] * 2 + ["test"] * 2,
+        "label": [0, 1, 0, 1, 0, 1, 0, 1],
+        "age": [50.0, 70.0, np.nan, 60.0, 40.0, 80.0, 90.0, 95.0],
+        "sex": ["F", "M", "F", None, "M", "F", "", "F"]})
+    table = subject_covariates(manifest).set_index("subject_id")
+    assert np.isnan(table.loc["c", "age"])                   # not the all-subject median 70
+    assert table.loc[["a", "b", "c", "e", "f", "h"], "female"].tolist() == [1.0, 0.0, 1.0, 0.0, 1.0, 1.0]
+    assert np.isnan(table.loc["d", "female"]) and np.isnan(table.loc["g", "female"])
+    fit = fit_logistic(table.reset_index(), ["age", "female"], (1.0,))
+    imputer = fit.model[0]
+    assert imputer.statistics_.tolist() == [60.0, 1.0]       # medians of train ages 50, 70, 60 and sexes F, M, F
+    assert fit.features == ["age", "female"]
+
+
+def test_no_labelled_validation_subject_is_an_error():
+    import pytest
+
+    from baselines.logistic import fit_logistic
+    from bench.errors import BenchError
+
+    table = pd.DataFrame({"subject_id": list("abcd"), "split": ["train", "train", "test", "test"],
+                          "y_true": [0, 1, 0, 1], "age": [50.0, 70.0, 60.0, 65.0]})
+    with pytest.raises(BenchError, match="no labelled subject"):
+        fit_logistic(table, ["age"])

@@ -109,3 +109,22 @@ def test_stage_marker_counts_the_resumed_attempts(tmp_path):
                       datasets={}, device="cpu")
     marker = json.loads((fresh / "_stage.json").read_text())
     assert "resumed_seconds" not in marker and marker["seconds"] < 42.0
+
+
+def test_the_cuda_rng_states_are_saved_and_restored_when_cuda_is_in_use(monkeypatch):
+    """A resumed loop on a GPU draws the same dropout masks (global CUDA RNG) as an uninterrupted one."""
+    import torch
+
+    from bench.checkpoint import loop_state, restore_loop
+
+    assert loop_state(0, {}, {})["cuda_rng"] is None or torch.cuda.is_initialized()
+    states = [torch.tensor([1, 2], dtype=torch.uint8), torch.tensor([3, 4], dtype=torch.uint8)]
+    restored = []
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_rng_state_all", lambda: states)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)            # resumed on a machine with one GPU
+    monkeypatch.setattr(torch.cuda, "set_rng_state", lambda s, index: restored.append((s.tolist(), index)))
+    saved = loop_state(3, {}, {})
+    assert saved["cuda_rng"] is states
+    assert restore_loop(saved, {}, {}) == 4 and restored == [([1, 2], 0)]

@@ -101,6 +101,20 @@ def test_single_class_train_split_is_a_clear_error():
         train_probe(x, index, ProbeConfig(epochs=1), torch.Generator().manual_seed(0))
 
 
+def test_no_labelled_validation_subject_is_a_clear_error():
+    """Without one, every epoch would score NaN and the first be kept silently (probe and supervised)."""
+    from methods.supervised import SupervisedConfig, fit_end_to_end
+
+    x, index = _bones()
+    index.loc[index["split"] == "val", "label"] = np.nan
+    with pytest.raises(BenchError, match="no labelled subject"):
+        train_probe(x, index, ProbeConfig(epochs=1), torch.Generator().manual_seed(0))
+    model = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(4, 2))
+    with pytest.raises(BenchError, match="no labelled subject"):
+        fit_end_to_end(model, torch.zeros(len(index), 1, 2, 2), index, SupervisedConfig(epochs=1),
+                       torch.Generator().manual_seed(0), "cpu", prepare=lambda raw, flips: raw)
+
+
 def test_supervised_end_to_end_learns_a_visible_signal(monkeypatch, capsys):
     """...and prints one line per epoch with OSTEOBENCH_EPOCH_LINES=1 (its history's values)."""
     from methods.encoders import build_encoder
