@@ -17,6 +17,7 @@ experiment, with the folder as artifacts (``mlflow=False`` skips it).
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from importlib.resources import files as package_files
 from pathlib import Path
@@ -67,6 +68,12 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
     out = Path(out) if out is not None else results / suite / "report"
     registry.load_entries(plugins)
     known = registry.entries()
+    check_out(out)
+    asked = entries
+    if entries:
+        suite_dir = results / suite
+        entries = with_references(entries, known, {p.name for p in suite_dir.iterdir() if p.is_dir()}
+                                  if suite_dir.is_dir() else set())
     metrics = store.load_metrics(results, suite, entries)
     if metrics.empty:
         raise BenchError(f"suite {suite!r} in {results} has no complete run; `bench run --suite {suite}` makes them")
@@ -87,10 +94,14 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
                      "table": getattr(known.get(n), "table", "") or "", "row": getattr(known.get(n), "row", "") or "",
                      "seeds": " ".join(str(s) for s in sorted(set(metrics.loc[metrics["entry"] == n, "seed"])))}
                     for n in present]
+    added = [n for n in present if asked and n not in asked]
+    if added:
+        page.notes.append(f"Included beside the entries asked for: {added}, the references their Δ and "
+                          "significance markers compare with (full-method parents and the best full-method entry).")
     unknown = [n for n in present if n not in known]
     if unknown:
         page.notes.append(f"Entries {unknown} have results but are not registered (import their module with "
-                          "--plugin); they appear in the figures only.")
+                          "--plugin); they appear in the figures and the screening table only.")
     if best:
         page.notes.append(f"Best full-method entry: `{best}` (highest mean {cfg.best_split} {cfg.best_metric}); "
                           "Table 6 compares with it and Table 8 shows it as \"Ours\".")
@@ -104,7 +115,7 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
 
     with atomic_dir(out, overwrite=True) as tmp:
         _write_tables(tmp / TABLES_DIR, tables, tests, known, summary, cfg, page)
-        label = (lambda n: (known[n].row or n) if n in known else n)
+        label = unique_labels(present, known)
         screening = screening_item(summary, present, cfg.split, label, tmp / TABLES_DIR, TABLES_DIR, cfg.digits)
         if screening is not None:                       # beyond the paper (reports.screening)
             page.tables.append(screening)
@@ -120,6 +131,36 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
         _log_mlflow(results, suite, out, tracking_uri, {"n_boot": n_boot, "seed": seed, "split": cfg.split,
                                                         "entries": ",".join(present), "best_entry": best or ""})
     return out / INDEX_FILE
+
+
+def unique_labels(names: Sequence[str], known: dict):
+    """Row label of an entry in tables beyond the paper's (screening, subgroups): its paper row, with
+    the entry's name beside it where several entries share that row label (SimCLR of Tables 3-7)."""
+    rows = {n: (known[n].row or n) if n in known else n for n in names}
+    counts = Counter(rows.values())
+    return lambda n: n if n not in rows else rows[n] if counts[rows[n]] == 1 else f"{rows[n]} ({n})"
+
+
+def check_out(out: Path) -> None:
+    """Refuse an output folder that holds anything but an earlier report: it is replaced whole."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise BenchError(f"--out {out} is a file; give a folder for the report")
+    if any(out.iterdir()) and not (out / INDEX_FILE).is_file():
+        raise BenchError(f"--out {out} is a folder that holds no report ({INDEX_FILE}), e.g. a suite's results; "
+                         "the report replaces its folder whole: choose a new or empty folder")
+
+
+def with_references(entries: Sequence[str], known: dict, available: set[str]) -> list[str]:
+    """`entries` and what their rows compare with: each one's full-method parent (Tables 4, 5, 7) and,
+    for a row of Table 6 or 8, every full-method entry (the best of them is the reference and Table 8's
+    "Ours"), among the `available` ones (those with a results folder)."""
+    chosen = [known[n] for n in entries if n in known]
+    refs = [e.parent for e in chosen if e.parent]
+    if any(e.kind != "full" and e.table in tab.SPECS and tab.SPECS[e.table].reference == "best" for e in chosen):
+        refs += [n for n, e in known.items() if e.kind == "full"]
+    return list(dict.fromkeys([*entries, *(r for r in refs if r in available)]))
 
 
 def _write_tables(folder: Path, tables: dict[str, tab.Table], tests, known, summary: pd.DataFrame,

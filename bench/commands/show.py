@@ -136,9 +136,9 @@ def _show_frame(frame: pd.DataFrame, split: str, by_seed: bool, shown: list[str]
         wide = frame.pivot_table(index=["entry", "seed"], columns="metric", values="value")
         print(wide.reindex(columns=[c for c in shown if c in wide.columns]).round(4).to_string())
     agg = frame.groupby(["entry", "metric"])["value"].agg(["mean", "std", "count"]).reset_index()
-    agg["cell"] = [f"{m:.3f} ± {0.0 if pd.isna(s) else s:.3f}" for m, s in zip(agg["mean"], agg["std"])]
+    agg["cell"] = [f"{m:.3f}" if pd.isna(s) else f"{m:.3f} ± {s:.3f}" for m, s in zip(agg["mean"], agg["std"])]
     wide = agg.pivot(index="entry", columns="metric", values="cell")
     seeds = agg.groupby("entry")["count"].max().rename("seeds")
-    print(f"{split} split, mean ± std over seeds (ddof=1):")
+    print(f"{split} split, mean ± std over seeds (ddof=1; the mean alone for one seed):")
     print(wide.reindex(columns=[c for c in shown if c in wide.columns]).join(seeds).to_string())
     return 0

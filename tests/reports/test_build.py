@@ -14,6 +14,7 @@ from suite_data import SUITE, write_suite
 
 from bench import registry
 from bench.cli import main
+from bench.errors import BenchError
 from bench.registry import Entry, Stage
 from reports.build import build_report
 from reports.index import links
@@ -54,15 +55,39 @@ def test_subset_skips_tables_and_replaces_report(tmp_path, registered):
     results = write_suite(tmp_path / "results", ["rt_simclr", "rt_supcon", "rt_noseg_simclr"])
     out = tmp_path / "rep"
     (out / "stale").mkdir(parents=True)
+    (out / "report.md").write_text("an earlier report")
     index = build_report(results, SUITE, out=out, entries=["rt_simclr", "rt_noseg_simclr"], n_boot=20,
                          mlflow=False)
-    assert not (out / "stale").exists()  # the report folder is replaced as a whole
+    assert not (out / "stale").exists()  # an earlier report's folder is replaced as a whole
     targets = _links_exist(index)
     assert sorted(p.stem for p in (out / "tables").glob("table[0-9].tex")) == ["table3", "table4"]
     assert "tables/table5.tex" not in targets
     text = index.read_text(encoding="utf-8")
     assert "Not produced: Table 5: no entry of this table has results" in text
     assert "rt_supcon" not in text  # not among the chosen entries
+
+
+def test_out_never_replaces_a_folder_that_holds_no_report(tmp_path, registered):
+    results = write_suite(tmp_path / "results", ["rt_simclr"])
+    before = sorted(p.name for p in (results / SUITE).iterdir())
+    with pytest.raises(BenchError, match="holds no report"):
+        build_report(results, SUITE, out=results / SUITE, n_boot=10, mlflow=False)
+    assert sorted(p.name for p in (results / SUITE).iterdir()) == before     # the suite's runs are kept
+    assert main(["report", "--suite", SUITE, "--results", str(results), "--out", str(results), "--no-mlflow"]) == 2
+
+
+def test_entries_bring_their_references_and_a_missing_reference_is_said(tmp_path, registered):
+    results = write_suite(tmp_path / "results", ["rt_simclr", "rt_supcon", "rt_noseg_simclr", "rt_noseg_supcon",
+                                                 "rt_deepdxa"])
+    index = build_report(results, SUITE, out=tmp_path / "a", entries=["rt_noseg_simclr", "rt_deepdxa"], n_boot=10,
+                         mlflow=False)
+    t4 = pd.read_csv(tmp_path / "a" / "tables" / "table4.csv")
+    assert t4["delta"].notna().all() and set(t4["reference"]) == {"rt_simclr"}        # the parent came along
+    assert "rt_supcon" in index.read_text(encoding="utf-8")                # a full entry: Table 8's "Ours" candidate
+    shutil.rmtree(results / SUITE / "rt_supcon")
+    build_report(results, SUITE, out=tmp_path / "b", n_boot=10, mlflow=False)
+    tex = (tmp_path / "b" / "tables" / "table4.tex").read_text(encoding="utf-8")
+    assert "its reference (rt\\_supcon) has no results in this suite" in tex
 
 
 def test_unregistered_and_empty(tmp_path, registered):

@@ -250,3 +250,22 @@ def test_significance_with_real_stats(tmp_path, registered):
     assert not tests.significant("table5", "rt_single_simclr", "auc")
     same = run_tests(preds, {"table4": tables["table4"].comparisons()}, n_boot=300, seed=0)
     pd.testing.assert_frame_equal(tests.frame[tests.frame.table == "table4"].reset_index(drop=True), same.frame)
+
+
+def test_captions_claim_only_the_emphasis_applied_and_tables_without_delta_underline_nothing(tmp_path, registered):
+    _, _, tables = _build(tmp_path, registered)
+    one_row = tables["table6"]
+    assert len(one_row.rows) == 1
+    text = tab.caption(one_row, None, registered)
+    assert "in bold" not in text and "underlined" not in text
+    assert "in bold" in tab.caption(tables["table3"], None, registered)
+    for key in ("table3", "table8"):
+        assert not tab.to_frame(tables[key], None)["underline"].any(), key
+
+
+def test_rows_beyond_the_paper_tables_get_unique_labels(registered):
+    from reports.build import unique_labels
+
+    label = unique_labels(["rt_simclr", "rt_noseg_simclr", "rt_deepdxa", "mystery"], registered)
+    assert label("rt_simclr") == "SimCLR (rt_simclr)" and label("rt_noseg_simclr") == "SimCLR (rt_noseg_simclr)"
+    assert label("rt_deepdxa") == registered["rt_deepdxa"].row and label("mystery") == "mystery"
