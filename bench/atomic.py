@@ -2,6 +2,8 @@
 
 A crash leaves either the old complete output or none, never a half-written one. A folder that
 cannot be created (no permission, a file in the way, read-only disk) is a BenchError naming it.
+Outputs get the permissions of a plain ``open``/``mkdir`` under the process umask (tempfile makes its
+files 0600 and folders 0700, which would keep a bundle or a report from the colleagues it is for).
 """
 from __future__ import annotations
 
@@ -25,6 +27,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     target = Path(target)
     tmp = Path(_writable(target.parent, lambda: tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent),
                          target))
+    os.chmod(tmp, 0o777 & ~_UMASK)
     try:
         yield tmp
     except BaseException:
@@ -47,6 +50,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(path)
     fd, tmp = _writable(path.parent, lambda: tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent), path)
     try:
+        os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
         os.replace(tmp, path)
@@ -59,6 +63,15 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
     atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def _current_umask() -> int:
+    mask = os.umask(0o022)      # reading the umask means setting it: put it straight back
+    os.umask(mask)
+    return mask
+
+
+_UMASK = _current_umask()
 
 
 def _writable(folder: Path, make, target: Path):

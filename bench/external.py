@@ -75,6 +75,7 @@ def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, thre
                      progress: Callable[[int, int], None] | None = None) -> Evaluation:
     """Screen every chosen radiograph in chunks (images are not all held at once) and compute the metrics."""
     from bench.data.imageio import read_image
+    from methods.segmentation.data import side_of
 
     rows = chosen_rows(dataset, split)
     t = float(predictor.meta["decision"]["threshold"]) if threshold is None else float(threshold)
@@ -82,10 +83,13 @@ def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, thre
     for start in range(0, len(rows), chunk):
         part = rows.iloc[start:start + chunk]
         rads = []
-        for image_id, spacing in zip(part["image_id"].astype(str), part["pixel_spacing_mm"]):
+        for image_id, spacing, side in zip(part["image_id"].astype(str), part["pixel_spacing_mm"],
+                                           part["laterality"] if "laterality" in part else [""] * len(part)):
             rad = read_image(dataset.image_path(image_id))
             if pd.notna(spacing):                           # the manifest's spacing wins, as in the benchmark
                 rad.pixel_spacing_mm = float(spacing)
+            if side_of(side):                               # and its side, as the segment stage took it
+                rad.header = {**rad.header, "ImageLaterality": side_of(side)}
             rads.append(rad)
         for (_, row), s in zip(part.iterrows(), predictor.predict(rads, list(part["image_id"].astype(str)),
                                                                   batch_size=batch_size)):

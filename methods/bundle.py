@@ -126,6 +126,21 @@ def _check_format(path: Path, meta: Any) -> None:
                          f"{', '.join(map(str, READABLE_VERSIONS))}: {hint}")
 
 
+def refit_hint(meta: dict[str, Any]) -> str:
+    """What to do about a bundle whose content this osteobench cannot use: upgrade when the bundle was
+    written by a newer osteobench, else export the run again."""
+    from packaging.version import InvalidVersion, Version
+
+    made_by = str(meta.get("package_version", ""))
+    try:
+        newer = Version(made_by) > Version(__version__)
+    except InvalidVersion:
+        newer = False
+    if newer:
+        return f"it was written by osteobench {made_by}, newer than this {__version__}: upgrade osteobench"
+    return "export the run again with this osteobench"
+
+
 @dataclass
 class ProbeModel:
     """One linear probe on one of the bundle's encoders (an ensemble has one per fold)."""
@@ -156,8 +171,11 @@ class Bundle:
 
     @property
     def patch_config(self) -> PatchConfig:
-        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in self.meta["patches"].items()
-                  if k in PatchConfig.__dataclass_fields__}
+        unknown = sorted(set(self.meta["patches"]) - set(PatchConfig.__dataclass_fields__))
+        if unknown:      # a patch option this version does not know would change the patches silently
+            raise BenchError(f"bundle {self.path} cuts its bone patches with options this osteobench does not "
+                             f"know ({', '.join(unknown)}); {refit_hint(self.meta)}")
+        fields = {k: tuple(v) if isinstance(v, list) else v for k, v in self.meta["patches"].items()}
         return PatchConfig(**fields)
 
     @property
@@ -169,14 +187,16 @@ class Bundle:
         return tuple(self.segmenter.spec.canvas)
 
     def segment(self, images: Iterable[np.ndarray], batch_size: int = 8,
-                laterality: Iterable[str | None] | None = None) -> Iterator[Any]:
+                laterality: Iterable[str | None] | None = None,
+                detect: bool | Iterable[bool] = False) -> Iterator[Any]:
         """Segmentation of float images in [0, 1], as the run's segment stage predicted them; `laterality`
-        per image (L, R, unknown) for a canonical-laterality segmenter (methods.segmentation.predict)."""
+        per image (L, R, unknown) for a canonical-laterality segmenter, `detect` to also find the side of
+        an image whose side is given (methods.segmentation.predict)."""
         from methods.segmentation.predict import predict_many
 
         seg = self.meta["segmentation"]
         return predict_many(self.segmenter, images, batch_size=batch_size, samples=seg.get("samples"),
-                            seed=int(seg.get("seed", 0)), laterality=laterality)
+                            seed=int(seg.get("seed", 0)), laterality=laterality, detect=detect)
 
     @torch.no_grad()
     def model_probabilities(self, patches: np.ndarray, batch_size: int = 128) -> np.ndarray:
@@ -227,7 +247,7 @@ def bundle_segmenter(path: str | Path, meta: dict[str, Any], blobs: dict[str, by
         seg.load_state_dict(load(blobs[SEGMENTATION]))
     except (KeyError, RuntimeError, TypeError) as exc:
         raise BenchError(f"bundle {path} does not fit this osteobench's networks ({type(exc).__name__}: {exc}); "
-                         "export the run again with this version") from None
+                         f"{refit_hint(meta)}") from None
     return seg.eval()
 
 
@@ -257,6 +277,6 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
                                      described.get("fold")))
     except (KeyError, RuntimeError, TypeError) as exc:
         raise BenchError(f"bundle {path} does not fit this osteobench's networks ({type(exc).__name__}: {exc}); "
-                         "export the run again with this version") from None
+                         f"{refit_hint(meta)}") from None
     return Bundle(meta=meta, segmenter=seg.to(device).eval(), encoders=encoders, models=models, device=device,
                   path=Path(path))

@@ -26,10 +26,14 @@ Per radiograph (bone-bright float image from bench.data.imageio.read_image):
      `cls` datasets; ``reference`` of the bundle): the model is unsure where the bones are, as on
      a radiograph of something else or from an unfamiliar device;
    * ``models-disagree`` (a fold ensemble only): the fold models' own image probabilities fall on
-     both sides of the threshold, so the decision depends on which 80 % of the cohort trained it.
+     both sides of the threshold, so the decision depends on which 80 % of the cohort trained it;
+   * ``laterality-mismatch`` (``check_laterality``, a canonical-laterality segmenter): the side the
+     header (or ``--laterality``) gives is not the one the model finds when not told: a wrong tag
+     mirrors the hand and moves every bone (a wrongly tagged test image of the run flipped 23 of 60
+     decisions), so the result is marked low-confidence.
 
    Status: ``withheld`` with too-few-bones; else ``low-confidence`` with low-confidence-segmentation,
-   image-too-small, out-of-distribution or models-disagree; else ``ok``. ``model_probabilities``
+   image-too-small, out-of-distribution, models-disagree or laterality-mismatch; else ``ok``. ``model_probabilities``
    holds each model's image probability (its bones' mean); ``probability_sd`` their standard
    deviation (NaN with one model).
 
@@ -62,6 +66,7 @@ class ScreenConfig:
     min_side_fraction: float = 0.5    # short side below this × the working canvas's short side → image-too-small
     ood_factor: float = 1.25          # mean entropy above this × the run's 99th percentile → out-of-distribution
     threshold: float | None = None    # decision threshold on the mean probability; None: the bundle's (0.5)
+    check_laterality: bool = True     # a given side is checked against the side the model finds (segments twice)
 
     def validate(self) -> None:
         if not 1 <= self.min_bones <= len(BONES):
@@ -111,6 +116,7 @@ class Screening:
     model_probabilities: list[float] = field(default_factory=list)   # each probe model's image probability
     laterality: str = ""               # L | R | "" (the side the segmentation used; methods.segmentation.predict)
     laterality_source: str = ""        # given (DICOM ImageLaterality/Laterality) | detected | ""
+    laterality_found: str = ""         # the side the segmenter finds when not told (detected, or checked) | ""
 
     @property
     def n_bones(self) -> int:
@@ -131,7 +137,8 @@ class Screening:
             "flags": ";".join(self.flags), "mean_confidence": self.mean_confidence,
             "mean_entropy": self.mean_entropy, "mean_mutual_info": self.mean_mutual_info,
             "height": self.shape[0], "width": self.shape[1], "pixel_spacing_mm": self.pixel_spacing_mm,
-            "laterality": self.laterality, "laterality_source": self.laterality_source}
+            "laterality": self.laterality, "laterality_source": self.laterality_source,
+            "laterality_found": self.laterality_found}
         out.update({f"p_{b.bone}": self.bone_probability[b.bone] for b in self.bones})
         out.update({f"confidence_{b.bone}": b.confidence for b in self.bones})
         out.update({f"missing_{b.bone}": b.reason if b.missing else "" for b in self.bones})
@@ -145,7 +152,7 @@ class Screening:
         out["models"] = {"probabilities": list(self.model_probabilities), "sd": self.probability_sd}
         out["segmentation"] = {"mean_confidence": self.mean_confidence, "mean_entropy": self.mean_entropy,
                                "mean_mutual_info": self.mean_mutual_info, "laterality": self.laterality,
-                               "laterality_source": self.laterality_source}
+                               "laterality_source": self.laterality_source, "laterality_found": self.laterality_found}
         out["image"] = {"height": self.shape[0], "width": self.shape[1], "pixel_spacing_mm": self.pixel_spacing_mm}
         out["bones"] = {b.bone: {"probability": self.bone_probability[b.bone], "confidence": b.confidence,
                                  "missing": b.missing, "reason": b.reason, "note": b.note,
@@ -159,9 +166,11 @@ class Screening:
 
 def assess(bones: Sequence[BonePatch], shape: tuple[int, int], canvas: tuple[int, int], cfg: ScreenConfig,
            mean_entropy: float = float("nan"), reference_entropy: float | None = None,
-           model_probabilities: Sequence[float] = (), threshold: float = 0.5) -> tuple[list[str], list[str], str]:
+           model_probabilities: Sequence[float] = (), threshold: float = 0.5,
+           sides: tuple[str, str] = ("", "")) -> tuple[list[str], list[str], str]:
     """(flags, notes, status) of one radiograph from its bones, size and mean segmentation entropy
-    (`reference_entropy`: the 99th percentile on the run's own images; None skips the check)."""
+    (`reference_entropy`: the 99th percentile on the run's own images; None skips the check); `sides`:
+    the side given and the side the segmenter found when not told ("" where there is none)."""
     flags: list[str] = []
     notes: list[str] = []
     usable = [b for b in bones if not b.missing]
@@ -194,9 +203,15 @@ def assess(bones: Sequence[BonePatch], shape: tuple[int, int], canvas: tuple[int
         flags.append("models-disagree")
         notes.append("the fold models disagree: image probabilities " +
                      ", ".join(f"{p:.3f}" for p in model_probabilities) + f" around the threshold {threshold:g}")
+    given, found = sides
+    if given and found and given != found:
+        flags.append("laterality-mismatch")
+        notes.append(f"the image is tagged as a {'left' if given == 'L' else 'right'} hand, but the model finds a "
+                     f"{'left' if found == 'L' else 'right'} one when not told: check the tag (segmented as tagged)")
     if "too-few-bones" in flags:
         status = "withheld"
-    elif {"low-confidence-segmentation", "image-too-small", "out-of-distribution", "models-disagree"} & set(flags):
+    elif {"low-confidence-segmentation", "image-too-small", "out-of-distribution", "models-disagree",
+          "laterality-mismatch"} & set(flags):
         status = "low-confidence"
     else:
         status = "ok"
@@ -214,8 +229,9 @@ def screen_radiographs(bundle: Any, radiographs: Sequence[Any], names: Sequence[
         raise BenchError(f"{len(names)} names for {len(radiographs)} radiographs")
     patch_cfg = bundle.patch_config
     reference = bundle.meta.get("reference", {}).get("mean_entropy", {}).get("q99")
-    sides = [header_fields(getattr(r, "header", None) or {}).get("laterality") for r in radiographs]
-    preds = list(bundle.segment((r.pixels for r in radiographs), batch_size=batch_size, laterality=sides))
+    sides = [header_fields(getattr(r, "header", None) or {}).get("laterality") or "" for r in radiographs]
+    preds = list(bundle.segment((r.pixels for r in radiographs), batch_size=batch_size, laterality=sides,
+                                detect=[bool(s) and cfg.check_laterality for s in sides]))
     per_image: list[list[BonePatch]] = []
     patches: list[np.ndarray] = []
     for rad, pred in zip(radiographs, preds):
@@ -231,7 +247,9 @@ def screen_radiographs(bundle: Any, radiographs: Sequence[Any], names: Sequence[
             b.patch = None
         model_p = [float(v) for v in np.mean(list(scored.values()), axis=0)] if scored else []
         flags, notes, status = assess(bones, rad.pixels.shape, bundle.canvas, cfg, float(pred.entropy.mean()),
-                                      reference, model_p if len(model_p) > 1 else (), threshold)
+                                      reference, model_p if len(model_p) > 1 else (), threshold,
+                                      (pred.laterality if pred.laterality_source == "given" else "",
+                                       getattr(pred, "detected", "") or ""))
         used = [p_bone[b.bone] for b in bones if not b.missing]
         prob = float(np.mean(used)) if used else float("nan")
         prediction = None if status == "withheld" or not used else int(prob > threshold)
@@ -244,7 +262,8 @@ def screen_radiographs(bundle: Any, radiographs: Sequence[Any], names: Sequence[
             mean_entropy=float(pred.entropy.mean()), mean_mutual_info=float(pred.mutual_info.mean()),
             shape=tuple(rad.pixels.shape), pixel_spacing_mm=rad.pixel_spacing_mm, image=rad.pixels,
             labels=pred.labels, entropy=pred.entropy, model_probabilities=model_p,
-            laterality=pred.laterality, laterality_source=pred.laterality_source))
+            laterality=pred.laterality, laterality_source=pred.laterality_source,
+            laterality_found=getattr(pred, "detected", "") or ""))
     return out
 
 

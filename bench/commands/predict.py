@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--ood-factor", type=float, default=None, help="mean segmentation entropy above this × the "
                    "99th percentile on the run's own images flags out-of-distribution (default: the bundle's, 1.25)")
     p.add_argument("--threshold", type=float, default=None, help="decision threshold (default: the bundle's, 0.5)")
+    p.add_argument("--no-laterality-check", action="store_true",
+                   help="do not segment an image whose side is given a second time to check the side "
+                        "(flag laterality-mismatch); halves the segmentation time")
     p.add_argument("--no-overlays", action="store_true", help="do not draw overlay PNGs")
     p.set_defaults(func=predict_command)
 
@@ -41,7 +44,8 @@ def predict_command(args: argparse.Namespace) -> int:
     bundle = load_bundle(args.bundle, resolve_device(args.device))
     bundle.screen = ScreenConfig.from_dict(bundle.meta.get("screening", {}), min_bones=args.min_bones,
                                            min_confidence=args.min_confidence, ood_factor=args.ood_factor,
-                                           threshold=args.threshold)
+                                           threshold=args.threshold,
+                                           check_laterality=False if args.no_laterality_check else None)
     report = run_predictions(bundle, args.inputs, args.out, batch_size=args.batch_size,
                              overlays=not args.no_overlays, pixel_spacing_mm=args.pixel_spacing,
                              laterality=args.laterality)

@@ -252,6 +252,17 @@ def test_incompatible_or_damaged_bundles_are_refused(run, tmp_path, capsys):
     assert "upgrade osteobench" in capsys.readouterr().err
     assert main(["export", str(tmp_path), "--out", str(tmp_path / "x.osteo")]) == 2
     assert "not a run folder" in capsys.readouterr().err
+    # same format, content this version does not know: upgrade when a newer osteobench wrote it
+    meta = json.loads(zipfile.ZipFile(src).read("bundle.json"))
+    spec = {**meta["segmentation"], "spec": {**meta["segmentation"]["spec"], "future_field": 1}}
+    for made_by, advice in (("99.0", "upgrade osteobench"), (meta["package_version"], "export the run again")):
+        with pytest.raises(BenchError, match=advice):
+            load_bundle(_rezip(src, tmp_path / "spec.osteo", meta_update={"segmentation": spec,
+                                                                           "package_version": made_by}))
+    newer = load_bundle(_rezip(src, tmp_path / "patch.osteo", meta_update={
+        "patches": {**meta["patches"], "future_option": 2}, "package_version": "99.0"}))
+    with pytest.raises(BenchError, match="future_option.*upgrade osteobench"):
+        newer.patch_config
 
 
 def _bone(name: str, missing: bool = False, confidence: float = 0.9, reason: str = "") -> BonePatch:
@@ -284,8 +295,39 @@ def test_flags_withhold_or_lower_confidence_as_documented():
     flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, model_probabilities=[0.45, 0.9], threshold=0.5)
     assert (flags, status) == (["models-disagree"], "low-confidence") and "0.450, 0.900 around the threshold 0.5" in notes[0]
     assert assess(whole, (2000, 1500), canvas, cfg, model_probabilities=[0.45, 0.9], threshold=0.4)[2] == "ok"
+    assert assess(whole, (2000, 1500), canvas, cfg, sides=("L", "L")) == ([], [], "ok")
+    assert assess(whole, (2000, 1500), canvas, cfg, sides=("", "R")) == ([], [], "ok")     # detected, not given
+    flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, sides=("L", "R"))
+    assert (flags, status) == (["laterality-mismatch"], "low-confidence") and "tagged as a left hand" in notes[0]
     with pytest.raises(BenchError, match="min_bones"):
         ScreenConfig.from_dict({}, min_bones=9)
+
+
+def test_a_side_that_the_model_contradicts_is_flagged(run, bundle):
+    dataset = run["cls"]
+    ids = dataset.manifest["image_id"].tolist()
+    rads = _radiographs(dataset, ids)
+    for rad in rads:                                          # every tag wrong
+        rad.header["ImageLaterality"] = {"L": "R", "R": "L"}[rad.header["ImageLaterality"]]
+    results = bundle.predict(rads, ids, screen=PERMISSIVE)
+    assert all(r.laterality_source == "given" and r.laterality_found in ("L", "R") for r in results)
+    mismatched = [r for r in results if r.laterality_found != r.laterality]
+    assert mismatched and all("laterality-mismatch" in r.flags and r.status != "ok" for r in mismatched)
+    assert not any("laterality-mismatch" in r.flags for r in results if r.laterality_found == r.laterality)
+    unchecked = bundle.predict(rads[:2], ids[:2], screen=ScreenConfig(min_bones=1, min_confidence=0.0,
+                                                                      check_laterality=False))
+    assert [r.laterality_found for r in unchecked] == ["", ""]
+
+
+def test_evaluate_gives_each_image_the_manifests_side(run, bundle):
+    from bench.external import evaluate_dataset
+
+    dataset = run["cls"]
+    evaluation = evaluate_dataset(bundle, dataset, split="test")
+    sides = dataset.manifest.set_index("image_id")["laterality"]
+    images = evaluation.images
+    assert len(images) >= 2 and (images["laterality_source"] == "given").all()
+    assert images["laterality"].tolist() == [sides[i] for i in images["image_id"]]
 
 
 def test_withheld_results_carry_no_decision(run, bundle):

@@ -243,3 +243,21 @@ def test_bad_paths_and_names(tmp_path):
     for suite, entry, seed in (("../x", "e", 0), ("s", ".hidden", 0), ("s", "e", -1), ("s", "e", True)):
         with pytest.raises(BenchError):
             store.run_dir(tmp_path, suite, entry, seed)
+
+
+def test_atomic_outputs_get_the_permissions_of_a_plain_write(tmp_path):
+    """tempfile makes 0600 files and 0700 folders; a bundle or report must be readable as open() makes it."""
+    import os
+    import stat
+
+    from bench import atomic
+
+    mask = atomic._current_umask()
+    atomic.atomic_write_text(tmp_path / "a.txt", "x")
+    with atomic.atomic_dir(tmp_path / "d") as tmp:
+        (tmp / "f").write_text("y")
+    (tmp_path / "plain.txt").write_text("z")
+    (tmp_path / "plain_dir").mkdir()
+    mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)   # noqa: E731
+    assert mode(tmp_path / "a.txt") == mode(tmp_path / "plain.txt") == 0o666 & ~mask
+    assert mode(tmp_path / "d") == mode(tmp_path / "plain_dir") == 0o777 & ~mask
