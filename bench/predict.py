@@ -182,21 +182,31 @@ def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str |
         else:
             report.rows.append(res[0])
             report.records.append(res[1])
-    write_outputs(report, predictor.describe() if hasattr(predictor, "describe") else {})
+    screening = getattr(predictor, "screen", None)
+    if screening is None and isinstance(getattr(predictor, "meta", None), dict):
+        from methods.screen import ScreenConfig
+
+        screening = ScreenConfig.from_dict(predictor.meta.get("screening", {}))     # the bundle's own
+    options = {"screening": screening.to_dict() if hasattr(screening, "to_dict") else None,
+               "pixel_spacing_mm": pixel_spacing_mm, "laterality": laterality, "batch_size": batch_size}
+    write_outputs(report, predictor.describe() if hasattr(predictor, "describe") else {}, options)
     return report
 
 
-def write_outputs(report: Report, model: dict[str, Any]) -> None:
-    """predictions.csv and predictions.json (atomically)."""
+def write_outputs(report: Report, model: dict[str, Any], options: dict[str, Any] | None = None) -> None:
+    """predictions.csv and predictions.json (atomically); the JSON records the options the images were
+    screened with (flag limits, threshold, fallback spacing and side), so a result can be traced."""
     skipped_rows = [{"file": s.file, "name": "", "overlay": "", "error": s.error, "status": "skipped"}
                     for s in report.skipped]
     frame = pd.DataFrame(report.rows + skipped_rows)
     if frame.empty:
         frame = pd.DataFrame(columns=["file", "name", "overlay", "error", "status"])
-    if "prediction" in frame.columns:
-        frame["prediction"] = frame["prediction"].astype("Int64")
+    for column in ("prediction", "n_bones", "height", "width"):     # integers, also beside skipped rows' NaN
+        if column in frame.columns:
+            frame[column] = frame[column].astype("Int64")
     atomic_write_text(report.out_dir / "predictions.csv", frame.to_csv(index=False))
-    doc = {"model": model, "images": report.records, "skipped": [vars(s) for s in report.skipped]}
+    doc = {"model": model, "options": options or {}, "images": report.records,
+           "skipped": [vars(s) for s in report.skipped]}
     atomic_write_text(report.out_dir / "predictions.json",
                       json.dumps(json_safe(doc), indent=2, allow_nan=False) + "\n")
 

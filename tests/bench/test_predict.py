@@ -147,6 +147,11 @@ def test_cli_export_is_deterministic_and_cli_predict_writes_outputs(run, tmp_pat
             assert im.format == "PNG" and im.size[0] > 500
     doc = json.loads((out / "predictions.json").read_text())
     assert len(doc["images"]) == len(test_ids) and len(doc["skipped"]) == 3
+    assert doc["options"]["screening"]["min_bones"] == 1 and doc["options"]["screening"]["min_confidence"] == 0
+    assert doc["options"]["pixel_spacing_mm"] == 0.8 and doc["options"]["laterality"] == "R"
+    raw = pd.read_csv(out / "predictions.csv", dtype=str, keep_default_na=False)
+    for column in ("n_bones", "height", "width"):           # integers, also beside the skipped rows' blanks
+        assert raw.loc[raw["status"] != "skipped", column].str.fullmatch(r"\d+").all(), column
     nested = inputs / "preds"               # an output folder inside the inputs: its overlays are never inputs
     for _ in range(2):
         assert main(["predict", str(run["bundle"]), str(inputs), "--out", str(nested), "--device", "cpu",
