@@ -47,11 +47,16 @@ from methods.transfer import to_device_async
 
 
 class LandmarkNet(nn.Module):
-    """U-Net backbone + 1×1 conv to K heat-map logits at the input resolution."""
+    """U-Net backbone + 1×1 conv to K heat-map logits at the input resolution.
+
+    The input z-score takes its statistics from the unclipped pixels (methods.segmentation.model
+    ``standardize_images``): training batches zero-pad images of other sizes to a common one, detection
+    sees each image alone, and the padding must not move the bones' z-values between the two."""
 
     def __init__(self, landmarks: int, widths: tuple[int, ...], convs: int):
         super().__init__()
-        self.backbone = UNetBackbone(1, tuple(widths), momentum=0.1, standardize=True, convs=convs)
+        self.backbone = UNetBackbone(1, tuple(widths), momentum=0.1, standardize=True, convs=convs,
+                                     standardize_over="unclipped")
         self.head = nn.Conv2d(widths[0], landmarks, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -116,3 +116,19 @@ def test_images_load_the_same_in_threads(tmp_path):
     assert [i["mirror"] for i in one] == [s == "L" for s in ds.manifest["laterality"]] and any(i["mirror"] for i in one)
     ds.manifest["laterality"] = ["l", "LEFT", "B", "", "R", " L ", None]
     assert [i["mirror"] for i in load_images(ds, "seg", lm, threads=1)] == [True, False, False, False, False, True, False]
+
+
+def test_zero_padding_of_a_training_batch_does_not_move_the_inputs_z_values():
+    """Training pads images of other sizes to a common one, detection sees each alone (unclipped z-score)."""
+    import torch
+
+    from baselines.landmark_detector import LandmarkNet
+
+    torch.manual_seed(0)
+    net = LandmarkNet(7, (4, 8, 16), 1).eval()
+    image = torch.rand(1, 1, 40, 32) * 0.8 + 0.1
+    padded = torch.zeros(1, 1, 64, 48)
+    padded[..., :40, :32] = image
+    with torch.no_grad():
+        alone, in_batch = net(image), net(padded)[..., :40, :32]
+    assert (alone - in_batch)[..., :24, :16].abs().max() < 1e-5      # away from the padding's border
