@@ -124,14 +124,14 @@ class SegmentationConfig:
     augment: bool = True                # on-device augmentation of training batches
     canonical_laterality: bool = True   # mirror left hands (manifest laterality L) to right hands; flip only unknown sides (docstring)
     flip_p: float = 0.5                 # probability of a horizontal flip (left <-> right hand; canonical: unknown sides only)
-    vflip_p: float = 0.0                # probability of a vertical flip (reference LIDC: 0.5; hands are shot fingers up)
+    vflip_p: float = 0.0                # probability of a vertical flip (reference LIDC: 0.5; hands are shot fingers up); like flip_p, only images of unknown side under canonical laterality
     rotate_deg: float = 10.0            # rotation drawn uniformly in +- this (reference 10)
     scale_range: float = 0.1            # isotropic scale drawn uniformly in 1 +- this
-    frame_p: float = 0.3                # probability of a random white or black collimation frame (methods.segmentation.appearance)
-    intensity_gamma_p: float = 0.3      # probability of an intensity gamma x**g (nnU-Net: 0.3)
+    frame_p: float = 0.3                # probability of a random white or black collimation frame (methods.segmentation.appearance; with augment only)
+    intensity_gamma_p: float = 0.3      # probability of an intensity gamma x**g (nnU-Net: 0.3; with augment only)
     intensity_gamma_min: float = 0.7    # g range, half the draws below 1 (nnU-Net: 0.7-1.5)
     intensity_gamma_max: float = 1.5
-    occlude_p: float = 0.0              # probability that one bone is hidden under an opaque bar and unannotated (methods.segmentation.occlusion)
+    occlude_p: float = 0.0              # probability that one bone is hidden under an opaque bar and unannotated (methods.segmentation.occlusion; with augment only)
     annotators: str = ""                # comma-separated annotator names used for training; empty: all
     eval_samples: int = 0               # evaluation samples: 0 = compact form (K*S weighted); n > 0 = n drawn from pi
     eval_splits: str = "val,test"       # seg splits evaluated (Dice, GED, Hungarian IoU, ECE)

@@ -191,14 +191,16 @@ def augment(images: torch.Tensor, labels: torch.Tensor, *, flip_p: float = 0.5, 
             flippable: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Random flips, rotation and scale of a batch (B x 1 x H x W float, B x M x H x W uint8).
 
-    `flippable` (B bool): only these images may be flipped left-right (default: all). The random draws
-    do not depend on it."""
+    `flippable` (B bool): only these images may be flipped (default: all), left-right or upside down: a
+    vertical flip is a reflection too (a right hand upside down is a left hand), so an image of known
+    side under canonical laterality keeps its chirality. The random draws do not depend on it."""
     b, _, h, w = images.shape
     dev = images.device
     u = torch.rand(b, 4, generator=generator, device=dev)
     hflip = u[:, 0] < flip_p
     fx = torch.where(hflip if flippable is None else hflip & flippable, -1.0, 1.0)
-    fy = torch.where(u[:, 1] < (flip_p if vflip_p is None else vflip_p), -1.0, 1.0)
+    vflip = u[:, 1] < (flip_p if vflip_p is None else vflip_p)
+    fy = torch.where(vflip if flippable is None else vflip & flippable, -1.0, 1.0)
     ang = (2 * u[:, 2] - 1) * math.radians(rotate_deg)
     sc = 1.0 + (2 * u[:, 3] - 1) * scale_range
     cos, sin = torch.cos(ang) / sc, torch.sin(ang) / sc

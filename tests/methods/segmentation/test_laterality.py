@@ -72,6 +72,11 @@ def test_augment_flips_only_the_flippable_images_with_the_same_draws():
     b = augment(img, lab, flip_p=0.5, rotate_deg=10.0, generator=torch.Generator().manual_seed(3),
                 flippable=torch.ones(3, dtype=torch.bool))
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    # a vertical flip is a reflection too: an image of known side is never turned upside down
+    v_img, v_lab = augment(img, lab, flip_p=0.0, vflip_p=1.0, rotate_deg=0.0, scale_range=0.0,
+                           generator=torch.Generator().manual_seed(0), flippable=torch.tensor([True, False, True]))
+    assert torch.allclose(v_img[0], img[0].flip(-2), atol=1e-5) and torch.allclose(v_img[1], img[1], atol=1e-5)
+    assert torch.equal(v_lab[2], lab[2].flip(-2)) and torch.equal(v_lab[1], lab[1])
 
 
 def make_model(canonical: bool, kind: str = "mose") -> torch.nn.Module:
