@@ -30,7 +30,7 @@ import pandas as pd
 from bench.data.format import MANIFEST_COLUMNS
 from bench.errors import BenchError
 
-OSTEOPOROSIS_T = -2.5  # WHO: osteoporosis when the DXA T-score is below -2.5
+OSTEOPOROSIS_T = -2.5  # the paper: osteoporosis when the DXA T-score "falls below -2.5" (WHO: at or below)
 SUBJECT_FROM = "_subject_from"   # working column: csv | image (one per image) | header (PatientID) | header-or-image
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".dcm", ".dicom", ".dic")
 #: CSV column names recognised for each field (compared lower case, letters and digits only).

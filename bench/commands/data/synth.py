@@ -28,7 +28,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="target fraction with T-score < -2.5 (default: 0.30)")
     parser.add_argument("--signal", type=float, default=None, metavar="S",
                         help="signal strength of the latent bone parameters; 1.0 gives an oracle "
-                             "AUC of about 0.90, 0 no signal (default: 1.0)")
+                             "AUC of about 0.90, 0 no bone-density signal (default: 1.0). Age and sex, which "
+                             "predict the label, still shape the bones at 0 (a bone's width grows with age), "
+                             "so an image model can beat chance there through them")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing DIR")
     parser.add_argument("--workers", type=int, default=None, metavar="N",
                         help="processes rendering images (default: all cores, one per 32 images at least)")

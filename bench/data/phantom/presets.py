@@ -55,7 +55,8 @@ class PhantomConfig:
     labeled: bool = False             # manifest carries sex, age, t_score and label
     prevalence: float = 0.30          # target P(T-score < -2.5) of the subject population
     signal: float = 1.0               # THE signal knob: slope of the latent bone parameters on the
-                                      # T-score (1.0 -> oracle AUC about 0.90; 0 -> no signal)
+                                      # T-score (1.0 -> oracle AUC about 0.90; 0 -> no density signal:
+                                      # age and sex, which predict the label, still shape the bones)
     female_fraction: float = 0.5      # P(sex = F)
     age_model: str = "adult"          # age distribution: table2 (paper Table 2) | adult (18-90 uniform)
     subject_prefix: str = "pub"       # subject_id prefix; differs between presets
