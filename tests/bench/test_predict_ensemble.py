@@ -52,11 +52,14 @@ def cv(tmp_path_factory):
 
 
 def _radiographs(dataset: Dataset, ids: list[str]):
+    """The images as the runs (and `bench evaluate`) saw them: the manifest's spacing and side."""
     spacing = dataset.manifest.set_index("image_id")["pixel_spacing_mm"]
+    side = dataset.manifest.set_index("image_id")["laterality"]
     rads = []
     for image_id in ids:
         rad = read_image(dataset.image_path(image_id))
         rad.pixel_spacing_mm = float(spacing[image_id])
+        rad.header["ImageLaterality"] = side[image_id]
         rads.append(rad)
     return rads
 
