@@ -97,4 +97,5 @@ def label_map(shape: tuple[int, int], bones: list[BoneRaster], spacing: float,
         region[upd] = d[upd]
         labels[b.rows, b.cols][upd] = b.class_id
     field.blank_outside(labels, 0)
+    field.blank_hidden(labels, 0)          # under an opaque plate nothing is visible, so nothing is annotated
     return labels

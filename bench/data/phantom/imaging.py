@@ -48,8 +48,10 @@ def exposed_field(grid: Grid, nz: Nuisance) -> ExposedField:
     x0, y0, x1, y1 = nz.field_mm
     j0, j1 = int(np.ceil(x0 / s - 0.5)), int(np.floor(x1 / s - 0.5)) + 1
     i0, i1 = int(np.ceil(y0 / s - 0.5)), int(np.floor(y1 / s - 0.5)) + 1
+    o = nz.occluder
+    plate = None if o is None else (*o.centre_mm, *o.axis, o.half_length_mm, o.half_width_mm)
     return ExposedField(max(i0, 0), max(j0, 0), min(i1, grid.height), min(j1, grid.width),
-                        nz.blade, s)
+                        nz.blade, s, plate)
 
 
 def line_integrals(subject: Subject, nuisance: Nuisance, grid: Grid, rng: np.random.Generator):

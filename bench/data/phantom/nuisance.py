@@ -163,11 +163,10 @@ def _blade_cut(bone: str, pts: dict[str, np.ndarray], box: list[float],
 
 
 def _occluder(hand, bone: str) -> Occluder:
+    """A plate over the whole of `bone` (its whole length, so no part of it stays visible in the field);
+    what it covers of a neighbour is removed from the masks too (ExposedField.blank_hidden)."""
     t = hand.target(bone)
-    if bone in ("radius", "ulna"):
-        frac, half = 1.0 - 28.0 / t.length, 28.0
-    else:
-        frac, half = 0.5, 0.47 * t.length
+    frac, half = 0.5, 0.5 * t.length + (5.0 if bone in ("radius", "ulna") else 2.0)
     c = t.centre_point(frac)
     r = max(t.r_prox if bone not in ("radius", "ulna") else t.r_shaft, t.r_dist)
     return Occluder(centre_mm=(float(c[0]), float(c[1])), axis=(float(t.axis[0]), float(t.axis[1])),

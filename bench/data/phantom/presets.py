@@ -20,7 +20,8 @@ from dataclasses import dataclass
 
 from bench.errors import BenchError
 
-GENERATOR_VERSION = "phantom-1.1"   # 1.1: annotators leave the distal heads out 5-35 % (was 10-70 %)
+GENERATOR_VERSION = "phantom-1.2"   # 1.2: a splint plate covers a forearm bone whole, and the masks leave out
+                                    # whatever a plate hides (neighbours too); 1.1: head exclusion 5-35 %
 
 #: Paper-size settings of each preset (profile `paper`).
 PRESETS: dict[str, dict] = {

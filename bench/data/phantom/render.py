@@ -66,6 +66,7 @@ class ExposedField:
     j1: int
     blade: tuple[float, float, float] | None = None
     spacing: float = 1.0
+    plate: tuple[float, float, float, float, float, float] | None = None   # opaque plate: cx, cy, ax, ay, half-length, half-width (mm)
 
     def blank_outside(self, a: np.ndarray, value) -> None:
         """Set every unexposed pixel of the full-size array `a` to `value` (in place)."""
@@ -78,6 +79,19 @@ class ExposedField:
             x = ((np.arange(self.j0, self.j1, dtype=np.float32) + 0.5) * s)[None, :]
             inner = a[self.i0:self.i1, self.j0:self.j1]
             inner[(x * nx + y * ny) >= c] = value
+
+    def blank_hidden(self, a: np.ndarray, value) -> None:
+        """Set the pixels under the opaque plate (its core, where it is drawn at full opacity's half or
+        more) of the full-size array `a` to `value` (in place): nothing under it can be seen or annotated."""
+        if self.plate is None:
+            return
+        cx, cy, ax, ay, half_length, half_width = self.plate
+        s = self.spacing
+        y = ((np.arange(a.shape[0], dtype=np.float32) + 0.5) * s)[:, None]
+        x = ((np.arange(a.shape[1], dtype=np.float32) + 0.5) * s)[None, :]
+        uu = (x - cx) * ax + (y - cy) * ay
+        vv = (y - cy) * ax - (x - cx) * ay
+        a[(np.abs(uu) < half_length - 0.25) & (np.abs(vv) < half_width - 0.25)] = value
 
     def scale_outside(self, a: np.ndarray, factor: float) -> None:
         """Multiply every unexposed pixel of `a` by `factor` (in place)."""

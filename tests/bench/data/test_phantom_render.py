@@ -181,3 +181,36 @@ def test_absent_bones_are_missing_from_the_exact_mask():
             assert exposed.mean() < 1.0
             assert not np.any(r.truth[~exposed])                # labels only in the exposed field
     assert reasons == {"collimation", "occluder"}
+
+
+def test_nothing_under_a_splint_plate_is_labelled_and_a_forearm_plate_hides_the_whole_bone():
+    """phantom-1.2: the plate's core hides its bone whole and whatever of a neighbour it covers."""
+    import copy
+    import dataclasses
+
+    from bench.data.phantom.annotators import label_map
+
+    cfg = PhantomConfig.for_preset("clinical", "smoke").replace(missing_rate=1.0)
+    seen = set()
+    for i in range(40):
+        rng = np.random.default_rng(i)
+        s = sample_subject(cfg, rng, "x")
+        nz = sample_nuisance(cfg, s, rng)
+        if nz.missing_reason != "occluder":
+            continue
+        seen.add(nz.missing_bone in ("radius", "ulna"))
+        r = render_subject(cfg, s, nz, copy.deepcopy(rng), keep_line_integral=True)
+        clean = dataclasses.replace(nz, occluder=None, missing_bone="", missing_reason="")
+        r0 = render_subject(cfg, s, clean, copy.deepcopy(rng), keep_line_integral=True)
+        core = (r.line_integral - r0.line_integral) > 4.5      # the plate at full opacity (6 per unit)
+        assert core.any()
+        assert not r.truth[core].any()                           # no bone labelled under the plate
+        exposed = np.ones(core.shape, bool)
+        r.field.blank_outside(exposed, False)
+        hidden_bone = r0.truth == TARGETS.index(nz.missing_bone) + 1
+        assert not (hidden_bone & exposed & ~core).sum() > 0.01 * hidden_bone.sum()   # none of it left in view
+        ann = label_map(r.truth.shape, r0.bones, cfg.pixel_spacing_mm, r.field)
+        assert not ann[core].any()                               # an annotator's map too
+        if seen == {True, False}:
+            break
+    assert seen == {True, False}                                 # a forearm and a metacarpal plate were tried
