@@ -71,7 +71,7 @@ class Stage:
         """The datasets whose train/val/test assignment this stage reads under `config`.
 
         Its cache key holds those datasets' full fingerprints and the content alone (images, masks,
-        labels; bench.stage.content_fingerprint) of the others: e.g. the segmentation model reads
+        labels; bench.fingerprint.content_fingerprint) of the others: e.g. the segmentation model reads
         the `seg` split, not the `cls` one, so the folds of a cross-validation (bench.data.folds)
         share it. None (the default): every dataset it declares.
         """

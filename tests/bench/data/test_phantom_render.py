@@ -162,13 +162,21 @@ def _shifted(tube, dx: float, dy: float):
     return dataclasses.replace(tube, p0=tube.p0 - off, p1=tube.p1 - off)
 
 
-def test_absent_bones_are_missing_from_the_exact_mask():
-    cfg = PhantomConfig.for_preset("clinical", "smoke").replace(missing_rate=1.0)
-    reasons = set()
-    for i in range(8):
+MISSING_ALWAYS = PhantomConfig.for_preset("clinical", "smoke").replace(missing_rate=1.0)
+
+
+def _missing_bone_draws(n: int):
+    """(subject, nuisance, generator) of `n` smoke clinical draws, each with one bone made missing."""
+    for i in range(n):
         rng = np.random.default_rng(i)
-        s = sample_subject(cfg, rng, "x")
-        nz = sample_nuisance(cfg, s, rng)
+        s = sample_subject(MISSING_ALWAYS, rng, "x")
+        yield s, sample_nuisance(MISSING_ALWAYS, s, rng), rng
+
+
+def test_absent_bones_are_missing_from_the_exact_mask():
+    cfg = MISSING_ALWAYS
+    reasons = set()
+    for s, nz, rng in _missing_bone_draws(8):
         r = render_subject(cfg, s, nz, rng)
         cid = TARGETS.index(nz.missing_bone) + 1
         assert not r.present[nz.missing_bone] and not np.any(r.truth == cid)
@@ -190,12 +198,9 @@ def test_nothing_under_a_splint_plate_is_labelled_and_a_forearm_plate_hides_the_
 
     from bench.data.phantom.annotators import label_map
 
-    cfg = PhantomConfig.for_preset("clinical", "smoke").replace(missing_rate=1.0)
+    cfg = MISSING_ALWAYS
     seen = set()
-    for i in range(40):
-        rng = np.random.default_rng(i)
-        s = sample_subject(cfg, rng, "x")
-        nz = sample_nuisance(cfg, s, rng)
+    for s, nz, rng in _missing_bone_draws(40):
         if nz.missing_reason != "occluder":
             continue
         seen.add(nz.missing_bone in ("radius", "ulna"))
