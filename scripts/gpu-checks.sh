@@ -218,7 +218,8 @@ if want segeval && [ -f "$RES/heldout/manifest.csv" ]; then
   # issue 4: every trained segmenter on the same held-out phantom images, then the first MoSE training's
   # seeds against the single decoder's (bench compare-seg: images and seeds resampled, per bone)
   log "segeval on $HELDOUT_N held-out images"
-  for d in "$RES"/*/radiogrammetry/seed*; do
+  # seed by seed, so that a short budget still evaluates both arms of the comparison
+  for d in $(for s in $SEEDS; do ls -d "$RES"/*/radiogrammetry/seed"$s" 2>/dev/null; done); do
     [ -f "$d/metrics.json" ] || continue
     tag=$(basename "$(dirname "$(dirname "$d")")")-$(basename "$d")
     enough 40 "segeval $tag" || break
