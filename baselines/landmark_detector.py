@@ -11,7 +11,8 @@ val images). Outputs:
 
 * ``landmarks.parquet``: every image of both datasets: role, image_id, subject_id, split, bone,
   row, col (detected, native pixels), score (peak probability), and where the image has masks
-  row_true, col_true, error_mm;
+  row_true, col_true, error_mm. ``split`` is the `seg` split; it is empty for `cls` images, whose
+  split is the run's (``--folds``, ``bench data split``) and not part of this stage's key;
 * ``landmark_error.json``: mean error (mm) on the `seg` test split (overall and per landmark), and
   on the `cls` images with masks when there are any;
 * ``model.pt``: the detector's weights and settings.
@@ -95,7 +96,8 @@ def load_images(dataset: Dataset, role: str, cfg: LandmarkConfig, threads: int |
         weights = dataset.annotator_weights(image_id)
         truth = (reference_landmarks(dataset.masks(image_id), weights, spacing, cfg) if weights
                  else np.full((len(cfg.bones), 2), np.nan))
-        return {"image_id": image_id, "subject_id": str(rec["subject_id"]), "split": str(rec["split"]),
+        return {"image_id": image_id, "subject_id": str(rec["subject_id"]),
+                "split": str(rec["split"]) if role == "seg" else "",      # module docstring
                 "role": role, "tensor": tensor.flip(-1) if mirror else tensor, "scale": scale,
                 "spacing": spacing, "truth": truth, "mirror": mirror}
 

@@ -6,7 +6,9 @@ forward and backward), ``max-autotune-no-cudagraphs``, and the CUDA-graph modes
 ``reduce-overhead`` / ``max-autotune``. ``nn.Module.compile`` compiles in place, so state dicts
 keep their keys and checkpoints stay interchangeable with eager runs. Shapes are static
 (``dynamic=False``): one graph per input shape and train/eval mode. The first step pays the
-compilation (``bench perf`` reports it).
+compilation (``bench perf`` reports it). :func:`uncompile_module` returns a module to eager calls,
+for work whose shapes vary (predictions in batches of every size), where each new shape would
+compile again.
 """
 from __future__ import annotations
 
@@ -57,5 +59,13 @@ def compile_module(module: nn.Module, mode: str) -> None:
     module.compile(mode=None if mode == "default" else mode, dynamic=False)
 
 
+def uncompile_module(module: nn.Module) -> None:
+    """Undo :func:`compile_module`: ``nn.Module.compile`` keeps the compiled call in
+    ``_compiled_call_impl`` (PyTorch has no public inverse), and without it the module calls its eager
+    ``forward``. The weights are shared, so nothing else changes."""
+    if getattr(module, "_compiled_call_impl", None) is not None:
+        module._compiled_call_impl = None
+
+
 __all__ = ["COMPILE_MODES", "CompileMode", "SegCompileMode", "compile_module", "segmentation_compile_mode",
-           "triton_available"]
+           "triton_available", "uncompile_module"]

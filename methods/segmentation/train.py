@@ -13,7 +13,9 @@
   val_sample_diversity) and, for MoSE, the mean largest routing weight (val_pi_max) and the mean
   latent sigma, to tell why a model's GED is what it is.
 * CUDA: bf16 autocast for the network, float32 for probabilities, costs and the loss; channels_last;
-  the backbone and head compiled for MoSE (``segmentation.compile=auto``, :func:`compile_model`).
+  the backbone and head compiled for MoSE (``segmentation.compile=auto``, :func:`compile_model`)
+  for the training steps and the per-epoch validation; the returned model is eager
+  (:func:`uncompile_model`).
   The only host synchronisation inside an epoch is the OT solve's copy of the B x N x M cost;
   losses are accumulated on the device and read once per epoch. CPU: float32 throughout.
 * Randomness: initialisation, batch order, augmentation and latent noise each come from their own
@@ -77,6 +79,19 @@ def compile_model(model: torch.nn.Module, mode: str) -> str:
     for part in (model.backbone, model.head):
         compile_module(part, mode)
     return mode
+
+
+def uncompile_model(model: torch.nn.Module) -> None:
+    """Return the backbone and head of a :func:`compile_model` to eager calls. A trained model's
+    evaluation and predictions meet batches of every size (the last batch of a split, the images of
+    each side, the mirrored detection pass); with static shapes each new size compiled both modules
+    again (smoke on 2 CPU cores: batches of 10, 9, 8 and 11 images, 47 s of recompilation after the
+    last epoch; two quick trainings side by side on an H100 spent more than 117 s after their last
+    epoch without finishing), and past torch._dynamo's recompile limit it falls back to eager anyway."""
+    from methods.compiling import uncompile_module
+
+    for part in (model.backbone, model.head):
+        uncompile_module(part)
 
 
 def _generator(device: torch.device, seed: int, purpose: str) -> torch.Generator:
@@ -342,4 +357,5 @@ def train_segmentation(cfg: SegmentationConfig, train: SegData, val: SegData | N
     else:
         best_ged, best_epoch = float("nan"), cfg.epochs - 1
     model.eval()
+    uncompile_model(model)              # evaluation and predictions run eager (uncompile_model)
     return TrainResult(model, best_epoch, best_ged, cfg.epochs, train_seconds / cfg.epochs, history, compiled)

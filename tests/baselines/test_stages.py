@@ -93,6 +93,8 @@ def test_landmark_detector_learns_and_reports_mm_error(env, landmarks):
     assert set(report["seg_test"]["per_landmark_mm"]) == set(LANDMARK_BONES)
     found = pd.read_parquet(landmarks / "landmarks.parquet")
     assert len(found) == 7 * (len(seg.manifest) + len(cls.manifest))
+    assert (found.loc[found.role == "cls", "split"] == "").all()   # the cls split is the run's, not keyed here
+    assert set(found.loc[found.role == "seg", "split"]) == set(seg.manifest["split"])
     test = found[(found.role == "seg") & (found.split == "test")].dropna(subset=["error_mm"])
     assert test["error_mm"].mean() == pytest.approx(report["seg_test"]["mean_mm"])
     stage = json.loads((landmarks / "_stage.json").read_text())

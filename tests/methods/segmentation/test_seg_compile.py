@@ -89,9 +89,12 @@ def test_auto_compiles_the_mose_unet_on_cuda_only(monkeypatch):
 
 def test_compiled_training_loop_trains_validates_and_matches_eager():
     """One epoch of the training loop with segmentation.compile=default (train and eval graphs, a
-    smaller last validation batch): the same history as eager, and the selected model's keys."""
+    smaller last validation batch): the same history as eager. The trained model comes back eager,
+    so predicting batches of new sizes compiles nothing (each size used to compile both modules)."""
+    from torch._dynamo.utils import counters
+
     from methods.segmentation.data import Placement, SegData
-    from methods.segmentation.train import train_segmentation
+    from methods.segmentation.train import forward_eval, train_segmentation
 
     def data(n: int, seed: int) -> SegData:
         x, y, beta = (torch.cat(t) for t in zip(*(_batch(seed + i) for i in range((n + 3) // 4))))
@@ -102,10 +105,18 @@ def test_compiled_training_loop_trains_validates_and_matches_eager():
     for mode in ("off", "default"):
         cfg = SegmentationConfig(base_width=4, max_width=8, levels=3, convs=1, samples=2, working_size=32,
                                  batch_size=4, epochs=1, lr=0.0, predict_batch=3, compile=mode)
+        graphs = counters["stats"]["unique_graphs"]
         result = train_segmentation(cfg, data(8, 0), data(5, 20), seed=0)
         histories[mode] = result.history
         assert result.compile == mode
-        assert (getattr(result.model.backbone, "_compiled_call_impl", None) is not None) == (mode == "default")
+        compiled = counters["stats"]["unique_graphs"] - graphs
+        assert (compiled >= 4) == (mode == "default")     # backbone and head, train and eval graphs
+        for part in (result.model.backbone, result.model.head):
+            assert getattr(part, "_compiled_call_impl", None) is None
+        graphs = counters["stats"]["unique_graphs"]
+        for n in (1, 2, 7):                               # batch sizes the training never saw
+            forward_eval(result.model, data(n, 40).images, 0, torch.Generator().manual_seed(0))
+        assert counters["stats"]["unique_graphs"] == graphs
     (eager,), (compiled,) = histories["off"], histories["default"]
     assert set(compiled) == set(eager) and "val_ged" in eager
     for key, value in eager.items():
