@@ -61,11 +61,20 @@
 # GPU_CHECKS_STEPS=train bash scripts/gpu-checks.sh $OUT 300.
 # Without installation: run from the repository root with the dependencies importable (PYTHONPATH).
 # On the lent device machine: fill .whl here with `../shared/tools/gpu-wheels.sh pydicom`, carry .whl and run
-#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .whl-site \
-#     .whl/*.whl && export PYTHONPATH=$PWD/.whl-site && bash scripts/gpu-checks.sh $OUT 560
+#   bash scripts/gpu-checks.sh $OUT 560
+# Where POT, Optuna, MLflow or pydicom do not import, the script installs the wheels of .whl into .whl-site
+# itself (every call: a machine left idle 30 s is given back, and the next call starts a bare one), and
+# it stops with rc 3 before any step when they still do not import (2026-11-28: a second call without
+# the install lost its trainings after 100 s each).
 set -u
 OUT=${1:?usage: scripts/gpu-checks.sh OUTDIR [BUDGET_S]}
 BUDGET=${2:-560}
+deps_import() { python3 -c "import ot, optuna, mlflow, pydicom" 2>/dev/null; }
+if ! deps_import && compgen -G ".whl/*.whl" >/dev/null; then
+  python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target .whl-site .whl/*.whl
+  export PYTHONPATH=$PWD/.whl-site${PYTHONPATH:+:$PYTHONPATH}
+fi
+deps_import || { echo "POT, Optuna, MLflow or pydicom do not import: fill .whl (header) and carry it" >&2; exit 3; }
 RES=${GPU_CHECKS_RESULTS:-$PWD/gpu-results}
 DEV=${GPU_CHECKS_DEVICE:-cuda}
 RUN_PROFILE=${GPU_CHECKS_RUN_PROFILE:-quick}    # smoke/cpu: a plumbing check of this script
