@@ -1,22 +1,16 @@
 """COCO JSON export -> per-annotator uint8 label maps with the seven target bones.
 
 Conventions:
-- Class names are mapped to class ids (bench.data.CLASS_NAMES) by a user-editable mapping
-  (YAML/JSON: ``coco name: ulna | radius | M1..M5 | 0..7 | background | null``) on top of
-  :func:`default_class`, which recognises common names ("ulna", "distal radius", "metacarpal 1",
-  "1st metacarpal", "MC1", "M1", "metacarpal I", "thumb metacarpal", ...) and other hand bones
-  (carpals, phalanges, sesamoids), which are background. Background/null classes are ignored
-  with a warning; names nobody recognises are listed in one error.
+- Class names are mapped to class ids by a user-editable mapping on top of the common names
+  (bench.data.coco_classes). Background/null classes are ignored with a warning; names nobody
+  recognises are listed in one error.
 - Annotators: the attribute ``annotator`` of an annotation's ``attributes`` (or a top-level
   ``annotator`` key), else the annotator named for its file (``NAME=file.json``, default: the
   file's stem). Images are matched across files by the file each name resolves to (``resolve``,
   e.g. the importer's lookup under the image folder: 'imgs/a.png' and '/data/export/a.png' are
   one image), else by the name itself. Files are read as UTF-8 (a byte-order mark is allowed).
-- Rasterisation: COCO pixel (i, j) covers [j, j+1) x [i, i+1); a pixel belongs to a polygon when
-  its centre (j + .5, i + .5) is inside (even-odd rule, scanline fill; exact for fractional
-  vertices, which PIL's ImageDraw truncates). Larger shapes are painted first so small bones that
-  overlap them stay visible. RLE (uncompressed counts or the compressed COCO string) is decoded
-  here (pycocotools' column-major run-length layout; no pycocotools needed).
+- Rasterisation of polygons and RLE: bench.data.coco_raster (pixel centres, even-odd rule,
+  larger shapes painted first).
 - A segmentation is a list of polygons or an RLE dict; anything else (a string, a number) is an
   error naming the annotation. Polygons lying entirely outside their image and images a file
   lists without any bone shape are left out with one warning each (up to 5 named, then a count).
@@ -30,91 +24,10 @@ from pathlib import Path
 from typing import Callable
 
 import numpy as np
-import yaml
 
-from bench.data.format import BONES, CLASS_NAMES
+from bench.data.coco_classes import IGNORE, default_class, normalise_name
+from bench.data.coco_raster import Shape, decode_rle, polygon_area
 from bench.errors import BenchError
-
-IGNORE = 0  # class id of names that are ignored (background)
-_ORDINALS = {"1": 1, "2": 2, "3": 3, "4": 4, "5": 5, "1st": 1, "2nd": 2, "3rd": 3, "4th": 4, "5th": 5,
-             "first": 1, "second": 2, "third": 3, "fourth": 4, "fifth": 5, "i": 1, "ii": 2, "iii": 3,
-             "iv": 4, "v": 5, "thumb": 1, "pollex": 1, "index": 2, "middle": 3, "ring": 4,
-             "little": 5, "small": 5, "pinky": 5, "pinkie": 5}
-_ORD = "|".join(sorted(_ORDINALS, key=len, reverse=True))
-_MC = r"(?:metacarpals?|metacarpus|mc|m)"
-_MC_PATTERNS = (re.compile(rf"^{_MC}(?:finger)?({_ORD})(?:finger)?$"),
-                re.compile(rf"^({_ORD})(?:finger|digit|ray)?{_MC}$"))
-_BACKGROUND_WORDS = ("phalan", "carp", "scaphoid", "lunate", "triquetr", "pisiform", "trapezi",
-                     "trapezoid", "capitate", "hamate", "sesamoid", "background", "soft tissue",
-                     "marker", "ring", "watch", "collimat")
-_STOP_WORDS = {"bone", "bones", "the", "left", "right", "distal", "shaft", "of", "os"}
-
-
-def normalise_name(name: str) -> str:
-    """Lower case, words only, without words that do not change the bone ('left', 'bone', ...)."""
-    words = re.sub(r"[^a-z0-9]+", " ", str(name).lower()).split()
-    return " ".join(w for w in words if w not in _STOP_WORDS)
-
-
-def default_class(name: str) -> int | None:
-    """Class id for a common bone name, 0 for other structures (background), None if unknown."""
-    norm = normalise_name(name)
-    compact = norm.replace(" ", "")
-    for cid, cname in enumerate(CLASS_NAMES):
-        if compact == cname.lower():
-            return cid
-    if compact in ("ulna", "ulnar"):
-        return BONES["ulna"]
-    if compact in ("radius", "radial"):
-        return BONES["radius"]
-    for pattern in _MC_PATTERNS:
-        match = pattern.match(compact)
-        if match:
-            return BONES[f"M{_ORDINALS[match.group(1)]}"]
-    if any(word in norm for word in _BACKGROUND_WORDS) and "metacarp" not in norm:
-        return IGNORE
-    return None
-
-
-def _target_to_class(value: object, key: str, source: Path) -> int:
-    """A class-map value (bone name, id, background/null) -> class id."""
-    if value is None or (isinstance(value, str) and value.strip().lower() in
-                         ("", "background", "null", "none", "ignore")):
-        return IGNORE
-    if isinstance(value, bool):
-        raise BenchError(f"{source}: {key!r} maps to {value!r}; use a bone name or class id")
-    if isinstance(value, int) and 0 <= value < len(CLASS_NAMES):
-        return value
-    cid = default_class(str(value)) if isinstance(value, str) else None
-    if cid is None:
-        raise BenchError(f"{source}: {key!r} maps to {value!r}, which is not a class; use one of "
-                         f"{', '.join(CLASS_NAMES)}, a class id 0-{len(CLASS_NAMES) - 1} or null")
-    return cid
-
-
-def load_class_map(path: Path | None) -> dict[str, int]:
-    """Read a user class map (YAML or JSON, name -> bone) as normalised name -> class id."""
-    if path is None:
-        return {}
-    path = Path(path)
-    try:
-        data = yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError) as exc:
-        raise BenchError(f"cannot read class map {path}: {exc}") from exc
-    if not isinstance(data, dict):
-        raise BenchError(f"class map {path} must be a mapping 'coco class name: bone' "
-                         f"(bones: {', '.join(CLASS_NAMES)}; null or background to ignore)")
-    return {normalise_name(k): _target_to_class(v, str(k), path) for k, v in data.items()}
-
-
-@dataclass
-class Shape:
-    """One annotation: a class id and its geometry (polygons in pixels, or a decoded RLE mask)."""
-    class_id: int
-    polygons: list[np.ndarray] = field(default_factory=list)  # each (n, 2) x, y
-    rle: np.ndarray | None = None                             # bool H x W
-    area: float = 0.0                                         # painting order: larger first
-    order: int = 0                                            # annotation order as tie-break
 
 
 @dataclass
@@ -131,97 +44,6 @@ class CocoImport:
     classes: dict[str, int]                                  # COCO class name -> class id used
     warnings: list[str] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)         # file names `resolve` found no file for
-
-
-def decode_rle_string(counts: str | bytes) -> list[int]:
-    """Decode COCO's compressed RLE string (pycocotools rleFrString) to run lengths."""
-    s = counts.decode("ascii") if isinstance(counts, bytes) else counts
-    runs: list[int] = []
-    p = 0
-    while p < len(s):
-        x, k, more = 0, 0, True
-        while more:
-            if p >= len(s):
-                raise BenchError("truncated compressed RLE string")
-            c = ord(s[p]) - 48
-            x |= (c & 0x1F) << (5 * k)
-            more = bool(c & 0x20)
-            p += 1
-            k += 1
-            if not more and (c & 0x10):
-                x |= -1 << (5 * k)
-        if len(runs) > 2:
-            x += runs[-2]
-        runs.append(x)
-    return runs
-
-
-def decode_rle(segmentation: dict) -> np.ndarray:
-    """COCO RLE dict {'size': [h, w], 'counts': list | str} -> bool mask (column-major runs, 0s first)."""
-    try:
-        h, w = (int(v) for v in segmentation["size"])
-        counts = segmentation["counts"]
-    except (KeyError, TypeError, ValueError) as exc:
-        raise BenchError(f"RLE segmentation needs 'size': [h, w] and 'counts' ({exc})") from exc
-    try:
-        runs = decode_rle_string(counts) if isinstance(counts, (str, bytes)) else [int(c) for c in counts]
-    except (TypeError, ValueError, UnicodeDecodeError) as exc:
-        raise BenchError(f"RLE 'counts' must be a list of integers or a COCO RLE string ({exc})") from exc
-    if any(r < 0 for r in runs):
-        raise BenchError("RLE counts contain negative runs")
-    if sum(runs) != h * w:
-        raise BenchError(f"RLE counts add up to {sum(runs)} pixels; the size {h}x{w} needs {h * w}")
-    values = np.zeros(len(runs), dtype=bool)
-    values[1::2] = True
-    return np.repeat(values, runs).reshape((w, h)).T
-
-
-def _polygon_area(poly: np.ndarray) -> float:
-    x, y = poly[:, 0], poly[:, 1]
-    return 0.5 * abs(float(np.dot(x, np.roll(y, 1)) - np.dot(y, np.roll(x, 1))))
-
-
-def fill_polygon(canvas: np.ndarray, poly: np.ndarray, value: int) -> None:
-    """Set pixels whose centre (j + .5, i + .5) lies inside `poly` (x, y; even-odd rule) to `value`.
-
-    Exact for fractional vertices (PIL's ImageDraw truncates them, shifting masks by up to 1 px).
-    """
-    h, w = canvas.shape
-    x, y = poly[:, 0].astype(float), poly[:, 1].astype(float)
-    x2, y2 = np.roll(x, -1), np.roll(y, -1)
-    r0, r1 = max(0, int(np.floor(y.min() - 0.5))), min(h, int(np.ceil(y.max())) + 1)
-    if r1 <= r0:
-        return
-    yc = np.arange(r0, r1, dtype=float)[:, None] + 0.5
-    crosses = ((y <= yc) & (y2 > yc)) | ((y2 <= yc) & (y > yc))           # half-open: no double count
-    with np.errstate(divide="ignore", invalid="ignore"):
-        xs = np.where(crosses, x + (yc - y) * (x2 - x) / (y2 - y), np.inf)
-    xs.sort(axis=1)
-    starts = np.clip(np.ceil(xs[:, 0::2] - 0.5), 0, w)                     # first centre >= a
-    ends = np.clip(np.ceil(xs[:, 1::2] - 0.5), 0, w)                       # first centre >= b
-    n = min(starts.shape[1], ends.shape[1])
-    starts, ends = starts[:, :n], ends[:, :n]
-    ok = np.isfinite(starts) & np.isfinite(ends) & (ends > starts)
-    diff = np.zeros((r1 - r0, w + 1), dtype=np.int32)
-    rows = np.broadcast_to(np.arange(r1 - r0)[:, None], starts.shape)
-    np.add.at(diff, (rows[ok], starts[ok].astype(int)), 1)
-    np.add.at(diff, (rows[ok], ends[ok].astype(int)), -1)
-    inside = np.cumsum(diff[:, :w], axis=1) > 0
-    canvas[r0:r1][inside] = value
-
-
-def rasterise(shapes: list[Shape], height: int, width: int) -> np.ndarray:
-    """Paint shapes into a uint8 label map, larger shapes first (ties: annotation order)."""
-    canvas = np.zeros((height, width), dtype=np.uint8)
-    for shape in sorted(shapes, key=lambda s: (-s.area, s.order)):
-        if shape.rle is not None:
-            if shape.rle.shape != (height, width):
-                raise BenchError(f"RLE mask of shape {shape.rle.shape} does not fit the image "
-                                 f"({height}x{width})")
-            canvas[shape.rle] = shape.class_id
-        for poly in shape.polygons:
-            fill_polygon(canvas, poly, shape.class_id)
-    return canvas
 
 
 def safe_annotator(name: object) -> str:
@@ -295,7 +117,7 @@ def _shape(ann: dict, class_id: int, order: int, where: str, image: CocoImage,
         if len(inside) < len(polys):
             outside.append(where)
         polys = inside
-        return Shape(class_id, polygons=polys, area=sum(_polygon_area(p) for p in polys), order=order)
+        return Shape(class_id, polygons=polys, area=sum(polygon_area(p) for p in polys), order=order)
     return None
 
 

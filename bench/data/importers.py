@@ -27,7 +27,9 @@ import numpy as np
 import pandas as pd
 
 from bench.atomic import atomic_dir
-from bench.data.coco import CocoImport, load_class_map, load_coco, rasterise
+from bench.data.coco import CocoImport, load_coco
+from bench.data.coco_classes import load_class_map
+from bench.data.coco_raster import rasterise
 from bench.data.dicom_fields import header_fields
 from bench.data.format import ANNOTATOR_COLUMNS, mask_path, write_manifest
 from bench.data.imageio import looks_12_bit, read_image, write_label_map, write_png16

@@ -11,8 +11,9 @@ from PIL import Image
 from bench import BenchError
 from bench.cli import main
 from bench.data.check import check_dataset
-from bench.data.coco import (Shape, decode_rle, decode_rle_string, default_class, load_class_map,
-                             load_coco, rasterise)
+from bench.data.coco import load_coco
+from bench.data.coco_classes import default_class, load_class_map
+from bench.data.coco_raster import Shape, decode_rle, decode_rle_string, rasterise
 from bench.data.format import BONES, Dataset
 from bench.data.importers import ImportConfig, import_dataset
 
