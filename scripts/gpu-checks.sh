@@ -58,7 +58,13 @@
 # side with the single decoder, deterministic MoSE epochs took 5.1-10 s. Trainings save a resumable state every
 # minute (checkpoint.minutes=1, which changes no result), so a training cut by the budget continues in a second
 # call on the still-warm machine (gpu-results/ is git-ignored and stays there):
-# GPU_CHECKS_STEPS=train bash scripts/gpu-checks.sh $OUT 300.
+# GPU_CHECKS_STEPS=train bash scripts/gpu-checks.sh $OUT 300. The machine is given back after 30 s idle:
+# make that call at once, or it starts a bare machine where nothing resumes.
+# On an H100 (2026-11-28, GPU_CHECKS_STEPS="train segeval" GPU_CHECKS_TRAIN="mose-compiled single"
+# GPU_CHECKS_SEEDS="0 1" GPU_CHECKS_SEGEVAL_RUNS=2, budget 550): phantoms 22 s; the single decoders' entries
+# 195 s; the compiled MoSEs' 60 epochs 297 s (first epoch 108 s), then their evaluation recompiled for every
+# batch size and was cut at 430 s (the trained model is now eager); evaluate-seg of a single decoder on 100
+# held-out images 17-21 s. For that call now: budget 580 with GPU_CHECKS_SEGEVAL_RUNS=1 (timeout_s 595).
 # Without installation: run from the repository root with the dependencies importable (PYTHONPATH).
 # On the lent device machine: fill .whl here with `../shared/tools/gpu-wheels.sh pydicom`, carry .whl and run
 #   bash scripts/gpu-checks.sh $OUT 560
