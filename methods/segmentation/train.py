@@ -86,8 +86,8 @@ def uncompile_model(model: torch.nn.Module) -> None:
     evaluation and predictions meet batches of every size (the last batch of a split, the images of
     each side, the mirrored detection pass); with static shapes each new size compiled both modules
     again (smoke on 2 CPU cores: batches of 10, 9, 8 and 11 images, 47 s of recompilation after the
-    last epoch; two quick trainings side by side on an H100 spent more than 117 s after their last
-    epoch without finishing), and past torch._dynamo's recompile limit it falls back to eager anyway."""
+    last epoch; two quick trainings side by side on an H100 had not finished about 100 s after their
+    last epoch), and past torch._dynamo's recompile limit it falls back to eager anyway."""
     from methods.compiling import uncompile_module
 
     for part in (model.backbone, model.head):
