@@ -80,7 +80,7 @@ class DataConfig:
 
 def check_device_name(name: str, option: str = "--device") -> None:
     """Raise BenchError unless `name` is auto, cpu, cuda or cuda:N (whether a GPU exists is
-    bench.runner.resolve_device's question)."""
+    bench.hardware.resolve_device's question)."""
     index = name[5:] if name.startswith("cuda:") else ""
     if name not in ("auto", "cpu", "cuda") and not index.isdigit():
         raise BenchError(f"{option} = {name!r}: use auto, cpu, cuda or cuda:N")

@@ -29,16 +29,18 @@ from typing import Any, Iterable, Sequence
 import pandas as pd
 
 from bench import __version__, results as store
-from bench.config import Config, check_device_name, resolve
+from bench.config import Config, resolve
 from bench.data.folds import apply_fold, fold_names
 from bench.data.format import Dataset
 from bench.data.provision import open_all, planned_paths, provide
 from bench.errors import BenchError
 from bench.executors.locking import data_lock, run_lock, stage_lock
-from bench.metrics import METRICS_VERSION, aggregate_subjects, average_images, split_metrics
+from bench.metrics import METRICS_VERSION
 from bench.registry import Entry, get, stages_to_run
+from bench.hardware import resolve_device
+from bench.run_evaluation import evaluate
 from bench.torch_settings import apply_run_settings
-from bench.stage import (STAGE_MARKER, Fingerprint, is_cached, read_history, run_stage, stable_hash,
+from bench.stage import (Fingerprint, is_cached, read_history, run_stage, stable_hash,
                          stage_key)
 
 
@@ -96,23 +98,6 @@ class RunnerSpec:
 def fold_suffix(fold: int) -> str:
     """The results folder of fold k of a cross-validated suite is ``<suite>-fold<k>`` (bench.cv)."""
     return f"-fold{fold}"
-
-
-def resolve_device(name: str, check: bool = True):
-    """`auto` → cuda when available else cpu; `cuda` without a GPU is a user error.
-
-    With ``check=False`` (a cluster driver that may have no GPU itself) `cuda` is taken as given.
-    """
-    import torch
-
-    check_device_name(name)
-    if not check and name != "auto":
-        return torch.device(name)
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda") and not torch.cuda.is_available():
-        raise BenchError("--device cuda was asked for but torch sees no CUDA GPU; use --device cpu or auto")
-    return torch.device(name)
 
 
 class Runner:
@@ -354,37 +339,6 @@ class Runner:
             failed = self.failed(outcome.entry, outcome.seed, exc, traceback.format_exc(), time.time(),
                                  run_key=outcome.run_key, host=outcome.host)
             return replace(failed, seconds=outcome.seconds, attempts=outcome.attempts)
-
-
-def evaluate(stage_dir: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
-    """Subject predictions and metrics per split from a final stage's outputs (paper eq. 10)."""
-    bone_file = stage_dir / "bone_predictions.parquet"
-    subject_file = stage_dir / "predictions.parquet"
-    if bone_file.is_file():     # several images of a subject count once, whatever entry wrote the file
-        subjects = aggregate_subjects(average_images(pd.read_parquet(bone_file)))
-    elif subject_file.is_file():
-        subjects = pd.read_parquet(subject_file)
-        missing = {"subject_id", "split", "y_true", "p_pos"} - set(subjects.columns)
-        if missing:
-            raise BenchError(f"{subject_file} lacks columns {sorted(missing)}")
-        if subjects.duplicated(["subject_id", "split"]).any():      # one row per image: their mean
-            subjects = average_images(subjects, ("subject_id", "split"))
-        if "y_pred" not in subjects.columns:
-            subjects["y_pred"] = (subjects["p_pos"] > 0.5).astype("Int64")
-        if "n_bones" not in subjects.columns:
-            subjects["n_bones"] = 0
-    else:
-        raise BenchError(f"the last stage wrote neither bone_predictions.parquet nor predictions.parquet "
-                         f"into {stage_dir}")
-    metrics: dict[str, Any] = split_metrics(subjects)
-    marker = stage_dir / STAGE_MARKER
-    if marker.is_file():
-        import json
-
-        extra = json.loads(marker.read_text()).get("summary", {}).get("metrics")
-        if extra:
-            metrics["extra"] = extra
-    return subjects, metrics
 
 
 def entry_tags(entry: Entry) -> dict[str, str]:

@@ -24,6 +24,9 @@ by largest remainder; a user dataset's manifest when ``data.seg``/``data.cls`` n
   epochs × steps per epoch, plus the encoder's feature forwards;
 * clinical: a two-covariate logistic regression, priced at zero.
 
+The baselines' models (jang, hsieh, wang, landmarks, radiogrammetry, clinical) are in
+baselines.perf_costs, built on this module's helpers; :func:`builtin_cost_models` merges both.
+
 Known omissions (small next to training at the paper profile, to be confirmed against one measured
 entry): PNG writing, figures, the segmentation's data loading and final evaluation (Hungarian IoU,
 ECE, Dice at native resolution), the probe's whole-image resizing. The per-epoch validation GED is
@@ -45,7 +48,8 @@ from torch import nn
 from bench.config import Config
 from bench.data.format import BONES
 from bench.parallel import image_threads
-from bench.perf_suite import CostModel, CostPart, Measurer, StageCost, seeded_build
+from bench.perf_suite import CostModel, CostPart, StageCost
+from bench.perf_timing import Measurer, seeded_build
 from methods.optim import adam
 
 ROLE_PRESETS = {"seg": "public", "cls": "clinical"}
@@ -97,11 +101,13 @@ def _role_sizes(seg: str, cls: str, profile: str) -> dict[str, RoleSize]:
     return out
 
 
-def _ceil(a: int, b: int) -> int:
+def ceil_div(a: int, b: int) -> int:
+    """Steps of `b` over `a` items, at least one (a loop's steps per epoch)."""
     return max(1, -(-a // max(b, 1)))
 
 
-def _profile(config: Config) -> str:
+def profile_name(config: Config) -> str:
+    """The profile the phantom datasets are generated at."""
     return config.data.phantom_profile or config.profile
 
 
@@ -163,7 +169,7 @@ def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
 
         cols = canvas[1]
         n = cfg.experts * cfg.samples if cfg.model == "mose" else 1
-        k = PhantomConfig.for_preset(ROLE_PRESETS["seg"], _profile(config)).annotators
+        k = PhantomConfig.for_preset(ROLE_PRESETS["seg"], profile_name(config)).annotators
         b = cfg.predict_batch
 
         def measure() -> float:
@@ -174,7 +180,7 @@ def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
             return m.time(lambda _: ged_batched(samples, annotations, p, q)) / b
         return m.cached(("seg-ged", n, k, rows, cols, b), measure)
 
-    validations = _ceil(cfg.epochs, cfg.val_every)
+    validations = ceil_div(cfg.epochs, cfg.val_every)
     parts = [CostPart("train steps", cfg.epochs * (seg.train // bs), step),
              CostPart("val images (forward)", validations * seg.val, val_forward_s()),
              CostPart("val GED", validations * seg.val, ged_s()),
@@ -190,7 +196,7 @@ def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
 def extract_cost(m: Measurer, stage, config: Config) -> StageCost:
     from methods.bones import extract_bones, random_patches
 
-    cfg, sizes, profile = config.patches, role_sizes(config), _profile(config)
+    cfg, sizes, profile = config.patches, role_sizes(config), profile_name(config)
     raw = stage.fn.__name__ == "extract_raw_stage"
     if raw:
         def work(image, labels, spacing):
@@ -203,21 +209,6 @@ def extract_cost(m: Measurer, stage, config: Config) -> StageCost:
                       m.per_image_s(("extract", raw, repr(cfg)), ROLE_PRESETS[role], profile, work,
                                     threads=image_threads())) for role in sizes]      # the stage's threads
     return StageCost(parts, note=("raw crops" if raw else "bone patches") + " per image, phantom radiographs")
-
-
-def radiogrammetry_cost(m: Measurer, stage, config: Config) -> StageCost:
-    from baselines.cortical import measure_bone
-
-    cfg, cls = config.section("radiogrammetry"), role_sizes(config)["cls"]
-
-    def work(image, labels, spacing):
-        return [measure_bone(image, labels, b, spacing, metacarpal_fraction=cfg.metacarpal_fraction,
-                             radius_offset_mm=cfg.radius_offset_mm, profiles=cfg.profiles, window_mm=cfg.window_mm,
-                             step_px=cfg.step_px, outer_edge=cfg.outer_edge, margin_mm=cfg.margin_mm,
-                             smooth_mm=cfg.smooth_mm)
-                for b in cfg.bones]
-    s = m.per_image_s(("radiogrammetry", repr(cfg)), "clinical", _profile(config), work, threads=image_threads())
-    return StageCost([CostPart("cls images", cls.n, s)], note="2MCI per image; the logistic fit is negligible")
 
 
 # ---------------------------------------------------------------------------- SSL and its probe
@@ -255,7 +246,9 @@ def _encoder(name: str) -> Callable[[], nn.Module]:
     return lambda: build_encoder(name)
 
 
-class _Classifier(nn.Module):
+class EncoderClassifier(nn.Module):
+    """An encoder with a two-class linear head (the supervised loops' network)."""
+
     def __init__(self, encoder: nn.Module):
         super().__init__()
         self.encoder, self.head = encoder, nn.Linear(encoder.num_features, 2)
@@ -274,22 +267,23 @@ def probe_cost(m: Measurer, stage, config: Config) -> StageCost:
     head = m.train_step_s(("linear", width), lambda: nn.Linear(width, 2), (width,), cfg.batch_size, lr=cfg.lr)
     train = cls.train * per_image
     return StageCost([CostPart("encoder features", cls.n * per_image, fwd),
-                      CostPart("head steps", cfg.epochs * _ceil(train, cfg.batch_size), head)],
+                      CostPart("head steps", cfg.epochs * ceil_div(train, cfg.batch_size), head)],
                      note=f"{enc} at {size} px on {'whole images' if whole else 'bone patches'}")
 
 
 # ---------------------------------------------------------------------------- supervised loops
-def _supervised(m: Measurer, key: Any, build: Callable[[], nn.Module], raw: tuple[int, ...], sample: tuple[int, ...],
-                prepare: Callable, n: int, train: int, val: int, batch: int, config: Config, predict_batch: int,
-                note: str) -> StageCost:
+def supervised_loop_cost(m: Measurer, key: Any, build: Callable[[], nn.Module], raw: tuple[int, ...],
+                         sample: tuple[int, ...], prepare: Callable, n: int, train: int, val: int, batch: int,
+                         config: Config, predict_batch: int, note: str) -> StageCost:
     """The end-to-end loop: :func:`methods.supervised.supervised_step` on the stage's own input preparation
     (from stored uint16 samples of shape `raw`, flips included) × epochs × steps, plus the forwards."""
     sup = config.supervised
-    step = m.cached(("supervised-step", key, raw, batch), lambda: _supervised_step_s(m, build, raw, batch, sup, prepare))
+    step = m.cached(("supervised-step", key, raw, batch),
+                    lambda: _supervised_step_s(m, build, raw, batch, sup, prepare))
     fwd = m.forward_s(key, build, sample, predict_batch)
-    return StageCost([CostPart("train steps", sup.epochs * _ceil(train, batch), step),
+    return StageCost([CostPart("train steps", sup.epochs * ceil_div(train, batch), step),
                       CostPart("val forward", sup.epochs * val, fwd), CostPart("final forward", n, fwd)],
-                     note=note + f", {sup.epochs} epochs x {_ceil(train, batch)} steps of {batch}")
+                     note=note + f", {sup.epochs} epochs x {ceil_div(train, batch)} steps of {batch}")
 
 
 def _supervised_step_s(m: Measurer, build: Callable[[], nn.Module], raw: tuple[int, ...], batch: int, sup,
@@ -318,144 +312,31 @@ def supervised_cost(m: Measurer, stage, config: Config) -> StageCost:
     sup, cls = config.supervised, role_sizes(config)["cls"]
     enc = stage.options.get("encoder") or config.ssl.encoder
     k, p = len(BONES), config.patches.patch_size
-    return _supervised(m, ("classifier", enc), lambda: _Classifier(_encoder(enc)()), (p, p),
-                       (1, sup.input_size, sup.input_size), patch_prepare(sup), cls.n * k, cls.train * k, cls.val * k,
-                       sup.batch_size, config, 128, f"{enc} at {sup.input_size} px from {p} px patches")
+    return supervised_loop_cost(m, ("classifier", enc), lambda: EncoderClassifier(_encoder(enc)()), (p, p),
+                                (1, sup.input_size, sup.input_size), patch_prepare(sup), cls.n * k, cls.train * k,
+                                cls.val * k, sup.batch_size, config, 128,
+                                f"{enc} at {sup.input_size} px from {p} px patches")
 
 
-def _vgg(config: Config) -> Callable[[], nn.Module]:
-    from baselines.vgg import build_vgg
+#: a cost model of this module and of baselines.perf_costs: priced with a shared Measurer.
+MeasuredCost = Callable[[Measurer, Any, Config], StageCost]
 
-    return lambda: _Classifier(build_vgg(config.vgg))
-
-
-def _with_rois(m: Measurer, config: Config, cost: StageCost, key: Any, crop: Callable) -> StageCost:
-    """Add the per-`cls`-image ROI preparation (read + crop(image, labels, spacing)) to a training cost."""
-    s = m.per_image_s(key, "clinical", _profile(config), crop, threads=image_threads())   # the stages' threads
-    cost.parts.insert(0, CostPart("ROI crops (cls images)", role_sizes(config)["cls"].n, s))
-    return cost
-
-
-def _landmark_crops(config: Config) -> Callable:
-    """Hsieh / Wang: a ``roi.size_mm`` square around each landmark (the image centre stands in)."""
-    from baselines.roi import centred_box, crop_box
-
-    def crop(image, labels, spacing):
-        side = config.roi.size_mm / spacing
-        return [crop_box(image, centred_box(np.array(image.shape) / 2, side), config.supervised.input_size)
-                for _ in config.landmarks.bones]
-    return crop
-
-
-def jang_cost(m: Measurer, stage, config: Config) -> StageCost:
-    from baselines.roi import crop_box, jitter_box, wrist_box
-
-    from methods.supervised import patch_prepare
-
-    sup, cls, roi = config.supervised, role_sizes(config)["cls"], config.roi
-    size = sup.input_size
-    cost = _supervised(m, ("vgg", repr(config.vgg)), _vgg(config), (size, size), (1, size, size), patch_prepare(sup),
-                       cls.n, cls.train, cls.val, sup.batch_size, config, 128, f"{config.vgg.name}, one ROI per image")
-
-    def crop(image, labels, spacing):   # the box over the annotators' maps (3 in the phantom), jittered, cropped
-        box = wrist_box([labels] * 3, spacing, roi.forearm_mm) or (0.0, 0.0, *map(float, image.shape))
-        return crop_box(image, jitter_box(box, np.random.default_rng(0), roi.margin, roi.jitter), sup.input_size)
-    return _with_rois(m, config, cost, ("jang-roi", repr(roi), sup.input_size), crop)
-
-
-def hsieh_cost(m: Measurer, stage, config: Config) -> StageCost:
-    from methods.supervised import patch_prepare
-
-    sup, cls, k = config.supervised, role_sizes(config)["cls"], len(config.landmarks.bones)
-    size = sup.input_size
-    cost = _supervised(m, ("vgg", repr(config.vgg)), _vgg(config), (size, size), (1, size, size), patch_prepare(sup),
-                       cls.n * k, cls.train * k, cls.val * k, sup.batch_size, config, 128,
-                       f"{config.vgg.name}, {k} landmark ROIs per image")
-    return _with_rois(m, config, cost, ("landmark-roi", repr(config.roi), sup.input_size, k), _landmark_crops(config))
-
-
-def wang_cost(m: Measurer, stage, config: Config) -> StageCost:
-    from baselines.vgg import build_vgg
-    from baselines.wang import MultiRoiTransformer, roi_prepare
-
-    sup, cfg, cls, k = config.supervised, config.wang, role_sizes(config)["cls"], len(config.landmarks.bones)
-    size = sup.input_size
-    build = lambda: MultiRoiTransformer(build_vgg(config.vgg), k, cfg)  # noqa: E731
-    cost = _supervised(m, ("wang", repr(config.vgg), repr(cfg), k), build, (k, size, size), (k, 1, size, size),
-                       roi_prepare(sup), cls.n, cls.train, cls.val, cfg.batch_size, config, 16,
-                       f"{config.vgg.name} x {k} ROIs + transformer")
-    return _with_rois(m, config, cost, ("landmark-roi", repr(config.roi), sup.input_size, k), _landmark_crops(config))
-
-
-def landmarks_cost(m: Measurer, stage, config: Config) -> StageCost:
-    from baselines.landmark_detector import LandmarkNet, landmark_step, resample
-    from baselines.landmarks import reference_landmarks
-
-    cfg, sizes = config.landmarks, role_sizes(config)
-    k, build = len(cfg.bones), (lambda: LandmarkNet(len(cfg.bones), cfg.widths, cfg.convs))
-
-    def shape(s: RoleSize) -> tuple[int, int, int]:
-        f = s.spacing / cfg.mm_per_px
-        return 1, max(8, round(s.height * f)), max(8, round(s.width * f))
-    seg, cls = sizes["seg"], sizes["cls"]
-    h, w = shape(seg)[1:]
-    batch = min(cfg.batch_size, seg.train)
-
-    def measure_step() -> float:   # the detector's own step on random images and landmarks inside them
-        dev = m.device
-        model = seeded_build(build).to(dev)
-        if dev.type == "cuda":
-            model = model.to(memory_format=torch.channels_last)
-        model.train()
-        opt = adam(model.parameters(), dev, lr=cfg.lr, weight_decay=cfg.weight_decay)
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=10 ** 6)
-        gen = torch.Generator(device=dev).manual_seed(0)
-        x = torch.rand(batch, 1, h, w, generator=gen, device=dev)
-        pts = torch.rand(batch, k, 2, generator=gen, device=dev) * torch.tensor([h - 1.0, w - 1.0], device=dev)
-        flips = torch.Generator().manual_seed(0)
-        return m.time(lambda _: landmark_step(model, opt, sched, x, pts, cfg, flips))
-    step = m.cached(("landmark-step", repr(cfg), h, w, batch), measure_step)
-    fwd_seg = m.forward_s(("landmarks", repr(cfg)), build, shape(seg), cfg.batch_size)
-    fwd_cls = m.forward_s(("landmarks", repr(cfg)), build, shape(cls), cfg.batch_size)
-
-    def load(image, labels, spacing):   # resample + the annotators' reference landmarks (3 maps in the phantom)
-        resample(image, spacing, cfg.mm_per_px)
-        maps = {f"a{i}": labels for i in range(3)}
-        return reference_landmarks(maps, {name: 1 / 3 for name in maps}, spacing, cfg)
-    threads = image_threads()        # the stage loads its images in threads (bench.parallel)
-    loads = [CostPart(f"load {role} images", sizes[role].n,
-                      m.per_image_s(("landmark-load", repr(cfg)), ROLE_PRESETS[role], _profile(config), load,
-                                    threads=threads))
-             for role in ("seg", "cls")]
-    return StageCost([*loads, CostPart("train steps", cfg.epochs * _ceil(seg.train, cfg.batch_size), step),
-                      CostPart("val forward", cfg.epochs * seg.val, fwd_seg),
-                      CostPart("detect seg images", seg.n, fwd_seg), CostPart("detect cls images", cls.n, fwd_cls)],
-                     note=f"heat-map U-Net at {cfg.mm_per_px} mm/px ({h}x{w} px on seg)")
-
-
-def clinical_cost(m: Measurer, stage, config: Config) -> StageCost:
-    return StageCost([], note="logistic regression on age and sex: negligible")
-
-
-_MODELS: dict[str, Callable[[Measurer, Any, Config], StageCost]] = {
+METHOD_COSTS: dict[str, MeasuredCost] = {
     "methods.segmentation.stage.segment_stage": segment_cost,
     "methods.extract.extract_stage": extract_cost,
     "methods.extract.extract_raw_stage": extract_cost,
     "methods.ssl.pretrain.pretrain_stage": pretrain_cost,
     "methods.stages.probe_stage": probe_cost,
     "methods.stages.supervised_stage": supervised_cost,
-    "baselines.jang.jang_stage": jang_cost,
-    "baselines.hsieh.hsieh_stage": hsieh_cost,
-    "baselines.wang.wang_stage": wang_cost,
-    "baselines.landmark_detector.landmark_stage": landmarks_cost,
-    "baselines.radiogrammetry.radiogrammetry_stage": radiogrammetry_cost,
-    "baselines.clinical.fit_clinical": clinical_cost,
 }
 
 
 def builtin_cost_models(device: Any, steps: int = 3, warmup: int = 1, measurer: Measurer | None = None
                         ) -> dict[str, CostModel]:
-    """Cost models of the built-in stages sharing one :class:`Measurer` (measurements cached across stages)."""
+    """Cost models of the built-in stages (the method's and the baselines') sharing one :class:`Measurer`
+    (measurements cached across stages)."""
+    from baselines.perf_costs import BASELINE_COSTS    # baselines build on this module, not the reverse
+
     m = measurer or Measurer(device, steps, warmup)
     return {fn: (lambda model: lambda stage, config, dev: model(m, stage, config))(model)
-            for fn, model in _MODELS.items()}
+            for fn, model in {**METHOD_COSTS, **BASELINE_COSTS}.items()}

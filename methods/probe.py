@@ -130,7 +130,7 @@ def train_probe(features: torch.Tensor, index: pd.DataFrame, cfg: ProbeConfig, g
 
 def subject_probabilities(rows: pd.DataFrame, p_pos: np.ndarray) -> pd.DataFrame:
     """Per-patch probabilities → one row per (subject_id, split) with y_true and p_pos, aggregated as the
-    reported results are (bench.runner.evaluate), so model selection sees the numbers that are reported.
+    reported results are (bench.run_evaluation.evaluate), so model selection sees the numbers that are reported.
 
     Bone rows (names of ``bench.data.BONES``): :func:`average_images` per (subject, split, bone), so a
     subject's two radiographs count each bone once, then :func:`aggregate_subjects` (eq. 10, the mean

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from bench.config import resolve
-from bench.perf_suite import seeded_build, time_steps
+from bench.perf_timing import seeded_build, time_steps
 from methods.ssl.perf import synthetic_store
 from methods.ssl.pretrain import build_pretrainer, gather, pretrain_step, train_step
 from methods.views import make_views

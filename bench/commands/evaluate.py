@@ -44,7 +44,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from bench.data.format import Dataset
     from bench.external import check_replaceable, evaluate_dataset, images_csv
     from bench.operating import rates
-    from bench.runner import resolve_device
+    from bench.hardware import resolve_device
     from bench.fingerprint import dataset_fingerprint, stable_hash
     from bench.subgroups import auc_interval
     from methods.bundle import load_bundle, models_of

@@ -103,7 +103,7 @@ def evaluate_seg_command(args: argparse.Namespace) -> int:
     from bench.data.format import Dataset
     from bench.errors import BenchError
     from bench.predict import json_safe
-    from bench.runner import resolve_device
+    from bench.hardware import resolve_device
     from bench.fingerprint import dataset_fingerprint
     from methods.segmentation.external import evaluate_segmenter, open_segmenter
 

@@ -20,7 +20,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 def export_command(args: argparse.Namespace) -> int:
-    from bench.runner import resolve_device
+    from bench.hardware import resolve_device
     from methods.bundle import models_of, read_meta
     from methods.export import export_bundle, find_run
 

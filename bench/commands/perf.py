@@ -84,7 +84,7 @@ def perf_phantom(args: argparse.Namespace) -> dict:
 def perf_seg(args: argparse.Namespace) -> list[dict]:
     """Segmentation training step at batch --batch-size and the OT solve's share (issue 4)."""
     from bench.config import parse_sets
-    from bench.runner import resolve_device
+    from bench.hardware import resolve_device
     from methods.segmentation.perf import perf_seg as run_seg
 
     return run_seg(args.profile, str(resolve_device(args.device)), batch=args.batch_size or 16, steps=args.repeats,
@@ -104,9 +104,9 @@ def perf_ssl(args: argparse.Namespace) -> dict:
 def perf_suite(args: argparse.Namespace) -> dict:
     """Projected wall time of a suite at a profile and seeds, from measured per-stage steps (issue 9)."""
     from bench import registry
-    from bench.perf_suite import (compare_measured, cost_models, device_name, plan_suite, print_comparison,
-                                  print_projection, project)
-    from bench.runner import resolve_device
+    from bench.perf_suite import compare_measured, cost_models, plan_suite, print_comparison, print_projection, project
+    from bench.perf_timing import device_name
+    from bench.hardware import resolve_device
     from methods.perf_suite import builtin_cost_models
 
     registry.load_entries(args.plugin)
@@ -205,7 +205,7 @@ def apply_settings(args: argparse.Namespace) -> None:
     times the kernels a run uses; printed first."""
     from bench import registry
     from bench.config import parse_sets, resolve
-    from bench.runner import resolve_device
+    from bench.hardware import resolve_device
     from bench.torch_settings import apply_run_settings
 
     registry.load_entries(args.plugin)                  # --set may name any entry's section

@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def predict_command(args: argparse.Namespace) -> int:
     from bench.predict import check_options, run_predictions
-    from bench.runner import resolve_device
+    from bench.hardware import resolve_device
     from methods.bundle import load_bundle
     from methods.screen import ScreenConfig
 

@@ -165,7 +165,7 @@ class Setup:
 
     def objective(self) -> Any:
         from bench.data.provision import open_all
-        from bench.runner import resolve_device
+        from bench.hardware import resolve_device
         from bench.torch_settings import apply_run_settings
 
         device = resolve_device(self.base.run.device)
@@ -259,7 +259,7 @@ def _gpu_ids(device: str) -> list[str]:
 
     An explicit ``cuda:<k>`` keeps every worker on that GPU; ``CUDA_VISIBLE_DEVICES`` is respected.
     """
-    from bench.runner import resolve_device
+    from bench.hardware import resolve_device
 
     if str(resolve_device(device)) != "cuda":
         return []

@@ -14,7 +14,7 @@ In one process, on one device, the same architecture, loss and optimiser (one
     usable cores) and pinned memory, copied with ``non_blocking=True``; ``loader_only`` is that
     loader alone.
 
-samples/s = batch / mean step time (:func:`bench.perf_suite.time_steps`: warm-up excluded, the
+samples/s = batch / mean step time (:func:`bench.perf_timing.time_steps`: warm-up excluded, the
 device synchronised before and after the timed steps). A sample is one patch (with all its views).
 The data is a real patch store (``--patches DIR``, its pretraining rows) or a synthetic
 store of the profile's size (:func:`synthetic_store`: the public phantom's images × 7 bones, each a
@@ -35,7 +35,7 @@ from torch.utils.data import DataLoader, Dataset
 from bench.config import Config
 from bench.errors import BenchError
 from bench.hardware import usable_cores
-from bench.perf_suite import device_name, seeded_build, time_steps
+from bench.perf_timing import device_name, seeded_build, time_steps
 from bench.stage import derive_seed
 from methods.augment import AugmentConfig
 from methods.multicrop import MultiCropConfig
@@ -224,7 +224,7 @@ def perf_ssl(profile: str, device: str, *, batch: int | None = None, steps: int 
     from bench.config import resolve
     from bench.data.phantom import PhantomConfig
     from bench.data.format import BONES
-    from bench.runner import resolve_device
+    from bench.hardware import resolve_device
 
     dev = resolve_device(device)
     config = resolve(profile, sets={**(sets or {}), "ssl.method": method})

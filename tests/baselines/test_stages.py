@@ -16,7 +16,7 @@ from sklearn.preprocessing import StandardScaler
 from bench.config import resolve
 from bench.data.format import BONES, Dataset
 from bench.data.phantom import synthesize
-from bench.runner import evaluate
+from bench.run_evaluation import evaluate
 from baselines.entries import DEEPDXA, HSIEH, JANG, RADIOGRAMMETRY, WANG
 from baselines.landmark_detector import LANDMARKS
 from methods.extract import EXTRACT

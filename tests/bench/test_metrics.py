@@ -324,7 +324,7 @@ def test_average_images_counts_a_subject_once():
 
 
 def test_runner_evaluate_counts_a_subject_once_whatever_the_stage_wrote(tmp_path):
-    from bench.runner import evaluate
+    from bench.run_evaluation import evaluate
 
     bones = pd.DataFrame({"subject_id": ["a", "a", "b", "c"], "split": "test", "bone": "ulna",
                           "y_true": [1, 1, 0, 1], "p_pos": [0.9, 0.5, 0.2, 0.6]})

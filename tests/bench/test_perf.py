@@ -11,13 +11,15 @@ from bench.cli import main
 from bench.config import resolve
 from bench.errors import BenchError
 from bench.perf_suite import (CostPart, PlanningRunner, StageCost, compare_measured, plan_suite, print_comparison,
-                              project, time_steps)
+                              project)
+from bench.perf_timing import time_steps
 from bench.runner import Runner
 from methods.multicrop import MultiCropConfig
 from methods.augment import AugmentConfig
 from methods.patch_store import write_store
 from methods.bones import BonePatch
-from methods.perf_suite import Measurer, builtin_cost_models
+from bench.perf_timing import Measurer
+from methods.perf_suite import builtin_cost_models
 from methods.ssl.perf import ConventionalViews, benchmark_ssl, conventional_loader, synthetic_store
 from methods.ssl.pretrain import build_pretrainer, gather, make_views, pretrain_step, train_step
 
@@ -32,7 +34,7 @@ def _config(**sets):
 
 def test_time_steps_excludes_warmup_and_averages(monkeypatch):
     clock = {"t": 100.0}
-    monkeypatch.setattr("bench.perf_suite.time.perf_counter", lambda: clock["t"])
+    monkeypatch.setattr("bench.perf_timing.time.perf_counter", lambda: clock["t"])
     calls = []
 
     def step(i):

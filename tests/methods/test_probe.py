@@ -52,7 +52,7 @@ def test_separable_features_give_high_test_auc_and_are_deterministic():
 
 
 def _reported(bone_predictions: pd.DataFrame) -> pd.DataFrame:
-    """Subjects as the reported results aggregate them (bench.runner.evaluate on bone_predictions)."""
+    """Subjects as the reported results aggregate them (bench.run_evaluation.evaluate on bone_predictions)."""
     return aggregate_subjects(average_images(bone_predictions))
 
 

@@ -144,7 +144,7 @@ def test_a_subject_with_two_radiographs_counts_once(env, tmp_path):
     import shutil
 
     from bench.metrics import aggregate_subjects
-    from bench.runner import evaluate
+    from bench.run_evaluation import evaluate
 
     root, datasets = env
     cls_dir = tmp_path / "cli"

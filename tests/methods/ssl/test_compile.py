@@ -9,7 +9,7 @@ import torch
 
 from bench.config import resolve
 from bench.errors import BenchError
-from bench.perf_suite import seeded_build
+from bench.perf_timing import seeded_build
 from methods.encoders import build_encoder
 from methods.ssl.pretrain import build_pretrainer, train_step
 

@@ -9,7 +9,7 @@ import dataclasses
 import torch
 
 from bench.config import resolve
-from bench.perf_suite import seeded_build
+from bench.perf_timing import seeded_build
 from methods.ssl.losses import swav
 from methods.ssl.pretrain import Pretrainer, _encode, build_pretrainer, train_step
 
