@@ -107,7 +107,7 @@ def distinct_stages(plans: Iterable[PlannedRun]) -> list[DistinctStage]:
     """Each (stage name, key) of the plans once, in plan order (what the stage cache computes)."""
     out: dict[tuple[str, str], DistinctStage] = {}
     for planned in plans:
-        by_name = {stage.name: stage for stage in planned.entry.stages}
+        by_name = {stage.name: stage for stage in planned.entry.all_stages}
         for ps in planned.stages:          # the stages the run computes (registry.stages_to_run)
             stage = by_name[ps.name]
             if ps.key is None:

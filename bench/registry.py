@@ -34,6 +34,12 @@ class Stage:
     that changes what a stage writes (not a refactor, not a docstring) must raise its ``version``;
     every later stage reading it is then recomputed too, as its key holds the input's key.
 
+    ``companions`` are stages that report on this one's output (an evaluation, figures): each reads
+    only this stage, runs right after it whenever it runs, and nothing reads the companion. The options
+    only a companion uses are listed in ``unkeyed`` ("section.option"): they stay out of this stage's
+    key, so asking for other evaluation splits or more figures recomputes the companion alone, never
+    this stage or the stages after it. The stage function must not read an unkeyed option.
+
     The function receives a :class:`bench.stage.StageContext`, writes its outputs into
     ``ctx.out_dir`` and may return a small JSON-able summary. The last stage of an entry writes
     ``bone_predictions.parquet`` (subject_id, split, bone, y_true, p_pos) or, for entries without
@@ -50,6 +56,19 @@ class Stage:
     needs: Callable[[Any], Iterable[str]] | None = None  # config -> the inputs it reads under it (None: all)
     splits: tuple[str, ...] | Callable[[Any], Iterable[str]] | None = None  # datasets whose split it reads (None: all)
     version: int = 1                            # the code's version, keyed: bump it when a change alters the output
+    companions: tuple["Stage", ...] = ()        # stages reporting on this one's output, run after it (docstring)
+    unkeyed: tuple[str, ...] = ()               # "section.option"s of its sections only its companions use
+
+    def __post_init__(self) -> None:
+        for companion in self.companions:
+            if companion.inputs != (self.name,) or companion.companions:
+                raise ValueError(f"stage {self.name!r}: companion {companion.name!r} must read {self.name!r} "
+                                 f"alone and have no companions of its own")
+        sections = {s.partition(".")[0] for s in self.sections if "." not in s}
+        for option in self.unkeyed:
+            if option.partition(".")[0] not in sections or "." not in option:
+                raise ValueError(f"stage {self.name!r}: unkeyed option {option!r} is not a 'section.option' of a "
+                                 f"whole section it declares ({sorted(sections)})")
 
     def reads(self, config: Any) -> tuple[str, ...]:
         """The inputs this stage reads under `config`: all of ``inputs``, or those ``needs`` names.
@@ -97,16 +116,22 @@ class Entry:
     citation: str = ""
     info: Mapping[str, str] = field(default_factory=dict)  # extra table columns, e.g. {"roi": ..., "architecture": ...}
 
+    @property
+    def all_stages(self) -> tuple[Stage, ...]:
+        """Its stages in order, each followed by its companions."""
+        return tuple(s for stage in self.stages for s in (stage, *stage.companions))
+
     def __post_init__(self) -> None:
         if self.kind not in KINDS:
             raise ValueError(f"entry {self.name!r}: kind {self.kind!r} not in {KINDS}")
         if not self.stages:
             raise ValueError(f"entry {self.name!r} has no stages")
-        names = [s.name for s in self.stages]
+        names = [s.name for s in self.all_stages]
         if len(set(names)) != len(names):
             raise ValueError(f"entry {self.name!r}: duplicate stage names {names}")
+        main = [s.name for s in self.stages]       # a companion is read by no stage
         for i, stage in enumerate(self.stages):
-            missing = [d for d in stage.inputs if d not in names[:i]]
+            missing = [d for d in stage.inputs if d not in main[:i]]
             if missing:
                 raise ValueError(f"entry {self.name!r}: stage {stage.name!r} reads {missing}, "
                                  "which no earlier stage produces")
@@ -114,16 +139,17 @@ class Entry:
 
 def stages_to_run(entry: Entry, config: Any) -> list[tuple[Stage, tuple[str, ...]]]:
     """The entry's stages to run under `config`, in entry order, each with the inputs it reads
-    (:meth:`Stage.reads`). A stage that other stages declare as an input is left out when, under
-    `config`, none of the stages that run reads it; a stage nobody declares as an input (the last
-    one, or one run for its own outputs) always runs."""
+    (:meth:`Stage.reads`), and each followed by its companions. A stage that other stages declare as
+    an input is left out when, under `config`, none of the stages that run reads it; a stage nobody
+    declares as an input (the last one, or one run for its own outputs) always runs."""
     reads = {s.name: s.reads(config) for s in entry.stages}
     declared = {name for s in entry.stages for name in s.inputs}
     required = {entry.stages[-1].name} | {s.name for s in entry.stages if s.name not in declared}
     for stage in reversed(entry.stages):
         if stage.name in required:
             required.update(reads[stage.name])
-    return [(s, reads[s.name]) for s in entry.stages if s.name in required]
+    return [(s, reads[s.name] if s is stage else s.reads(config)) for stage in entry.stages
+            if stage.name in required for s in (stage, *stage.companions)]
 
 
 @dataclass(frozen=True)

@@ -353,5 +353,5 @@ def entry_config(entry: Entry, config: Config) -> dict:
     Sections registered by modules the entry does not use (which depend on what this process
     happened to import) stay out, so run keys and config.json agree across processes and nodes.
     """
-    used = {"data", "run"}.union(*({s.partition(".")[0] for s in stage.sections} for stage in entry.stages))
+    used = {"data", "run"}.union(*({s.partition(".")[0] for s in stage.sections} for stage in entry.all_stages))
     return config.to_dict(used)

@@ -1,7 +1,8 @@
 """Stage execution context and the content-addressed stage cache (DESIGN.md "Stages and caching").
 
 A stage's output lives in ``results/cache/<stage>/<key>`` where the key hashes the stage's
-function and its code version (``Stage.version``), its config sections, the entry's options for it,
+function and its code version (``Stage.version``), its config sections (less the options only its
+companions use, ``Stage.unkeyed``), the entry's options for it,
 its inputs' keys, the fingerprints of the datasets it reads (bench.fingerprint), the seed (when
 seeded), the resolved device type and the package version.
 The folder is written atomically and carries ``_stage.json``; a folder without it never exists,
@@ -53,15 +54,17 @@ def _fingerprint(value: Fingerprint | str, with_splits: bool) -> str:
 UNKEYED_OPTIONS: dict[str, tuple[str, ...]] = {"run": ("device",)}
 
 
-def _keyed_options(config: Config, section: str) -> Any:
-    """The keyed values of a section, or of one option when `section` is "section.option"."""
+def _keyed_options(config: Config, section: str, unkeyed: tuple[str, ...] = ()) -> Any:
+    """The keyed values of a section, or of one option when `section` is "section.option"; `unkeyed`:
+    the stage's "section.option"s its companions alone use (:class:`bench.registry.Stage`)."""
     name, _, option = section.partition(".")
     values = config.section_dict(name)
     if option:
         if option not in values:
             raise BenchError(f"a stage declares the option {section!r}, which section {name!r} does not have")
         return values[option]
-    return {k: v for k, v in values.items() if k not in UNKEYED_OPTIONS.get(name, ())}
+    skip = {*UNKEYED_OPTIONS.get(name, ()), *(o.partition(".")[2] for o in unkeyed if o.partition(".")[0] == name)}
+    return {k: v for k, v in values.items() if k not in skip}
 
 
 def stage_key(stage: Stage, config: Config, seed: int, input_keys: Mapping[str, str],
@@ -74,7 +77,7 @@ def stage_key(stage: Stage, config: Config, seed: int, input_keys: Mapping[str, 
         "stage": stage.name,
         "fn": f"{stage.fn.__module__}.{stage.fn.__qualname__}",
         "code": stage.version,
-        "sections": {s: _keyed_options(config, s) for s in stage.sections},
+        "sections": {s: _keyed_options(config, s, stage.unkeyed) for s in stage.sections},
         "options": dict(stage.options),
         "inputs": dict(input_keys),
         "data": {d: _fingerprint(data_fingerprints[d], d in split_roles)

@@ -13,10 +13,12 @@ crops of the raw radiograph, drawn from a generator seeded by (run seed, stage, 
 so an image's patches do not depend on which other images are in the dataset.
 
 Both write one :mod:`methods.patch_store` store into the stage folder (rows of the `seg` dataset
-first, then `cls`; images in manifest order; bones in class-id order) and a contact sheet
-``figures/patches.png`` (as paper Fig. 3, top: radiograph with the coloured crop squares, then the
-patches; missing bones are labelled with their reason). Images are read and cut in threads
-(bench.parallel); the store is the same for any number of threads.
+first, then `cls`; images in manifest order; bones in class-id order). Images are read and cut in
+threads (bench.parallel); the store is the same for any number of threads. Their companion
+``patch_sheet`` (bench.registry.Stage.companions) draws the contact sheet ``figures/patches.png`` of
+the store (as paper Fig. 3, top: radiograph with the coloured crop squares, then the patches; missing
+bones are labelled with their reason), so ``patches.figure_images`` keys the sheet alone and never
+the patches or the pretraining that reads them.
 """
 from __future__ import annotations
 
@@ -126,9 +128,18 @@ def _run(ctx: StageContext, per_image: Callable[[str, Dataset, dict[str, Any]], 
             ctx.log(f"{role}_missing_fraction", summary[f"{role}_missing_fraction"])
             ctx.log(f"{role}_mean_coverage", summary[f"{role}_mean_coverage"])
     summary["missing_by_reason"] = store.meta["missing_by_reason"]
-    if cfg.figure_images > 0 and len(index):
-        write_contact_sheet(store, ctx.datasets, ctx.out_dir / "figures" / "patches.png", cfg.figure_images)
     return summary
+
+
+def patch_sheet_stage(ctx: StageContext) -> dict[str, Any]:
+    """``figures/patches.png`` of the store its one input (extract or extract_raw) wrote (module docstring)."""
+    cfg: PatchConfig = ctx.config.section("patches")
+    (source,) = ctx.inputs.values()
+    store = PatchStore.open(source)
+    shown = cfg.figure_images if len(store.index) else 0
+    if shown > 0:
+        write_contact_sheet(store, ctx.datasets, ctx.out_dir / "figures" / "patches.png", shown)
+    return {"figure_images": shown}
 
 
 def extract_stage(ctx: StageContext) -> dict[str, Any]:
@@ -200,8 +211,17 @@ def write_contact_sheet(store: PatchStore, datasets: Mapping[str, Dataset], path
     atomic_write_bytes(path, buf.getvalue())
 
 
+def _sheet(of: str) -> Stage:
+    """The contact-sheet companion of stage `of` (deterministic given its input and the images)."""
+    return Stage("patch_sheet", patch_sheet_stage, sections=("patches.figure_images",), inputs=(of,),
+                 datasets=("seg", "cls"), seeded=False, splits=())
+
+
 # Neither reads a split: the stages that do take it from their datasets (PatchStore.with_splits).
+# version 2: the contact sheet moved to the companion patch_sheet
 EXTRACT = Stage("extract", extract_stage, sections=("patches",), inputs=("segment",), datasets=("seg", "cls"),
                 seeded=False,  # deterministic given its inputs (the segment key carries the seed)
-                needs=lambda config: ("segment",) if config.patches.source == "predicted" else (), splits=())
-EXTRACT_RAW = Stage("extract_raw", extract_raw_stage, sections=("patches",), datasets=("seg", "cls"), splits=())
+                needs=lambda config: ("segment",) if config.patches.source == "predicted" else (), splits=(),
+                version=2, companions=(_sheet("extract"),), unkeyed=("patches.figure_images",))
+EXTRACT_RAW = Stage("extract_raw", extract_raw_stage, sections=("patches",), datasets=("seg", "cls"), splits=(),
+                    version=2, companions=(_sheet("extract_raw"),), unkeyed=("patches.figure_images",))

@@ -7,8 +7,11 @@ by largest remainder; a user dataset's manifest when ``data.seg``/``data.cls`` n
 * segment: the training loop's own step (methods.segmentation.perf) × epochs × ⌊train / batch⌋,
   plus, per image of every validation pass, the loop's eval forward on the canvas and its GED, plus
   ``predict_many`` per image (upsampled to native size) for the final prediction of both datasets;
+* segment_eval: per image of the evaluated splits, ``predict_many`` with the side-detection pass, the
+  eval forward and the GED;
 * extract / extract_raw / radiogrammetry: per image (PNG decode + label map + the stage's
   per-image function) on one phantom radiograph of each preset at the profile's size;
+* patch_sheet (the extract stages' companion, a contact sheet): priced at zero;
 * pretrain: :func:`methods.ssl.pretrain.pretrain_step` (methods.ssl.perf, feed (a)) × epochs ×
   steps per epoch of the pretraining set (7 bones or ``patches.raw_count`` raw crops per `seg`
   image, plus the `cls` train patches for SupCon);
@@ -28,8 +31,8 @@ The baselines' models (jang, hsieh, wang, landmarks, radiogrammetry, clinical) a
 baselines.perf_costs, built on this module's helpers; :func:`builtin_cost_models` merges both.
 
 Known omissions (small next to training at the paper profile, to be confirmed against one measured
-entry): PNG writing, figures, the segmentation's data loading and final evaluation (Hungarian IoU,
-ECE, Dice at native resolution), the probe's whole-image resizing. The per-epoch validation GED is
+entry): PNG writing, figures, the segmentation's data loading and the evaluation's CPU scoring
+(Hungarian IoU, ECE, Dice at native resolution), the probe's whole-image resizing. The per-epoch validation GED is
 counted (batched on the device, on the whole canvas). Measurements are cached per configuration, so
 seeds and entries sharing a configuration are measured once.
 """
@@ -112,12 +115,75 @@ def profile_name(config: Config) -> str:
 
 
 # ---------------------------------------------------------------------------- segmentation and patches
-def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
-    from methods.compiling import segmentation_compile_mode
+def _seg_canvas(cfg) -> tuple[int, int]:
+    """The working canvas the stage would choose for the phantoms (the default aspect)."""
+    from methods.segmentation.perf import DEFAULT_ASPECT
+
+    rows = cfg.working_size
+    return rows, max(8, int(round(rows * (cfg.canvas_aspect or DEFAULT_ASPECT) / 8)) * 8)
+
+
+def _seg_predict_s(m: Measurer, cfg, size: RoleSize, detect: bool = False) -> float:
+    """Per image of `size`, ``predict_many`` as the stages call it (upsampled to native size; with
+    `detect`, each image also segmented mirrored, as the evaluation does to measure laterality detection)."""
     from methods.segmentation.model import build_model
-    from methods.segmentation.perf import DEFAULT_ASPECT, benchmark_seg_step
     from methods.segmentation.predict import predict_many
     from methods.segmentation.train import make_spec
+
+    def measure() -> float:
+        model = build_model(make_spec(cfg, _seg_canvas(cfg), 8), seed=0).to(m.device)
+        rng = np.random.default_rng(0)
+        images = [rng.random((size.height, size.width), dtype=np.float32) for _ in range(cfg.predict_batch)]
+        sides = ["R"] * len(images)   # the phantoms state every side: no detection pass unless asked
+        return m.time(lambda _: list(predict_many(model, images, batch_size=cfg.predict_batch,
+                                                  samples=cfg.predict_draws, laterality=sides,
+                                                  detect=detect))) / len(images)
+    return m.cached(("seg-predict", repr(cfg), size.height, size.width, detect), measure)
+
+
+def _seg_eval_forward_s(m: Measurer, cfg) -> float:
+    """Per image, the loop's eval forward (train.forward_eval: the compact form's K x S samples, or one
+    map, on the canvas, `predict_batch` images at once) and the hard maps the GED reads."""
+    from methods.segmentation.model import build_model
+    from methods.segmentation.train import forward_eval, make_spec
+
+    canvas = _seg_canvas(cfg)
+
+    def measure() -> float:
+        model = build_model(make_spec(cfg, canvas, 8), seed=0).to(m.device).eval()
+        if m.device.type == "cuda":
+            model = model.to(memory_format=torch.channels_last)
+        gen = torch.Generator(device=m.device).manual_seed(0)
+        x = torch.rand(cfg.predict_batch, 1, *canvas, generator=gen, device=m.device)
+        return m.time(lambda _: forward_eval(model, x, 0, gen).logits.float().argmax(2)) / cfg.predict_batch
+    return m.cached(("seg-val-forward", repr(cfg), canvas), measure)
+
+
+def _seg_ged_s(m: Measurer, cfg, config: Config) -> float:
+    """Per image, the batched GED (methods.segmentation.device_metrics, on the device, `predict_batch`
+    images at once): N samples (K x S in the compact form, 1 for the single decoder) against the `seg`
+    phantom's annotators on the whole canvas (the cost depends on N, M and the pixels, not the labels)."""
+    from bench.data.phantom import PhantomConfig
+    from methods.segmentation.device_metrics import ged_batched
+
+    rows, cols = _seg_canvas(cfg)
+    n = cfg.experts * cfg.samples if cfg.model == "mose" else 1
+    k = PhantomConfig.for_preset(ROLE_PRESETS["seg"], profile_name(config)).annotators
+    b = cfg.predict_batch
+
+    def measure() -> float:
+        gen = torch.Generator(device=m.device).manual_seed(0)
+        samples = torch.randint(0, 8, (b, n, rows, cols), generator=gen, device=m.device, dtype=torch.uint8)
+        annotations = torch.randint(0, 8, (b, k, rows, cols), generator=gen, device=m.device, dtype=torch.uint8)
+        p, q = torch.ones(b, n, device=m.device), torch.ones(b, k, device=m.device)
+        return m.time(lambda _: ged_batched(samples, annotations, p, q)) / b
+    return m.cached(("seg-ged", n, k, rows, cols, b), measure)
+
+
+def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
+    """Training steps, the per-epoch validation (eval forward + GED) and the predictions of both datasets."""
+    from methods.compiling import segmentation_compile_mode
+    from methods.segmentation.perf import benchmark_seg_step
 
     cfg, sizes = config.segmentation, role_sizes(config)
     seg, cls = sizes["seg"], sizes["cls"]
@@ -130,67 +196,29 @@ def segment_cost(m: Measurer, stage, config: Config) -> StageCost:
         first["compile"] = max((r["first_step_s"] or step_s) - step_s, 0.0)
         return step_s
     step = m.cached(("seg-step", repr(cfg), bs), measure_step)
-
-    rows = cfg.working_size
-    canvas = (rows, max(8, int(round(rows * (cfg.canvas_aspect or DEFAULT_ASPECT) / 8)) * 8))
-
-    def predict_s(size: RoleSize) -> float:
-        def measure() -> float:
-            model = build_model(make_spec(cfg, canvas, 8), seed=0).to(m.device)
-            rng = np.random.default_rng(0)
-            images = [rng.random((size.height, size.width), dtype=np.float32) for _ in range(cfg.predict_batch)]
-            sides = ["R"] * len(images)   # the phantoms state every side: no detection pass (predict_many)
-            return m.time(lambda _: list(predict_many(model, images, batch_size=cfg.predict_batch,
-                                                      samples=cfg.predict_draws, laterality=sides))) / len(images)
-        return m.cached(("seg-predict", repr(cfg), size.height, size.width), measure)
-
-    def val_forward_s() -> float:
-        """Per validation image, the loop's eval forward (train.forward_eval: the compact form's K x S
-        samples, or one map, on the canvas, `predict_batch` images at once) and the hard maps the GED
-        reads; the validation neither upsamples to native size nor computes the uncertainty maps."""
-        from methods.segmentation.train import forward_eval
-
-        def measure() -> float:
-            model = build_model(make_spec(cfg, canvas, 8), seed=0).to(m.device).eval()
-            if m.device.type == "cuda":
-                model = model.to(memory_format=torch.channels_last)
-            gen = torch.Generator(device=m.device).manual_seed(0)
-            x = torch.rand(cfg.predict_batch, 1, *canvas, generator=gen, device=m.device)
-            return m.time(lambda _: forward_eval(model, x, 0, gen).logits.float().argmax(2)) / cfg.predict_batch
-        return m.cached(("seg-val-forward", repr(cfg), canvas), measure)
-
-    def ged_s() -> float:
-        """Per validation image, the batched GED of the loop (methods.segmentation.device_metrics, on
-        the device, `predict_batch` images at once): N samples (K x S in the compact form the loop
-        validates with, 1 for the single decoder) against the `seg` phantom's annotators on the whole
-        canvas (the cost depends on N, M and the pixels, not on the labels)."""
-        from bench.data.phantom import PhantomConfig
-        from methods.segmentation.device_metrics import ged_batched
-
-        cols = canvas[1]
-        n = cfg.experts * cfg.samples if cfg.model == "mose" else 1
-        k = PhantomConfig.for_preset(ROLE_PRESETS["seg"], profile_name(config)).annotators
-        b = cfg.predict_batch
-
-        def measure() -> float:
-            gen = torch.Generator(device=m.device).manual_seed(0)
-            samples = torch.randint(0, 8, (b, n, rows, cols), generator=gen, device=m.device, dtype=torch.uint8)
-            annotations = torch.randint(0, 8, (b, k, rows, cols), generator=gen, device=m.device, dtype=torch.uint8)
-            p, q = torch.ones(b, n, device=m.device), torch.ones(b, k, device=m.device)
-            return m.time(lambda _: ged_batched(samples, annotations, p, q)) / b
-        return m.cached(("seg-ged", n, k, rows, cols, b), measure)
-
     validations = ceil_div(cfg.epochs, cfg.val_every)
     parts = [CostPart("train steps", cfg.epochs * (seg.train // bs), step),
-             CostPart("val images (forward)", validations * seg.val, val_forward_s()),
-             CostPart("val GED", validations * seg.val, ged_s()),
-             CostPart("predict seg images", seg.n, predict_s(seg)),
-             CostPart("predict cls images", cls.n, predict_s(cls))]
+             CostPart("val images (forward)", validations * seg.val, _seg_eval_forward_s(m, cfg)),
+             CostPart("val GED", validations * seg.val, _seg_ged_s(m, cfg, config)),
+             CostPart("predict seg images", seg.n, _seg_predict_s(m, cfg, seg)),
+             CostPart("predict cls images", cls.n, _seg_predict_s(m, cfg, cls))]
     # compiled: the training graphs once a process (validation and predictions are timed eager)
     if segmentation_compile_mode(cfg.compile, cfg.model, m.device) != "off":
         parts.append(CostPart("compile", 1, m.cached(("seg-step", repr(cfg), bs, "compile"),
                                                      lambda: first.get("compile", 0.0))))
     return StageCost(parts, note=f"{cfg.model}, {cfg.epochs} epochs x {seg.train // bs} steps of {bs}")
+
+
+def segment_eval_cost(m: Measurer, stage, config: Config) -> StageCost:
+    """The companion segment_eval: each image of the evaluated `seg` splits predicted with the side-detection
+    pass, then its samples' eval forward and GED (the CPU scoring at native size is not counted)."""
+    cfg, seg = config.segmentation, role_sizes(config)["seg"]
+    per_split = {"train": seg.train, "val": seg.val, "test": seg.n - seg.train - seg.val}
+    n = sum(per_split.get(s, 0) for s in cfg.split_list)
+    return StageCost([CostPart("predict eval images (+ mirrored)", n, _seg_predict_s(m, cfg, seg, detect=True)),
+                      CostPart("eval images (forward)", n, _seg_eval_forward_s(m, cfg)),
+                      CostPart("eval GED", n, _seg_ged_s(m, cfg, config))],
+                     note=f"{n} images of {cfg.eval_splits}")
 
 
 def extract_cost(m: Measurer, stage, config: Config) -> StageCost:
@@ -318,13 +346,19 @@ def supervised_cost(m: Measurer, stage, config: Config) -> StageCost:
                                 f"{enc} at {sup.input_size} px from {p} px patches")
 
 
+def sheet_cost(m: Measurer, stage, config: Config) -> StageCost:
+    return StageCost([], note="one contact-sheet figure: negligible")
+
+
 #: a cost model of this module and of baselines.perf_costs: priced with a shared Measurer.
 MeasuredCost = Callable[[Measurer, Any, Config], StageCost]
 
 METHOD_COSTS: dict[str, MeasuredCost] = {
     "methods.segmentation.stage.segment_stage": segment_cost,
+    "methods.segmentation.eval_stage.segment_eval_stage": segment_eval_cost,
     "methods.extract.extract_stage": extract_cost,
     "methods.extract.extract_raw_stage": extract_cost,
+    "methods.extract.patch_sheet_stage": sheet_cost,
     "methods.ssl.pretrain.pretrain_stage": pretrain_cost,
     "methods.stages.probe_stage": probe_cost,
     "methods.stages.supervised_stage": supervised_cost,

@@ -204,7 +204,7 @@ if want train; then
   python3 - "$RES" >"$W/train-summary.txt" 2>&1 <<'PY'
 import json, pathlib, sys
 res = pathlib.Path(sys.argv[1])
-for f in sorted(res.glob("cache/segment/*/eval.json")):
+for f in sorted(res.glob("cache/segment_eval/*/eval.json")):   # the segment stage's companion
     r = json.loads(f.read_text())
     t = r["train"]
     material = json.loads((f.parent / "_stage.json").read_text())["material"]

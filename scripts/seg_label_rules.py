@@ -5,7 +5,8 @@
 SEGMENT_DIR is a `segment` stage folder (its model.pt), DATASET_DIR the `seg` phantom it was trained
 on (truth/ masks needed). For every image of the split the model runs once, as `predict_many` does
 (one latent draw shared by the images, the compact form: K x D samples weighted pi_k / D, D the
-stage's `predict_draws` from its eval.json; a canonical-laterality model sees left hands mirrored and
+stage's `predict_draws` from the eval.json of its companion `segment_eval` (found in the same cache by
+its input key); a canonical-laterality model sees left hands mirrored and
 its maps are mirrored back, images of unknown side are left out); each rule's
 canvas probabilities go through `predict._finish`, the stage's own crop, upsampling to native size and
 argmax. Rules:
@@ -60,6 +61,15 @@ def rule_probs(probs: torch.Tensor, weights: torch.Tensor, log_pi: torch.Tensor,
     return out
 
 
+def companion_eval_json(segment_dir: Path) -> Path | None:
+    """The eval.json that the `segment_eval` stage wrote for this segment stage folder (None: none yet)."""
+    for marker in sorted((segment_dir.parent.parent / "segment_eval").glob("*/_stage.json")):
+        if json.loads(marker.read_text())["material"].get("inputs", {}).get("segment") == segment_dir.name:
+            found = marker.parent / "eval.json"
+            return found if found.is_file() else None
+    return None
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("segment_dir", type=Path)
@@ -81,8 +91,8 @@ def main() -> None:
     ids = [i for i in ids if i not in unsided]      # the stage would detect their side; left out here
     spec, canvas = model.spec, tuple(model.spec.canvas)
     gen = torch.Generator().manual_seed(args.seed)
-    stage_eval = args.segment_dir / "eval.json"
-    report = json.loads(stage_eval.read_text()) if stage_eval.is_file() else {}
+    stage_eval = companion_eval_json(args.segment_dir)
+    report = json.loads(stage_eval.read_text()) if stage_eval else {}
     draws = int(report.get("predict_draws") or spec.samples)     # the stage's draws per expert
     eps = torch.randn(spec.experts, draws, spec.latent, generator=gen).to(device)          # as predict_many
     model.eval()

@@ -19,7 +19,7 @@ import json
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 import pandas as pd
@@ -126,11 +126,16 @@ class SegEvaluation:
     images: pd.DataFrame             # one row per image: split, laterality, scores (scoring.ImageScore.row)
 
 
-def annotated_ids(dataset: Dataset, split: str = ALL) -> list[str]:
-    """The images of `split` (all: every split) that have at least one annotator mask of weight > 0."""
+def annotated_ids(dataset: Dataset, split: str = ALL, annotators: Sequence[str] = (),
+                  required: bool = True) -> list[str]:
+    """The images of `split` (all: every split) that have at least one mask of weight > 0 (of `annotators`
+    when given); with ``required=False`` an absent split or one without masks gives an empty list."""
+    if not required and split != ALL and not (dataset.manifest["split"].astype(str) == split).any():
+        return []
     manifest = split_rows(dataset, split, unit="image")
-    ids = [i for i in manifest["image_id"].astype(str) if sum(dataset.annotator_weights(i).values()) > 0]
-    if not ids:
+    ids = [i for i in manifest["image_id"].astype(str)
+           if sum(w for a, w in dataset.annotator_weights(i).items() if not annotators or a in annotators) > 0]
+    if not ids and required:
         raise BenchError(f"no image of {dataset.root}" + (f" ({split} split)" if split != ALL else "") + " has a "
                          "bone mask (masks/<image_id>/<annotator>.png listed in annotators.csv); import the masks "
                          "with `bench data import --coco` to evaluate a segmenter")
@@ -138,16 +143,17 @@ def annotated_ids(dataset: Dataset, split: str = ALL) -> list[str]:
 
 
 def evaluate_segmenter(seg: Segmenter, dataset: Dataset, *, split: str = ALL, seed: int = 0, chunk: int = 32,
-                       detect: bool = True,
+                       detect: bool = True, annotators: Sequence[str] = (), image_ids: Sequence[str] | None = None,
                        progress: Callable[[int, int], None] | None = None) -> SegEvaluation:
-    """Predict and score every annotated image of `split` (module docstring); `detect`: also predict each
-    image whose side the manifest states mirrored, to measure the model's laterality detection."""
+    """Predict and score every annotated image of `split` (module docstring), or the images `image_ids`;
+    `detect`: also predict each image whose side the manifest states mirrored, to measure the model's
+    laterality detection; `annotators`: score against these alone (empty: every annotator)."""
     if chunk < 1:
         raise BenchError(f"chunk = {chunk} must be >= 1")
     model = seg.model
     device = next(model.parameters()).device
     canonical = bool(getattr(model.spec, "canonical_laterality", False))
-    ids = annotated_ids(dataset, split)
+    ids = annotated_ids(dataset, split, annotators) if image_ids is None else [str(i) for i in image_ids]
     sides = manifest_sides(dataset)
     splits = dict(zip(dataset.manifest["image_id"].astype(str), dataset.manifest["split"].astype(str)))
     scores: list[ImageScore] = []
@@ -166,8 +172,8 @@ def evaluate_segmenter(seg: Segmenter, dataset: Dataset, *, split: str = ALL, se
             extra[image_id] = {"split": splits[image_id], "laterality": pred.laterality,
                                "laterality_source": pred.laterality_source}
         # the sample metrics on the canvas the labels came from: a detected left hand mirrored too
-        data = load_split(dataset, [], tuple(model.spec.canvas), device, canonical=canonical, image_ids=part_ids,
-                          sides=used)
+        data = load_split(dataset, [], tuple(model.spec.canvas), device, annotators, canonical=canonical,
+                          image_ids=part_ids, sides=used)
         part, part_bins = score_images(model, dataset, data, labels, batch_size=seg.batch_size,
                                        eval_samples=seg.eval_samples,
                                        seed=seed if start == 0 else derive_seed(seed, "chunk", start))

@@ -54,7 +54,7 @@ def pretraining_set(store: PatchStore, use_cls_train: bool) -> tuple[np.ndarray,
         labels = np.concatenate([labels, index.loc[cls, "label"].astype(int).to_numpy()])
     if len(rows) == 0:
         raise BenchError("no usable bone patches to pretrain on: every patch is missing; check the "
-                         "segmentation stage's eval.json and the `patches` thresholds")
+                         "segment_eval stage's eval.json and the `patches` thresholds")
     return rows, labels
 
 

@@ -113,3 +113,30 @@ def test_a_stage_keyed_by_one_option_ignores_the_rest_of_its_section():
 
     assert key({}) == key({"ssl.epochs": 3, "ssl.lr": 0.1})
     assert key({}) != key({"ssl.encoder": "resnet34"})
+
+
+def test_evaluation_and_figure_options_key_the_companions_alone():
+    """segmentation.eval_splits / eval_samples / figures key segment_eval, not the trained model;
+    patches.figure_images keys the contact sheet, not the patch store (Stage.unkeyed)."""
+    import methods.bones  # noqa: F401  (registers the sections)
+    import methods.segmentation.config  # noqa: F401
+    from bench.config import resolve
+    from bench.stage import stage_key
+    from methods.extract import EXTRACT
+    from methods.segmentation.stage import SEGMENT
+
+    def key(stage, sets: dict, inputs: dict) -> str:
+        return stage_key(stage, resolve("smoke", sets=sets), 0, inputs, {"seg": "s", "cls": "c"}, "cpu")[0]
+
+    (evaluation,), (sheet,) = SEGMENT.companions, EXTRACT.companions
+    for stage, inputs, changes, keyed in ((SEGMENT, {}, {"segmentation.figures": 7, "segmentation.eval_samples": 8,
+                                                          "segmentation.eval_splits": "test"},
+                                           {"segmentation.epochs": 3}),
+                                          (EXTRACT, {"segment": "k"}, {"patches.figure_images": 9},
+                                           {"patches.patch_size": 32})):
+        (companion,) = stage.companions
+        assert key(stage, {}, inputs) == key(stage, changes, inputs) != key(stage, keyed, inputs)
+        below = {stage.name: "k"}
+        assert key(companion, {}, below) != key(companion, changes, below)
+    assert key(evaluation, {}, {"segment": "k"}) != key(evaluation, {}, {"segment": "other"})
+    assert sheet.sections == ("patches.figure_images",)

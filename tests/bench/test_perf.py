@@ -219,11 +219,12 @@ def test_paper_suite_plan_without_data_and_units_from_the_config(tmp_path):
     counts = {}
     for s in stages:
         counts[s.name] = counts.get(s.name, 0) + 1
-    # per seed: 2 segmentations (MoSE, single), 2 extracts, 1 extract_raw, 16 pretrainings and probes
-    # (4 methods x full / single-decoder / convcrop / noseg), 7 one-off stages; clinical is unseeded
-    assert counts == {"segment": 4, "extract": 4, "extract_raw": 2, "pretrain": 32, "probe": 32, "supervised": 2,
-                      "deepdxa": 2, "jang": 2, "landmarks": 2, "hsieh": 2, "wang": 2, "radiogrammetry": 2,
-                      "clinical": 1}
+    # per seed: 2 segmentations (MoSE, single) and their evaluations, 2 extracts, 1 extract_raw and their 3
+    # contact sheets, 16 pretrainings and probes (4 methods x full / single-decoder / convcrop / noseg),
+    # 7 one-off stages; clinical is unseeded
+    assert counts == {"segment": 4, "segment_eval": 4, "extract": 4, "extract_raw": 2, "patch_sheet": 6,
+                      "pretrain": 32, "probe": 32, "supervised": 2, "deepdxa": 2, "jang": 2, "landmarks": 2,
+                      "hsieh": 2, "wang": 2, "radiogrammetry": 2, "clinical": 1}
     assert not (tmp_path / "cache" / "phantom").exists()              # planning generated nothing
     proj = project(stages, "cpu", builtin_cost_models("cpu", measurer=_FixedMeasurer("cpu")))
     assert proj.unpriced == []
@@ -232,6 +233,8 @@ def test_paper_suite_plan_without_data_and_units_from_the_config(tmp_path):
     seg = rows[("segment", "convcrop-simclr")]                         # the MoSE model's first user
     assert seg == {"train steps": 60 * 16, "val images (forward)": 60 * 4, "val GED": 60 * 4,
                    "predict seg images": 40, "predict cls images": 60}
+    assert rows[("segment_eval", "convcrop-simclr")] == {"predict eval images (+ mirrored)": 8,   # val and test
+                                                         "eval images (forward)": 8, "eval GED": 8}
     assert rows[("pretrain", "simclr")] == {"train steps": 2 * 6}      # 280 patches // 32 = 8, capped at 6
     assert rows[("supervised", "supervised")]["train steps"] == 3 * 21  # 48 x 7 = 336 patches / 16
     assert rows[("extract", "convcrop-simclr")] == {"seg images": 40, "cls images": 60}
@@ -247,8 +250,8 @@ def test_cross_validated_plan_shares_what_reads_no_cls_split(tmp_path):
     counts = {}
     for s in stages:
         counts[s.name] = counts.get(s.name, 0) + 1
-    assert counts == {"segment": 1, "extract": 1, "pretrain": 1 + 5, "probe": 2 * 5, "landmarks": 1, "hsieh": 5,
-                      "clinical": 5}
+    assert counts == {"segment": 1, "segment_eval": 1, "extract": 1, "patch_sheet": 1, "pretrain": 1 + 5,
+                      "probe": 2 * 5, "landmarks": 1, "hsieh": 5, "clinical": 5}
     proj = project(stages, "cpu", builtin_cost_models("cpu", measurer=_FixedMeasurer("cpu")))
     hsieh = [dict((n, u) for n, u, _ in r["parts"]) for r in proj.rows if r["stage"] == "hsieh"]
     plain = project(plan_suite(["hsieh"], [0], "smoke", "cpu", results=str(tmp_path)), "cpu",

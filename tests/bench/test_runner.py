@@ -65,6 +65,53 @@ def test_a_stage_input_the_config_drops_is_neither_run_nor_keyed(tmp_path, tiny_
     assert [s.name for s in runner.plan(["toy-optional"], [1])[0].stages] == ["toy_probe"]
 
 
+def test_a_companion_runs_with_its_stage_and_its_options_key_it_alone(tmp_path, tiny_dataset, monkeypatch):
+    """`toy_report` (a companion of `toy_prep`) runs right after it; its option toy.report_lines keys the
+    companion only, so changing it recomputes the report and nothing else."""
+    monkeypatch.setenv("TOY_LOG", str(tmp_path / "toy.log"))
+    first = _runner(tmp_path, tiny_dataset).run(["toy-reported"], [0])[0]
+    assert first.status == "done" and _log(tmp_path) == ["toy_prep", "toy_report", "toy_probe"]
+    cache = tmp_path / "results" / "cache"
+    assert (cache / "toy_report" / first.stage_keys["toy_report"] / "report.txt").read_text().count("\n") == 2
+    runner = _runner(tmp_path, tiny_dataset, sets=["toy.report_lines=5"])
+    planned = runner.plan(["toy-reported"], [0])[0]
+    assert [(s.name, s.cached) for s in planned.stages] == [("toy_prep", True), ("toy_report", False),
+                                                             ("toy_probe", True)]
+    again = runner.run(["toy-reported"], [0])[0]
+    assert _log(tmp_path) == ["toy_prep", "toy_report", "toy_probe", "toy_report"]
+    assert {k: v for k, v in again.stage_keys.items() if k != "toy_report"} == \
+        {k: v for k, v in first.stage_keys.items() if k != "toy_report"}
+    assert (cache / "toy_report" / again.stage_keys["toy_report"] / "report.txt").read_text().count("\n") == 5
+    assert json.dumps(again.metrics, sort_keys=True) == json.dumps(first.metrics, sort_keys=True)   # NaN-safe
+    assert again.run_key != first.run_key                       # the run records the new report
+    history = store.read_run(store.run_dir(tmp_path / "results", "t", "toy-reported", 0)).history
+    assert "reported_strength" in set(history["metric"])                          # the companion's log reaches it
+    # a keyed option of the stage still keys it (and so its companion and what reads it)
+    assert not any(s.cached for s in _runner(tmp_path, tiny_dataset, sets=["toy.strength=3"]).plan(
+        ["toy-reported"], [0])[0].stages)
+    # a stage left out under the config takes its companion along
+    assert [s.name for s in _runner(tmp_path, tiny_dataset, sets=["toy.use_prep=false"]).plan(
+        ["toy-reported"], [0])[0].stages] == ["toy_probe"]
+
+
+def test_companion_and_unkeyed_declarations_are_checked():
+    from bench.registry import Entry, Stage
+
+    def fn(ctx):
+        return None
+    with pytest.raises(ValueError, match="must read 'a' alone"):
+        Stage("a", fn, companions=(Stage("c", fn, inputs=("b",)),))
+    with pytest.raises(ValueError, match="not a 'section.option' of a whole section"):
+        Stage("a", fn, sections=("toy.strength",), unkeyed=("toy.report_lines",))
+    with pytest.raises(ValueError, match="not a 'section.option'"):
+        Stage("a", fn, sections=("toy",), unkeyed=("toy",))
+    report = Stage("c", fn, inputs=("a",))
+    with pytest.raises(ValueError, match="duplicate stage names"):
+        Entry("e", "", stages=(Stage("a", fn, companions=(report,)), Stage("c", fn, inputs=("a",))))
+    with pytest.raises(ValueError, match="reads \\['c'\\]"):      # nothing may read a companion
+        Entry("e", "", stages=(Stage("a", fn, companions=(report,)), Stage("b", fn, inputs=("c",))))
+
+
 def test_same_seed_identical_metrics_without_cache(tmp_path, tiny_dataset):
     a = _runner(tmp_path / "a", tiny_dataset).run(["toy"], [3])[0].metrics
     b = _runner(tmp_path / "b", tiny_dataset).run(["toy"], [3])[0].metrics

@@ -2,7 +2,9 @@
 
 `toy` has two stages: `toy_prep` draws a per-seed signal strength, `toy_probe` writes per-bone
 probabilities correlated with the label. `toy-optional` is the same, but its probe reads `toy_prep`
-only with ``toy.use_prep=true`` (else it takes ``toy.strength``): a stage input that a config drops. Each stage execution appends its name to $TOY_LOG;
+only with ``toy.use_prep=true`` (else it takes ``toy.strength``): a stage input that a config drops.
+`toy-reported` is `toy-optional` whose `toy_prep` has a companion, `toy_report`, writing
+``toy.report_lines`` lines (an option left out of `toy_prep`'s key). Each stage execution appends its name to $TOY_LOG;
 $TOY_KILL_AT=<stage> makes that stage SIGKILL its own process (an interrupted run).
 """
 from __future__ import annotations
@@ -24,6 +26,7 @@ from bench.registry import Entry, Stage, register
 class ToyConfig:
     use_prep: bool = True       # toy-optional: read toy_prep's strength
     strength: float = 1.5       # toy-optional without toy_prep: this strength
+    report_lines: int = 2       # toy-reported: lines its companion toy_report writes (unkeyed in toy_prep)
 
 
 register_section("toy", ToyConfig)
@@ -65,6 +68,14 @@ def toy_probe(ctx) -> dict:
     return {"metrics": {"strength": strength}}
 
 
+def toy_report(ctx) -> dict:
+    _trace("toy_report")
+    strength = json.loads((ctx.inputs["toy_prep"] / "prep.json").read_text())["strength"]
+    (ctx.out_dir / "report.txt").write_text("".join(f"strength {strength}\n" for _ in range(ctx.config.toy.report_lines)))
+    ctx.log("reported_strength", strength)
+    return {"lines": ctx.config.toy.report_lines}
+
+
 def toy_fail(ctx) -> dict:
     raise RuntimeError("this toy entry always fails")
 
@@ -79,4 +90,12 @@ register(Entry("toy-fail", "an entry that always fails", stages=(PREP, Stage("to
 register(Entry("toy-optional", "toy whose probe reads toy_prep only with toy.use_prep",
                stages=(PREP, Stage("toy_probe", toy_probe, sections=("toy",), inputs=("toy_prep",), datasets=("cls",),
                                    needs=lambda config: ("toy_prep",) if config.toy.use_prep else ())),
+               kind="example"))
+REPORT = Stage("toy_report", toy_report, sections=("toy",), inputs=("toy_prep",), datasets=("cls",), splits=())
+PREP_REPORTED = Stage("toy_prep", toy_prep, sections=("run", "toy"), datasets=("cls",), splits=(),
+                      companions=(REPORT,), unkeyed=("toy.report_lines",))
+register(Entry("toy-reported", "toy-optional whose toy_prep has the companion toy_report",
+               stages=(PREP_REPORTED, Stage("toy_probe", toy_probe, sections=("toy.use_prep", "toy.strength"),
+                                            inputs=("toy_prep",), datasets=("cls",),
+                                            needs=lambda config: ("toy_prep",) if config.toy.use_prep else ())),
                kind="example"))

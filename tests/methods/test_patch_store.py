@@ -169,8 +169,14 @@ def test_extract_stage_on_fake_segment_output(tmp_path, datasets, segment_dir):
     low = idx[(idx["role"] == "cls") & (idx["image_id"] == datasets["cls"].image_ids[0]) & (idx["bone"] == "M2")]
     assert low["reason"].item() == "low-confidence"
     assert summary["patches"] == len(idx) and summary["missing_by_reason"].get("low-confidence", 0) >= 1
-    png = tmp_path / "a" / "figures" / "patches.png"
+    assert not (tmp_path / "a" / "figures").exists()                 # the sheet is the companion's
+    (sheet,) = EXTRACT.companions
+    assert sheet.fn(_ctx(sheet, tmp_path / "sheet", datasets, {"extract": tmp_path / "a"})) == {"figure_images": 4}
+    png = tmp_path / "sheet" / "figures" / "patches.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sheet.fn(_ctx(sheet, tmp_path / "none", datasets, {"extract": tmp_path / "a"},
+                         sets=["patches.figure_images=0"])) == {"figure_images": 0}
+    assert not (tmp_path / "none" / "figures").exists()
     # the oracle source reads the same masks straight from the dataset: same patches
     EXTRACT.fn(_ctx(EXTRACT, tmp_path / "b", datasets, {"segment": segment_dir}, sets=["patches.source=annotator"]))
     oracle = PatchStore.open(tmp_path / "b")
@@ -236,5 +242,7 @@ def test_extract_raw_stage_seeded(tmp_path, datasets):
         r = rows.iloc[0]
         crop = image[r["crop_y0"]:r["crop_y1"], r["crop_x0"]:r["crop_x1"]]
         assert a.array[r["row"]].mean() / 65535 == pytest.approx(crop.mean(), rel=0.03, abs=2e-3)
-    assert (tmp_path / "a" / "figures" / "patches.png").is_file()
+    (sheet,) = EXTRACT_RAW.companions
+    sheet.fn(_ctx(sheet, tmp_path / "sheet", datasets, {"extract_raw": tmp_path / "a"}))
+    assert (tmp_path / "sheet" / "figures" / "patches.png").is_file()
     assert EXTRACT_RAW.inputs == () and EXTRACT.inputs == ("segment",) and EXTRACT.sections == ("patches",)

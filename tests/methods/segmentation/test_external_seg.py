@@ -45,11 +45,16 @@ def trained(tmp_path_factory) -> dict:
             key = f"tiny{kind}"
             with warnings.catch_warnings():             # a 6-epoch model has not learnt every bone
                 warnings.simplefilter("ignore", UserWarning)
-                run_stage(SEGMENT, cache_root=root / "results" / "cache", key=key, material={}, config=config, seed=0,
-                          inputs={}, datasets={"seg": out["seg"]}, device=torch.device("cpu"))
+                trained_dir = run_stage(SEGMENT, cache_root=root / "results" / "cache", key=key, material={},
+                                        config=config, seed=0, inputs={}, datasets={"seg": out["seg"]},
+                                        device=torch.device("cpu"))
+                run_stage(SEGMENT.companions[0], cache_root=root / "results" / "cache", key=key, material={},
+                          config=config, seed=0, inputs={"segment": trained_dir}, datasets={"seg": out["seg"]},
+                          device=torch.device("cpu"))
             run = root / "results" / "s" / f"seg-{kind}" / "seed0"
             run.mkdir(parents=True)
-            (run / "config.json").write_text(json.dumps({"entry": f"seg-{kind}", "seed": 0, "stages": {"segment": key},
+            (run / "config.json").write_text(json.dumps({"entry": f"seg-{kind}", "seed": 0,
+                                                         "stages": {"segment": key, "segment_eval": key},
                                                          "config": config.to_dict()}))
             out[kind] = run
         yield out
@@ -57,9 +62,9 @@ def trained(tmp_path_factory) -> dict:
         torch.set_num_threads(threads)
 
 
-def stage_dir(run: Path) -> Path:
-    key = json.loads((run / "config.json").read_text())["stages"]["segment"]
-    return run.parent.parent.parent / "cache" / "segment" / key
+def stage_dir(run: Path, stage: str = "segment") -> Path:
+    key = json.loads((run / "config.json").read_text())["stages"][stage]
+    return run.parent.parent.parent / "cache" / stage / key
 
 
 @pytest.mark.parametrize("kind", ["mose", "single"])
@@ -67,7 +72,7 @@ def test_the_stages_test_split_scores_as_its_eval_json(trained, kind):
     seg = open_segmenter(trained[kind])
     assert (seg.draws, seg.eval_samples, seg.source["entry"]) == (3, 0, f"seg-{kind}")
     result = evaluate_segmenter(seg, trained["seg"], split="test", seed=derive_seed(0, "segmentation", "eval", "test"))
-    expected = json.loads((stage_dir(trained[kind]) / "eval.json").read_text())["splits"]["test"]
+    expected = json.loads((stage_dir(trained[kind], "segment_eval") / "eval.json").read_text())["splits"]["test"]
     got = result.summary
     assert got["n_images"] == expected["n_images"] == 4
     for ref in ("dice_truth", "dice_consensus", "dice_consensus_truth"):

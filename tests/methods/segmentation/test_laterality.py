@@ -186,17 +186,20 @@ def test_training_records_the_convention_in_the_model_spec():
         assert dataclasses.asdict(ModelSpec.from_dict(spec.to_dict())) == dataclasses.asdict(spec)
 
 
-def test_the_stage_scores_a_detected_left_hand_as_evaluate_seg_does(tmp_path):
-    """An image of unknown side that a canonical model segments as a left hand: the segment stage's
-    sample metrics (GED) are taken on the mirrored canvas, so they equal `bench evaluate-seg`'s."""
+def test_a_detected_left_hand_is_scored_on_the_mirrored_canvas(tmp_path):
+    """An image of unknown side that a canonical model segments as a left hand: its sample metrics (GED)
+    in `bench evaluate-seg` and the segment_eval stage are taken on the mirrored canvas, where its
+    label map came from."""
+    from methods.segmentation.data import manifest_sides
     from methods.segmentation.external import Segmenter, evaluate_segmenter
+    from methods.segmentation.predict import predict_many
     from methods.segmentation.scoring import score_images
-    from methods.segmentation.stage import predict_dataset, rescore_detected_sides
 
     ds = Dataset.open(asymmetric_dataset(tmp_path / "d"))
     spec = ModelSpec(kind="mose", widths=(6, 8, 10), experts=3, samples=2, latent=2, canvas=(32, 24),
                      head="shared", bn_momentum=0.1, canonical_laterality=True)
-    before = {"train": load_split(ds, ["train"], spec.canvas, canonical=True)}
+    before = load_split(ds, ["train"], spec.canvas, canonical=True)
+    sides = manifest_sides(ds)
 
     def geds(model, data, labels):
         scores, _ = score_images(model, ds, data, labels, batch_size=4, eval_samples=0, seed=0)
@@ -204,18 +207,19 @@ def test_the_stage_scores_a_detected_left_hand_as_evaluate_seg_does(tmp_path):
 
     for seed in range(80):   # a random model that takes the blank-side img2 for a left hand, where it matters
         model = build_model(spec, seed=seed).eval()
-        labels, used, _ = predict_dataset(model, ds, "seg", tmp_path / f"out{seed}", batch_size=4,
-                                          keep=set(ds.image_ids))
-        after = rescore_detected_sides(ds, before, used, spec.canvas, torch.device("cpu"), (), True)
-        if used["img2"] == "L" and abs(geds(model, after["train"], labels)["img2"]
-                                       - geds(model, before["train"], labels)["img2"]) > 1e-6:
+        preds = dict(zip(ds.image_ids, predict_many(model, (ds.image(i) for i in ds.image_ids), batch_size=4,
+                                                    laterality=[sides[i] for i in ds.image_ids])))
+        labels = {i: p.labels for i, p in preds.items()}
+        used = {i: p.laterality for i, p in preds.items()}
+        after = load_split(ds, [], spec.canvas, canonical=True, image_ids=ds.image_ids, sides=used)
+        if used["img2"] == "L" and abs(geds(model, after, labels)["img2"] - geds(model, before, labels)["img2"]) > 1e-6:
             break
     else:
         pytest.fail("no random model detected img2 as a left hand")
     assert used == {"img0": "L", "img1": "R", "img2": "L", "img3": "L"}
-    assert before["train"].mirrored.tolist() == [True, False, False, True]
-    assert after["train"].mirrored.tolist() == [True, False, True, True]
+    assert before.mirrored.tolist() == [True, False, False, True]
+    assert after.mirrored.tolist() == [True, False, True, True]
     ev = evaluate_segmenter(Segmenter(model, draws=0, eval_samples=0, batch_size=4, source={"path": "m.pt"}),
                             ds, seed=0)
     expected = dict(zip(ev.images["image_id"], ev.images["ged"]))
-    assert geds(model, after["train"], labels) == pytest.approx(expected, abs=1e-9)
+    assert geds(model, after, labels) == pytest.approx(expected, abs=1e-9)

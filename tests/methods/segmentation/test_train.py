@@ -116,7 +116,9 @@ def phantoms(tmp_path_factory) -> dict[str, Path]:
             "cls": synthesize(root / "clinical", "clinical", "smoke", seed=0)}
 
 
-def run_segment(phantoms: dict[str, Path], cache: Path, sets: dict | None = None, seed: int = 0) -> Path:
+def run_segment(phantoms: dict[str, Path], cache: Path, sets: dict | None = None, seed: int = 0
+                ) -> tuple[Path, Path]:
+    """The segment stage and its companion segment_eval: their two output folders."""
     import methods.segmentation.config  # noqa: F401  (registers the section)
     from bench.config import resolve
     from bench.stage import run_stage
@@ -124,11 +126,15 @@ def run_segment(phantoms: dict[str, Path], cache: Path, sets: dict | None = None
 
     config = resolve("smoke", sets={"run.device": "cpu", **(sets or {})})
     datasets = {role: Dataset.open(p) for role, p in phantoms.items()}
-    return run_stage(SEGMENT, cache_root=cache, key=f"seed{seed}", material={}, config=config, seed=seed,
-                     inputs={}, datasets=datasets, device=torch.device("cpu"))
+    out = run_stage(SEGMENT, cache_root=cache, key=f"seed{seed}", material={}, config=config, seed=seed,
+                    inputs={}, datasets=datasets, device=torch.device("cpu"))
+    (companion,) = SEGMENT.companions
+    ev = run_stage(companion, cache_root=cache, key=f"seed{seed}", material={}, config=config, seed=seed,
+                   inputs={"segment": out}, datasets=datasets, device=torch.device("cpu"))
+    return out, ev
 
 
-def check_outputs(out: Path, phantoms: dict[str, Path]) -> dict:
+def check_outputs(out: Path, ev: Path, phantoms: dict[str, Path]) -> dict:
     from PIL import Image
 
     for role, root in phantoms.items():
@@ -148,7 +154,7 @@ def check_outputs(out: Path, phantoms: dict[str, Path]) -> dict:
         assert [one.loc[b, "area_px"] for b in BONES] == [int((lab == c).sum()) for c in BONES.values()]
     ent = np.asarray(Image.open(next((out / "uncertainty" / "seg").iterdir())))
     assert ent.dtype == np.uint8 and ent.shape[0] == 128              # working resolution (smoke canvas)
-    report = json.loads((out / "eval.json").read_text())
+    report = json.loads((ev / "eval.json").read_text())
     assert set(report["splits"]) == {"val", "test"}
     for split, res in report["splits"].items():     # the annotators' consensus against the truth, same images
         ds = Dataset.open(phantoms["seg"])
@@ -160,7 +166,12 @@ def check_outputs(out: Path, phantoms: dict[str, Path]) -> dict:
             expected = np.nanmean([r[bone] for r in rows])
             assert res["dice_consensus_truth"][bone] == pytest.approx(expected) and 0.6 < expected <= 1
             assert res["dice_consensus"][bone] == pytest.approx(np.nanmean([r[bone] for r in model_rows]))
-    assert list((out / "figures").glob("*.png"))
+    assert len(list((ev / "figures").glob("*.png"))) == 2                 # smoke: segmentation.figures=2
+    assert not (out / "eval.json").exists() and not (out / "figures").exists()   # the companion's alone
+    images = pd.read_csv(ev / "images.csv")
+    assert sorted(images["split"].unique()) == ["test", "val"]
+    for split, res in report["splits"].items():                         # per image, the split's mean
+        assert images.loc[images["split"] == split, "ged"].mean() == pytest.approx(res["ged"])
     hist = pd.read_parquet(out / "history.parquet")
     assert {"train_loss", "val_ged", "lr"} <= set(hist["metric"])
     return report
@@ -170,8 +181,8 @@ def check_outputs(out: Path, phantoms: dict[str, Path]) -> dict:
 def test_segment_stage_reaches_dice_08_on_the_smoke_phantom(phantoms, tmp_path, one_thread, seed):
     """The smoke profile's MoSE model, trained on CPU, segments the held-out phantom images, and
     learns every bone (seed 1 lost M2 with the soft-IoU cost alone: see the smoke profile)."""
-    out = run_segment(phantoms, tmp_path, seed=seed)
-    report = check_outputs(out, phantoms)
+    out, ev = run_segment(phantoms, tmp_path, seed=seed)
+    report = check_outputs(out, ev, phantoms)
     for split in ("val", "test"):
         res = report["splits"][split]
         assert res["dice_truth"]["mean"] >= 0.8, (split, res["dice_truth"])
@@ -199,8 +210,8 @@ def test_segment_stage_reaches_dice_08_on_the_smoke_phantom(phantoms, tmp_path, 
 @pytest.mark.slow
 def test_single_decoder_variant_trains(phantoms, tmp_path, one_thread):
     """Paper Table 5's single-decoder ablation: the same stage with segmentation.model=single."""
-    out = run_segment(phantoms, tmp_path, sets={"segmentation.model": "single"})
-    report = check_outputs(out, phantoms)
+    out, ev = run_segment(phantoms, tmp_path, sets={"segmentation.model": "single"})
+    report = check_outputs(out, ev, phantoms)
     assert report["splits"]["test"]["dice_truth"]["mean"] >= 0.8, report["splits"]["test"]["dice_truth"]
     hist = pd.read_parquet(out / "history.parquet")
     assert {"ce", "dice_loss"} <= set(hist["metric"]) and "kl" not in set(hist["metric"])
@@ -324,7 +335,7 @@ def test_validation_ged_on_the_device_equals_the_numpy_form(phantoms, model_kind
 def test_unlearnt_bones_are_those_below_half_dice_against_the_annotators():
     """A bone the model never learnt (mean Dice against the annotators < 0.5 on the first evaluated
     split) is reported; a bone absent from every map (NaN) is not; later splits are not read."""
-    from methods.segmentation.stage import unlearnt_bones
+    from methods.segmentation.eval_stage import unlearnt_bones
 
     good = {b: 0.9 for b in BONES}
     a1 = {**good, "M1": 0.0, "M2": 0.6, "M3": float("nan")}
