@@ -67,7 +67,8 @@ class Resumer:
         self.earlier_s = float(saved.get("seconds", 0.0))
         self.last = self.clock()
         epoch = saved["state"].get("epoch") if isinstance(saved["state"], dict) else None
-        print(f"resuming from the state saved after epoch {epoch} in {self.folder}", file=sys.stderr)
+        done = f"epoch {epoch + 1}" if isinstance(epoch, int) else "its last epoch"   # counted from 1, as epoch lines
+        print(f"resuming from the state saved after {done} in {self.folder}", file=sys.stderr)
         return saved["state"]
 
     def save_due(self, make_state: Callable[[], dict[str, Any]]) -> bool:

@@ -12,7 +12,11 @@ import importlib
 import logging
 import os
 import pkgutil
+import signal
 import sys
+import threading
+import warnings
+from pathlib import Path
 
 from bench import __version__
 from bench.allocator import keep_freed_memory
@@ -43,23 +47,54 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a batch scheduler's preemption, `kill`): unwound like Ctrl-C, so temporary outputs are
+    removed and the resumable states stay for the rerun."""
+
+
+def _terminate(signum: int, frame: object) -> None:
+    raise Terminated()
+
+
+_OWN_CODE = tuple(str(Path(__file__).resolve().parent.parent / package) for package in
+                  ("bench", "methods", "baselines", "reports"))
+_library_format = warnings.formatwarning
+
+
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int,
+                    line: str | None = None) -> str:
+    """osteobench's own warnings as one line (``bench: warning: ...``); the libraries' as Python shows them."""
+    if str(Path(filename).resolve()).startswith(_OWN_CODE):
+        return f"bench: warning: {message}\n"
+    return _library_format(message, category, filename, lineno, line)
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's INFO lines drown the progress output
     logging.getLogger("alembic").setLevel(logging.WARNING)
     keep_freed_memory()                                       # bench.allocator: CPU tensors without page faults
+    warnings.formatwarning = _format_warning
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    main_thread = threading.current_thread() is threading.main_thread()   # signal handlers live there only
+    previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
     try:
         code = args.func(args)
     except BenchError as exc:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
+    except Terminated:
+        print("bench: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+        return 143
     except KeyboardInterrupt:
         print("bench: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return int(code or 0)
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import types
 import typing
 import warnings
@@ -72,8 +73,16 @@ class DataConfig:
     fold_by: str = ""           # a `cls` manifest column, e.g. site: one fold per value (leave-one-site-out)
 
     def validate(self) -> None:
+        if self.phantom_profile and self.phantom_profile not in PROFILES:
+            raise BenchError(f"data.phantom_profile = {self.phantom_profile!r}: use one of {', '.join(PROFILES)} "
+                             "(or leave it empty: the run's profile)")
+        if self.phantom_seed < 0:
+            raise BenchError(f"data.phantom_seed = {self.phantom_seed}: use a seed >= 0")
         if self.folds == 1 or self.folds < 0:
             raise BenchError(f"data.folds = {self.folds}: use 0 (the dataset's own split) or a number of folds >= 2")
+        if not self.folds and self.fold:
+            raise BenchError(f"data.fold = {self.fold} picks a fold of a cross-validation: give data.folds "
+                             "(or bench run --folds K --fold k)")
         if self.folds and not 0 <= self.fold < self.folds:
             raise BenchError(f"data.fold = {self.fold} is not one of the folds 0..{self.folds - 1}")
 
@@ -205,10 +214,19 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     import yaml
 
     path = Path(path)
+    if path.is_dir():
+        raise BenchError(f"config file {path} is a folder; give a YAML or JSON file")
     if not path.is_file():
         raise BenchError(f"config file {path} does not exist")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"config file {path} is not UTF-8 text ({exc.reason} at byte {exc.start}); give a "
+                         "YAML or JSON file") from exc
+    except OSError as exc:
+        raise BenchError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
+    try:
+        data = yaml.safe_load(text) or {}
     except yaml.YAMLError as exc:
         raise BenchError(f"config file {path} is not valid YAML/JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -339,14 +357,16 @@ def coerce(value: Any, tp: Any, key: str, source: str = "") -> Any:
     if tp is float:
         if isinstance(value, bool):
             raise bad
-        if isinstance(value, (int, float)):
-            return float(value)
         if isinstance(value, str):
             try:
-                return float(value)
+                value = float(value)
             except ValueError:
                 raise bad from None
-        raise bad
+        if not isinstance(value, (int, float)):
+            raise bad
+        if not math.isfinite(value):           # no option means anything by nan or inf
+            raise BenchError(f"option {key} = {value!r} (from {source}) must be a finite number")
+        return float(value)
     if tp is str:
         if isinstance(value, (str, int, float)) and not isinstance(value, bool):
             return str(value)

@@ -267,7 +267,7 @@ def list_runs(results: Path, suite: str | None = None) -> pd.DataFrame:
     if suite is not None:
         _check_name("suite", suite)
         if not (results / suite).is_dir():
-            raise BenchError(f"no suite {suite!r} in {results}; suites there: {_subdirs(results)}")
+            raise BenchError(f"no suite {suite!r} in {results}; suites there: {_suite_dirs(results)}")
     rows = []
     for s in [suite] if suite is not None else _subdirs(results):
         for entry in _subdirs(results / s):
@@ -288,12 +288,24 @@ def _subdirs(folder: Path) -> list[str]:
     return sorted(d.name for d in folder.iterdir() if d.is_dir() and not d.name.startswith("."))
 
 
+def _entry_dirs(suite_dir: Path) -> list[str]:
+    """The entry folders of a suite folder: those with a seed<k> (or failed) run folder, for messages
+    (not `compare/`, `report/`)."""
+    return [e for e in _subdirs(suite_dir)
+            if any(_SEED_DIR.match(d.name) or _FAILED_DIR.match(d.name) for d in (suite_dir / e).iterdir())]
+
+
+def _suite_dirs(results: Path) -> list[str]:
+    """The suite folders of a results folder, for messages (not `cache/`, `mlartifacts/`, `tune/`)."""
+    return [s for s in _subdirs(results) if _entry_dirs(results / s)]
+
+
 def complete_runs(results: Path, suite: str, entries: Sequence[str] | None) -> list[Path]:
     """Folders of the complete runs of `suite` (restricted to `entries`), ordered by entry then seed."""
     results = Path(results)
     _check_name("suite", suite)
     if not (results / suite).is_dir():
-        where = _subdirs(results) if results.is_dir() else "none (the results folder does not exist)"
+        where = _suite_dirs(results) if results.is_dir() else "none (the results folder does not exist)"
         raise BenchError(f"no suite {suite!r} in {results}; suites there: {where}")
     available = _subdirs(results / suite)
     if entries is not None:
@@ -301,7 +313,8 @@ def complete_runs(results: Path, suite: str, entries: Sequence[str] | None) -> l
             entries = [entries]
         unknown = [e for e in entries if e not in available]
         if unknown:
-            raise BenchError(f"entries {unknown} have no results in {results / suite}; entries there: {available}")
+            raise BenchError(f"entries {unknown} have no results in {results / suite}; entries there: "
+                             f"{_entry_dirs(results / suite)}")
     paths = []
     for entry in (available if entries is None else list(dict.fromkeys(entries))):
         seeds = []

@@ -32,7 +32,7 @@ from bench import __version__, results as store
 from bench.config import Config, resolve
 from bench.data.folds import apply_fold, fold_names
 from bench.data.format import Dataset
-from bench.data.provision import open_all, planned_paths, provide
+from bench.data.provision import check_given, open_all, planned_paths, provide
 from bench.errors import BenchError
 from bench.executors.locking import data_lock, run_lock, stage_lock
 from bench.metrics import METRICS_VERSION
@@ -215,7 +215,9 @@ class Runner:
         """Resolve every entry's config and device so user errors surface before any work starts."""
         entries = [get(n) for n in entry_names]
         for entry in entries:
-            self.device(self.configure(entry))
+            config = self.configure(entry)
+            self.device(config)
+            check_given(config)                   # a dataset folder that is not one: before any run
         return entries
 
     def check_data(self, entry_names: Sequence[str]) -> None:

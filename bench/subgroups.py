@@ -15,6 +15,7 @@ from __future__ import annotations
 import re
 import warnings
 from pathlib import Path
+from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -65,8 +66,10 @@ def subject_groups(manifest: pd.DataFrame, column: str, threshold: float | None 
     return pd.Series(np.where(first.isna(), "unknown", cut), index=first.index)
 
 
-def subgroup_table(predictions: pd.DataFrame, manifest: pd.DataFrame, by: str, split: str = "test") -> pd.DataFrame:
-    """One row per group (and ``all``) of the subject predictions of `split`: :data:`COLUMNS`."""
+def subgroup_table(predictions: pd.DataFrame, manifest: pd.DataFrame, by: str, split: str = "test",
+                   metrics: Sequence[str] | None = None) -> pd.DataFrame:
+    """One row per group (and ``all``) of the subject predictions of `split`: :data:`COLUMNS`, or n, n_pos
+    and `metrics` (bench.metrics.METRIC_KEYS; the AUC followed by its 95 % CI)."""
     column, threshold = parse_by(by)
     groups = subject_groups(manifest, column, threshold)
     rows = predictions[predictions["split"].astype(str) == split]
@@ -78,8 +81,10 @@ def subgroup_table(predictions: pd.DataFrame, manifest: pd.DataFrame, by: str, s
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")      # a single-class group: AUC NaN, shown as such
             m = classification_metrics(part["y_true"], part["p_pos"])
-        out[str(name)] = {**{k: m[k] for k in COLUMNS if k in m}, "auc 95% CI": auc_interval(part)}
-    return pd.DataFrame(out).T[list(COLUMNS)]
+        out[str(name)] = {**m, "auc 95% CI": auc_interval(part)}
+    columns = list(COLUMNS) if metrics is None else list(dict.fromkeys(
+        ["n", "n_pos", *(c for k in metrics for c in ((k, "auc 95% CI") if k == "auc" else (k,)))]))
+    return pd.DataFrame(out).T[columns]
 
 
 def run_manifest(config: dict, run_path: Path) -> pd.DataFrame:

@@ -1,7 +1,7 @@
 """`bench compare A B` / `bench compare A --all`: paired significance tests of entries' test predictions.
 
 Prints the table, writes ``<results>/<suite>/compare/<A>__<B>.{json,tex}`` (``<A>__all`` with
-``--all``; atomic writes) and logs a run tagged ``osteobench.run_type=compare`` in the suite's
+``--all``; ``<A>__<B>__<split>`` for a split other than test, so one never overwrites another; atomic writes) and logs a run tagged ``osteobench.run_type=compare`` in the suite's
 MLflow experiment (a rerun with identical output reuses the earlier run). The statistics and
 their conventions are in :mod:`bench.stats.compare`.
 """
@@ -61,6 +61,8 @@ def compare_command(args: argparse.Namespace) -> int:
     else:
         frame = stats.compare_entries(args.results, suite, args.a, args.b, **kw)
         name = f"{args.a}__{args.b}"
+    if args.split != "test":
+        name += f"__{args.split}"
     print(format_table(frame))
     paths = write_outputs(frame, Path(args.results) / suite / COMPARE_DIR, name, suite, args.a,
                           None if args.all else args.b)

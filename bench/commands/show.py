@@ -52,13 +52,16 @@ def show_command(args: argparse.Namespace) -> int:
     for option, value in (("--by", args.by), ("--operating-point", args.operating_point)):
         if value is not None and not (path / "metrics.json").is_file():
             raise BenchError(f"{option} needs a run folder (results/<suite>/<entry>/seed<k>); {path} is not one")
+    if args.by is not None and args.operating_point is not None:
+        raise BenchError("--by and --operating-point are separate views of a run; give one of them")
     if (path / "metrics.json").is_file():
         run = store.read_run(path)
         cfg = run.config
         if args.by is not None:
             from bench.subgroups import run_manifest, subgroup_table
 
-            table = subgroup_table(run.predictions, run_manifest(cfg, path), args.by, args.split)
+            table = subgroup_table(run.predictions, run_manifest(cfg, path), args.by, args.split,
+                                   metrics=shown if args.metrics else None)
             print(f"{cfg.get('entry')} seed {cfg.get('seed')} (suite {cfg.get('suite')}): {args.split} split by "
                   f"{args.by}")
             print(table.to_string(float_format=lambda v: f"{v:.3f}"))
@@ -84,7 +87,7 @@ def show_command(args: argparse.Namespace) -> int:
         if "cv" in cfg:
             print(f"fold {cfg['cv']['fold']} of {cfg['cv']['folds']} (test split: {cfg['cv']['holds_out']})")
         table = pd.DataFrame({s: m for s, m in run.metrics.items() if s != "extra"}).T
-        table = table.reindex(columns=[c for c in shown + ["n", "n_pos"] if c in table.columns]).round(4)
+        table = table.reindex(columns=[c for c in dict.fromkeys(shown + ["n", "n_pos"]) if c in table.columns]).round(4)
         table["auc 95% CI"] = [auc_interval(subset(run.predictions, s)) for s in table.index]
         print(table.to_string())
         if "extra" in run.metrics:

@@ -40,15 +40,24 @@ def planned_paths(config: Config, cache_root: Path) -> dict[str, Path]:
     return out
 
 
+def check_given(config: Config) -> None:
+    """Raise BenchError unless every dataset folder the config names (data.seg, data.cls) holds a manifest."""
+    for role in ROLES:
+        given = getattr(config.data, role)
+        path = Path(given).expanduser()
+        if given and not (path / "manifest.csv").is_file():
+            raise BenchError(f"--data-{role} {path}: " + ("no such folder" if not path.exists() else
+                                                          "not a dataset folder (no manifest.csv)")
+                             + "; make one with `bench data import` and check it with `bench data check`")
+
+
 def provide(config: Config, cache_root: Path, progress: bool = False) -> dict[str, Path]:
     """Return {"seg": folder, "cls": folder}, generating phantoms where no folder is given."""
+    check_given(config)
     paths = planned_paths(config, cache_root)
     for role, path in paths.items():
         if (path / "manifest.csv").is_file():
             continue
-        if getattr(config.data, role):
-            raise BenchError(f"--data-{role} {path}: not a dataset folder (no manifest.csv); "
-                             "make one with `bench data import` and check it with `bench data check`")
         from bench.data.phantom import PhantomConfig, synthesize
         from bench.data.phantom.writer import default_workers
 

@@ -11,7 +11,8 @@ a comment header naming the study, target, value and trial::
       gamma_patience: 6
       lam: 0.35
 
-Epoch counts (patience, anneal length) are those of the profile the study ran with. The file is
+Epoch counts (patience, anneal length) are those of the trainings the trials ran (the study's profile
+and its ``--set``/``--config`` overrides, which the header lists with the number of epochs). The file is
 checked by resolving it before it is written (atomically).
 """
 from __future__ import annotations

@@ -305,11 +305,16 @@ def write_outputs(study: Any, setup: Setup, store: st.StudyStorage, session: int
                 "metrics": {k: (v if math.isfinite(v) else None) for k, v in b.user_attrs.items()
                             if isinstance(v, (int, float)) and not isinstance(v, bool)},
                 "mlflow_run_id": b.user_attrs.get("mlflow_run_id", "")}
+        epochs = resolve(req.profile, config_files=req.config_files, sets=list(req.sets)).segmentation.epochs
         header = [f"bench tune: study {req.study}, target {req.target} ({OBJECTIVE_TEXT[req.target]})",
                   f"best trial {b.number} of {len(trials)}, value {b.value:.6g}, profile {req.profile}"
                   + (f", entry {setup.entry.name}" if setup.entry else ""),
-                  f"use: bench run --config {out / OVERLAY_FILE} ...  (epoch counts are those of profile "
-                  f"{req.profile})"]
+                  *([f"the trials ran with --config {' '.join(map(str, req.config_files))}"] if req.config_files
+                    else []),
+                  *([f"the trials ran with --set {' '.join(req.sets)}"] if req.sets else []),
+                  f"epoch counts (patience, anneal length) are those of {epochs}-epoch trainings "
+                  f"(segmentation.epochs); a run of another length needs them rescaled",
+                  f"use: bench run --config {out / OVERLAY_FILE} ..."]
         write_overlay(out / OVERLAY_FILE, b.params, header, req.profile)
         files["overlay"] = OVERLAY_FILE
     else:
@@ -323,6 +328,7 @@ def write_outputs(study: Any, setup: Setup, store: st.StudyStorage, session: int
     files["trials"] = "trials.csv"
     summary = {"study": req.study, "target": req.target, "direction": study.direction.name.lower(),
                "objective": OBJECTIVE_TEXT[req.target], "profile": req.profile,
+               "config_files": [str(f) for f in req.config_files], "sets": list(req.sets),
                "entry": setup.entry.name if setup.entry else None, "seed": req.seed,
                "storage": store.description, "sessions": int(study.user_attrs.get(st.SESSIONS, session + 1)),
                "requested_trials": req.trials,

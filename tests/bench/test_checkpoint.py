@@ -35,7 +35,7 @@ def test_saves_when_due_and_restores_history(tmp_path, capsys):
     again = Resumer(tmp_path / "r", every_s=60.0, history=restored, clock=clock)
     state = again.load()
     assert state["epoch"] == 1 and torch.equal(state["w"], torch.arange(3.0))
-    assert "resuming from the state saved after epoch 1" in capsys.readouterr().err
+    assert "resuming from the state saved after epoch 2" in capsys.readouterr().err   # index 1: the 2nd epoch line
     assert restored == [{"metric": "loss", "value": 1.0, "epoch": 0}]      # as logged at the save
     again.clear()
     assert not (tmp_path / "r").exists()

@@ -35,3 +35,15 @@ def test_show_levels(tmp_path, tiny_dataset, capsys):
     assert "does not exist" in capsys.readouterr().err
     assert main(["run", "--entry", "toy", "--set", "run.devize=cpu", "--results", str(tmp_path / "r2")]) == 2
     assert "run.device" in capsys.readouterr().err
+
+
+def test_own_warnings_print_as_one_line_and_library_ones_as_python_shows_them():
+    import warnings
+
+    import bench.registry
+    from bench.cli import _format_warning
+
+    ours = _format_warning(UserWarning("M1 not learnt"), UserWarning, bench.registry.__file__, 10, "warnings.warn(x)")
+    assert ours == "bench: warning: M1 not learnt\n"
+    theirs = _format_warning(UserWarning("deprecated"), UserWarning, warnings.__file__, 10, "warnings.warn(x)")
+    assert "UserWarning: deprecated" in theirs and warnings.__file__ in theirs

@@ -155,6 +155,11 @@ def test_cli_writes_json_and_latex_and_finds_the_suite(results, capsys):
     for token in (r"\toprule", r"\midrule", r"\bottomrule", r"beta\_v2", r"$\Delta$", r"\caption{", "pooled"):
         assert token in tex, token
     assert not list((results / "s" / "compare").glob(".*tmp*"))   # no temporary leftovers
+    test_json = (results / "s" / "compare" / "alpha__beta_v2.json").read_text()
+    assert main(["compare", "alpha", "beta_v2", "--results", str(results), "--n-boot", "50", "--no-mlflow",
+                 "--split", "val"]) == 0                   # another split: its own files, the test ones kept
+    assert json.loads((results / "s" / "compare" / "alpha__beta_v2__val.json").read_text())["method"]["split"] == "val"
+    assert (results / "s" / "compare" / "alpha__beta_v2.json").read_text() == test_json
 
     assert main(["compare", "alpha", "--all", "--results", str(results), "--n-boot", "50", "--no-mlflow",
                  "--metric", "auc"]) == 0

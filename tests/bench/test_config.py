@@ -55,9 +55,23 @@ def test_coercion_from_strings():
     ("toysec.bias=maybe", "not a valid bool"),
     ("nosuch.key=1", "unknown option"),
     ("toysec.epochs", "section.key=value"),
+    ("toysec.gamma0=nan", "must be a finite number"),
+    ("toysec.gamma0=-inf", "must be a finite number"),
+    ("data.phantom_profile=huge", "data.phantom_profile"),
+    ("data.phantom_seed=-2", "data.phantom_seed"),
+    ("data.fold=7", "data.fold = 7 picks a fold"),
 ])
 def test_bad_overrides_name_the_key(item, needle):
     with pytest.raises(BenchError, match=needle.replace(".", r"\.")):
+        config.resolve("smoke", sets=[item])
+
+
+@pytest.mark.parametrize("item", ["segmentation.lr=-1", "segmentation.lr=0", "segmentation.min_lr=1",
+                                  "segmentation.weight_decay=-0.1", "segmentation.lr_factor=1"])
+def test_segmentation_schedule_values_are_checked(item):
+    import methods.segmentation.config  # noqa: F401  (registers the section)
+
+    with pytest.raises(BenchError, match=re.escape("segmentation.lr must be > 0, weight_decay >= 0, min_lr in [0, lr]")):
         config.resolve("smoke", sets=[item])
 
 
@@ -70,6 +84,12 @@ def test_yaml_type_errors_and_unknown_profile(tmp_path):
         config.resolve("huge")
     with pytest.raises(BenchError, match="does not exist"):
         config.resolve("smoke", config_files=[tmp_path / "missing.yaml"])
+    with pytest.raises(BenchError, match="is a folder"):
+        config.resolve("smoke", config_files=[tmp_path])
+    binary = tmp_path / "binary.yaml"
+    binary.write_bytes(b"\xff\xfe\x00toysec")
+    with pytest.raises(BenchError, match="not UTF-8 text"):
+        config.resolve("smoke", config_files=[binary])
 
 
 def test_to_dict_round_trips_through_sets():

@@ -234,9 +234,11 @@ def test_bad_paths_and_names(tmp_path):
     (path / "predictions.parquet").unlink()
     with pytest.raises(BenchError, match="lacks"):
         store.read_run(path)
-    with pytest.raises(BenchError, match="no suite"):
+    for other in ("cache/segment", "mlartifacts/x", "paper/compare", "paper/report"):   # not suites nor entries
+        (tmp_path / other).mkdir(parents=True)
+    with pytest.raises(BenchError, match=r"no suite 'table9' in .*; suites there: \['paper'\]$"):
         store.load_metrics(tmp_path, "table9")
-    with pytest.raises(BenchError, match="entries there"):
+    with pytest.raises(BenchError, match=r"entries there: \['simclr'\]$"):
         store.load_metrics(tmp_path, "paper", ["simclr", "typo"])
     with pytest.raises(BenchError, match="does not exist"):
         store.list_runs(tmp_path / "missing")

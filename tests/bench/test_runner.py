@@ -204,6 +204,31 @@ def test_killed_run_resumes_only_unfinished_part(tmp_path, tiny_dataset):
     assert stray  # the killed stage left only a hidden temp dir, never a cache entry
 
 
+def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_folder(tmp_path, tiny_dataset):
+    """A batch scheduler's SIGTERM: exit 143 with one line, the stage's temp folder removed, then a rerun
+    computes what was cut."""
+    import signal
+    import time
+
+    cmd = [sys.executable, "-m", "bench.cli", "run", "--entry", "toy", "--name", "t", "--seeds", "0",
+           "--results", str(tmp_path / "results"), "--data-seg", str(tiny_dataset), "--data-cls", str(tiny_dataset),
+           "--device", "cpu", "--plugin", "toy_entries", "--no-mlflow"]
+    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
+           "TOY_LOG": str(tmp_path / "toy.log"), "TOY_SLEEP_AT": "toy_probe"}
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    deadline = time.monotonic() + 240
+    while _log(tmp_path) != ["toy_prep", "toy_probe"] and time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    assert _log(tmp_path) == ["toy_prep", "toy_probe"]           # inside the (sleeping) probe stage
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143 and "terminated (SIGTERM)" in err and "Traceback" not in err, err
+    cache = tmp_path / "results" / "cache"
+    assert not [p for p in cache.rglob("*") if ".tmp" in p.name]   # the cut stage's temp folder is gone
+    assert not list(cache.glob("toy_probe/*/_stage.json")) and list(cache.glob("toy_prep/*/_stage.json"))
+    assert _cli(tmp_path, tiny_dataset, "--seeds", "0").returncode == 0 and _log(tmp_path)[2:] == ["toy_probe"]
+
+
 def test_cli_exit_codes_and_dry_run(tmp_path, tiny_dataset):
     dry = _cli(tmp_path, tiny_dataset, "--dry-run")
     assert dry.returncode == 0 and "to run" in dry.stdout and not _log(tmp_path)
@@ -216,6 +241,16 @@ def test_cli_exit_codes_and_dry_run(tmp_path, tiny_dataset):
                            "--plugin", "toy_entries", "--no-mlflow", "--device", "cpu"],
                           capture_output=True, text=True, env=env)
     assert fail.returncode == 1 and "FAILED toy-fail" in fail.stdout
+    # bad data options stop the command before any run (not one failed run per entry and seed)
+    for extra, needle, dry in ((["--data-cls", str(tmp_path / "nowhere")], "no such folder", []),
+                               (["--data-seg", str(tmp_path)], "not a dataset folder", ["--dry-run"]),
+                               (["--set", "data.phantom_profile=huge"], "data.phantom_profile", []),
+                               (["--set", "data.phantom_seed=-1"], "data.phantom_seed", ["--dry-run"])):
+        bad = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--entry", "toy", "--results",
+                              str(tmp_path / "r2"), "--plugin", "toy_entries", "--no-mlflow", "--device", "cpu",
+                              *extra, *dry], capture_output=True, text=True, env=env)
+        assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr, (extra, bad.stderr)
+    assert not (tmp_path / "r2" / "adhoc").exists()
 
 
 def test_predictions_and_history_stored(tmp_path, tiny_dataset):

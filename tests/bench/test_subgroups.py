@@ -45,6 +45,9 @@ def test_each_group_is_scored_on_its_own_subjects():
         assert table.loc[group, "auc 95% CI"] == f"{low:.3f}-{high:.3f}"
     assert table.loc["all", "n"] == len(test)
     assert subgroup_table(preds, manifest, "sex", split="val").loc["all", "n"] == 10
+    chosen = subgroup_table(preds, manifest, "sex", metrics=["brier", "auc", "n"])     # bench show --metrics
+    assert list(chosen.columns) == ["n", "n_pos", "brier", "auc", "auc 95% CI"]
+    assert chosen.loc["F", "auc"] == table.loc["F", "auc"] and chosen.loc["F", "n"] == table.loc["F", "n"]
 
 
 def test_a_numeric_column_is_cut_at_the_threshold_and_missing_values_are_unknown():
@@ -72,3 +75,8 @@ def test_cli_by_on_a_run_and_refusal_elsewhere(tmp_path, tiny_dataset, capsys):
     assert "test split by sex" in out and {"all", "F", "M"} <= {line.split()[0] for line in out.splitlines()[2:]}
     assert main(["show", str(run.parent), "--by", "sex"]) == 2
     assert "needs a run folder" in capsys.readouterr().err
+    assert main(["show", str(run), "--by", "sex", "--metrics", "brier"]) == 0
+    header = capsys.readouterr().out.splitlines()[1].split()
+    assert header == ["n", "n_pos", "brier"]
+    assert main(["show", str(run), "--by", "sex", "--operating-point", "sensitivity:0.9"]) == 2
+    assert "give one of them" in capsys.readouterr().err

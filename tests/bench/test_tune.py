@@ -176,6 +176,10 @@ def test_best_overlay_changes_the_next_resolved_config(tuned):
     for key, value in best.params.items():
         assert getattr(after.segmentation, key) == value
     assert after.segmentation.gamma0 != before.segmentation.gamma0 and after.segmentation.lam != before.segmentation.lam
+    header = [line for line in overlay.read_text().splitlines() if line.startswith("#")]
+    assert f"# the trials ran with --set {' '.join(TINY)}" in header      # what the tuned values hold under
+    assert any("those of 1-epoch trainings" in line for line in header)   # segmentation.epochs=1, not smoke's 60
+    assert json.loads((results / "tune" / "s1" / "summary.json").read_text())["sets"] == TINY
     assert main(["run", "--entry", "simclr", "--config", str(overlay), "--dry-run",
                  "--results", str(results / "dry")]) == 0      # `bench run --config` accepts it
 

@@ -5,13 +5,15 @@ probabilities correlated with the label. `toy-optional` is the same, but its pro
 only with ``toy.use_prep=true`` (else it takes ``toy.strength``): a stage input that a config drops.
 `toy-reported` is `toy-optional` whose `toy_prep` has a companion, `toy_report`, writing
 ``toy.report_lines`` lines (an option left out of `toy_prep`'s key). Each stage execution appends its name to $TOY_LOG;
-$TOY_KILL_AT=<stage> makes that stage SIGKILL its own process (an interrupted run).
+$TOY_KILL_AT=<stage> makes that stage SIGKILL its own process (an interrupted run);
+$TOY_SLEEP_AT=<stage> makes it sleep two minutes (to be stopped from outside).
 """
 from __future__ import annotations
 
 import json
 import os
 import signal
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,6 +41,8 @@ def _trace(name: str) -> None:
             fh.write(name + "\n")
     if os.environ.get("TOY_KILL_AT") == name:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get("TOY_SLEEP_AT") == name:       # a long stage, to be interrupted from outside
+        time.sleep(120)
 
 
 def toy_prep(ctx) -> dict:
