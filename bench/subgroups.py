@@ -24,6 +24,7 @@ from bench.errors import BenchError
 from bench.metrics import classification_metrics
 from bench.stats import auc_ci
 
+MAX_VALUE_GROUPS = 10   # a numeric column with more distinct values needs a cut (column:VALUE)
 COLUMNS: tuple[str, ...] = ("n", "n_pos", "auc", "auc 95% CI", "recall", "specificity", "precision", "f1",
                             "accuracy")
 
@@ -58,6 +59,11 @@ def subject_groups(manifest: pd.DataFrame, column: str, threshold: float | None 
         if values.notna().sum() == 0:
             raise BenchError(f"subgroups {column}:{threshold:g}: the column holds no numbers to cut")
     else:
+        numbers = pd.to_numeric(values, errors="coerce")
+        distinct = numbers.dropna().nunique()
+        if distinct > MAX_VALUE_GROUPS and numbers.notna().sum() == values.notna().sum():
+            raise BenchError(f"subgroups by {column!r}: a numeric column with {distinct} distinct values; cut it "
+                             f"in two with {column}:VALUE (e.g. {column}:{float(numbers.median()):g})")
         values = values.astype("string").str.strip().replace("", pd.NA)
     first = values.groupby(manifest["subject_id"].astype(str)).first()
     if threshold is None:

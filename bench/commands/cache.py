@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.errors import BenchError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("cache", help="what the stage cache holds; clean up after interrupted work",
@@ -27,6 +29,11 @@ def cache_command(args: argparse.Namespace) -> int:
     from bench.cache import clean, folder_bytes, human, stale_phantoms, usage
 
     root = Path(args.results) / "cache"
+    given = [o for o, on in (("--resume", args.resume), ("--stale-phantoms", args.stale_phantoms),
+                             ("--dry-run", args.dry_run)) if on]
+    if given and args.action != "clean":
+        raise BenchError(f"{' '.join(given)} {'belongs' if len(given) == 1 else 'belong'} to `bench cache clean`; "
+                         "`bench cache` alone only reports")
     if args.action == "clean":
         removed, busy, freed = clean(root, resumable=args.resume, dry_run=args.dry_run,
                                      stale=args.stale_phantoms)

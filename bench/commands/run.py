@@ -150,8 +150,13 @@ def print_pooled(results: Path, suite: str, folds: int, names: list[str], seeds:
     print(f"out-of-fold test predictions of {folds} folds" + (f" (held out: {held.iloc[0]})" if len(held) else "") + ":")
     print(frame.fillna("-").to_string(index=False))
     waiting = int(frame["status"].isin(["incomplete", "outdated"]).sum())
-    print(f"pooled runs in {Path(results) / cv.cv_suite(suite, folds)}"
-          + (f"; {waiting} wait for folds still to run (or to rerun with these options)" if waiting else ""))
+    where = Path(results) / cv.cv_suite(suite, folds)
+    if waiting == len(frame):
+        print(f"nothing pooled yet: every run waits for folds still to run (or to rerun with these options); "
+              f"the pooled runs will be in {where}")
+    else:
+        print(f"pooled runs in {where}"
+              + (f"; {waiting} wait for folds still to run (or to rerun with these options)" if waiting else ""))
 
 
 def print_plan(runner, names: list[str], seeds: list[int]) -> None:

@@ -132,6 +132,9 @@ def chosen_metrics(names: list[str] | None) -> list[str]:
 
 
 def _show_frame(frame: pd.DataFrame, split: str, by_seed: bool, shown: list[str]) -> int:
+    if frame.empty:
+        raise BenchError("no complete run here: its runs failed or have not finished (`bench show` of the results "
+                         "folder lists each run's status; a failed one keeps its traceback in seed<k>.failed/)")
     frame = frame[(frame["split"] == split) & frame["metric"].isin(shown)]
     if frame.empty:
         raise BenchError(f"no {split} metrics here; is the split name right (train, val, test)?")

@@ -58,6 +58,8 @@ def test_cli_status_and_clean(tmp_path, capsys):
     assert main(["cache", "--results", results]) == 0
     out = capsys.readouterr().out
     assert "segment" in out and "4 leftover folder(s)" in out and "bench cache clean" in out
+    assert main(["cache", "--results", results, "--dry-run"]) == 2      # a clean option without clean
+    assert "--dry-run belongs to `bench cache clean`" in capsys.readouterr().err
     assert main(["cache", "clean", "--results", results, "--dry-run"]) == 0
     assert "would remove 4 folder(s)" in capsys.readouterr().out
     assert main(["cache", "clean", "--results", results]) == 0

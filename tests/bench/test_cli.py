@@ -47,3 +47,11 @@ def test_own_warnings_print_as_one_line_and_library_ones_as_python_shows_them():
     assert ours == "bench: warning: M1 not learnt\n"
     theirs = _format_warning(UserWarning("deprecated"), UserWarning, warnings.__file__, 10, "warnings.warn(x)")
     assert "UserWarning: deprecated" in theirs and warnings.__file__ in theirs
+
+
+def test_show_of_a_suite_without_complete_runs_says_so(tmp_path, capsys):
+    from bench.cli import main
+
+    (tmp_path / "s" / "e" / "seed0.failed").mkdir(parents=True)
+    assert main(["show", str(tmp_path / "s")]) == 2
+    assert "no complete run here" in capsys.readouterr().err

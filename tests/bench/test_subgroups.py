@@ -56,6 +56,10 @@ def test_a_numeric_column_is_cut_at_the_threshold_and_missing_values_are_unknown
     age = manifest.groupby("subject_id")["age"].first()
     assert groups["s05"] == "unknown"
     assert (groups[age < 65] == "<65").all() and (groups[age >= 65] == ">=65").all()
+    with pytest.raises(BenchError, match="numeric column with .* distinct values; cut it in two with age:"):
+        subject_groups(manifest, "age")                    # one group per age: refused, a cut suggested
+    few = manifest.assign(grade=manifest.index % 3)        # a numeric code with few values: one group each
+    assert set(subject_groups(few, "grade")) == {"0", "1", "2"}
     assert parse_by("age:65") == ("age", 65.0) and parse_by(" site ") == ("site", None)
     with pytest.raises(BenchError, match="no such column"):
         subject_groups(manifest, "scanner")
