@@ -24,7 +24,9 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     On an exception the temporary directory is removed and `target` is left untouched.
     With `overwrite`, an existing `target` is replaced (moved aside, then deleted).
     """
-    target = Path(target)
+    target = Path(os.path.abspath(target))          # "." or "out/..": a named folder beside its temp sibling
+    if target.exists() and not target.is_dir():
+        raise BenchError(f"{target} is a file, not a folder; give a folder path for this output")
     tmp = Path(_writable(target.parent, lambda: tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent),
                          target))
     os.chmod(tmp, 0o777 & ~_UMASK)
@@ -47,7 +49,9 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write `data` to `path` through a temporary file in the same directory and rename it."""
-    path = Path(path)
+    path = Path(os.path.abspath(path))
+    if path.is_dir():
+        raise BenchError(f"{path} is a folder; give a file path for this output")
     fd, tmp = _writable(path.parent, lambda: tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent), path)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)

@@ -10,7 +10,9 @@ sorted); every file of a folder is tried, since DICOM files often have no extens
 unreadable or non-image file is reported (stderr, the ``skipped`` list of predictions.json and a
 ``skipped`` row of predictions.csv) and the others go on.
 
-Outputs in the folder `out`, each written to a temporary file and renamed into place:
+Outputs in the folder `out`, written together into a temporary sibling folder that replaces `out` when
+every image is done (an interrupted run leaves the earlier outputs as they were, never a mix); `out`
+must be new, empty or an earlier output of `bench predict` (nothing else in it is ever deleted):
 
     predictions.csv     one row per input: file, name, overlay, error, then the predictor's row
     predictions.json    {"model": ..., "images": [record + file + overlay], "skipped": [{file, error}]}
@@ -34,7 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.atomic import atomic_write_bytes, atomic_write_text
+from bench.atomic import atomic_dir, atomic_write_bytes, atomic_write_text
 from bench.data.imageio import Radiograph, read_image
 from bench.errors import BenchError
 
@@ -143,16 +145,38 @@ def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str |
                     overlays: bool = True, pixel_spacing_mm: float | None = None,
                     progress: bool | None = None, laterality: str | None = None) -> Report:
     """Screen every image under `inputs` and write the outputs into `out_dir` (module docstring)."""
-    from tqdm.auto import tqdm
-
     check_options(batch_size, pixel_spacing_mm, laterality)
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise BenchError(f"--out {out_dir} is a file; give a folder for the predictions")
+    check_out(out_dir)
     files, skipped = collect_inputs(inputs)
     own = out_dir.resolve()
     files = [f for f in files if own not in f.resolve().parents]   # never screen our own overlays on a rerun
     names = unique_names(files)
+    with atomic_dir(out_dir, overwrite=True) as tmp:
+        report = _screen(predictor, files, names, skipped, tmp, batch_size, overlays, pixel_spacing_mm, progress,
+                         laterality)
+    report.out_dir = out_dir
+    return report
+
+
+def check_out(out_dir: Path) -> None:
+    """BenchError unless `out_dir` is new, empty or holds an earlier output of `bench predict` alone."""
+    if not out_dir.exists():
+        return
+    if not out_dir.is_dir():
+        raise BenchError(f"--out {out_dir} is a file; give a folder for the predictions")
+    names = {p.name for p in out_dir.iterdir()}
+    if names and (names - {"predictions.csv", "predictions.json", "overlays"} or "predictions.json" not in names):
+        raise BenchError(f"--out {out_dir} already holds other files (not an earlier `bench predict` output); "
+                         "choose a new or empty folder")
+
+
+def _screen(predictor: Any, files: list[Path], names: list[str], skipped: Sequence["Skipped"], out_dir: Path,
+            batch_size: int, overlays: bool, pixel_spacing_mm: float | None, progress: bool | None,
+            laterality: str | None) -> Report:
+    """Screen `files` in batches, writing overlays and the outputs into `out_dir` (a temporary folder)."""
+    from tqdm.auto import tqdm
+
     report = Report(out_dir, skipped=list(skipped))
     results: dict[int, tuple[dict, dict] | Skipped] = {}
     bar = tqdm(total=len(files), unit="image", desc="screening", file=sys.stderr,

@@ -166,7 +166,8 @@ def _safetensors(tensors: dict[str, torch.Tensor]) -> bytes:
 
 
 def _source(config: dict[str, Any]) -> dict[str, Any]:
-    return {k: config.get(k) for k in ("suite", "entry", "seed", "profile", "run_key", "stages", "version")}
+    """What the bundle came from: the run's identity and the dataset folders it trained on (`data`)."""
+    return {k: config.get(k) for k in ("suite", "entry", "seed", "profile", "run_key", "stages", "version", "data")}
 
 
 def export_bundle(run_path: str | Path, out: str | Path, device: torch.device | str = "cpu") -> Path:

@@ -38,6 +38,14 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+def training_folders(meta: dict) -> dict[Path, str]:
+    """The dataset folders a bundle was trained on (its source's `data`; older bundles: the config's
+    ``data.seg``/``data.cls``), resolved, with their role."""
+    recorded = (meta.get("source") or {}).get("data") or (meta.get("config") or {}).get("data") or {}
+    return {Path(path).resolve(): role for role, path in recorded.items()
+            if role in ("seg", "cls") and isinstance(path, str) and path}
+
+
 def evaluate_command(args: argparse.Namespace) -> int:
     from bench import __version__
     from bench import results as store
@@ -56,6 +64,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     seed = int(source.get("seed") or 0)
     fingerprint = dataset_fingerprint(Path(args.data))
     check_replaceable(store.run_dir(args.results, args.name, entry, seed), fingerprint, args.overwrite)
+    role = training_folders(bundle.meta).get(Path(args.data).resolve())
+    if role and args.split != "test":
+        print(f"bench: warning: {args.data} is the `{role}` dataset the bundle was trained on; its train and val "
+              "subjects are not external: --split test scores its held-out subjects alone", file=sys.stderr)
 
     def progress(done: int, total: int) -> None:
         if sys.stderr.isatty():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -39,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="seed of the GED's latent draws (default: 0)")
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under --results)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace an earlier evaluate-seg output of another dataset in the output folder")
     p.add_argument("--no-laterality-check", action="store_true",
                    help="skip predicting each image of known side mirrored too (halves the prediction time of a "
                         "canonical-laterality model; no laterality_detection in the summary)")
@@ -98,6 +101,28 @@ def log_evaluation(tracker: Any, name: str, summary: dict[str, Any], files: list
     return tracker.log_once(EXPERIMENT, tags, f"evaluate-seg/{name}", params=params, metrics=metrics, files=files)
 
 
+def check_seg_out(out: Path, fingerprint: str, overwrite: bool = False) -> None:
+    """BenchError unless `out` is new, empty, or an earlier evaluate-seg output (summary.json and images.csv
+    only) of the same dataset (of another one with `overwrite`): never a dataset, a bundle or other files."""
+    from bench.errors import BenchError
+
+    if not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    if not out.is_dir():
+        raise BenchError(f"--out {out} is a file; give a folder for the evaluation (summary.json, images.csv)")
+    names = {p.name for p in out.iterdir()}
+    try:
+        earlier = json.loads((out / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        earlier = None
+    if names - {"summary.json", "images.csv"} or not isinstance(earlier, dict) or "segmenter" not in earlier:
+        raise BenchError(f"--out {out} already holds other files (not an evaluate-seg output); choose a new or "
+                         "empty folder")
+    if (earlier.get("data") or {}).get("fingerprint") != fingerprint and not overwrite:
+        raise BenchError(f"{out} holds the evaluation of another dataset ({(earlier.get('data') or {}).get('path')}, "
+                         "or that folder before it changed); pass --overwrite to replace it, or choose another --out")
+
+
 def evaluate_seg_command(args: argparse.Namespace) -> int:
     from bench.atomic import atomic_dir
     from bench.data.format import Dataset
@@ -118,11 +143,13 @@ def evaluate_seg_command(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             print(f"\r{done}/{total} radiographs", end="" if done < total else "\n", file=sys.stderr)
 
+    default = args.results / "segmentation" / f"{seg.label}--{Path(args.data).resolve().name}"
+    out = Path(os.path.abspath(args.out or default))
+    fingerprint = dataset_fingerprint(Path(args.data))
+    check_seg_out(out, fingerprint, args.overwrite)          # before the work, not after
     result = evaluate_segmenter(seg, dataset, split=args.split, seed=args.seed,
                                 detect=not args.no_laterality_check, progress=progress)
-    out = args.out or args.results / "segmentation" / f"{seg.label}--{Path(args.data).resolve().name}"
-    summary = {"segmenter": seg.source, "data": {"path": str(Path(args.data).resolve()),
-                                                 "fingerprint": dataset_fingerprint(Path(args.data))},
+    summary = {"segmenter": seg.source, "data": {"path": str(Path(args.data).resolve()), "fingerprint": fingerprint},
                "split": args.split, "seed": args.seed, "predict_draws": seg.draws, "eval_samples": seg.eval_samples,
                "canonical_laterality": bool(getattr(seg.model.spec, "canonical_laterality", False)),
                **result.summary}

@@ -41,7 +41,10 @@ def planned_paths(config: Config, cache_root: Path) -> dict[str, Path]:
 
 
 def check_given(config: Config) -> None:
-    """Raise BenchError unless every dataset folder the config names (data.seg, data.cls) holds a manifest."""
+    """Raise BenchError unless every dataset folder the config names (data.seg, data.cls) holds a manifest,
+    and the `cls` one has labels (every run is scored on them: caught before any training, not at the probe)."""
+    import pandas as pd
+
     for role in ROLES:
         given = getattr(config.data, role)
         path = Path(given).expanduser()
@@ -49,6 +52,12 @@ def check_given(config: Config) -> None:
             raise BenchError(f"--data-{role} {path}: " + ("no such folder" if not path.exists() else
                                                           "not a dataset folder (no manifest.csv)")
                              + "; make one with `bench data import` and check it with `bench data check`")
+        if given and role == "cls":
+            labels = pd.read_csv(path / "manifest.csv", usecols=lambda c: c == "label", dtype=str)
+            if "label" not in labels.columns or not (labels["label"].fillna("").str.strip() != "").any():
+                raise BenchError(f"--data-cls {path}: the dataset has no labels (manifest column `label`); every run "
+                                 "is scored on the DXA labels of `cls`: import them with `bench data import --csv` "
+                                 "(a T-score or label column)")
 
 
 def provide(config: Config, cache_root: Path, progress: bool = False) -> dict[str, Path]:

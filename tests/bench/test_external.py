@@ -132,3 +132,23 @@ def test_evaluate_refuses_to_replace_an_evaluation_of_another_dataset(cohort, tm
     assert evaluate(other, "--overwrite") == 0 and str(other.resolve()) in (run / "config.json").read_text()
     (run / "config.json").write_text('{"suite": "ext", "entry": "simclr", "seed": 0}')   # a benchmark run
     assert evaluate(other) == 2 and "a run that is not an evaluation" in capsys.readouterr().err
+
+
+@pytest.mark.filterwarnings("ignore::bench.metrics.NoUsableBoneWarning")
+def test_evaluate_warns_when_the_cohort_is_the_bundles_own_training_data(cohort, tmp_path, monkeypatch, capsys):
+    import methods.bundle
+    from bench.cli import main
+
+    fake = FakePredictor()
+    fake.meta = {**fake.meta, "source": {"entry": "simclr", "seed": 0, "data": {"seg": "/elsewhere",
+                                                                               "cls": str(cohort)}},
+                 "format_version": 1}
+    monkeypatch.setattr(methods.bundle, "load_bundle", lambda path, device: fake)
+    monkeypatch.setattr(methods.bundle, "models_of", lambda meta: [0])
+    (tmp_path / "m.osteo").write_bytes(b"bundle")
+    base = ["evaluate", str(tmp_path / "m.osteo"), "--data", str(cohort), "--results", str(tmp_path / "results"),
+            "--no-mlflow", "--device", "cpu"]
+    assert main([*base, "--name", "a"]) == 0
+    assert "is the `cls` dataset the bundle was trained on" in capsys.readouterr().err
+    assert main([*base, "--name", "b", "--split", "test"]) == 0                  # its held-out split: no warning
+    assert "trained on" not in capsys.readouterr().err

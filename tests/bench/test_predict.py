@@ -410,5 +410,25 @@ def test_unwritable_out_names_the_folder(tmp_path):
         def describe(self) -> dict:
             return {}
 
-    with pytest.raises(BenchError, match=r"cannot write .*predictions.csv: cannot create files in .*afile"):
+    with pytest.raises(BenchError, match=r"cannot write .*afile/out: cannot create files in .*afile"):
         run_predictions(Nothing(), [], tmp_path / "afile" / "out")
+
+
+def test_out_is_replaced_whole_and_only_when_it_holds_an_earlier_prediction(tmp_path):
+    """A rerun into the same --out leaves no overlay of the earlier run; a folder of other files is refused."""
+    class Nothing:
+        def describe(self) -> dict:
+            return {}
+
+    out = tmp_path / "out"
+    (out / "overlays").mkdir(parents=True)
+    (out / "overlays" / "stale.png").write_bytes(b"old")
+    (out / "predictions.json").write_text("{}")
+    run_predictions(Nothing(), [], out)
+    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "predictions.json"]   # stale overlay gone
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "scan.dcm").write_bytes(b"data")
+    with pytest.raises(BenchError, match="already holds other files"):
+        run_predictions(Nothing(), [], mine)
+    assert (mine / "scan.dcm").read_bytes() == b"data" and not list(tmp_path.glob(".*tmp-*"))

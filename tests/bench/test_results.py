@@ -263,3 +263,23 @@ def test_atomic_outputs_get_the_permissions_of_a_plain_write(tmp_path):
     mode = lambda p: stat.S_IMODE(os.stat(p).st_mode)   # noqa: E731
     assert mode(tmp_path / "a.txt") == mode(tmp_path / "plain.txt") == 0o666 & ~mask
     assert mode(tmp_path / "d") == mode(tmp_path / "plain_dir") == 0o777 & ~mask
+
+
+def test_atomic_outputs_refuse_the_wrong_kind_of_path_and_name_the_current_folder(tmp_path, monkeypatch):
+    """A file where a folder goes (or the reverse) is a BenchError, not a traceback after the work;
+    "." is the current folder by its name, not an empty name."""
+    from bench import atomic
+
+    (tmp_path / "f.txt").write_text("keep")
+    with pytest.raises(BenchError, match="is a file, not a folder"):
+        with atomic.atomic_dir(tmp_path / "f.txt", overwrite=True):
+            pass
+    with pytest.raises(BenchError, match="is a folder; give a file path"):
+        atomic.atomic_write_bytes(tmp_path, b"x")
+    assert (tmp_path / "f.txt").read_text() == "keep"
+    inner = tmp_path / "inner"
+    inner.mkdir()
+    monkeypatch.chdir(inner)
+    with atomic.atomic_dir(".", overwrite=True) as tmp:
+        (tmp / "new.txt").write_text("y")
+    assert (tmp_path / "inner" / "new.txt").read_text() == "y" and not list(tmp_path.glob(".*tmp-*"))

@@ -242,7 +242,15 @@ def test_cli_exit_codes_and_dry_run(tmp_path, tiny_dataset):
                           capture_output=True, text=True, env=env)
     assert fail.returncode == 1 and "FAILED toy-fail" in fail.stdout
     # bad data options stop the command before any run (not one failed run per entry and seed)
+    import shutil
+
+    unlabelled = tmp_path / "unlabelled"
+    shutil.copytree(tiny_dataset, unlabelled)
+    manifest = pd.read_csv(unlabelled / "manifest.csv")
+    manifest["label"] = None
+    manifest.to_csv(unlabelled / "manifest.csv", index=False)
     for extra, needle, dry in ((["--data-cls", str(tmp_path / "nowhere")], "no such folder", []),
+                               (["--data-cls", str(unlabelled)], "the dataset has no labels", []),
                                (["--data-seg", str(tmp_path)], "not a dataset folder", ["--dry-run"]),
                                (["--set", "data.phantom_profile=huge"], "data.phantom_profile", []),
                                (["--set", "data.phantom_seed=-1"], "data.phantom_seed", ["--dry-run"])):

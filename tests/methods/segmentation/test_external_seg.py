@@ -201,3 +201,36 @@ def test_cli_writes_summary_and_images_and_refuses_bad_input(trained, tmp_path, 
         err = capsys.readouterr().err
         assert message in err and "Traceback" not in err
     assert not (tmp_path / "x").exists()
+
+
+def test_cli_out_replaces_only_its_own_earlier_output(trained, tmp_path, capsys, monkeypatch):
+    """--out never deletes a file, a dataset or a folder of other files, and replaces the evaluation of
+    another dataset only with --overwrite."""
+    ds = trained["seg"]
+    base = ["evaluate-seg", str(trained["single"]), "--split", "val", "--device", "cpu", "--no-mlflow",
+            "--no-laterality-check"]
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    (victim / "thesis.txt").write_text("important")
+    a_file = tmp_path / "notes.txt"
+    a_file.write_text("keep")
+    monkeypatch.chdir(victim)
+    for out, message in ((victim, "already holds other files"), (Path("."), "already holds other files"),
+                         (ds.root, "already holds other files"), (a_file, "is a file")):
+        assert main([*base, "--data", str(ds.root), "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err, err
+    assert (victim / "thesis.txt").read_text() == "important" and a_file.read_text() == "keep"
+    assert (ds.root / "manifest.csv").is_file() and not list(tmp_path.rglob("*.tmp-*"))
+    out = tmp_path / "ev"
+    assert main([*base, "--data", str(ds.root), "--out", str(out)]) == 0
+    assert main([*base, "--data", str(ds.root), "--out", str(out)]) == 0          # a rerun replaces its own
+    other = tmp_path / "other"
+    shutil.copytree(ds.root, other)
+    manifest = pd.read_csv(other / "manifest.csv")
+    manifest["site"] = "B"                                                      # another dataset's fingerprint
+    manifest.to_csv(other / "manifest.csv", index=False)
+    assert main([*base, "--data", str(other), "--out", str(out)]) == 2
+    assert "holds the evaluation of another dataset" in capsys.readouterr().err
+    assert main([*base, "--data", str(other), "--out", str(out), "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["data"]["path"] == str(other.resolve())
