@@ -30,10 +30,14 @@ Per radiograph (bone-bright float image from bench.data.imageio.read_image):
    * ``laterality-mismatch`` (``check_laterality``, a canonical-laterality segmenter): the side the
      header (or ``--laterality``) gives is not the one the model finds when not told: a wrong tag
      mirrors the hand and moves every bone (a wrongly tagged test image of the run flipped 23 of 60
-     decisions), so the result is marked low-confidence.
+     decisions), so the result is marked low-confidence;
+   * ``looks-12-bit``: a 16-bit PNG/TIFF whose values all lie below 4096 (bench.data.imageio.looks_12_bit):
+     likely 12-bit detector data, shown 16x too dark, on which the model still answers with confidence
+     (a QA case: 0.64 and 0.71 "osteoporosis" where the same hand as a 16-bit image scored 0.44); rescale
+     it (or import it with `bench data import`, which says so).
 
    Status: ``withheld`` with too-few-bones; else ``low-confidence`` with low-confidence-segmentation,
-   image-too-small, out-of-distribution, models-disagree or laterality-mismatch; else ``ok``. ``model_probabilities``
+   image-too-small, out-of-distribution, models-disagree, laterality-mismatch or looks-12-bit; else ``ok``. ``model_probabilities``
    holds each model's image probability (its bones' mean); ``probability_sd`` their standard
    deviation (NaN with one model).
 
@@ -51,6 +55,7 @@ import numpy as np
 
 from bench.data.dicom_fields import header_fields
 from bench.data.format import BONES, CLASS_NAMES
+from bench.data.imageio import Radiograph, looks_12_bit
 from bench.errors import BenchError
 from methods.bones import BonePatch, extract_bones
 
@@ -167,10 +172,11 @@ class Screening:
 def assess(bones: Sequence[BonePatch], shape: tuple[int, int], canvas: tuple[int, int], cfg: ScreenConfig,
            mean_entropy: float = float("nan"), reference_entropy: float | None = None,
            model_probabilities: Sequence[float] = (), threshold: float = 0.5,
-           sides: tuple[str, str] = ("", "")) -> tuple[list[str], list[str], str]:
+           sides: tuple[str, str] = ("", ""), twelve_bit: bool = False) -> tuple[list[str], list[str], str]:
     """(flags, notes, status) of one radiograph from its bones, size and mean segmentation entropy
     (`reference_entropy`: the 99th percentile on the run's own images; None skips the check); `sides`:
-    the side given and the side the segmenter found when not told ("" where there is none)."""
+    the side given and the side the segmenter found when not told ("" where there is none);
+    `twelve_bit`: the file looks like 12-bit data in a 16-bit container."""
     flags: list[str] = []
     notes: list[str] = []
     usable = [b for b in bones if not b.missing]
@@ -208,10 +214,14 @@ def assess(bones: Sequence[BonePatch], shape: tuple[int, int], canvas: tuple[int
         flags.append("laterality-mismatch")
         notes.append(f"the image is tagged as a {'left' if given == 'L' else 'right'} hand, but the model finds a "
                      f"{'left' if found == 'L' else 'right'} one when not told: check the tag (segmented as tagged)")
+    if twelve_bit:
+        flags.append("looks-12-bit")
+        notes.append("a 16-bit file whose values all lie below 4096: likely 12-bit data, 16x too dark as read; "
+                     "rescale it to the 16-bit range (x16) and screen it again")
     if "too-few-bones" in flags:
         status = "withheld"
     elif {"low-confidence-segmentation", "image-too-small", "out-of-distribution", "models-disagree",
-          "laterality-mismatch"} & set(flags):
+          "laterality-mismatch", "looks-12-bit"} & set(flags):
         status = "low-confidence"
     else:
         status = "ok"
@@ -249,7 +259,8 @@ def screen_radiographs(bundle: Any, radiographs: Sequence[Any], names: Sequence[
         flags, notes, status = assess(bones, rad.pixels.shape, bundle.canvas, cfg, float(pred.entropy.mean()),
                                       reference, model_p if len(model_p) > 1 else (), threshold,
                                       (pred.laterality if pred.laterality_source == "given" else "",
-                                       getattr(pred, "detected", "") or ""))
+                                       getattr(pred, "detected", "") or ""),
+                                      twelve_bit=isinstance(rad, Radiograph) and looks_12_bit(rad))
         used = [p_bone[b.bone] for b in bones if not b.missing]
         prob = float(np.mean(used)) if used else float("nan")
         prediction = None if status == "withheld" or not used else int(prob > threshold)

@@ -304,6 +304,8 @@ def test_flags_withhold_or_lower_confidence_as_documented():
     assert assess(whole, (2000, 1500), canvas, cfg, sides=("", "R")) == ([], [], "ok")     # detected, not given
     flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, sides=("L", "R"))
     assert (flags, status) == (["laterality-mismatch"], "low-confidence") and "tagged as a left hand" in notes[0]
+    flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, twelve_bit=True)
+    assert (flags, status) == (["looks-12-bit"], "low-confidence") and "below 4096" in notes[0]
     with pytest.raises(BenchError, match="min_bones"):
         ScreenConfig.from_dict({}, min_bones=9)
 
@@ -333,6 +335,20 @@ def test_evaluate_gives_each_image_the_manifests_side(run, bundle):
     images = evaluation.images
     assert len(images) >= 2 and (images["laterality_source"] == "given").all()
     assert images["laterality"].tolist() == [sides[i] for i in images["image_id"]]
+
+
+def test_twelve_bit_data_in_a_16_bit_file_is_flagged(run, bundle, tmp_path):
+    """The QA case: a 16-bit PNG holding 12-bit values reads 16x too dark; its answer is low-confidence."""
+    from bench.data.imageio import write_png16
+
+    image_id = run["cls"].manifest["image_id"].iloc[0]
+    rad = _radiographs(run["cls"], [image_id])[0]
+    write_png16(tmp_path / "dark.png", rad.pixels / 17.0)                  # values below 4096 of 65535
+    dark = read_image(tmp_path / "dark.png")
+    dark.pixel_spacing_mm, dark.header = rad.pixel_spacing_mm, rad.header
+    flagged, plain = bundle.predict([dark, rad], ["dark", "plain"], screen=PERMISSIVE)
+    assert "looks-12-bit" in flagged.flags and flagged.status == "low-confidence"
+    assert "looks-12-bit" not in plain.flags
 
 
 def test_withheld_results_carry_no_decision(run, bundle):
