@@ -28,7 +28,7 @@ def test_suites_select_by_table_and_pattern():
         assert set(registry.resolve_suite("table4")) >= {"toyabl", "toyfull"}  # parent joins for Δ
         assert "toyabl" not in registry.resolve_suite("table3")
         assert "toy" not in registry.resolve_suite("paper")  # kind=example stays out of suites
-        assert registry.select(["toy*"]) == ["toy", "toy-fail", "toy-optional", "toyabl", "toyfull"]
+        assert registry.select(["toy*"]) == ["toy", "toy-fail", "toy-optional", "toy-reported", "toyabl", "toyfull"]
         with pytest.raises(BenchError, match="did you mean toyfull"):
             registry.get("toyful")
         with pytest.raises(BenchError, match="unknown suite"):
