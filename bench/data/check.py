@@ -4,7 +4,8 @@ Every problem is collected (nothing stops at the first one). Severity "error" br
 contract (the dataset cannot be used as is); "warning" is suspicious but usable (ages outside
 10-110, sexes differing across one subject's images, masks that annotators.csv does not list).
 Values: sex F/M (female/male accepted), laterality L/R, label 0/1 = t_score < -2.5 (a T-score of
-exactly -2.5 fits either label), split train/val/test, no subject in two splits (or folds).
+exactly -2.5 fits either label), one label per subject, split train/val/test, no subject in two
+splits (or folds).
 """
 from __future__ import annotations
 
@@ -153,6 +154,11 @@ def _check_values(df: pd.DataFrame, p: _Collector, check_split: bool, has_subjec
     n_sex = known.groupby(subjects).nunique()
     for sid in n_sex.index[n_sex > 1]:
         p.warn("manifest.csv", f"subject {sid!r} has different sexes across its images")
+    n_label = label.where(label.isin([0, 1])).groupby(subjects).nunique()
+    for sid in n_label.index[n_label > 1]:
+        p.error("manifest.csv", f"subject {sid!r} has images with different labels in "
+                                f"{_rows(subjects == sid)}; a subject has one DXA label (runs refuse this): "
+                                "fix the labels, or the subject ids if those images are of different people")
     if check_split:
         split = df["split"].str.strip()
         bad = ~split.isin(SPLITS)

@@ -9,6 +9,11 @@ Conventions:
   file's stem). Images are matched across files by the file each name resolves to (``resolve``,
   e.g. the importer's lookup under the image folder: 'imgs/a.png' and '/data/export/a.png' are
   one image), else by the name itself. Files are read as UTF-8 (a byte-order mark is allowed).
+- An annotator's name becomes a file name (masks/<image_id>/<annotator>.png, :func:`safe_annotator`):
+  Unicode letters and digits, '.', '_' and '-' are kept (NFC), anything else (path separators,
+  spaces, control characters) becomes '_', with no leading dot. Two different names giving one file
+  name (case ignored, as on Windows and macOS) are an error naming both (:class:`AnnotatorNames`):
+  merging them would paint two people's shapes into one mask.
 - Rasterisation of polygons and RLE: bench.data.coco_raster (pixel centres, even-odd rule,
   larger shapes painted first).
 - A segmentation is a list of polygons or an RLE dict; anything else (a string, a number) is an
@@ -19,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -46,10 +52,40 @@ class CocoImport:
     missing: list[str] = field(default_factory=list)         # file names `resolve` found no file for
 
 
+_NAME_BYTES = 200  # longest annotator file name stem in UTF-8 bytes (file systems allow 255)
+
+
 def safe_annotator(name: object) -> str:
-    """Annotator name usable as a file name (masks/<image_id>/<annotator>.png)."""
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("._")
+    """Annotator name usable as a file name (masks/<image_id>/<annotator>.png): Unicode letters and
+    digits, '.', '_' and '-' kept, other runs '_', no leading or trailing dot or '_'."""
+    text = unicodedata.normalize("NFC", str(name))
+    safe = re.sub(r"[^\w.-]+", "_", text).strip("._")
+    safe = safe.encode("utf-8")[:_NAME_BYTES].decode("utf-8", errors="ignore").rstrip("._")
     return safe or "annotator"
+
+
+class AnnotatorNames:
+    """Source annotator names -> file-safe names (:func:`safe_annotator`); BenchError when two
+    different names would share one file name (case ignored), so their masks would merge."""
+
+    def __init__(self) -> None:
+        self._by_key: dict[str, tuple[str, str]] = {}   # casefolded safe name -> (source name, where)
+        self.renamed: dict[str, str] = {}                # source name -> safe name, where they differ
+
+    def safe(self, name: object, where: str) -> str:
+        """The file-safe name of `name` (`where`: where it comes from, for the error)."""
+        source = unicodedata.normalize("NFC", str(name)).strip()
+        safe = safe_annotator(source)
+        first, first_where = self._by_key.setdefault(safe.casefold(), (source, where))
+        if first != source:
+            raise BenchError(
+                f"annotators {first!r} ({first_where}) and {source!r} ({where}) would share the mask file "
+                f"name {safe + '.png'!r} (annotator names keep letters, digits, '.', '_' and '-', and case is "
+                "ignored), which would merge their masks; rename one of them (in its COCO file, or a file's "
+                "annotator with --coco NAME=FILE.json)")
+        if safe != source:
+            self.renamed[source] = safe
+        return safe
 
 
 def _read_json(path: Path) -> dict:
@@ -64,10 +100,11 @@ def _read_json(path: Path) -> dict:
     return data
 
 
-def _annotator_of(ann: dict, default: str) -> str:
+def _annotator_of(ann: dict, default: str, names: AnnotatorNames, where: str) -> str:
+    """The annotation's own annotator (attributes.annotator, else a top-level annotator), else `default`."""
     attrs = ann.get("attributes") if isinstance(ann.get("attributes"), dict) else {}
     name = attrs.get("annotator", ann.get("annotator"))
-    return safe_annotator(name) if name not in (None, "") else default
+    return names.safe(name, where) if name not in (None, "") else default
 
 
 def some(items: list[str], limit: int = 5) -> str:
@@ -121,6 +158,16 @@ def _shape(ann: dict, class_id: int, order: int, where: str, image: CocoImage,
     return None
 
 
+def _same_file_annotator(name: str, first: Path, first_named: bool, path: Path, named: bool) -> None:
+    """BenchError for two COCO files given one annotator name, saying how each got it."""
+    if not first_named and not named:
+        raise BenchError(f"COCO files {first} and {path} both default to annotator {name!r} (their file "
+                         "names); name them: --coco NAME=FILE.json")
+    how = lambda p, n: f"{p} is named {name!r}" if n else f"{p} defaults to {name!r} (its file name)"  # noqa: E731
+    raise BenchError(f"COCO files {first} and {path} would be one annotator: {how(first, first_named)} and "
+                     f"{how(path, named)}; give each file its own annotator name: --coco NAME=FILE.json")
+
+
 def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | None = None,
               resolve: Callable[[str], str | None] | None = None) -> CocoImport:
     """Read COCO files ((annotator or None, path) pairs) into per-image, per-annotator shapes.
@@ -136,14 +183,15 @@ def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | 
     no_geometry = 0
     outside: list[str] = []     # annotations with a polygon entirely outside the image
     bare: list[str] = []        # images a file lists without any bone shape
-    file_annotators: dict[str, Path] = {}
+    names = AnnotatorNames()
+    file_annotators: dict[str, tuple[Path, bool]] = {}   # source name -> (file, named by the user)
     order = 0
     for name, path in files:
-        default = safe_annotator(name) if name else safe_annotator(Path(path).stem)
-        if default in file_annotators:
-            raise BenchError(f"COCO files {file_annotators[default]} and {path} both default to "
-                             f"annotator {default!r}; name them: --coco NAME=FILE.json")
-        file_annotators[default] = Path(path)
+        source = unicodedata.normalize("NFC", str(name or Path(path).stem)).strip()
+        if source in file_annotators:
+            _same_file_annotator(source, *file_annotators[source], Path(path), bool(name))
+        file_annotators[source] = (Path(path), bool(name))
+        default = names.safe(source, f"--coco {source}={path}" if name else f"the file name of {path}")
         data = _read_json(path)
         cats = {c.get("id"): str(c.get("name", "")) for c in data["categories"] if isinstance(c, dict)}
         by_id: dict[object, CocoImage] = {}
@@ -195,7 +243,7 @@ def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | 
                 no_geometry += 1
                 continue
             if shape.polygons or shape.rle is not None:
-                image.shapes.setdefault(_annotator_of(ann, default), []).append(shape)
+                image.shapes.setdefault(_annotator_of(ann, default, names, where), []).append(shape)
                 drawn.add(ann["image_id"])
         bare += [f"{path}, image {n}" for i, n in names_by_id.items() if i not in drawn]
     if unknown:
@@ -204,6 +252,9 @@ def load_coco(files: list[tuple[str | None, Path]], class_map: dict[str, int] | 
         raise BenchError(f"unknown COCO class name(s): {listing}. Map them to bones in a class map "
                          f"file and pass --class-map FILE.yaml, e.g.\n{template}")
     warnings = [f"ignored {k} annotation(s) of class {n!r} (background)" for n, k in sorted(ignored.items())]
+    if names.renamed:
+        warnings.append("annotator names changed to fit file names (masks/<image_id>/<annotator>.png and "
+                        "annotators.csv): " + some([f"{a!r} -> {b!r}" for a, b in names.renamed.items()]))
     if no_geometry:
         warnings.append(f"ignored {no_geometry} annotation(s) without a polygon or RLE (bbox only)")
     if outside:

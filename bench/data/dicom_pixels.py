@@ -37,14 +37,18 @@ def read_dicom(path: Path):
     if frames > 1:
         raise BenchError(f"DICOM file {path} has {frames} frames; expected a single radiograph "
                          "(export the frame you want as its own file)")
+    set_native_transfer_syntax(ds)
     try:
-        stored = ds.pixel_array
+        stored, photometric = decode_pixels(ds)
     except Exception as exc:
-        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", "unknown")
+        ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        if ts is not None and not ts.is_compressed:
+            raise BenchError(f"cannot decode the pixel data of DICOM file {path} (uncompressed, transfer "
+                             f"syntax {ts}): {exc}; the file looks truncated or damaged: copy or export "
+                             "it again") from exc
         raise BenchError(f"cannot decode the pixel data of DICOM file {path} (transfer syntax "
-                         f"{ts}): {exc}; install a decoder plugin (e.g. pylibjpeg, "
+                         f"{ts or 'unknown'}): {exc}; install a decoder plugin (e.g. pylibjpeg, "
                          "pylibjpeg-libjpeg, pylibjpeg-openjpeg) or export it uncompressed") from exc
-    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
     if photometric not in ("MONOCHROME1", "MONOCHROME2"):
         if stored.ndim == 3 and photometric in ("RGB", "YBR_FULL", "YBR_FULL_422"):
             try:
@@ -73,6 +77,47 @@ def read_dicom(path: Path):
     if photometric == "MONOCHROME1":
         pixels = 1.0 - pixels
     return Radiograph(pixels.astype(np.float32), dicom_spacing(ds), int(ds.get("BitsStored", 16)), read_header(ds))
+
+
+def decode_pixels(ds) -> tuple[np.ndarray, str]:
+    """The decoded pixel array and the photometric interpretation its values are in.
+
+    A decoder may convert YBR to RGB itself (pydicom 3 does by default, and so does Pillow's JPEG
+    decoder); the file's PhotometricInterpretation still says YBR then, so converting again would
+    distort the intensities. pydicom 3's decoder reports the interpretation of its output; pydicom
+    2's handlers update the dataset's element when they convert.
+    """
+    photometric = str(ds.get("PhotometricInterpretation", "MONOCHROME2")).upper()
+    ts = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    try:  # pydicom >= 3
+        from pydicom.pixels import get_decoder
+        from pydicom.pixels.utils import as_pixel_options
+    except ImportError:  # pydicom 2.x
+        stored = ds.pixel_array
+        return stored, str(ds.get("PhotometricInterpretation", photometric)).upper()
+    if ts is None:
+        return ds.pixel_array, photometric   # pydicom says what is missing
+    stored, meta = get_decoder(ts).as_array(ds, validate=True, **as_pixel_options(ds))
+    return stored, str(meta.get("photometric_interpretation", photometric)).upper()
+
+
+def set_native_transfer_syntax(ds) -> None:
+    """Give a data set read without file meta information (no preamble, no group 0002) the
+    transfer syntax pydicom detected while reading it; such a data set is stored natively
+    (uncompressed), so its encoding is the whole transfer syntax."""
+    from pydicom.dataset import FileMetaDataset
+    from pydicom.uid import ExplicitVRBigEndian, ExplicitVRLittleEndian, ImplicitVRLittleEndian
+
+    meta = getattr(ds, "file_meta", None)
+    if meta is not None and meta.get("TransferSyntaxUID"):
+        return
+    implicit, little = getattr(ds, "original_encoding", None) or (ds.is_implicit_VR, ds.is_little_endian)
+    if implicit is None or little is None:
+        return
+    if meta is None:
+        ds.file_meta = meta = FileMetaDataset()
+    meta.TransferSyntaxUID = (ImplicitVRLittleEndian if implicit else
+                              ExplicitVRLittleEndian if little else ExplicitVRBigEndian)
 
 
 def apply_voi_lut_item(values: np.ndarray, item, ds, path: Path) -> tuple[np.ndarray, float]:

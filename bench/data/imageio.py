@@ -4,7 +4,8 @@ Radiographs are returned bone-bright as float32 in [0, 1] together with the pixe
 when the file states one. Generated data is written as 16-bit grayscale PNG.
 
 Conventions of :func:`read_image` (the format is recognised from the file's content, so DICOM
-files without an extension work):
+files without an extension work, with or without the 128-byte preamble: :func:`looks_like_bare_dicom`;
+an empty file is refused as such):
 
 - PNG / JPEG (Pillow) and TIFF (tifffile; Pillow when tifffile cannot decode the compression,
   e.g. LZW or PackBits without imagecodecs), 8 or 16 bit: integer values are divided by the
@@ -70,6 +71,33 @@ def read_label_map(path: Path) -> np.ndarray:
     return arr.astype(np.uint8)
 
 
+#: DICOM value representations (PS3.5 6.2), as the two bytes an explicit-VR element carries.
+_DICOM_VRS = frozenset(b"AE AS AT CS DA DS DT FD FL IS LO LT OB OD OF OL OV OW PN SH SL SQ SS ST SV TM "
+                       b"UC UI UL UN UR US UT UV".split())
+_LONG_VRS = frozenset(b"OB OD OF OL OV OW SQ UC UN UR UT UV".split())  # 2 reserved bytes, 4-byte length
+
+
+def looks_like_bare_dicom(head: bytes) -> bool:
+    """True when `head` starts like a DICOM file written without the 128-byte preamble and 'DICM':
+    a first element of group 0002 (file meta, explicit VR little endian) or 0008 (a data set
+    without file meta, explicit or implicit VR little endian) with a well-formed header. DICOM
+    values have even lengths; a bare data set's first elements are the (0008,00xx) identifiers."""
+    if len(head) < 12:
+        return False
+    group, element = int.from_bytes(head[0:2], "little"), int.from_bytes(head[2:4], "little")
+    if group not in (0x0002, 0x0008) or element >= 0x0100:
+        return False
+    vr = head[4:6]
+    if vr in _DICOM_VRS:   # explicit VR
+        if vr in _LONG_VRS:
+            length = int.from_bytes(head[8:12], "little")
+            return head[6:8] == b"\x00\x00" and (length % 2 == 0 or length == 0xFFFFFFFF)
+        return int.from_bytes(head[6:8], "little") % 2 == 0
+    length = int.from_bytes(head[4:8], "little")   # implicit VR (data sets only: file meta is explicit)
+    return (group == 0x0008 and 0 < length <= 1024 and length % 2 == 0
+            and (element != 0 or length == 4))        # a group length (gggg,0000) is a 4-byte UL
+
+
 def sniff_format(path: Path) -> str:
     """'png' | 'jpeg' | 'tiff' | 'dicom' | 'unknown', from the first bytes (extension as fallback)."""
     with open(path, "rb") as fh:
@@ -80,7 +108,7 @@ def sniff_format(path: Path) -> str:
         return "jpeg"
     if head[:4] in (b"II*\x00", b"MM\x00*", b"II+\x00", b"MM\x00+"):
         return "tiff"
-    if head[128:132] == b"DICM":
+    if head[128:132] == b"DICM" or looks_like_bare_dicom(head):
         return "dicom"
     if path.suffix.lower() in (".dcm", ".dicom", ".dic"):
         return "dicom"  # DICOM without the preamble: pydicom reads it with force=True
@@ -95,8 +123,11 @@ def read_image(path: Path) -> Radiograph:
     path = Path(path)
     try:
         kind = sniff_format(path)
+        empty = path.stat().st_size == 0
     except OSError as exc:
         raise BenchError(f"cannot read image {path}: {exc}") from exc
+    if empty:
+        raise BenchError(f"cannot read image {path}: the file is empty (0 bytes); copy or export it again")
     reader = {"png": _read_pillow, "jpeg": _read_pillow, "tiff": _read_tiff,
               "dicom": _read_dicom}.get(kind)
     if reader is None:

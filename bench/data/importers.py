@@ -14,6 +14,10 @@ Conventions:
   under images/. Splits: bench.data.splits.assign_splits with `split_seed`.
 - Unreadable or missing image files: one BenchError naming them all, or with `skip_bad` they are
   left out and listed in skipped.csv. Everything is written through bench.atomic.atomic_dir.
+- `out` may neither lie inside the image folder nor hold it (:func:`check_out_folder`), nor be or
+  hold an input file: the CSV, a COCO file, the class map (:func:`check_out_inputs`).
+- A subject whose images have different labels is warned about, also when its id came from the
+  DICOM PatientID (bench.data.metadata.label_conflicts; `bench data check` calls it an error).
 """
 from __future__ import annotations
 
@@ -27,14 +31,15 @@ import numpy as np
 import pandas as pd
 
 from bench.atomic import atomic_dir
-from bench.data.coco import CocoImport, load_coco
+from bench.data.coco import CocoImport, load_coco, safe_annotator
 from bench.data.coco_classes import load_class_map
 from bench.data.coco_raster import rasterise
 from bench.data.dicom_fields import header_fields
 from bench.data.format import ANNOTATOR_COLUMNS, mask_path, write_manifest
 from bench.data.imageio import looks_12_bit, read_image, write_label_map, write_png16
 from bench.data.metadata import (BOTH_HANDS, OSTEOPOROSIS_T, SUBJECT_FROM, ImageIndex,  # noqa: F401 (re-exported)
-                                 describe_columns, image_id_for, read_metadata)
+                                 check_image_ids, describe_columns, image_id_for, label_conflicts,
+                                 read_metadata)
 from bench.data.splits import DEFAULT_FRACTIONS, assign_splits, check_fractions
 from bench.errors import BenchError
 
@@ -119,13 +124,17 @@ def _same(a: Any, b: Any) -> bool:
 
 def _coco_rows(coco: CocoImport, root: Path) -> tuple[pd.DataFrame, list[tuple[str, str]]]:
     """Manifest rows for the COCO images when there is no CSV: one subject per image (its DICOM PatientID if any)."""
+    files = [rel for rel in sorted(coco.images) if rel not in coco.missing]
+    check_image_ids(files)
     rows = [{"image_id": image_id_for(rel), "subject_id": image_id_for(rel), "file": rel,
-             SUBJECT_FROM: "header-or-image", "label": None} for rel in sorted(coco.images) if rel not in coco.missing]
+             SUBJECT_FROM: "header-or-image", "label": None} for rel in files]
     return pd.DataFrame(rows), [(name, f"COCO image not found under {root}") for name in coco.missing]
 
 
 def _weights(annotators: list[str], given: dict[str, float]) -> dict[str, float]:
-    """beta per annotator of one image: given weights (or equal) normalised to sum to 1."""
+    """beta per annotator of one image: given weights (or equal) normalised to sum to 1. A given
+    name counts under its file-safe form (bench.data.coco.safe_annotator), as the masks do."""
+    given = {safe_annotator(k): v for k, v in given.items()}
     if given:
         lacking = [a for a in annotators if a not in given]
         if lacking:
@@ -155,6 +164,21 @@ def check_out_folder(images: Path, out: Path) -> None:
                          "radiographs); choose an --out outside it")
 
 
+def check_out_inputs(cfg: ImportConfig) -> None:
+    """Refuse an `out` that is, or holds, an input file (the CSV, a COCO file, the class map):
+    --overwrite would delete it before it is read, or after, with the dataset built from it."""
+    dst = Path(cfg.out).resolve()
+    inputs = [("the metadata CSV", cfg.csv), ("the class map", cfg.class_map)]
+    inputs += [("the COCO file", path) for _, path in cfg.coco]
+    for what, path in inputs:
+        if path is None:
+            continue
+        src = Path(path).resolve()
+        if dst == src or dst in src.parents:
+            raise BenchError(f"--out {cfg.out} {'is' if dst == src else 'holds'} {what} {path}, which "
+                             "--overwrite would delete; choose an --out that is not an input")
+
+
 def import_dataset(cfg: ImportConfig) -> ImportReport:
     """Build the dataset folder `cfg.out` (see the module docstring for the conventions)."""
     images = Path(cfg.images)
@@ -164,6 +188,7 @@ def import_dataset(cfg: ImportConfig) -> ImportReport:
         raise BenchError("nothing to import: give a metadata CSV (--csv FILE) and/or COCO "
                          "annotations (--coco FILE.json)")
     check_out_folder(images, Path(cfg.out))
+    check_out_inputs(cfg)
     if Path(cfg.out).exists() and not cfg.overwrite:
         raise BenchError(f"{cfg.out} already exists; choose another --out or pass --overwrite")
     if any(w <= 0 or not np.isfinite(w) for w in cfg.weights.values()):
@@ -260,6 +285,8 @@ def _write(cfg: ImportConfig, index: ImageIndex, rows: pd.DataFrame, missing: li
             raise BenchError(f"the CSV has no subject id column and {len(unknown)} image(s) have no DICOM "
                              f"PatientID to take it from ({', '.join(unknown[:5])}); add a subject column "
                              "(--column subject_id=COLUMN), or --column subject_id= for one subject per image")
+        if from_header.filled.get("subject_id"):   # subjects from PatientID: the CSV's check saw none of them
+            warnings += label_conflicts(pd.DataFrame(keep))
         manifest = pd.DataFrame(keep).drop(columns=["file", SUBJECT_FROM])
         manifest["label"] = pd.to_numeric(manifest["label"], errors="coerce").astype("Int64")
         manifest["split"] = assign_splits(manifest, cfg.split_seed, tuple(cfg.fractions))

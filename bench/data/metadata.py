@@ -5,8 +5,11 @@ Conventions (bench.data.importers uses them):
   or by image id (the file name without its image extension). The image id is the file's path
   under the folder without that extension, '/' replaced by '_'. A reference naming no file
   exactly matches a file whose name differs only in case, when exactly one does (several: error).
+  Two files giving one image id ('a/x.png' and 'a_x.png') are an error naming both.
 - The delimiter is detected among ',', ';' and tab (Excel writes ';' where the decimal mark is a
-  comma); with ';' or tab, numbers may use a decimal comma (-2,7). UTF-8, a byte-order mark allowed.
+  comma); with ';' or tab, numbers may use a decimal comma (-2,7). UTF-8, or UTF-16/32 with a
+  byte-order mark (Excel's 'Unicode Text'); other encodings are refused with advice to save as UTF-8.
+  Rows of empty cells only (an Excel trailer ',,,,') are skipped.
   A number may start with a Unicode minus sign or an en dash (−2.7, –2.7), as word processors write it.
 - CSV columns are found by common names (case and punctuation ignored, e.g. "T-score" is
   t_score, "PatientID" is subject_id); `overrides` replaces them (field -> column, None: absent).
@@ -14,15 +17,19 @@ Conventions (bench.data.importers uses them):
   fills itself (path, split, ...) is kept as csv_<name>, with a warning.
 - label = 1 when t_score < -2.5 (paper: osteoporosis by DXA T-score), derived when only the
   T-score is given; a given label that contradicts the T-score is an error (T = -2.5 excepted).
+  A subject whose images have different labels is warned about (:func:`label_conflicts`; the
+  importer checks again once subject ids are filled from DICOM headers).
   sex is stored as F/M, laterality as L/R: U (unpaired/unknown) is left empty, as in a DICOM
   header; B (both hands on one image) is an error, since one hand's bones cannot be cut from it.
 """
 from __future__ import annotations
 
+import codecs
 import csv as csvlib
+import io
 import re
 from pathlib import Path
-from typing import NamedTuple
+from typing import Iterable, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -142,13 +149,35 @@ class ImageIndex:
 
 
 
-def sniff_delimiter(csv: Path) -> str:
-    """The delimiter (',', ';' or tab) of a CSV's first lines; ',' when they do not tell."""
+_BOMS = ((codecs.BOM_UTF32_LE, "utf-32"), (codecs.BOM_UTF32_BE, "utf-32"), (codecs.BOM_UTF8, "utf-8-sig"),
+         (codecs.BOM_UTF16_LE, "utf-16"), (codecs.BOM_UTF16_BE, "utf-16"))
+SAVE_AS_UTF8 = ("save it as UTF-8 (Excel: File > Save As > 'CSV UTF-8 (Comma delimited)'; LibreOffice: "
+                "Save As > Text CSV, character set Unicode (UTF-8))")
+
+
+def read_csv_text(csv: Path) -> str:
+    """The CSV's text: UTF-8, or any encoding its byte-order mark names (UTF-8, UTF-16, UTF-32);
+    BenchError advising UTF-8 for anything else (latin-1, UTF-16 without a mark)."""
     try:
-        with open(csv, encoding="utf-8-sig", newline="") as fh:
-            sample = fh.read(65536)
-    except (OSError, UnicodeDecodeError):
-        return ","                                       # pandas reports the problem
+        data = Path(csv).read_bytes()
+    except OSError as exc:
+        raise BenchError(f"cannot read metadata CSV {csv}: {exc}") from exc
+    encoding = next((enc for bom, enc in _BOMS if data.startswith(bom)), "utf-8")
+    if encoding == "utf-8" and b"\x00" in data:
+        raise BenchError(f"metadata CSV {csv} holds NUL bytes: likely UTF-16 text without a byte-order mark "
+                         f"(Excel's 'Unicode Text'); {SAVE_AS_UTF8}")
+    try:
+        text = data.decode(encoding)
+    except UnicodeDecodeError as exc:
+        raise BenchError(f"metadata CSV {csv} is not {encoding.upper().replace('-SIG', '')} text (byte "
+                         f"0x{data[exc.start]:02x} at offset {exc.start}; perhaps latin-1 or another legacy "
+                         f"encoding); {SAVE_AS_UTF8}") from exc
+    return text.lstrip("\ufeff")
+
+
+def sniff_delimiter(text: str) -> str:
+    """The delimiter (',', ';' or tab) of a CSV's first lines (`text`: its content); ',' when they do not tell."""
+    sample = text[:65536]
     if "\n" in sample.rstrip("\r\n"):
         sample = sample[: sample.rstrip("\r\n").rfind("\n") + 1] or sample   # whole lines only
     header = sample.splitlines()[0] if sample else ""
@@ -253,12 +282,15 @@ def read_metadata(csv: Path, index: ImageIndex, overrides: dict[str, str | None]
 
     Value errors in every row are collected into one BenchError.
     """
-    delimiter = sniff_delimiter(csv)
+    text = read_csv_text(csv)
+    delimiter = sniff_delimiter(text)
     try:
-        raw = pd.read_csv(csv, sep=delimiter, dtype=str, keep_default_na=False, skipinitialspace=True,
-                          encoding="utf-8-sig")
-    except (OSError, ValueError, pd.errors.ParserError) as exc:
+        raw = pd.read_csv(io.StringIO(text), sep=delimiter, dtype=str, keep_default_na=False,
+                          skipinitialspace=True)
+    except (ValueError, pd.errors.ParserError) as exc:
         raise BenchError(f"cannot read metadata CSV {csv}: {exc}") from exc
+    if len(raw.columns):   # rows of delimiters only (an Excel trailer ',,,,') are no rows
+        raw = raw[~raw.apply(lambda col: col.str.strip() == "").all(axis=1)]
     cols = resolve_columns(list(raw.columns), overrides)
     extra, warnings = _extra_columns(list(raw.columns), cols, csv)
     if not cols["label"] and not cols["t_score"] and not ({"label", "t_score"} & set(overrides)):
@@ -310,13 +342,40 @@ def read_metadata(csv: Path, index: ImageIndex, overrides: dict[str, str | None]
         raise BenchError(f"{len(errors)} problem(s) in {csv}:\n  " + "\n  ".join(errors))
     df = pd.DataFrame(rows)
     if not df.empty:
+        check_image_ids(df["file"].unique())
         dup = df.loc[df["image_id"].duplicated(keep=False), "image_id"].unique()
         if len(dup):
             raise BenchError(f"{csv} lists image(s) {', '.join(map(str, dup))} more than once; "
                              "one row per image")
-        for col, what in (("label", "labels"), ("sex", "sexes")):
-            n = df[df[col].astype(str) != ""].groupby("subject_id")[col].nunique(dropna=True)
-            if (n > 1).any():
-                warnings.append(f"subject(s) {', '.join(n[n > 1].index[:10])} have different {what} "
-                                "across their images")
+        warnings += label_conflicts(df)
+        n = df[df["sex"].astype(str) != ""].groupby("subject_id")["sex"].nunique(dropna=True)
+        if (n > 1).any():
+            warnings.append(f"subject(s) {', '.join(n[n > 1].index[:10])} have different sexes "
+                            "across their images")
     return Metadata(df, missing, warnings, cols, extra)
+
+
+def check_image_ids(files: Iterable[str]) -> None:
+    """BenchError when different files (relative paths) give one image id (:func:`image_id_for`),
+    e.g. 'a/x.png' and 'a_x.png', or 'y.png' and 'y.dcm'."""
+    by_id: dict[str, list[str]] = {}
+    for rel in files:
+        by_id.setdefault(image_id_for(rel), []).append(rel)
+    clashes = [f"{', '.join(sorted(set(fs)))} -> {iid!r}" for iid, fs in sorted(by_id.items()) if len(set(fs)) > 1]
+    if clashes:
+        raise BenchError(f"different files give the same image id (the path under the image folder without "
+                         f"its extension, '/' as '_'): {'; '.join(clashes[:5])}"
+                         f"{f' and {len(clashes) - 5} more' if len(clashes) > 5 else ''}; rename or move "
+                         "one file of each, or leave one out")
+
+
+def label_conflicts(rows: pd.DataFrame) -> list[str]:
+    """A warning naming the subjects whose images have different labels (none: [])."""
+    known = rows[rows["label"].notna() & (rows["label"].astype(str) != "")]
+    n = known.groupby("subject_id")["label"].nunique()
+    bad = [str(sid) for sid in n.index[n > 1]]
+    if not bad:
+        return []
+    return [f"subject(s) {', '.join(bad[:10])}{' and more' if len(bad) > 10 else ''} have images with "
+            "different labels, but a subject has one DXA label: runs refuse this and `bench data check` "
+            "reports it as an error; fix the labels, or the subject ids if those images are of different people"]

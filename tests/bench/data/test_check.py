@@ -120,3 +120,17 @@ def test_fold_column_subject_wise(tmp_path, fold, ok):
     assert (problems == []) == ok
     if not ok:
         assert "subject 's1' crosses folds (0, 1)" in problems[0].message
+
+
+def test_a_subject_whose_images_have_different_labels_is_an_error(tmp_path, capsys):
+    build(tmp_path)
+    df = pd.read_csv(tmp_path / "manifest.csv", dtype=str, keep_default_na=False)
+    df.loc[df["image_id"] == "i2", ["t_score", "label"]] = ["", "0"]     # s1: label 1 on i1, 0 on i2
+    write_manifest(df, tmp_path / "manifest.csv")
+    problems = check_dataset(tmp_path)
+    assert [(p.severity, p.file) for p in problems] == [("error", "manifest.csv")]
+    assert "subject 's1' has images with different labels in rows 2, 3" in problems[0].message
+    assert main(["data", "check", str(tmp_path)]) == 2
+    df.loc[df["image_id"] == "i2", "label"] = ""                         # an unknown label is no conflict
+    write_manifest(df, tmp_path / "manifest.csv")
+    assert check_dataset(tmp_path) == []

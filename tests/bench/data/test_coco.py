@@ -287,3 +287,61 @@ def test_polygons_outside_the_image_and_unannotated_images_are_warned_once(image
     bare = [w for w in coco.warnings if "have no bone annotation" in w]
     assert len(bare) == 1 and bare[0].startswith("2 image(s)")
     assert f"{f}, image b.png; {f}, image c.png" in bare[0]
+
+
+def test_unicode_and_punctuated_annotator_names_stay_distinct(images, tmp_path):
+    two = coco_file(tmp_path / "export.json", [
+        dict(image_id=1, category_id=1, segmentation=rect(2, 20, 10, 40), attributes={"annotator": "김민수"}),
+        dict(image_id=1, category_id=2, segmentation=rect(12, 20, 24, 40), attributes={"annotator": "이영희"}),
+        dict(image_id=1, category_id=3, segmentation=rect(30, 5, 40, 15), attributes={"annotator": "Dr. Kim"}),
+    ], CATS, images=(("a.png", 1),))
+    report = import_dataset(ImportConfig(images=images, out=tmp_path / "ds", coco=[(None, two)],
+                                         weights={"김민수": 1, "이영희": 1, "Dr. Kim": 2}))
+    ds = Dataset.open(tmp_path / "ds")
+    masks = ds.masks("a")
+    assert sorted(masks) == sorted(["김민수", "이영희", "Dr._Kim"]) and report.n_masks == 3   # three people, three masks
+    assert np.unique(masks["김민수"]).tolist() == [0, BONES["ulna"]]
+    assert np.unique(masks["이영희"]).tolist() == [0, BONES["radius"]]
+    assert ds.annotator_weights("a") == {"김민수": 0.25, "이영희": 0.25, "Dr._Kim": 0.5}   # --weight by the given name
+    assert any("'Dr. Kim' -> 'Dr._Kim'" in w for w in report.warnings)
+    assert check_dataset(tmp_path / "ds") == []
+
+
+def test_files_named_by_the_user_are_their_annotators(images, tmp_path):
+    a = coco_file(tmp_path / "a.json", [dict(image_id=1, category_id=1, segmentation=rect(2, 20, 10, 40))], CATS)
+    b = coco_file(tmp_path / "b.json", [dict(image_id=1, category_id=2, segmentation=rect(12, 20, 24, 40))], CATS)
+    coco = load_coco([("김민수", a), ("이영희", b)])
+    assert sorted(coco.images["a.png"].shapes) == sorted(["김민수", "이영희"])
+
+
+@pytest.mark.parametrize("first, second", [("a/b", "a b"), ("Alice", "alice"), ("../x", "x")])
+def test_different_names_sharing_a_file_name_are_an_error_naming_both(images, tmp_path, first, second):
+    one = coco_file(tmp_path / "one.json", [
+        dict(image_id=1, category_id=1, segmentation=rect(2, 20, 10, 40), attributes={"annotator": first}),
+        dict(image_id=1, category_id=2, segmentation=rect(12, 20, 24, 40), attributes={"annotator": second}),
+    ], CATS)
+    with pytest.raises(BenchError) as err:
+        import_dataset(ImportConfig(images=images, out=tmp_path / "ds", coco=[(None, one)]))
+    assert repr(first) in str(err.value) and repr(second) in str(err.value) and "merge" in str(err.value)
+    assert not (tmp_path / "ds").exists()
+    a = coco_file(tmp_path / "a.json", [dict(image_id=1, category_id=1, segmentation=rect(2, 2, 8, 8))], CATS)
+    b = coco_file(tmp_path / "b.json", [dict(image_id=1, category_id=1, segmentation=rect(2, 2, 8, 8))], CATS)
+    with pytest.raises(BenchError) as err:
+        load_coco([(first, a), (second, b)])
+    text = str(err.value)
+    assert f"--coco {first}={a}" in text and f"--coco {second}={b}" in text and "default" not in text
+    with pytest.raises(BenchError, match="is named 'x' and .* is named 'x'") as err:
+        load_coco([("x", a), ("x", b)])
+    assert "default" not in str(err.value)
+
+
+@pytest.mark.parametrize("name", ["../../etc/passwd", "a\\b", ".hidden", "tab\there", "nul\x00x", "..", "/"])
+def test_safe_annotator_is_one_plain_file_name(name):
+    from pathlib import Path
+
+    from bench.data.coco import safe_annotator
+
+    safe = safe_annotator(name)
+    assert safe and Path(safe).name == safe and not safe.startswith(".")
+    assert not any(c in safe for c in "/\\") and all(c.isprintable() for c in safe)
+    assert safe_annotator("김민수") == "김민수" and safe_annotator("Jo\u0302e") == "Jôe"   # letters kept, NFC

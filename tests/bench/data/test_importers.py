@@ -293,3 +293,38 @@ def test_out_inside_the_image_folder_or_holding_it_is_refused(folder, tmp_path, 
     with pytest.raises(BenchError, match=f"--out {tmp_path} holds the image folder {src}"):
         import_dataset(ImportConfig(images=src, csv=csv, out=tmp_path, overwrite=True))
     assert sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*")) == before    # nothing written or lost
+
+
+def test_label_conflict_within_a_patient_id_subject_is_caught(tmp_path):
+    """Subject ids filled from PatientID after the CSV's own per-subject check: import warns and
+    `data check` refuses (QA: one patient's images labelled 0, 0, 1 passed both)."""
+    src = tmp_path / "dcm"
+    src.mkdir()
+    for name, pid in (("x.dcm", "P1"), ("y.dcm", "P1"), ("z.dcm", "P2")):
+        write_dicom(src / name, np.full((8, 8), 2000), PhotometricInterpretation="MONOCHROME2", PatientID=pid)
+    csv = tmp_path / "m.csv"
+    csv.write_text("file,t\nx.dcm,-3\ny.dcm,-1\nz.dcm,-3\n")
+    report = import_dataset(ImportConfig(images=src, csv=csv, out=tmp_path / "ds"))
+    conflicts = [w for w in report.warnings if "different labels" in w]
+    assert len(conflicts) == 1 and "P1" in conflicts[0] and "P2" not in conflicts[0]
+    problems = check_dataset(tmp_path / "ds")
+    assert [p.severity for p in problems] == ["error"] and "subject 'P1'" in problems[0].message
+
+
+@pytest.mark.parametrize("which", ["csv", "csv parent", "coco", "class map"])
+def test_out_that_is_or_holds_an_input_file_is_refused(folder, tmp_path, which):
+    src, _ = folder
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    csv = inputs / "meta.csv"
+    csv.write_text("file,subject,t\na.png,s1,-3\n")
+    coco = inputs / "alice.json"
+    coco.write_text('{"images": [], "annotations": [], "categories": []}')
+    cmap = inputs / "map.yaml"
+    cmap.write_text("Thing: ulna\n")
+    out = {"csv": csv, "csv parent": inputs, "coco": coco, "class map": cmap}[which]
+    before = {p: p.read_bytes() for p in (csv, coco, cmap)}
+    cfg = ImportConfig(images=src, csv=csv, coco=[(None, coco)], class_map=cmap, out=out, overwrite=True)
+    with pytest.raises(BenchError, match=f"--out {out} (is|holds) the .* which --overwrite would delete"):
+        import_dataset(cfg)
+    assert {p: p.read_bytes() for p in (csv, coco, cmap)} == before             # every input intact

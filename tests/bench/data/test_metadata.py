@@ -58,3 +58,48 @@ def test_file_references_ignore_case_only_when_that_finds_one_file(tmp_path, src
         index.find("SCAN.png")
     rows = _read(tmp_path, src, **{"image": ["A.PNG", "b", "C.Png"], "t_score": ["-3", "0", "-1"]})
     assert list(rows.index) == ["a", "b", "c"] and rows["file"].tolist() == ["a.png", "b.png", "c.png"]
+
+
+CSV_TEXT = "image,subject,T-score,site\na.png,p1,-3.1,Séoul\nb.png,p2,-1.0,Séoul\nc.png,p3,-2.6,Séoul\n"
+
+
+@pytest.mark.parametrize("encoding", ["utf-16", "utf-8-sig", "utf-32"])
+def test_a_csv_whose_byte_order_mark_names_its_encoding_is_read(tmp_path, src, encoding):
+    csv = tmp_path / "meta.csv"
+    csv.write_bytes(CSV_TEXT.encode(encoding))           # Excel's 'Unicode Text' is UTF-16 with a BOM
+    rows = read_metadata(csv, ImageIndex(src), {}).rows
+    assert rows["subject_id"].tolist() == ["p1", "p2", "p3"] and rows["label"].tolist() == [1, 0, 1]
+    assert rows["site"].tolist() == ["Séoul"] * 3
+
+
+@pytest.mark.parametrize("encoding, says", [("latin-1", "not UTF-8 text"), ("utf-16-le", "UTF-16")])
+def test_a_csv_in_another_encoding_is_refused_with_advice(tmp_path, src, encoding, says):
+    csv = tmp_path / "meta.csv"
+    csv.write_bytes(CSV_TEXT.encode(encoding))           # no byte-order mark: cannot be told safely
+    with pytest.raises(BenchError, match=says) as err:
+        read_metadata(csv, ImageIndex(src), {})
+    assert "save it as UTF-8" in str(err.value) and str(csv) in str(err.value)
+
+
+def test_rows_of_delimiters_only_are_skipped(tmp_path, src):
+    csv = tmp_path / "meta.csv"
+    csv.write_text("image;subject;t\na.png;p1;-3,1\n;;\nb.png;p2;-1\n;;\n ; ;\n")  # Excel trailers
+    rows = read_metadata(csv, ImageIndex(src), {}).rows
+    assert rows["image_id"].tolist() == ["a", "b"] and rows["t_score"].tolist() == [-3.1, -1.0]
+    csv.write_text("image,subject,t\na.png,p1,-3\n,p2,-1\n")          # a row with data but no image: still an error
+    with pytest.raises(BenchError, match="row 3: empty image reference"):
+        read_metadata(csv, ImageIndex(src), {})
+
+
+def test_two_files_deriving_one_image_id_are_named(tmp_path, src):
+    (src / "a").mkdir()
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / "a" / "x.png")
+    Image.fromarray(np.zeros((8, 8), np.uint8)).save(src / "a_x.png")
+    csv = tmp_path / "meta.csv"
+    csv.write_text("file,subject,t\na/x.png,s1,-3\na_x.png,s2,-1\n")
+    with pytest.raises(BenchError, match=r"different files give the same image id .*a/x.png, a_x.png -> 'a_x'") as err:
+        read_metadata(csv, ImageIndex(src), {})
+    assert "more than once" not in str(err.value)
+    csv.write_text("file,subject,t\na.png,s1,-3\nA.PNG,s1,-3\n")        # one file listed twice: as before
+    with pytest.raises(BenchError, match="lists image.s. a more than once"):
+        read_metadata(csv, ImageIndex(src), {})
