@@ -31,12 +31,15 @@ Per radiograph (bone-bright float image from bench.data.imageio.read_image):
      header (or ``--laterality``) gives is not the one the model finds when not told: a wrong tag
      mirrors the hand and moves every bone (a wrongly tagged test image of the run flipped 23 of 60
      decisions), so the result is marked low-confidence;
+   * ``both-hands``: the DICOM header's ImageLaterality (else Laterality) is B, both hands on one image:
+     one hand's bones cannot be cut from it (the import refuses such files), so the decision is
+     **withheld**;
    * ``looks-12-bit``: a 16-bit PNG/TIFF whose values all lie below 4096 (bench.data.imageio.looks_12_bit):
      likely 12-bit detector data, shown 16x too dark, on which the model still answers with confidence
      (a QA case: 0.64 and 0.71 "osteoporosis" where the same hand as a 16-bit image scored 0.44); rescale
      it (or import it with `bench data import`, which says so).
 
-   Status: ``withheld`` with too-few-bones; else ``low-confidence`` with low-confidence-segmentation,
+   Status: ``withheld`` with too-few-bones or both-hands; else ``low-confidence`` with low-confidence-segmentation,
    image-too-small, out-of-distribution, models-disagree, laterality-mismatch or looks-12-bit; else ``ok``. ``model_probabilities``
    holds each model's image probability (its bones' mean); ``probability_sd`` their standard
    deviation (NaN with one model).
@@ -172,11 +175,12 @@ class Screening:
 def assess(bones: Sequence[BonePatch], shape: tuple[int, int], canvas: tuple[int, int], cfg: ScreenConfig,
            mean_entropy: float = float("nan"), reference_entropy: float | None = None,
            model_probabilities: Sequence[float] = (), threshold: float = 0.5,
-           sides: tuple[str, str] = ("", ""), twelve_bit: bool = False) -> tuple[list[str], list[str], str]:
+           sides: tuple[str, str] = ("", ""), twelve_bit: bool = False,
+           both_hands: bool = False) -> tuple[list[str], list[str], str]:
     """(flags, notes, status) of one radiograph from its bones, size and mean segmentation entropy
     (`reference_entropy`: the 99th percentile on the run's own images; None skips the check); `sides`:
     the side given and the side the segmenter found when not told ("" where there is none);
-    `twelve_bit`: the file looks like 12-bit data in a 16-bit container."""
+    `twelve_bit`: the file looks like 12-bit data in a 16-bit container; `both_hands`: the header says B."""
     flags: list[str] = []
     notes: list[str] = []
     usable = [b for b in bones if not b.missing]
@@ -218,7 +222,11 @@ def assess(bones: Sequence[BonePatch], shape: tuple[int, int], canvas: tuple[int
         flags.append("looks-12-bit")
         notes.append("a 16-bit file whose values all lie below 4096: likely 12-bit data, 16x too dark as read; "
                      "rescale it to the 16-bit range (x16) and screen it again")
-    if "too-few-bones" in flags:
+    if both_hands:
+        flags.append("both-hands")
+        notes.append("the header's laterality is B (both hands on one image): one hand's bones cannot be cut "
+                     "from it; decision withheld (export each hand as its own image)")
+    if {"too-few-bones", "both-hands"} & set(flags):
         status = "withheld"
     elif {"low-confidence-segmentation", "image-too-small", "out-of-distribution", "models-disagree",
           "laterality-mismatch", "looks-12-bit"} & set(flags):
@@ -226,6 +234,12 @@ def assess(bones: Sequence[BonePatch], shape: tuple[int, int], canvas: tuple[int
     else:
         status = "ok"
     return flags, notes, status
+
+
+def _header_side(rad: Any) -> str:
+    """The DICOM header's ImageLaterality, else Laterality, as written (upper case; "" without one)."""
+    header = getattr(rad, "header", None) or {}
+    return str(header.get("ImageLaterality") or header.get("Laterality") or "").strip().upper()
 
 
 def screen_radiographs(bundle: Any, radiographs: Sequence[Any], names: Sequence[str] | None = None, *,
@@ -260,7 +274,8 @@ def screen_radiographs(bundle: Any, radiographs: Sequence[Any], names: Sequence[
                                       reference, model_p if len(model_p) > 1 else (), threshold,
                                       (pred.laterality if pred.laterality_source == "given" else "",
                                        getattr(pred, "detected", "") or ""),
-                                      twelve_bit=isinstance(rad, Radiograph) and looks_12_bit(rad))
+                                      twelve_bit=isinstance(rad, Radiograph) and looks_12_bit(rad),
+                                      both_hands=_header_side(rad) == "B")
         used = [p_bone[b.bone] for b in bones if not b.missing]
         prob = float(np.mean(used)) if used else float("nan")
         prediction = None if status == "withheld" or not used else int(prob > threshold)

@@ -176,14 +176,33 @@ def voi_kind(ds) -> str | None:
 
 
 def dicom_spacing(ds) -> float | None:
-    """Row pixel spacing (mm): PixelSpacing, else ImagerPixelSpacing."""
+    """Row pixel spacing (mm): PixelSpacing, else ImagerPixelSpacing. Pixels are taken as square: a
+    column spacing more than 2 % away from the row spacing is warned about (bone lengths across the
+    columns are then off by that much)."""
     for key in ("PixelSpacing", "ImagerPixelSpacing"):
         value = ds.get(key)
         if value is not None:
+            pair = hasattr(value, "__len__") and not isinstance(value, str)
             try:
-                spacing = float(value[0] if hasattr(value, "__len__") and not isinstance(value, str) else value)
+                spacing = float(value[0] if pair else value)
             except (TypeError, ValueError, IndexError):
                 continue
             if spacing > 0 and np.isfinite(spacing):
+                _warn_anisotropic(key, spacing, value, pair, ds)
                 return spacing
     return None
+
+
+def _warn_anisotropic(key: str, row: float, value, pair: bool, ds) -> None:
+    import warnings
+
+    try:
+        column = float(value[1]) if pair and len(value) > 1 else row
+    except (TypeError, ValueError):
+        return
+    if column > 0 and abs(column / row - 1) > 0.02:
+        source = getattr(ds, "filename", None) or "a DICOM file"
+        warnings.warn(f"{source}: {key} {row:g} x {column:g} mm is not square; osteobench takes pixels as square "
+                      f"and uses the row spacing {row:g} mm (sizes across the columns are off by "
+                      f"{abs(column / row - 1):.0%}); resample the image to square pixels if that matters",
+                      stacklevel=3)

@@ -306,6 +306,8 @@ def test_flags_withhold_or_lower_confidence_as_documented():
     assert (flags, status) == (["laterality-mismatch"], "low-confidence") and "tagged as a left hand" in notes[0]
     flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, twelve_bit=True)
     assert (flags, status) == (["looks-12-bit"], "low-confidence") and "below 4096" in notes[0]
+    flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, both_hands=True)
+    assert (flags, status) == (["both-hands"], "withheld") and "laterality is B" in notes[0]
     with pytest.raises(BenchError, match="min_bones"):
         ScreenConfig.from_dict({}, min_bones=9)
 
@@ -337,8 +339,9 @@ def test_evaluate_gives_each_image_the_manifests_side(run, bundle):
     assert images["laterality"].tolist() == [sides[i] for i in images["image_id"]]
 
 
-def test_twelve_bit_data_in_a_16_bit_file_is_flagged(run, bundle, tmp_path):
-    """The QA case: a 16-bit PNG holding 12-bit values reads 16x too dark; its answer is low-confidence."""
+def test_twelve_bit_data_and_both_hands_are_flagged(run, bundle, tmp_path):
+    """QA cases: a 16-bit PNG holding 12-bit values reads 16x too dark (low-confidence); a DICOM whose
+    laterality is B holds both hands (withheld)."""
     from bench.data.imageio import write_png16
 
     image_id = run["cls"].manifest["image_id"].iloc[0]
@@ -349,6 +352,9 @@ def test_twelve_bit_data_in_a_16_bit_file_is_flagged(run, bundle, tmp_path):
     flagged, plain = bundle.predict([dark, rad], ["dark", "plain"], screen=PERMISSIVE)
     assert "looks-12-bit" in flagged.flags and flagged.status == "low-confidence"
     assert "looks-12-bit" not in plain.flags
+    rad.header["ImageLaterality"] = "B"                                   # both hands on one image (DICOM)
+    both = bundle.predict([rad], ["both"], screen=PERMISSIVE)[0]
+    assert "both-hands" in both.flags and both.status == "withheld" and both.prediction is None
 
 
 def test_withheld_results_carry_no_decision(run, bundle):

@@ -90,7 +90,8 @@ def test_dicom_monochrome2_window_exact(tmp_path):
     stored = np.array([[1000, 1536, 1537, 2048], [2559, 2560, 4095, 0]])
     make_dicom(tmp_path / "w.dcm", stored, WindowCenter=2048, WindowWidth=1024,
                PixelSpacing=[0.1, 0.12])
-    rad = read_image(tmp_path / "w.dcm")
+    with pytest.warns(UserWarning, match=r"PixelSpacing 0.1 x 0.12 mm is not square; .* off by 20%"):
+        rad = read_image(tmp_path / "w.dcm")
     # LINEAR window (PS3.3 C.11.2.1.2.1): y = ((x - (c - .5)) / (w - 1) + .5), clipped to [0, 1]
     expected = np.clip((stored - 2047.5) / 1023 + 0.5, 0, 1)
     np.testing.assert_allclose(rad.pixels, expected, atol=1e-6)
