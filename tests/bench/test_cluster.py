@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import threading
 import time
 from pathlib import Path
@@ -34,12 +33,6 @@ CLUSTER_ENTRIES = "OSTEOBENCH_TEST_CLUSTER_ENTRIES"    # set for Ray workers: im
 @pytest.fixture(autouse=True)
 def toy_registered():
     registry.load_entries(["toy_entries"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _runner(root: Path, data: Path, **kw) -> Runner:

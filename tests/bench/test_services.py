@@ -12,7 +12,6 @@ import json
 import os
 import pwd
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -25,6 +24,7 @@ import pytest
 
 from bench import registry, results as store
 from bench.cli import main
+from net import free_port
 from bench.errors import BenchError
 
 TINY_SEG = ["segmentation.levels=3", "segmentation.base_width=4", "segmentation.max_width=16",
@@ -35,12 +35,6 @@ TINY_SEG = ["segmentation.levels=3", "segmentation.base_width=4", "segmentation.
 @pytest.fixture(autouse=True)
 def toy_registered():
     registry.load_entries(["toy_entries"])
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 # --------------------------------------------------------------------------- MLflow server

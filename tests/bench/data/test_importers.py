@@ -6,8 +6,6 @@ import pandas as pd
 import pytest
 import tifffile
 from PIL import Image
-from pydicom.dataset import Dataset as DicomDataset, FileMetaDataset
-from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
 from bench import BenchError
 from bench.cli import main
@@ -16,23 +14,7 @@ from bench.data.format import Dataset, read_manifest
 from bench.data.imageio import read_image
 from bench.data.importers import ImportConfig, import_dataset, read_metadata, ImageIndex
 from bench.data.splits import assign_splits
-
-
-def write_dicom(path, stored: np.ndarray, **attrs) -> None:
-    meta = FileMetaDataset()
-    meta.MediaStorageSOPClassUID = "1.2.840.10008.5.1.4.1.1.1.1"
-    meta.MediaStorageSOPInstanceUID = generate_uid()
-    meta.TransferSyntaxUID = ExplicitVRLittleEndian
-    ds = DicomDataset()
-    ds.file_meta = meta
-    ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
-    ds.Rows, ds.Columns = stored.shape
-    ds.SamplesPerPixel, ds.BitsAllocated, ds.BitsStored, ds.HighBit = 1, 16, 12, 11
-    ds.PixelRepresentation = 0
-    for key, value in attrs.items():
-        setattr(ds, key, value)
-    ds.PixelData = stored.astype(np.uint16).tobytes()
-    ds.save_as(path, enforce_file_format=True)
+from dicom_samples import make_dicom as write_dicom
 
 
 def square(shape=(24, 32), bone=0.9, tissue=0.2) -> np.ndarray:
