@@ -171,7 +171,7 @@ def resolve(profile: str = "smoke", *, config_files: Iterable[str | Path] = (),
         raise BenchError(f"unknown profile {profile!r}; choose one of {', '.join(PROFILES)}")
     layers: list[tuple[str, dict[str, Any]]] = []
     for path in config_files:
-        layers.append((f"config file {path}", load_config_file(path)))
+        layers.append((f"config file {path}", load_config_file(path, profile)))
     user_sets = parse_sets(sets)
     if user_sets:
         layers.append(("--set", user_sets))
@@ -208,8 +208,30 @@ def parse_sets(sets: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
     return out
 
 
-def load_config_file(path: str | Path) -> dict[str, Any]:
-    """Read a YAML or JSON overlay: nested ``{section: {key: value}}`` or flat dotted keys."""
+_PROFILE_WARNED: set[tuple[str, str]] = set()
+
+
+def _unique_keys_loader() -> type:
+    """A yaml SafeLoader refusing a key given twice in one mapping (plain YAML keeps the last silently)."""
+    import yaml
+
+    class UniqueKeys(yaml.SafeLoader):
+        def construct_mapping(self, node: Any, deep: bool = False) -> dict:
+            seen: set = set()
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=deep)
+                if key in seen:
+                    raise yaml.constructor.ConstructorError(None, None, f"the key {key!r} is given twice",
+                                                            key_node.start_mark)
+                seen.add(key)
+            return super().construct_mapping(node, deep=deep)
+    return UniqueKeys
+
+
+def load_config_file(path: str | Path, profile: str | None = None) -> dict[str, Any]:
+    """Read a YAML or JSON overlay: nested ``{section: {key: value}}`` or flat dotted keys; an option
+    given twice (in one mapping, or nested and dotted) is an error. A ``profile`` key (a saved
+    config.json has one) does not choose the profile: one other than `profile` is warned about."""
     import yaml
 
     path = Path(path)
@@ -225,7 +247,7 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise BenchError(f"cannot read config file {path}: {exc.strerror or exc}") from exc
     try:
-        data = yaml.safe_load(text) or {}
+        data = yaml.load(text, Loader=_unique_keys_loader()) or {}
     except yaml.YAMLError as exc:
         raise BenchError(f"config file {path} is not valid YAML/JSON: {exc}") from exc
     if not isinstance(data, dict):
@@ -233,12 +255,17 @@ def load_config_file(path: str | Path) -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key == "profile":
+            if profile is not None and value != profile and (str(path), profile) not in _PROFILE_WARNED:
+                _PROFILE_WARNED.add((str(path), profile))          # once per file, however often resolved
+                warnings.warn(f"config file {path} says profile {value!r}; the run's profile is {profile!r} "
+                              "(--profile chooses it; the file's options apply on top)", stacklevel=2)
             continue
-        if isinstance(value, dict):
-            for sub, v in value.items():
-                flat[f"{key}.{sub}"] = v
-        else:
-            flat[str(key)] = value
+        items = ([(f"{key}.{sub}", v) for sub, v in value.items()] if isinstance(value, dict)
+                 else [(str(key), value)])
+        for dotted, v in items:
+            if dotted in flat:
+                raise BenchError(f"config file {path} gives {dotted} twice (nested and as a dotted key); keep one")
+            flat[dotted] = v
     return flat
 
 

@@ -72,6 +72,10 @@ def stage_dirs(run: Path, run_config: dict[str, Any]) -> dict[str, Path]:
     """The cache folders of the run's segment, extract, pretrain and probe stages."""
     stages = run_config.get("stages") or {}
     entry = run_config.get("entry", run.parent.name)
+    if run_config.get("kind") == "external":          # `bench evaluate` wrote it: no model of its own
+        bundle = (run_config.get("bundle") or {}).get("path", "its bundle")
+        raise BenchError(f"{run} is an external evaluation (`bench evaluate` of {bundle}), not a training run; "
+                         "it holds no model: use that bundle, or export the run it came from")
     lacking = [s for s in REQUIRED_STAGES if s not in stages]
     if lacking:
         ran = ", ".join(stages) or "none"

@@ -282,9 +282,11 @@ def _write(cfg: ImportConfig, index: ImageIndex, rows: pd.DataFrame, missing: li
                 "rescale the files to the 16-bit range (values x 16) and import them again")
         unknown = [rec["file"] for rec in keep if rec.get(SUBJECT_FROM) == "header"]
         if unknown:
-            raise BenchError(f"the CSV has no subject id column and {len(unknown)} image(s) have no DICOM "
-                             f"PatientID to take it from ({', '.join(unknown[:5])}); add a subject column "
-                             "(--column subject_id=COLUMN), or --column subject_id= for one subject per image")
+            why = ("DICOM headers are ignored (--ignore-dicom-tags), so" if not cfg.dicom_tags
+                   else "no DICOM PatientID gives one:")
+            raise BenchError(f"the CSV has no subject id column and {why} {len(unknown)} image(s) have no subject "
+                             f"({', '.join(unknown[:5])}); add a subject column (--column subject_id=COLUMN), or "
+                             "--column subject_id= for one subject per image")
         if from_header.filled.get("subject_id"):   # subjects from PatientID: the CSV's check saw none of them
             warnings += label_conflicts(pd.DataFrame(keep))
         manifest = pd.DataFrame(keep).drop(columns=["file", SUBJECT_FROM])

@@ -86,6 +86,17 @@ def test_yaml_type_errors_and_unknown_profile(tmp_path):
         config.resolve("smoke", config_files=[tmp_path / "missing.yaml"])
     with pytest.raises(BenchError, match="is a folder"):
         config.resolve("smoke", config_files=[tmp_path])
+    twice = tmp_path / "twice.yaml"
+    twice.write_text("toysec:\n  epochs: 1\n  epochs: 2\n")            # plain YAML would keep 2 silently
+    with pytest.raises(BenchError, match="the key 'epochs' is given twice"):
+        config.resolve("smoke", config_files=[twice])
+    twice.write_text("toysec:\n  epochs: 1\ntoysec.epochs: 2\n")
+    with pytest.raises(BenchError, match="gives toysec.epochs twice"):
+        config.resolve("smoke", config_files=[twice])
+    saved = tmp_path / "saved.yaml"                                   # e.g. a run's config.json
+    saved.write_text("profile: paper\ntoysec:\n  epochs: 3\n")
+    with pytest.warns(UserWarning, match="says profile 'paper'; the run's profile is 'smoke'"):
+        assert config.resolve("smoke", config_files=[saved]).toysec.epochs == 3
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00toysec")
     with pytest.raises(BenchError, match="not UTF-8 text"):

@@ -152,3 +152,6 @@ def test_evaluate_warns_when_the_cohort_is_the_bundles_own_training_data(cohort,
     assert "is the `cls` dataset the bundle was trained on" in capsys.readouterr().err
     assert main([*base, "--name", "b", "--split", "test"]) == 0                  # its held-out split: no warning
     assert "trained on" not in capsys.readouterr().err
+    evaluation = tmp_path / "results" / "a" / "simclr" / "seed0"                # holds no model to export
+    assert main(["export", str(evaluation), "--out", str(tmp_path / "x.osteo")]) == 2
+    assert "is an external evaluation (`bench evaluate`" in capsys.readouterr().err

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from bench.errors import BenchError
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
@@ -24,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     from bench.data.format import Dataset
     from methods.segmentation.agreement import dataset_agreement
 
+    if args.n is not None and args.n < 1:
+        raise BenchError(f"--n {args.n}: give a number of images >= 1 (or leave --n out for all)")
     table = dataset_agreement(Dataset.open(args.dir), split=args.split, limit=args.n)
     print(table.round(3).to_string())
     out = args.out or Path(args.dir) / "agreement.csv"

@@ -79,6 +79,9 @@ def run(args: argparse.Namespace) -> int:
             weights[name] = float(value)
         except ValueError as exc:
             raise BenchError(f"--weight {spec!r}: {value!r} is not a number") from exc
+    if not coco and (args.class_map or weights):
+        given = " and ".join(o for o, on in (("--class-map", args.class_map), ("--weight", weights)) if on)
+        raise BenchError(f"{given} belong to a COCO import (bone masks); give the exports with --coco FILE.json")
     cfg = ImportConfig(images=images, out=args.out, csv=args.csv, columns=columns, coco=coco,
                        class_map=args.class_map, weights=weights, copy=args.copy,
                        skip_bad=args.skip_bad, split_seed=args.split_seed,

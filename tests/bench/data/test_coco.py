@@ -253,6 +253,16 @@ def test_bad_geometry_names_file_image_and_annotation(images, tmp_path, capsys, 
     assert "annotation 2" in err and "Traceback" not in err and not (tmp_path / "ds").exists()
 
 
+def test_coco_options_without_coco_are_refused(images, tmp_path, capsys):
+    (tmp_path / "meta.csv").write_text("file,subject,label\n")
+    for extra, named in ((["--class-map", str(tmp_path / "map.yaml")], "--class-map"), (["--weight", "a=2"], "--weight")):
+        assert main(["data", "import", str(images), "--csv", str(tmp_path / "meta.csv"), "--out",
+                     str(tmp_path / "ds"), *extra]) == 2
+        err = capsys.readouterr().err
+        assert f"{named} belong to a COCO import" in err and "Traceback" not in err
+    assert not (tmp_path / "ds").exists()
+
+
 def test_coco_file_with_a_byte_order_mark(images, tmp_path):
     f = _one_annotation(tmp_path, rect(5, 5, 9, 9))
     f.write_bytes(b"\xef\xbb\xbf" + f.read_bytes())

@@ -71,7 +71,7 @@ def test_import_fills_empty_fields_from_headers_and_keeps_the_csv(tmp_path):
     assert "filled from DICOM headers" in text and "subject_id of 4 image(s)" in text and "age of 4" in text
     assert "disagree (the CSV is kept): sex in 1 image(s) (c.dcm)" in text       # names the images
 
-    with pytest.raises(BenchError, match="no DICOM PatientID"):      # no subject column, tags ignored
+    with pytest.raises(BenchError, match=r"DICOM headers are ignored \(--ignore-dicom-tags\), so 4 image"):
         import_dataset(ImportConfig(images=src, csv=csv, out=tmp_path / "plain", dicom_tags=False))
     plain = import_dataset(ImportConfig(images=src, csv=csv, out=tmp_path / "plain", dicom_tags=False,
                                         columns={"subject_id": None}))   # one subject per image, said explicitly

@@ -143,7 +143,7 @@ def test_label_words_and_column_mapping(folder, tmp_path):
     rows, missing, warnings, _, _ = read_metadata(csv, ImageIndex(src), cfg["columns"])
     assert rows["label"].tolist() == [1, 0, 1] and rows["age"].tolist() == [60, 61, 62]
     assert not missing and any("different labels" in w for w in warnings)
-    with pytest.raises(BenchError, match="no subject id column and 3 image.s. have no DICOM PatientID"):
+    with pytest.raises(BenchError, match="no subject id column and no DICOM PatientID gives one: 3 image.s. have no"):
         import_dataset(ImportConfig(images=src, csv=csv, columns={"image": "pic"}, out=tmp_path / "nosub"))
     assert not (tmp_path / "nosub").exists()                                  # nothing half-written
     with pytest.raises(BenchError, match="'nope'.*not in the CSV"):

@@ -53,3 +53,5 @@ def test_phantom_consensus_beats_a_single_annotator_and_cli_writes_csv(tmp_path,
                                   check_exact=False, rtol=1e-9)
     assert main(["data", "agreement", str(root), "--split", "nosuchsplit"]) == 2
     assert "no image of split nosuchsplit" in capsys.readouterr().err
+    assert main(["data", "agreement", str(root), "--n", "0"]) == 2
+    assert "--n 0: give a number of images >= 1" in capsys.readouterr().err
