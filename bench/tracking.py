@@ -272,6 +272,16 @@ class Tracker:
                          run_name=f"{entry}/seed{int(seed)}")
         return parent, run.info.run_id, True
 
+    def interrupted(self) -> None:
+        """Mark KILLED the parent runs this tracker opened that are still RUNNING (Ctrl-C or SIGTERM):
+        entries the interrupted command had not finished; a rerun sets them FINISHED or FAILED."""
+        if not self.enabled:
+            return
+        with self._locked():
+            for run_id in self._entries.values():
+                if self._call("get_run", run_id).info.status == "RUNNING":
+                    self._call("set_terminated", run_id, "KILLED")
+
     def _refresh_parent(self, suite: str, parent: str) -> None:
         """Parent status: FAILED while the latest attempt of some (seed, config) failed."""
         children = self._search(self.experiment_id(suite), {TAG_TYPE: "seed", TAG_PARENT: parent},

@@ -120,6 +120,10 @@ def run_command(args: argparse.Namespace) -> int:
         for runner, done in zip(runners, run_together(runners, names, seeds)):   # Ray: every fold at once
             print_summary(done, Path(args.results) / runner.suite)
             outcomes += done
+    except KeyboardInterrupt:                  # Ctrl-C or SIGTERM: no entry left RUNNING in MLflow
+        if tracker is not None:
+            tracker.interrupted()
+        raise
     finally:
         executor.close()
     if args.folds is not None:

@@ -307,3 +307,16 @@ def test_processes_share_one_store(tmp_path):
             assert len(parent.client.get_metric_history(kid.info.run_id, "pretrain/loss")) == 3
     with sqlite3.connect(results / "mlflow.db") as conn:
         assert conn.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+
+
+def test_an_interrupted_command_leaves_no_entry_running(tmp_path):
+    """Ctrl-C or SIGTERM: the parents it opened and did not finish are KILLED; a finished one stays so."""
+    tracker = Tracker(tmp_path)
+    done = tracker.entry_run("s", "a")
+    tracker.log_seed_run("s", "a", 0, params=_params("a", 0), metrics=_metrics(0), history=_history(0),
+                         config_hash="h")
+    never = tracker.entry_run("s", "b")                     # an entry the command did not reach
+    assert tracker.client.get_run(never).info.status == "RUNNING"
+    tracker.interrupted()
+    assert tracker.client.get_run(never).info.status == "KILLED"
+    assert tracker.client.get_run(done).info.status == "FINISHED"
