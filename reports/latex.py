@@ -7,6 +7,7 @@ differences (Δ columns) are printed in math mode with an explicit sign, as ``$-
 from __future__ import annotations
 
 import math
+import re
 
 _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}",
@@ -39,6 +40,11 @@ def fmt(value: float, digits: int) -> str:
         return "--"
     text = f"{value:.{digits}f}"
     return f"{0.0:.{digits}f}" if float(text) == 0.0 else text
+
+
+def real_minus(text: str) -> str:
+    """A cell's numbers with a real minus sign: ``-0.24`` → ``$-$0.24`` (a hyphen otherwise)."""
+    return re.sub(r"(?<![\w$])-(?=\d)", "$-$", text)
 
 
 def displayed(value: float, digits: int) -> float:

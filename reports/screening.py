@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import pandas as pd
 
 from reports.index import TableItem
-from reports.latex import escape
+from reports.latex import escape, fmt, real_minus
 
 #: (metric key of bench.metrics, column header)
 COLUMNS: tuple[tuple[str, str], ...] = (
@@ -29,8 +29,8 @@ KEY = "screening"
 def _cell(mean: float, std: float, n: int, digits: int) -> str:
     if n == 0 or not math.isfinite(mean):
         return "–"
-    spread = "" if n < 2 or not math.isfinite(std) else f" ± {std:.{digits}f}"
-    return f"{mean:.{digits}f}{spread}"
+    spread = "" if n < 2 or not math.isfinite(std) else f" ± {fmt(std, digits)}"
+    return f"{fmt(mean, digits)}{spread}"
 
 
 def screening_frame(summary: pd.DataFrame, entries: Sequence[str], split: str, digits: int = 2) -> pd.DataFrame:
@@ -55,7 +55,8 @@ def _latex(frame: pd.DataFrame, caption: str, label: Callable[[str], str]) -> st
              rf"\caption{{{escape(caption)}}}", rf"\label{{tab:{KEY}}}", r"\resizebox{\linewidth}{!}{%",
              rf"\begin{{tabular}}{{{cols}}}", r"\toprule", " & ".join(["Model", *map(escape, frame.columns)]) + r" \\",
              r"\midrule"]
-    lines += [" & ".join([escape(label(e)), *(escape(v) for v in frame.loc[e])]) + r" \\" for e in frame.index]
+    lines += [" & ".join([escape(label(e)), *(real_minus(escape(v)) for v in frame.loc[e])]) + r" \\"
+              for e in frame.index]
     lines += [r"\bottomrule", r"\end{tabular}}", r"\end{table}", ""]
     return "\n".join(lines)
 

@@ -30,3 +30,17 @@ def test_one_seed_has_no_spread_and_other_splits_are_left_out():
     frame = screening_frame(summarise(metrics), ["a", "b"], "test", digits=3)
     assert list(frame.index) == ["a"]
     assert frame.loc["a", "AUC"] == "0.812" and frame.loc["a", "Brier"] == "0.200" and frame.loc["a", "NPV"] == "–"
+
+
+def test_negative_cells_get_a_real_minus_in_latex_and_no_negative_zero():
+    from reports.screening import _latex
+
+    metrics = pd.DataFrame({"entry": ["a"] * 3, "seed": [0, 1, 0], "split": ["test"] * 3,
+                            "metric": ["calibration_intercept", "calibration_intercept", "auc"],
+                            "value": [-0.3, -0.2, -0.0001 + 0.5]})
+    frame = screening_frame(summarise(metrics), ["a"], "test", digits=2)
+    assert frame.loc["a", "Cal. int."] == "-0.25 ± 0.07"                  # plain text for Markdown and CSV
+    assert frame.loc["a", "AUC"] == "0.50"
+    tex = _latex(frame, "c", str)
+    assert r"$-$0.25 $\pm$ 0.07" in tex and " -0.25" not in tex
+    assert screening_frame(summarise(metrics.assign(value=-0.001)), ["a"], "test").loc["a", "AUC"] == "0.00"
