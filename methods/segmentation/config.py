@@ -143,8 +143,10 @@ class SegmentationConfig:
         """Raise BenchError naming the first bad option."""
         checks = [
             (self.model in MODELS, f"segmentation.model must be one of {', '.join(MODELS)}"),
-            (self.lr > 0 and self.weight_decay >= 0 and 0 <= self.min_lr <= self.lr and 0 < self.lr_factor < 1,
-             "segmentation.lr must be > 0, weight_decay >= 0, min_lr in [0, lr] and lr_factor in (0, 1)"),
+            (self.lr >= 0 and self.weight_decay >= 0 and self.min_lr >= 0 and (self.lr == 0 or self.min_lr <= self.lr)
+             and 0 < self.lr_factor < 1,
+             "segmentation.lr must be >= 0 (0 freezes the weights), weight_decay >= 0, min_lr in [0, lr] and "
+             "lr_factor in (0, 1)"),
             (self.head in HEADS, f"segmentation.head must be one of {', '.join(HEADS)}"),
             (self.gamma_schedule in GAMMA_SCHEDULES,
              f"segmentation.gamma_schedule must be one of {', '.join(GAMMA_SCHEDULES)}"),

@@ -66,12 +66,13 @@ def test_bad_overrides_name_the_key(item, needle):
         config.resolve("smoke", sets=[item])
 
 
-@pytest.mark.parametrize("item", ["segmentation.lr=-1", "segmentation.lr=0", "segmentation.min_lr=1",
+@pytest.mark.parametrize("item", ["segmentation.lr=-1", "segmentation.min_lr=1",
                                   "segmentation.weight_decay=-0.1", "segmentation.lr_factor=1"])
 def test_segmentation_schedule_values_are_checked(item):
     import methods.segmentation.config  # noqa: F401  (registers the section)
 
-    with pytest.raises(BenchError, match=re.escape("segmentation.lr must be > 0, weight_decay >= 0, min_lr in [0, lr]")):
+    with pytest.raises(BenchError, match=re.escape("segmentation.lr must be >= 0 (0 freezes the weights), "
+                                                   "weight_decay >= 0, min_lr in [0, lr]")):
         config.resolve("smoke", sets=[item])
 
 
