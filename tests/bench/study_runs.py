@@ -1,4 +1,4 @@
-"""MLflow checks shared by the multi-worker tuning tests (importable as `study_runs`)."""
+"""Optuna journal and MLflow checks shared by the tuning tests (importable as `study_runs`)."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -14,3 +14,11 @@ def assert_one_study_run(results: Path, trials: int) -> None:
     assert len(parents) == 1                                            # one study run for all workers
     children = client.search_runs([exp.experiment_id], f"tags.`mlflow.parentRunId` = '{parents[0].info.run_id}'")
     assert sorted(int(r.data.tags["osteobench.optuna_trial"]) for r in children) == list(range(trials))
+
+
+def journal(path: Path | str):
+    """The Optuna journal storage of a study's journal file."""
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    return JournalStorage(JournalFileBackend(str(path)))

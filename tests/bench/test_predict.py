@@ -1,5 +1,6 @@
 """`bench export` / `bench predict` (issue 10): round trip against a smoke run, DICOM polarity and
-orientation, bad inputs and bad bundles, the flag logic.
+orientation, bad inputs and bad bundles, the flags on real predictions (the flag logic alone, the
+option and output checks: test_predict_checks).
 
 One tiny smoke run of the full method (simclr) per module (`stage_runs.TINY_FULL_METHOD`), its
 label maps from 3 latent draws per expert.
@@ -21,12 +22,10 @@ from bench.cli import main
 from bench.data.format import BONES, Dataset
 from bench.data.imageio import read_image
 from bench.errors import BenchError
-from bench.predict import run_predictions
 from bench.runner import Runner
-from methods.bones import BonePatch
 from methods.bundle import load_bundle
 from methods.export import export_bundle
-from methods.screen import ScreenConfig, assess
+from methods.screen import ScreenConfig
 from stage_runs import TINY_FULL_METHOD
 
 SETS = [*TINY_FULL_METHOD, "segmentation.predict_draws=3"]
@@ -270,48 +269,6 @@ def test_incompatible_or_damaged_bundles_are_refused(run, tmp_path, capsys):
         newer.patch_config
 
 
-def _bone(name: str, missing: bool = False, confidence: float = 0.9, reason: str = "") -> BonePatch:
-    return BonePatch(name, BONES[name], None, missing=missing, reason=reason if missing else "",
-                     bbox=None if missing else (0, 0, 10, 10), confidence=confidence)
-
-
-def test_flags_withhold_or_lower_confidence_as_documented():
-    cfg = ScreenConfig()                      # min_bones 4, min_confidence 0.6, min_side_fraction 0.5
-    canvas = (512, 384)
-    whole = [_bone(b) for b in BONES]
-    assert assess(whole, (2000, 1500), canvas, cfg) == ([], [], "ok")
-    three = [_bone(b, missing=i >= 3, reason="absent") for i, b in enumerate(BONES)]
-    flags, notes, status = assess(three, (2000, 1500), canvas, cfg)
-    assert status == "withheld" and flags == ["missing-bones", "too-few-bones"]
-    assert "M2 (absent)" in notes[0] and "3 usable bone(s) < 4" in notes[1]
-    none = [_bone(b, missing=True, reason="absent") for b in BONES]
-    assert assess(none, (2000, 1500), canvas, cfg)[0] == ["missing-bones", "too-few-bones", "no-bones"]
-    vague = [_bone(b, confidence=0.4) for b in BONES]
-    assert assess(vague, (2000, 1500), canvas, cfg)[::2] == (["low-confidence-segmentation"], "low-confidence")
-    flags, notes, status = assess(whole, (150, 400), canvas, cfg)   # 150 < 0.5 * 384
-    assert (flags, status) == (["image-too-small"], "low-confidence") and "150 px < 192 px" in notes[0]
-    five = [_bone(b, missing=i == 0, reason="cut") for i, b in enumerate(BONES)]
-    assert assess(five, (2000, 1500), canvas, cfg)[::2] == (["missing-bones"], "ok")
-    ref = 0.04                                # the run's 99th percentile of the mean entropy
-    assert assess(whole, (2000, 1500), canvas, cfg, 0.0499, ref) == ([], [], "ok")        # < 1.25 × 0.04
-    flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, 0.0501, ref)
-    assert (flags, status) == (["out-of-distribution"], "low-confidence") and "0.0501 nats > 1.25 × 0.0400" in notes[0]
-    assert assess(whole, (2000, 1500), canvas, cfg, model_probabilities=[0.55, 0.9], threshold=0.5) == ([], [], "ok")
-    flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, model_probabilities=[0.45, 0.9], threshold=0.5)
-    assert (flags, status) == (["models-disagree"], "low-confidence") and "0.450, 0.900 around the threshold 0.5" in notes[0]
-    assert assess(whole, (2000, 1500), canvas, cfg, model_probabilities=[0.45, 0.9], threshold=0.4)[2] == "ok"
-    assert assess(whole, (2000, 1500), canvas, cfg, sides=("L", "L")) == ([], [], "ok")
-    assert assess(whole, (2000, 1500), canvas, cfg, sides=("", "R")) == ([], [], "ok")     # detected, not given
-    flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, sides=("L", "R"))
-    assert (flags, status) == (["laterality-mismatch"], "low-confidence") and "tagged as a left hand" in notes[0]
-    flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, twelve_bit=True)
-    assert (flags, status) == (["looks-12-bit"], "low-confidence") and "below 4096" in notes[0]
-    flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, both_hands=True)
-    assert (flags, status) == (["both-hands"], "withheld") and "laterality is B" in notes[0]
-    with pytest.raises(BenchError, match="min_bones"):
-        ScreenConfig.from_dict({}, min_bones=9)
-
-
 def test_a_side_that_the_model_contradicts_is_flagged(run, bundle):
     dataset = run["cls"]
     ids = dataset.manifest["image_id"].tolist()
@@ -385,16 +342,6 @@ def test_an_image_more_uncertain_than_the_runs_own_is_flagged_out_of_distributio
         == [f for f in res.flags if f != "out-of-distribution"]
 
 
-def test_a_run_on_oracle_patches_cannot_be_exported(tmp_path):
-    """simclr with patches.source=truth ran no segment stage: the export says why and what to do."""
-    from methods.export import stage_dirs
-
-    run_dir = tmp_path / "results" / "s" / "simclr" / "seed0"
-    config = {"entry": "simclr", "stages": {"extract": "a", "pretrain": "b", "probe": "c"}}
-    with pytest.raises(BenchError, match="no segment stage.*it ran extract, pretrain, probe.*patches.source=predicted"):
-        stage_dirs(run_dir, config)
-
-
 def test_evaluate_seg_scores_the_bundles_segmenter_as_the_runs(run, tmp_path, capsys):
     """`bench evaluate-seg` on the exported bundle and on the run folder: the same segmenter and draws,
     so the same scores on the run's `seg` dataset."""
@@ -409,48 +356,3 @@ def test_evaluate_seg_scores_the_bundles_segmenter_as_the_runs(run, tmp_path, ca
     capsys.readouterr()
     bundle, folder = ({k: v for k, v in s.items() if k != "segmenter"} for s in summaries.values())
     assert bundle == folder and bundle["n_images"] == 4 and bundle["dice_truth"]["mean"] > 0
-
-
-@pytest.mark.parametrize("spacing", ["-1", "0", "nan"])
-def test_non_positive_pixel_spacing_is_refused_before_anything_runs(tmp_path, capsys, spacing):
-    from bench.data.imageio import write_png16
-
-    write_png16(tmp_path / "a.png", np.zeros((8, 8)))
-    code = main(["predict", str(tmp_path / "no-bundle.osteo"), str(tmp_path / "a.png"), "--out",
-                 str(tmp_path / "out"), "--pixel-spacing", spacing, "--device", "cpu"])
-    err = capsys.readouterr().err
-    assert code == 2 and "--pixel-spacing must be a positive number" in err and "Traceback" not in err
-    assert not (tmp_path / "out").exists()
-    with pytest.raises(BenchError, match="--pixel-spacing"):
-        run_predictions(object(), [tmp_path / "a.png"], tmp_path / "out", pixel_spacing_mm=float(spacing))
-
-
-def test_unwritable_out_names_the_folder(tmp_path):
-    (tmp_path / "afile").write_text("in the way")
-
-    class Nothing:
-        def describe(self) -> dict:
-            return {}
-
-    with pytest.raises(BenchError, match=r"cannot write .*afile/out: cannot create files in .*afile"):
-        run_predictions(Nothing(), [], tmp_path / "afile" / "out")
-
-
-def test_out_is_replaced_whole_and_only_when_it_holds_an_earlier_prediction(tmp_path):
-    """A rerun into the same --out leaves no overlay of the earlier run; a folder of other files is refused."""
-    class Nothing:
-        def describe(self) -> dict:
-            return {}
-
-    out = tmp_path / "out"
-    (out / "overlays").mkdir(parents=True)
-    (out / "overlays" / "stale.png").write_bytes(b"old")
-    (out / "predictions.json").write_text("{}")
-    run_predictions(Nothing(), [], out)
-    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "predictions.json"]   # stale overlay gone
-    mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "scan.dcm").write_bytes(b"data")
-    with pytest.raises(BenchError, match="already holds other files"):
-        run_predictions(Nothing(), [], mine)
-    assert (mine / "scan.dcm").read_bytes() == b"data" and not list(tmp_path.glob(".*tmp-*"))
