@@ -19,6 +19,7 @@ import json
 import math
 import re
 import shutil
+import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
@@ -78,6 +79,11 @@ def is_complete(results: Path, suite: str, entry: str, seed: int) -> bool:
     """Whether the run folder exists and holds config.json, metrics.json and predictions.parquet."""
     d = run_dir(results, suite, entry, seed)
     return all((d / f).is_file() for f in RUN_FILES)
+
+
+def is_run_folder_name(name: str) -> bool:
+    """Whether `name` is a run folder's (``seed<k>``) or a failure marker's (``seed<k>.failed``)."""
+    return bool(_SEED_DIR.match(name) or _FAILED_DIR.match(name))
 
 
 def _check_name(what: str, name: Any) -> None:
@@ -256,10 +262,12 @@ def read_run(path: Path) -> RunResult:
 
 
 def list_runs(results: Path, suite: str | None = None) -> pd.DataFrame:
-    """Every run under ``results`` (or one suite): suite, entry, seed, status (complete|failed), path.
+    """Every run under ``results`` (or one suite): suite, entry, seed, status, path.
 
-    A seed whose latest attempt failed is ``failed`` (path: the ``.failed`` folder) even when an
-    earlier complete run remains. Temporary folders of interrupted writes are ignored.
+    status: ``complete``; ``failed`` when the seed's latest attempt failed (path: the ``.failed``
+    folder), even when an earlier complete run remains; ``incomplete`` for a ``seed<k>`` folder that
+    lacks one of the run files (runs are written atomically, so it was damaged or partly copied).
+    Temporary folders of interrupted writes are ignored.
     """
     results = Path(results)
     if not results.is_dir():
@@ -274,8 +282,9 @@ def list_runs(results: Path, suite: str | None = None) -> pd.DataFrame:
             seeds: dict[int, tuple[str, Path]] = {}
             for d in sorted((results / s / entry).iterdir()):
                 ok, failed = _SEED_DIR.match(d.name), _FAILED_DIR.match(d.name)
-                if ok and all((d / f).is_file() for f in RUN_FILES):
-                    seeds.setdefault(int(ok.group(1)), ("complete", d))
+                if ok and d.is_dir():
+                    status = "complete" if all((d / f).is_file() for f in RUN_FILES) else "incomplete"
+                    seeds.setdefault(int(ok.group(1)), (status, d))
                 elif failed and d.is_dir():
                     seeds[int(failed.group(1))] = ("failed", d)
             rows += [(s, entry, k, status, p) for k, (status, p) in seeds.items()]
@@ -301,7 +310,12 @@ def _suite_dirs(results: Path) -> list[str]:
 
 
 def complete_runs(results: Path, suite: str, entries: Sequence[str] | None) -> list[Path]:
-    """Folders of the complete runs of `suite` (restricted to `entries`), ordered by entry then seed."""
+    """Folders of the complete runs of `suite` (restricted to `entries`), ordered by entry then seed.
+
+    The rule of :func:`list_runs`: a seed whose latest attempt failed, or whose folder lacks a run
+    file, is left out with a warning naming it (so a mean over seeds never silently drops one, and
+    an earlier run is not reported as the latest).
+    """
     results = Path(results)
     _check_name("suite", suite)
     if not (results / suite).is_dir():
@@ -315,15 +329,39 @@ def complete_runs(results: Path, suite: str, entries: Sequence[str] | None) -> l
         if unknown:
             raise BenchError(f"entries {unknown} have no results in {results / suite}; entries there: "
                              f"{_entry_dirs(results / suite)}")
-    paths = []
-    for entry in (available if entries is None else list(dict.fromkeys(entries))):
-        seeds = []
-        for d in (results / suite / entry).iterdir():
-            m = _SEED_DIR.match(d.name)
-            if m and all((d / f).is_file() for f in RUN_FILES):
-                seeds.append((int(m.group(1)), d))
-        paths += [d for _, d in sorted(seeds)]
-    return paths
+    wanted = available if entries is None else list(dict.fromkeys(entries))
+    runs = list_runs(results, suite)
+    runs = runs[runs["entry"].isin(wanted)]
+    for message in _skip_messages(runs):
+        if message not in _SKIPS_SAID:              # once a process (a report loads a suite several times)
+            _SKIPS_SAID.add(message)
+            warnings.warn(message)
+    done = runs[runs["status"] == "complete"]
+    return [Path(p) for _, _, p in sorted(zip(done["entry"].map(wanted.index), done["seed"], done["path"]))]
+
+
+_SKIPS_SAID: set[str] = set()
+
+
+def skipped_runs(results: Path, suite: str, entries: Sequence[str] | None = None) -> list[str]:
+    """Why each seed of `suite` (restricted to `entries`) that :func:`complete_runs` leaves out is left out."""
+    runs = list_runs(results, suite)
+    return _skip_messages(runs if entries is None else runs[runs["entry"].isin(list(entries))])
+
+
+def _skip_messages(runs: pd.DataFrame) -> list[str]:
+    return [skipped_run_message(r.entry, r.seed, r.status, Path(r.path))
+            for r in runs[runs["status"] != "complete"].itertuples()]
+
+
+def skipped_run_message(entry: str, seed: int, status: str, path: Path) -> str:
+    """Why a seed is left out of shows, comparisons and reports, and what to do about it."""
+    if status == "failed":
+        return (f"{entry} seed {seed} is left out: its latest attempt failed (see {path / TRACEBACK_FILE}); "
+                "rerun it, or delete that .failed folder to use an earlier complete run")
+    missing = [f for f in RUN_FILES if not (path / f).is_file()]
+    return (f"{entry} seed {seed} is left out: {path} lacks {', '.join(missing)} (damaged or partly "
+            "copied); delete the folder and rerun the seed")
 
 
 def load_metrics(results: Path, suite: str, entries: Sequence[str] | None = None) -> pd.DataFrame:

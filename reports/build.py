@@ -105,6 +105,7 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
     if best:
         page.notes.append(f"Best full-method entry: `{best}` (highest mean {cfg.best_split} {cfg.best_metric}); "
                           "Table 6 compares with it and Table 8 shows it as \"Ours\".")
+    page.notes += [f"{m}." for m in store.skipped_runs(results, suite, entries)]
     if not tests.available:
         page.notes.append("bench.stats was not available: tables carry no significance markers.")
     folds = sorted({s for s in metrics["split"] if re.fullmatch(r"fold\d+", s)})

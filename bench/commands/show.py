@@ -20,7 +20,8 @@ SHOWN = ["precision", "recall", "f1", "auc", "accuracy", "macro_f1"]
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("show", help="show a run, an entry, a suite or a results folder")
     p.add_argument("path", type=Path, help="results/<suite>[/<entry>[/seed<k>]] or the results folder")
-    p.add_argument("--split", default="test", help="split to summarise (default: test)")
+    p.add_argument("--split", default=None,
+                   help="split to show (default: every split of a run; test for an entry, a suite and --by)")
     p.add_argument("--metrics", nargs="+", default=None, metavar="M",
                    help=f"metrics to show (default: {' '.join(SHOWN)}); any of bench.metrics.METRIC_KEYS, e.g. "
                    "specificity npv average_precision brier sens_at_spec90 spec_at_sens90")
@@ -49,6 +50,9 @@ def show_command(args: argparse.Namespace) -> int:
     shown = chosen_metrics(args.metrics)
     if not path.exists():
         raise BenchError(f"{path} does not exist; give a folder under your results folder")
+    if not path.is_dir():
+        raise BenchError(f"{path} is a file; give a folder: results/<suite>[/<entry>[/seed<k>]] or the results folder")
+    split = args.split or "test"
     for option, value in (("--by", args.by), ("--operating-point", args.operating_point)):
         if value is not None and not (path / "metrics.json").is_file():
             raise BenchError(f"{option} needs a run folder (results/<suite>/<entry>/seed<k>); {path} is not one")
@@ -60,9 +64,9 @@ def show_command(args: argparse.Namespace) -> int:
         if args.by is not None:
             from bench.subgroups import run_manifest, subgroup_table
 
-            table = subgroup_table(run.predictions, run_manifest(cfg, path), args.by, args.split,
+            table = subgroup_table(run.predictions, run_manifest(cfg, path), args.by, split,
                                    metrics=shown if args.metrics else None)
-            print(f"{cfg.get('entry')} seed {cfg.get('seed')} (suite {cfg.get('suite')}): {args.split} split by "
+            print(f"{cfg.get('entry')} seed {cfg.get('seed')} (suite {cfg.get('suite')}): {split} split by "
                   f"{args.by}")
             print(table.to_string(float_format=lambda v: f"{v:.3f}"))
             return 0
@@ -87,17 +91,24 @@ def show_command(args: argparse.Namespace) -> int:
         if "cv" in cfg:
             print(f"fold {cfg['cv']['fold']} of {cfg['cv']['folds']} (test split: {cfg['cv']['holds_out']})")
         table = pd.DataFrame({s: m for s, m in run.metrics.items() if s != "extra"}).T
+        first = [s for s in ("train", "val", "test") if s in table.index]
+        table = table.reindex(first + [s for s in table.index if s not in first])
+        if args.split is not None:
+            if args.split not in table.index:
+                raise BenchError(f"{path} has no split {args.split!r}; it has {', '.join(map(str, table.index))}")
+            table = table.loc[[args.split]]
         table = table.reindex(columns=[c for c in dict.fromkeys(shown + ["n", "n_pos"]) if c in table.columns]).round(4)
         table["auc 95% CI"] = [auc_interval(subset(run.predictions, s)) for s in table.index]
         print(table.to_string())
         if "extra" in run.metrics:
             print(f"extra: {json.dumps(run.metrics['extra'], sort_keys=True)}")
         return 0
-    if any(p.name.startswith("seed") and (p / "metrics.json").is_file() for p in path.iterdir()):
+    children = [q for q in path.iterdir() if q.is_dir()]
+    if any(store.is_run_folder_name(q.name) for q in children):                       # an entry
         return _show_frame(store.load_metrics(path.parent.parent, path.parent.name, [path.name]),
-                           args.split, by_seed=True, shown=shown)
-    if any(q.is_dir() and any(r.name.startswith("seed") for r in q.iterdir()) for q in path.iterdir() if q.is_dir()):
-        return _show_frame(store.load_metrics(path.parent, path.name), args.split, by_seed=False, shown=shown)
+                           split, by_seed=True, shown=shown)
+    if any(store.is_run_folder_name(r.name) for q in children for r in q.iterdir()):  # a suite
+        return _show_frame(store.load_metrics(path.parent, path.name), split, by_seed=False, shown=shown)
     runs = store.list_runs(path)
     if runs.empty:
         raise BenchError(f"{path} holds no runs; results folders look like results/<suite>/<entry>/seed<k>")

@@ -11,7 +11,9 @@ Conventions (statistics.md §2.3 and §2.6; pROC's ``boot.stratified=TRUE``, ``b
 * p-value: inversion of the percentile interval (the bootstrap sign proportion),
   ``p = min(1, 2·min(1 + #{Δ* ≤ 0}, 1 + #{Δ* ≥ 0}) / (B + 1))`` over the valid replicates;
   ``p < α`` exactly when 0 lies outside the (1 − α) interval (up to the +1). Identical
-  predictors give p = 1; the smallest attainable p is 2/(B + 1).
+  predictors give p = 1; the smallest attainable p is 2/(B + 1). A Δ* within ``TIE_TOLERANCE``
+  of zero counts as a tie (in both tails): means of the same seed values summed in another order
+  differ by ~1e-16, which must not decide a side.
 * Thresholded metrics use ``p_pos > threshold`` (strict, as ``bench.metrics``); precision and
   F1 follow scikit-learn's ``zero_division=0``.
 * Vectorised: replicate index matrices become per-case count matrices (``bincount``); AUC of a
@@ -35,6 +37,8 @@ from bench.errors import BenchError
 #: Metrics the bootstrap knows (positive label 1).
 BOOT_METRICS: tuple[str, ...] = ("auc", "f1", "accuracy", "precision", "recall", "specificity", "macro_f1")
 DEFAULT_METRICS: tuple[str, ...] = ("auc", "f1", "accuracy")
+#: |Δ*| at or below this (times max(1, |Δ*|max)) is a tie in the p-value's sign counts (module doc).
+TIE_TOLERANCE = 1e-12
 #: Bound on the size of one block of count matrices (replicates × cases), to bound memory.
 BLOCK_CELLS = 4_000_000
 
@@ -185,7 +189,8 @@ def summarise(metric: str, value_a: float, value_b: float, diffs: np.ndarray, al
         lo = hi = p = se = math.nan
     else:
         lo, hi = (float(q) for q in np.quantile(valid, [alpha / 2, 1 - alpha / 2]))
-        p = min(1.0, 2.0 * min(1 + np.sum(valid <= 0), 1 + np.sum(valid >= 0)) / (k + 1))
+        signed = np.where(np.abs(valid) <= TIE_TOLERANCE * max(1.0, float(np.abs(valid).max())), 0.0, valid)
+        p = min(1.0, 2.0 * min(1 + np.sum(signed <= 0), 1 + np.sum(signed >= 0)) / (k + 1))
         se = float(np.std(valid, ddof=1)) if k > 1 else math.nan
     return BootstrapResult(metric, float(value_a), float(value_b), float(value_a - value_b), lo, hi, float(p),
                            int(diffs.size), int(k), se, 1 - alpha, diffs)

@@ -283,3 +283,39 @@ def test_atomic_outputs_refuse_the_wrong_kind_of_path_and_name_the_current_folde
     with atomic.atomic_dir(".", overwrite=True) as tmp:
         (tmp / "new.txt").write_text("y")
     assert (tmp_path / "inner" / "new.txt").read_text() == "y" and not list(tmp_path.glob(".*tmp-*"))
+
+
+def test_damaged_and_failed_seeds_are_left_out_with_a_warning(tmp_path):
+    for seed in (0, 1, 2):
+        _write(tmp_path, "simclr", seed)
+    (tmp_path / "paper" / "simclr" / "seed1" / "metrics.json").unlink()        # a damaged copy
+    store.write_failure(tmp_path, "paper", "simclr", 2, "boom")                  # its latest attempt failed
+    runs = store.list_runs(tmp_path)
+    assert runs[["seed", "status"]].values.tolist() == [[0, "complete"], [1, "incomplete"], [2, "failed"]]
+    with pytest.warns(UserWarning) as caught:
+        tidy = store.load_metrics(tmp_path, "paper")
+    assert set(tidy["seed"]) == {0}
+    said = " | ".join(str(w.message) for w in caught)
+    assert "simclr seed 1 is left out" in said and "lacks metrics.json" in said
+    assert "simclr seed 2 is left out: its latest attempt failed" in said and "traceback.txt" in said
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        assert set(store.load_predictions(tmp_path, "paper")["seed"]) == {0}
+    assert not again                                            # said once a process
+
+
+def test_show_refuses_files_and_unknown_splits_and_says_why_an_entry_is_empty(tmp_path, capsys):
+    from bench.cli import main
+
+    run = _write(tmp_path, "simclr", 0)
+    assert main(["show", str(run / "metrics.json")]) == 2
+    assert "is a file" in capsys.readouterr().err
+    assert main(["show", str(run), "--split", "nosplit"]) == 2
+    assert "has no split 'nosplit'; it has train, val, test" in capsys.readouterr().err
+    assert main(["show", str(run), "--split", "val"]) == 0
+    rows = [line.split()[0] for line in capsys.readouterr().out.splitlines()[2:]]
+    assert rows[1:] == ["val"]                                  # the header, then the one split
+    store.write_failure(tmp_path, "paper", "swav", 0, "boom")
+    with pytest.warns(UserWarning, match="swav seed 0 is left out: its latest attempt failed"):
+        assert main(["show", str(tmp_path / "paper" / "swav")]) == 2
+    assert "no complete run here" in capsys.readouterr().err

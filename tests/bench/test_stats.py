@@ -229,6 +229,28 @@ def test_hierarchical_seed_level_distribution_by_hand():
     assert indep.replicates.std() > 0.3 and abs(indep.replicates.mean()) < 0.03 and indep.p_value == 1.0
 
 
+def test_hierarchical_ties_survive_summation_order():
+    """Entries sharing two seeds' predictions: a replicate that draws the same multiset of them for
+    both has Δ* = 0 in reals, but the float means differ in the last bit when summed in another
+    order (e.g. (0.1 + 0.7) + 0.2 vs (0.7 + 0.2) + 0.1). Such Δ* are ties, counted in both tails:
+    the p-value equals the sign proportion of the replicates rounded to 12 decimals."""
+    rng = np.random.default_rng(10)
+    y = np.r_[np.ones(9), np.zeros(11)]
+    subj = [f"s{i:02d}" for i in range(20)]
+    preds = [np.clip(0.3 * y + rng.uniform(0, 0.7, 20), 0, 1) for _ in range(3)]
+    worse = np.clip(0.1 * y + rng.uniform(0, 0.7, 20), 0, 1)
+    fa, fb = _frame([0, 1, 2], subj, y, preds), _frame([0, 1, 2], subj, y, [preds[2], preds[1], worse])
+    r = stats.hierarchical_bootstrap(fa, fb, metrics=("accuracy",), n_boot=2000, seed=3)["accuracy"]
+    d = r.replicates
+
+    def sign_p(x):
+        return min(1.0, 2 * min(1 + np.sum(x <= 0), 1 + np.sum(x >= 0)) / (x.size + 1))
+
+    assert ((d != 0) & (np.abs(d) < 1e-12)).sum() >= 5, "the case must hold float noise around zero"
+    assert r.p_value == pytest.approx(sign_p(np.round(d, 12)), abs=1e-15)
+    assert r.p_value > sign_p(d) + 0.005          # the noise alone would have moved it
+
+
 def test_hierarchical_unequal_seed_counts_and_errors():
     y, pa, pb = _toy(seed=3)
     subj = [f"s{i:03d}" for i in range(y.size)]

@@ -103,6 +103,19 @@ def test_unregistered_and_empty(tmp_path, registered):
     assert main(["report", "--suite", SUITE, "--results", str(results), "--entries", "nope", "--no-mlflow"]) == 2
 
 
+def test_seeds_left_out_are_said_in_the_report(tmp_path, registered):
+    from bench import results as store
+
+    results = write_suite(tmp_path / "results", ["rt_simclr", "rt_noseg_simclr"])
+    (results / SUITE / "rt_noseg_simclr" / "seed0" / "predictions.parquet").unlink()
+    store.write_failure(results, SUITE, "rt_simclr", 1, "boom")
+    with pytest.warns(UserWarning, match="left out"):
+        text = build_report(results, SUITE, n_boot=10, mlflow=False).read_text(encoding="utf-8")
+    assert "rt_noseg_simclr seed 0 is left out:" in text and "lacks predictions.parquet" in text
+    assert "rt_simclr seed 1 is left out: its latest attempt failed" in text
+    assert [line for line in text.splitlines() if line.startswith("| `rt_simclr`")][0].endswith("| 0 2 |")
+
+
 @pytest.mark.skipif(shutil.which("pdflatex") is None,
                     reason="pdflatex is not installed (Debian: texlive-latex-base texlive-latex-recommended)")
 def test_tables_tex_compiles(tmp_path, registered):
