@@ -31,7 +31,7 @@ from bench.errors import BenchError
 
 #: Version of the metric and aggregation code, in every run's key (bench.runner): bump it when a change
 #: alters a run's metrics or predictions, so that `bench run` recomputes finished runs (stages stay cached).
-METRICS_VERSION = 1
+METRICS_VERSION = 2   # 2: recall / specificity NaN without a positive / negative
 
 #: Per-bone probability columns of a subject table, in class-id order (ulna, radius, M1..M5).
 BONE_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in BONES)
@@ -183,7 +183,10 @@ def classification_metrics(y_true: Any, p_pos: Any, threshold: float = DECISION_
     ``y_pred = p_pos > threshold`` (strict, as the subject decision). Rows with NaN p_pos count in
     ``n_unscored``, rows with unknown y_true in ``n_unlabeled``; both are excluded from everything
     else. ``n``/``n_pos`` count the scored rows and their positives. Fewer than two classes →
-    ``auc`` NaN and a :class:`SingleClassWarning`; no scored row → every rate NaN.
+    ``auc`` NaN and a :class:`SingleClassWarning`; no scored row → every rate NaN. Recall
+    (sensitivity) without a positive and specificity without a negative are NaN (undefined, as in
+    bench.operating); precision, NPV and F1 follow scikit-learn's ``zero_division=0`` when nothing
+    is predicted in their class, so that model selection by macro-F1 always has a number.
     """
     if not (isinstance(threshold, (int, float)) and math.isfinite(threshold)):
         raise BenchError(f"threshold must be a finite number, got {threshold!r}")
@@ -212,6 +215,10 @@ def classification_metrics(y_true: Any, p_pos: Any, threshold: float = DECISION_
     out.update(precision=float(prec[1]), recall=float(rec[1]), f1=float(f1[1]),
                accuracy=float(accuracy_score(yt, yp)), macro_f1=float(np.mean(f1)),
                specificity=float(rec[0]), npv=float(prec[0]), brier=float(brier_score_loss(yt, ps, pos_label=1)))
+    if not (yt == 1).any():
+        out["recall"] = float("nan")
+    if not (yt == 0).any():
+        out["specificity"] = float("nan")
     if len(classes) == 2:
         out["auc"] = float(roc_auc_score(yt, ps))
         out["average_precision"] = float(average_precision_score(yt, ps))

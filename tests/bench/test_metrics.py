@@ -157,10 +157,12 @@ def test_single_class_gives_nan_auc_with_warning():
         m = classification_metrics([0, 0, 0], [0.2, 0.7, 0.1])
     assert math.isnan(m["auc"])
     assert m["accuracy"] == pytest.approx(2 / 3)
-    assert m["precision"] == 0.0 and m["recall"] == 0.0  # zero_division=0, never a crash
+    assert m["precision"] == 0.0 and m["f1"] == 0.0      # zero_division=0, never a crash
+    assert math.isnan(m["recall"]) and m["specificity"] == pytest.approx(2 / 3)   # no positive: undefined
     with pytest.warns(SingleClassWarning):
         m = classification_metrics([1, 1], [0.9, 0.2])
     assert math.isnan(m["auc"]) and m["recall"] == 0.5 and m["precision"] == 1.0
+    assert math.isnan(m["specificity"]) and m["npv"] == 0.0                       # no negative: undefined
 
 
 def test_no_scored_row_gives_nan_rates():
