@@ -47,6 +47,39 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class QuietWhenReaderGone:
+    """Standard output that goes quiet when its reader has gone (`bench compare A B | head -1`): the
+    command finishes its work and writes its files instead of dying of a BrokenPipeError."""
+
+    def __init__(self, stream):
+        self._stream, self._gone = stream, False
+
+    def write(self, text: str) -> int:
+        if not self._gone:
+            try:
+                return self._stream.write(text)
+            except BrokenPipeError:
+                self._reader_gone()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self._gone:
+            try:
+                self._stream.flush()
+            except BrokenPipeError:
+                self._reader_gone()
+
+    def _reader_gone(self) -> None:
+        self._gone = True
+        try:    # what is still buffered goes nowhere, also when the interpreter flushes it at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), self._stream.fileno())
+        except (OSError, ValueError, AttributeError):
+            pass
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
 class Terminated(KeyboardInterrupt):
     """SIGTERM (a batch scheduler's preemption, `kill`): unwound like Ctrl-C, so temporary outputs are
     removed and the resumable states stay for the rerun."""
@@ -81,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     main_thread = threading.current_thread() is threading.main_thread()   # signal handlers live there only
     previous = signal.signal(signal.SIGTERM, _terminate) if main_thread else None
+    stdout = sys.stdout
+    sys.stdout = QuietWhenReaderGone(stdout)
     try:
         code = args.func(args)
     except BenchError as exc:
@@ -93,6 +128,7 @@ def main(argv: list[str] | None = None) -> int:
         print("bench: interrupted; rerun the same command to resume", file=sys.stderr)
         return 130
     finally:
+        sys.stdout = stdout
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
     return int(code or 0)

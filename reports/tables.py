@@ -160,12 +160,20 @@ def _row(spec: TableSpec, entry: Entry, summary: pd.DataFrame,
 
 # --------------------------------------------------------------------------- emphasis
 def bold_rows(table: Table, metric: str, digits: int = 2) -> set[str]:
-    """Entries whose displayed mean ranks within the first ``bold_top`` of the column (ties share a rank)."""
+    """Entries whose displayed mean ranks within the first ``bold_top`` of the column (ties share a rank:
+    the number of higher values). Bold must single something out: where ties would bold every row,
+    only the highest value is bold, and nothing when every row shares it or the table has no more rows
+    than ``bold_top``."""
     shown = {r.entry: displayed(r.values[metric][0], digits) for r in table.rows}
     finite = {e: v for e, v in shown.items() if math.isfinite(v)}
-    if len(finite) <= table.spec.bold_top:  # bolding every row would single out nothing
+    if len(finite) <= table.spec.bold_top:  # "first and second" of two rows marks nothing
         return set()
-    return {e for e, v in finite.items() if sum(w > v for w in finite.values()) < table.spec.bold_top}
+    rank = {e: sum(w > v for w in finite.values()) for e, v in finite.items()}
+    for top in range(table.spec.bold_top, 0, -1):
+        chosen = {e for e, r in rank.items() if r < top}
+        if len(chosen) < len(finite):
+            return chosen
+    return set()
 
 
 def underlined_rows(table: Table, metric: str, digits: int = 2) -> set[str]:

@@ -1,9 +1,10 @@
 """`bench compare A B` / `bench compare A --all`: paired significance tests of entries' test predictions.
 
-Prints the table, writes ``<results>/<suite>/compare/<A>__<B>.{json,tex}`` (``<A>__all`` with
-``--all``; ``<A>__<B>__<split>`` for a split other than test, so one never overwrites another; atomic writes) and logs a run tagged ``osteobench.run_type=compare`` in the suite's
-MLflow experiment (a rerun with identical output reuses the earlier run). The statistics and
-their conventions are in :mod:`bench.stats.compare`.
+Writes ``<results>/<suite>/compare/<A>__<B>.{json,tex}`` (``<A>__all`` with ``--all``; the options
+that change the numbers, when not the defaults, are appended: :func:`output_suffix`; atomic writes),
+prints the table and logs a run tagged ``osteobench.run_type=compare`` in the suite's MLflow
+experiment (a rerun with identical output reuses the earlier run). The statistics and their
+conventions are in :mod:`bench.stats.compare`.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import argparse
 import hashlib
 import json
 import math
+import re
 import time
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import pandas as pd
 from bench.errors import BenchError
 
 COMPARE_DIR = "compare"
+DEFAULT_METRICS = ["auc", "f1", "accuracy"]
 TAG_A, TAG_B, TAG_DIGEST = "osteobench.compare.a", "osteobench.compare.b", "osteobench.compare.digest"
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
@@ -32,7 +35,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("b", metavar="B", nargs="?", default=None, help="entry to compare A with (omit with --all)")
     p.add_argument("--all", action="store_true", help="compare A with every other entry of the suite (Holm)")
     p.add_argument("--suite", default=None, help="suite (default: the one results folder holding the entries)")
-    p.add_argument("--metric", nargs="+", default=["auc", "f1", "accuracy"], metavar="METRIC",
+    p.add_argument("--metric", nargs="+", default=DEFAULT_METRICS, metavar="METRIC",
                    help="metrics: auc f1 accuracy precision recall specificity macro_f1 (default: auc f1 accuracy)")
     p.add_argument("--split", default="test", help="split whose predictions are compared (default: test)")
     p.add_argument("--seeds", nargs="+", type=int, default=None, help="restrict to these seeds (default: all; "
@@ -43,6 +46,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow URI (default: sqlite:///<results>/mlflow.db)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log the comparison to MLflow")
     p.set_defaults(func=compare_command)
+
+
+def output_suffix(args: argparse.Namespace) -> str:
+    """The options that change what is compared, when not the defaults, in the output name (so a
+    comparison of other metrics, seeds or split never silently replaces another): e.g.
+    ``__val__seeds-0-2__precision-recall``. The bootstrap's size and seed only change its precision:
+    a rerun with others replaces the output (they are recorded in its JSON)."""
+    parts = []
+    if args.split != "test":
+        parts.append(args.split)
+    if args.seeds:
+        parts.append("seeds-" + "-".join(str(s) for s in sorted(set(args.seeds))))
+    if list(args.metric) != DEFAULT_METRICS:
+        parts.append("-".join(dict.fromkeys(args.metric)))
+    return "".join(f"__{p}" for p in parts)
 
 
 def compare_command(args: argparse.Namespace) -> int:
@@ -61,11 +79,10 @@ def compare_command(args: argparse.Namespace) -> int:
     else:
         frame = stats.compare_entries(args.results, suite, args.a, args.b, **kw)
         name = f"{args.a}__{args.b}"
-    if args.split != "test":
-        name += f"__{args.split}"
-    print(format_table(frame))
+    name += output_suffix(args)
     paths = write_outputs(frame, Path(args.results) / suite / COMPARE_DIR, name, suite, args.a,
-                          None if args.all else args.b)
+                          None if args.all else args.b)            # written before printing (`| head` ends the output)
+    print(format_table(frame))
     for p in paths:
         print(f"wrote {p}")
     if not args.no_mlflow:
@@ -155,7 +172,7 @@ def to_latex(frame: pd.DataFrame, suite: str, a: str, b: str | None) -> str:
                     "and on the seed-ensemble (mean probability over seeds).")
     else:
         caption += " $p_\\mathrm{Holm}$: Holm-adjusted over the comparisons of A within each metric."
-    label = f"tab:compare:{a}:{b or 'all'}".replace("_", "-")
+    label = re.sub(r"[^A-Za-z0-9:.-]", "-", f"tab:compare:{a}:{b or 'all'}")    # no LaTeX specials in a label
     styler = disp.style.hide(axis="index")
     return styler.to_latex(hrules=True, column_format="ll" + "r" * (disp.shape[1] - 2), caption=caption,
                            label=label, position_float="centering")

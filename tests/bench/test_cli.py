@@ -55,3 +55,16 @@ def test_show_of_a_suite_without_complete_runs_says_so(tmp_path, capsys):
     (tmp_path / "s" / "e" / "seed0.failed").mkdir(parents=True)
     assert main(["show", str(tmp_path / "s")]) == 2
     assert "no complete run here" in capsys.readouterr().err
+
+
+def test_a_reader_that_goes_away_ends_the_output_not_the_command():
+    """`bench list --options | head -1`: the pipe closes before bench writes; no BrokenPipeError."""
+    import subprocess
+    import sys
+
+    child = subprocess.Popen([sys.executable, "-m", "bench.cli", "list", "--options"], stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE)
+    child.stdout.close()                                  # the reader is gone before bench has written
+    err = child.stderr.read().decode()
+    assert child.wait(timeout=120) == 0, err
+    assert "Traceback" not in err and "BrokenPipe" not in err, err

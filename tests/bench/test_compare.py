@@ -160,12 +160,17 @@ def test_cli_writes_json_and_latex_and_finds_the_suite(results, capsys):
                  "--split", "val"]) == 0                   # another split: its own files, the test ones kept
     assert json.loads((results / "s" / "compare" / "alpha__beta_v2__val.json").read_text())["method"]["split"] == "val"
     assert (results / "s" / "compare" / "alpha__beta_v2.json").read_text() == test_json
+    assert main(["compare", "alpha", "beta_v2", "--results", str(results), "--n-boot", "50", "--no-mlflow",
+                 "--metric", "precision", "--seeds", "1", "0"]) == 0       # other metrics and seeds: their own files
+    doc = json.loads((results / "s" / "compare" / "alpha__beta_v2__seeds-0-1__precision.json").read_text())
+    assert {r["metric"] for r in doc["rows"]} == {"precision"}
+    assert (results / "s" / "compare" / "alpha__beta_v2.json").read_text() == test_json
 
     assert main(["compare", "alpha", "--all", "--results", str(results), "--n-boot", "50", "--no-mlflow",
                  "--metric", "auc"]) == 0
-    doc = json.loads((results / "s" / "compare" / "alpha__all.json").read_text())
+    doc = json.loads((results / "s" / "compare" / "alpha__all__auc.json").read_text())
     assert {r["metric"] for r in doc["rows"]} == {"auc"} and "p_holm" in doc["rows"][0]
-    assert r"p_\mathrm{Holm}" in (results / "s" / "compare" / "alpha__all.tex").read_text()
+    assert r"p_\mathrm{Holm}" in (results / "s" / "compare" / "alpha__all__auc.tex").read_text()
 
 
 @pytest.mark.parametrize("argv,message", [

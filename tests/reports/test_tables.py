@@ -269,3 +269,16 @@ def test_rows_beyond_the_paper_tables_get_unique_labels(registered):
     label = unique_labels(["rt_simclr", "rt_noseg_simclr", "rt_deepdxa", "mystery"], registered)
     assert label("rt_simclr") == "SimCLR (rt_simclr)" and label("rt_noseg_simclr") == "SimCLR (rt_noseg_simclr)"
     assert label("rt_deepdxa") == registered["rt_deepdxa"].row and label("mystery") == "mystery"
+
+
+@pytest.mark.parametrize("column, bold", [
+    ([0.83, 0.67, 0.67, 0.67, 0.67], {0}),          # ties would bold every row: only the highest
+    ([0.67, 0.00, 0.00, 0.00, 0.00], {0}),
+    ([0.70, 0.70, 0.70, 0.70, 0.70], set()),        # all equal: nothing singled out
+    ([0.90, 0.80, 0.80, 0.70, 0.60], {0, 1, 2}),    # the second value shared: first and second
+    ([0.90, 0.80], set()),                          # no more rows than bold_top
+])
+def test_bold_singles_something_out(column, bold):
+    spec = tab.TableSpec("table8", "t", "c", metrics=("f1",), bold_top=2)
+    rows = [tab.Row(f"e{i}", f"e{i}", (), None, {"f1": (v, 0.0, 3)}) for i, v in enumerate(column)]
+    assert tab.bold_rows(tab.Table(spec, rows, "test", None), "f1") == {f"e{i}" for i in bold}
