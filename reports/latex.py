@@ -7,6 +7,7 @@ differences (Δ columns) are printed in math mode with an explicit sign, as ``$-
 from __future__ import annotations
 
 import math
+from decimal import ROUND_HALF_UP, Decimal
 import re
 
 _ESCAPES = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
@@ -35,10 +36,12 @@ def escape(text: object) -> str:
 
 
 def fmt(value: float, digits: int) -> str:
-    """``value`` with `digits` decimals; NaN → ``--``; negative zero → ``0.00``."""
+    """``value`` with `digits` decimals, halves rounded away from zero on its shortest decimal form
+    (0.625 → 0.63, 0.875 → 0.88, as a reader rounds; Python's format rounds exact binary halves to
+    even); NaN → ``--``; negative zero → ``0.00``."""
     if value is None or not math.isfinite(value):
         return "--"
-    text = f"{value:.{digits}f}"
+    text = f"{Decimal(repr(float(value))).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP):f}"
     return f"{0.0:.{digits}f}" if float(text) == 0.0 else text
 
 

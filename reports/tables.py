@@ -241,9 +241,12 @@ def caption(table: Table, tests: Significance | None, registry: Mapping[str, Ent
     pm, mark = ("$\\pm$", MARK_TEX) if tex else ("±", MARK_MD)
     seeds = sorted({r.values[m][2] for r in table.rows for m in spec.metrics if r.values[m][2] > 0})
     dash = "--" if tex else "–"
-    n = dash.join(str(s) for s in (seeds[0], seeds[-1])) if len(seeds) > 1 else (str(seeds[0]) if seeds else "0")
-    parts = [spec.caption if tex else spec.caption.replace("$\\Delta$", "Δ"),
-             f"Mean {pm} standard deviation (ddof=1) over {n} seed(s), {table.split} split."]
+    if seeds == [1]:
+        cells = f"One seed (no standard deviation), {table.split} split."
+    else:
+        n = dash.join(str(s) for s in (seeds[0], seeds[-1])) if len(seeds) > 1 else str(seeds[0] if seeds else 0)
+        cells = f"Mean {pm} standard deviation (ddof=1) over {n} seeds, {table.split} split."
+    parts = [spec.caption if tex else spec.caption.replace("$\\Delta$", "Δ"), cells]
     if any(bold_rows(table, m, digits) for m in spec.metrics):
         parts.append("The first and second highest values of each metric are in bold." if spec.bold_top == 2
                      else "The highest value of each metric is in bold.")
@@ -254,8 +257,8 @@ def caption(table: Table, tests: Significance | None, registry: Mapping[str, Ent
                    and not any(math.isfinite(d) for d in r.deltas.values())})
     if lost:
         names = ", ".join(escape(x) if tex else x for x in lost)
-        parts.append(f"{dash} in a $\\Delta$ column: its reference ({names}) has no results in this suite." if tex
-                     else f"{dash} in a Δ column: its reference ({names}) has no results in this suite.")
+        parts.append(f"-- in a $\\Delta$ column: its reference ({names}) has no results in this suite." if tex
+                     else f"-- in a Δ column: its reference ({names}) has no results in this suite.")
     if spec.reference == "best" and table.best:
         b = registry[table.best]
         name = escape(b.row or b.name) if tex else (b.row or b.name)
@@ -265,8 +268,10 @@ def caption(table: Table, tests: Significance | None, registry: Mapping[str, Ent
             parts.append("No significance test was run.")
         else:
             ref = "its full-method parent" if spec.reference == "parent" else "the best full-method entry"
+            below = f"$p < {tests.alpha:g}$" if tex else f"p < {tests.alpha:g}"
             parts.append(f"{mark}: differs from {ref} (paired hierarchical bootstrap over subjects and "
-                         f"seeds, B={tests.n_boot}, p < {tests.alpha:g} after Holm's correction over "
+                         f"seeds, B={tests.n_boot}; p: the two-sided bootstrap sign proportion, ties counted "
+                         f"on both sides; {below} after Holm's correction over "
                          f"{_families(tests.family_sizes(table.key))}).")
     return " ".join(parts)
 
@@ -274,6 +279,8 @@ def caption(table: Table, tests: Significance | None, registry: Mapping[str, Ent
 def _families(sizes: Mapping[str, int]) -> str:
     """The caption's words for Holm's families: one per metric column of the table."""
     counts = set(sizes.values())
+    if counts == {1}:
+        return "the one comparison of each metric in this table"
     if len(counts) == 1:
         return f"the {counts.pop()} comparisons of each metric in this table"
     each = ", ".join(f"{n} for {METRIC_HEADERS.get(m, m)}" for m, n in sizes.items())

@@ -141,7 +141,9 @@ def test_latex_escape_and_numbers():
         "rt\\_a \\& b 50\\% \\#1 \\{x\\} \\textasciitilde{}\\textasciicircum{}\\textbackslash{}"
     assert latex.escape("Ho et al. ¹⁰ – x") == "Ho et al. \\textsuperscript{1}\\textsuperscript{0} -- x"
     assert latex.fmt(-0.001, 2) == "0.00" and latex.signed(-0.004, 2) == "0.00"
-    assert latex.signed(0.034, 2) == "+0.03" and latex.signed(-0.125, 2) == "-0.12"  # half-even on binary
+    assert latex.signed(0.034, 2) == "+0.03" and latex.signed(-0.125, 2) == "-0.13"  # halves away from zero
+    assert [latex.fmt(v, 2) for v in (0.625, 0.875, 0.125, 0.115, 1 / 3)] == ["0.63", "0.88", "0.13", "0.12", "0.33"]
+    assert latex.fmt(0.1 + 0.2, 1) == "0.3" and latex.fmt(2.5, 0) == "3" and latex.fmt(12345.6789, 3) == "12345.679"
     assert latex.fmt(float("nan"), 2) == "--"
 
 
@@ -171,7 +173,7 @@ def test_single_seed_shows_mean_only(tmp_path, registered):
     _, _, tables = _build(tmp_path, registered, ["rt_simclr", "rt_supcon"], seeds=(0,))
     rows = _body_rows(tab.to_latex(tables["table3"], None, registered))
     assert _strip(rows[0][3]) == f"{METRICS['rt_simclr']['f1'][0]:.2f}"
-    assert "1 seed(s)" in tab.caption(tables["table3"], None, registered)
+    assert "One seed (no standard deviation), test split." in tab.caption(tables["table3"], None, registered)
 
 
 def test_markers_follow_holm_adjusted_p(tmp_path, registered):
