@@ -8,7 +8,7 @@ Convention (issue 7, "a significance marker from the paired tests against the fu
   and accuracy; ``delta`` is row − reference.
 * The two entries are paired on subjects; their seeds are resampled independently (the
   ``bench.stats`` default), as seed k of two entries is not one paired trial in general, and
-  their seed counts may differ. A subject not scored in every seed of both entries is left
+  their seed counts may differ (``n_seeds``, ``n_seeds_reference``). A subject not scored in every seed of both entries is left
   out of both (and counted in ``note``).
 * Holm's correction runs over the family of one table's comparisons of one metric (the rows of
   a metric column; statistics.md §2.5, as ``bench compare --all`` does per metric); a cell is
@@ -31,8 +31,8 @@ import pandas as pd
 from bench.errors import BenchError
 
 SIG_METRICS: tuple[str, ...] = ("f1", "auc", "accuracy")
-TEST_COLUMNS: tuple[str, ...] = ("table", "entry", "reference", "metric", "n_seeds", "n_subjects", "delta",
-                                 "ci_low", "ci_high", "p_value", "p_holm", "note")
+TEST_COLUMNS: tuple[str, ...] = ("table", "entry", "reference", "metric", "n_seeds", "n_seeds_reference",
+                                 "n_subjects", "delta", "ci_low", "ci_high", "p_value", "p_holm", "note")
 
 
 @dataclass
@@ -126,13 +126,15 @@ def run_tests(predictions: pd.DataFrame, pairs: Mapping[str, Sequence[tuple[str,
                 result = stats.hierarchical_bootstrap(fa, fb, metrics=tuple(metrics), n_boot=n_boot,
                                                       seed=pair_seed(seed, table, entry, reference))
             except (BenchError, ValueError) as exc:
-                rows += [{**base, "metric": m, "n_seeds": 0, "n_subjects": 0, "delta": math.nan,
+                rows += [{**base, "metric": m, "n_seeds": 0, "n_seeds_reference": 0, "n_subjects": 0,
+                          "delta": math.nan,
                           "ci_low": math.nan, "ci_high": math.nan, "p_value": math.nan,
                           "note": f"not tested: {exc}"} for m in metrics]
                 continue
             for m in metrics:
                 r = result[m]
-                rows.append({**base, "metric": m, "n_seeds": int(min(fa["seed"].nunique(), fb["seed"].nunique())),
+                rows.append({**base, "metric": m, "n_seeds": int(fa["seed"].nunique()),
+                             "n_seeds_reference": int(fb["seed"].nunique()),
                              "n_subjects": int(fa["subject_id"].nunique()),
                              "delta": float(r.delta), "ci_low": float(r.ci_low), "ci_high": float(r.ci_high),
                              "p_value": float(r.p_value), "note": note})
