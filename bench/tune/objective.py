@@ -104,12 +104,7 @@ class SegObjective:
         data = importlib.import_module("methods.segmentation.data")
         self.seed, self.device = seed, device
         seg = without_test(datasets["seg"])
-        cfg = base.segmentation
-        names = cfg.annotator_list
-        train_ids = seg.manifest.loc[seg.manifest["split"] == "train", "image_id"].astype(str).tolist()
-        canvas = data.choose_canvas(seg, train_ids, cfg.working_size, cfg.canvas_aspect)
-        self.train = data.load_split(seg, ["train"], canvas, device, names)
-        self.val = data.load_split(seg, ["val"], canvas, device, names, allow_empty=True)
+        _, self.train, self.val = data.training_splits(seg, base.segmentation, device)   # as the segment stage
         if not len(self.val):
             raise BenchError(f"the `seg` dataset {seg.root} has no annotated validation image; the seg "
                              "objective (validation GED) needs masks in its val split")

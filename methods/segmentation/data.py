@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Mapping, Sequence
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import numpy as np
 import torch
@@ -32,6 +32,9 @@ import torch.nn.functional as F
 from bench.data.format import Dataset
 from bench.errors import BenchError
 from methods.affine import affine_grid
+
+if TYPE_CHECKING:
+    from methods.segmentation.config import SegmentationConfig
 
 ASPECT_SAMPLE = 32   # training images read to choose the canvas aspect
 ALIGN = 8            # canvas columns are a multiple of this
@@ -179,6 +182,19 @@ def load_split(dataset: Dataset, splits: Sequence[str], canvas: tuple[int, int],
                    stack(betas, (m,), torch.float32).to(device), names, places, canvas,
                    torch.tensor(mirrored, dtype=torch.bool, device=device),
                    torch.tensor(flippable, dtype=torch.bool, device=device))
+
+
+def training_splits(seg: Dataset, cfg: "SegmentationConfig", device: torch.device | str = "cpu"
+                    ) -> tuple[tuple[int, int], SegData, SegData]:
+    """(canvas, train, val) as a segmentation training reads them: the canvas chosen on the train
+    images, the configured annotators and laterality. The one loader of the segment stage and of
+    `bench tune --target seg`, so a trial trains exactly as the stage does (val may be empty)."""
+    train_ids = seg.manifest.loc[seg.manifest["split"] == "train", "image_id"].astype(str).tolist()
+    canvas = choose_canvas(seg, train_ids, cfg.working_size, cfg.canvas_aspect)
+    kw = dict(annotators=cfg.annotator_list, canonical=cfg.canonical_laterality)
+    train = load_split(seg, ["train"], canvas, device, **kw)
+    val = load_split(seg, ["val"], canvas, device, allow_empty=True, **kw)
+    return canvas, train, val
 
 
 def one_hot(labels: torch.Tensor, classes: int, dtype: torch.dtype = torch.float32) -> torch.Tensor:

@@ -27,7 +27,7 @@ from bench.predict import json_safe
 from bench.registry import Stage
 from bench.stage import StageContext
 from methods.segmentation.config import SegmentationConfig  # importing it registers the section
-from methods.segmentation.data import choose_canvas, load_split, manifest_sides
+from methods.segmentation.data import manifest_sides, training_splits
 from methods.segmentation.eval_stage import SEGMENT_EVAL
 from methods.segmentation.predict import entropy_png, predict_many, save_model
 from methods.segmentation.train import train_segmentation
@@ -86,12 +86,7 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
     cfg: SegmentationConfig = ctx.config.segmentation
     cfg.validate()
     seg = ctx.datasets["seg"]
-    annotators = cfg.annotator_list
-    train_ids = seg.manifest.loc[seg.manifest["split"] == "train", "image_id"].astype(str).tolist()
-    canvas = choose_canvas(seg, train_ids, cfg.working_size, cfg.canvas_aspect)
-    canonical = cfg.canonical_laterality
-    train = load_split(seg, ["train"], canvas, ctx.device, annotators, canonical=canonical)
-    val = load_split(seg, ["val"], canvas, ctx.device, annotators, allow_empty=True, canonical=canonical)
+    canvas, train, val = training_splits(seg, cfg, ctx.device)
     try:
         result = train_segmentation(cfg, train, val if len(val) else None, seed=ctx.seed, device=ctx.device,
                                     log=ctx.log, progress=sys.stderr.isatty(), resume=ctx.resumer())

@@ -22,6 +22,7 @@ import numpy as np
 import optuna
 import pandas as pd
 import pytest
+import torch
 
 from bench import registry
 from bench.cli import main
@@ -242,6 +243,22 @@ def test_seg_objective_never_reads_the_test_split(phantoms, tmp_path):
     assert changed and value(tmp_path / "test_noise") == original
     _perturb(phantoms[0], tmp_path / "val_noise", "val", images=False)
     assert value(tmp_path / "val_noise") != original                  # the check can see a change
+
+
+def test_seg_objective_reads_the_data_as_the_segment_stage_does(phantoms, tmp_path):
+    """Canvas, annotators and laterality (left hands mirrored, only unknown sides flippable) as in
+    `bench run`'s segment stage, so the tuned γ/λ fit the training they will configure."""
+    from methods.segmentation.data import load_split
+
+    setup = Setup(TuneRequest(target="seg", trials=1, study="x", results=tmp_path / "r", data_seg=str(phantoms[0]),
+                              data_cls=str(phantoms[1]), sets=TINY, mlflow=False))
+    objective = setup.objective()
+    seg, cfg = Dataset.open(phantoms[0]), setup.config({}).segmentation
+    assert cfg.canonical_laterality
+    stage = load_split(seg, ["train"], objective.train.canvas, "cpu", cfg.annotator_list, canonical=True)
+    assert objective.train.image_ids == stage.image_ids and objective.train.mirrored.any()
+    assert torch.equal(objective.train.images, stage.images) and torch.equal(objective.train.flippable,
+                                                                              stage.flippable)
 
 
 def test_a_clearly_worse_trial_is_pruned(phantoms, tmp_path):
