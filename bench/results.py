@@ -121,8 +121,13 @@ def write_run(results: Path, suite: str, entry: str, seed: int, *, config: dict,
             dest = tmp / rel
             dest.parent.mkdir(parents=True, exist_ok=True)
             dest.write_bytes(data)
-    shutil.rmtree(failure_dir(results, suite, entry, seed), ignore_errors=True)
+    clear_failure(results, suite, entry, seed)
     return target
+
+
+def clear_failure(results: Path, suite: str, entry: str, seed: int) -> None:
+    """Remove the seed's failure marker: its latest attempt succeeded (written, or found done)."""
+    shutil.rmtree(failure_dir(results, suite, entry, seed), ignore_errors=True)
 
 
 def write_failure(results: Path, suite: str, entry: str, seed: int, traceback_text: str) -> Path:

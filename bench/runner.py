@@ -247,8 +247,10 @@ class Runner:
         return [(entry, seed) for entry in entries for seed in seeds]
 
     def skipped(self, planned: PlannedRun) -> Outcome:
-        """The outcome of a run whose results for the same run key exist already."""
+        """The outcome of a run whose results for the same run key exist already: this attempt
+        succeeded, so an earlier attempt's failure marker (another config) goes."""
         path = store.run_dir(self.results, self.suite, planned.entry.name, planned.seed)
+        store.clear_failure(self.results, self.suite, planned.entry.name, planned.seed)
         return Outcome(planned.entry.name, planned.seed, "skipped", 0.0, metrics=store.read_run(path).metrics,
                        run_key=planned.run_key or "", path=str(path), host=socket.gethostname(),
                        stage_keys={s.name: s.key for s in planned.stages if s.key},

@@ -7,7 +7,8 @@
   (``file:`` URI; a remote http/https/databricks server chooses its own).
 - Parent run per entry (``run_name = entry``, tag ``osteobench.run_type=entry``); child per seed
   (``<entry>/seed<k>``, tags ``osteobench.seed``, ``osteobench.config_hash``,
-  ``mlflow.parentRunId``). Parent status: FAILED while some seed's latest attempt failed.
+  ``mlflow.parentRunId``). Parent status: FAILED while some seed's latest attempt failed (a rerun
+  that reuses a finished run counts as an attempt).
 - Params, metrics, history and tags take MLflow's form in bench.tracking_values (``split_m``,
   ``<stage>/<metric>`` at ``step = epoch``, -1 = a stage's final value); URIs, the server check and
   the SQLite lock retries are bench.tracking_uri.
@@ -63,6 +64,7 @@ TAG_SEED = "osteobench.seed"
 TAG_HASH = "osteobench.config_hash"
 TAG_TYPE = "osteobench.run_type"          # "entry" (parent) or "seed" (child)
 TAG_PARENT = "mlflow.parentRunId"
+TAG_ATTEMPT = "osteobench.last_attempt_ms"   # a finished child reused by a rerun: when that attempt was
 
 
 class Tracker:
@@ -216,7 +218,9 @@ class Tracker:
             raise BenchError(f"artifacts to log do not exist: {missing}; write them before tracking the run")
         with self._locked():
             parent, run_id, fresh = self._start_child(suite, entry, seed, config_hash, tags, reuse=True)
-            if not fresh:
+            if not fresh:                   # a rerun of a finished run: its seed's latest attempt succeeded
+                self._call("set_tag", run_id, TAG_ATTEMPT, str(int(time.time() * 1000)))
+                self._refresh_parent(suite, parent)
                 return run_id
             try:
                 now = int(time.time() * 1000)
@@ -283,17 +287,21 @@ class Tracker:
                     self._call("set_terminated", run_id, "KILLED")
 
     def _refresh_parent(self, suite: str, parent: str) -> None:
-        """Parent status: FAILED while the latest attempt of some (seed, config) failed."""
+        """Parent status: FAILED while the latest attempt of some seed failed (as the results folder:
+        a seed holds one run). An attempt's time is its end, or when a rerun reused it (TAG_ATTEMPT)."""
         children = self._search(self.experiment_id(suite), {TAG_TYPE: "seed", TAG_PARENT: parent},
                                 order_by=["attributes.start_time ASC"])
-        latest: dict[tuple[str, str], Any] = {}
-        for run in children:
-            if run.info.status in ("FINISHED", "FAILED"):
-                latest[(run.data.tags.get(TAG_SEED, ""), run.data.tags.get(TAG_HASH, ""))] = run
+
+        def attempted(run: Any) -> int:
+            return max(int(run.data.tags.get(TAG_ATTEMPT, 0) or 0), run.info.end_time or run.info.start_time or 0)
+
+        latest: dict[str, Any] = {}
+        for run in sorted((r for r in children if r.info.status in ("FINISHED", "FAILED")), key=attempted):
+            latest[run.data.tags.get(TAG_SEED, "")] = run
         if not latest:
             return
         failed = any(r.info.status == "FAILED" for r in latest.values())
-        end = max((r.info.end_time or 0) for r in latest.values()) or None
+        end = max(attempted(r) for r in latest.values()) or None
         self._call("set_terminated", parent, "FAILED" if failed else "FINISHED", end_time=end)
 
     def log_once(self, suite: str, tags: Mapping[str, str], run_name: str, *, params: Mapping[str, Any],

@@ -40,9 +40,11 @@ def test_two_seeds_then_everything_cached(tmp_path, tiny_dataset, monkeypatch):
     assert m0["test"]["auc"] == out1[0].metrics["test"]["auc"]
     assert out1[0].metrics["extra"]["strength"] != out1[1].metrics["extra"]["strength"]  # seeds differ
 
+    marker = store.write_failure(tmp_path / "results", "t", "toy", 1, "an attempt with another config failed")
     out2 = _runner(tmp_path, tiny_dataset).run(["toy"], [0, 1])
     assert [o.status for o in out2] == ["skipped", "skipped"]
     assert len(_log(tmp_path)) == 4  # no stage ran again
+    assert not marker.exists()       # the latest attempt of seed 1 found its run done: not failed any more
     assert [json.dumps(o.metrics, sort_keys=True) for o in out2] == \
         [json.dumps(o.metrics, sort_keys=True) for o in out1]             # NaN-safe (a separated split's slope)
 

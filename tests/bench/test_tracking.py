@@ -203,6 +203,13 @@ def test_new_config_hash_interrupted_attempt_and_failure(logged):
     assert retry != failed and tracker.client.get_run(parent).info.status == "FINISHED"
     statuses = sorted(r.info.status for r in _children(tracker, suite, parent))
     assert statuses == ["FAILED", "FINISHED", "FINISHED", "FINISHED", "FINISHED", "KILLED"]
+    # Another config of seed 2 fails; rerunning the finished one (reused, not logged again) is the
+    # seed's latest attempt, and it succeeded.
+    tracker.log_failure(suite, "vicreg", 2, "boom", config_hash="h2")
+    assert tracker.client.get_run(parent).info.status == "FAILED"
+    assert tracker.log_seed_run(suite, "vicreg", 2, params={"a": 1}, metrics={"test_auc": 0.5},
+                                config_hash="h1") == retry
+    assert tracker.client.get_run(parent).info.status == "FINISHED"
 
 
 def test_bad_history_and_missing_artifact_raise(logged, tmp_path):
