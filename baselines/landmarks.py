@@ -29,9 +29,9 @@ import pandas as pd
 import torch
 
 from bench.config import register_section
-from bench.data.format import BONES
 from bench.errors import BenchError
 from baselines.axis import FOREARM, bone_axis
+from baselines.common import check_bone_names
 
 
 @dataclass
@@ -53,9 +53,7 @@ class LandmarkConfig:
     flips: bool = False                   # random horizontal flips (mixes the sides: off when canonical)
 
     def validate(self) -> None:
-        unknown = [b for b in self.bones if b not in BONES]
-        if unknown or not self.bones:
-            raise BenchError(f"landmarks.bones has unknown names {unknown}; use names of {list(BONES)}")
+        check_bone_names("landmarks.bones", self.bones)
         if self.mm_per_px <= 0 or self.sigma_mm <= 0:
             raise BenchError("landmarks.mm_per_px and landmarks.sigma_mm must be positive")
         if self.epochs < 1 or self.batch_size < 1 or not self.lr > 0:

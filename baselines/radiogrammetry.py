@@ -25,10 +25,10 @@ import numpy as np
 import pandas as pd
 
 from bench.config import register_section
-from bench.data.format import BONES
 from bench.errors import BenchError
 from bench.parallel import thread_map
 from bench.stage import StageContext
+from baselines.common import check_bone_names, check_c_grid
 from baselines.cortical import measure_bone
 from baselines.logistic import C_GRID, fit_logistic
 from methods.extract import label_source
@@ -52,9 +52,8 @@ class RadiogrammetryConfig:
     c_grid: tuple[float, ...] = C_GRID          # inverse regularisation strengths tried
 
     def validate(self) -> None:
-        unknown = [b for b in self.bones if b not in BONES]
-        if unknown or not self.bones:
-            raise BenchError(f"radiogrammetry.bones has unknown names {unknown}; use names of {list(BONES)}")
+        check_bone_names("radiogrammetry.bones", self.bones)
+        check_c_grid("radiogrammetry.c_grid", self.c_grid)
         if self.profiles < 1 or self.step_px <= 0 or self.window_mm < 0 or self.smooth_mm < 0:
             raise BenchError("radiogrammetry.profiles must be >= 1, step_px > 0, window_mm >= 0 and smooth_mm >= 0")
 

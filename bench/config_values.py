@@ -30,6 +30,8 @@ def coerce(value: Any, tp: Any, key: str, source: str = "") -> Any:
                 continue
         raise bad
     if origin is typing.Literal:
+        if isinstance(value, bool) and str(value).lower() in args:   # YAML reads `true` as a boolean
+            return str(value).lower()
         for choice in args:
             if value == choice or (isinstance(value, str) and str(choice) == value):
                 return choice

@@ -77,15 +77,18 @@ class ScreenConfig:
     check_laterality: bool = True     # a given side is checked against the side the model finds (segments twice)
 
     def validate(self) -> None:
+        """Each bound names the option as `bench predict` takes it (NaN fails every check: `not a <= x`)."""
         if not 1 <= self.min_bones <= len(BONES):
-            raise BenchError(f"min_bones must lie in 1..{len(BONES)}, got {self.min_bones}")
+            raise BenchError(f"--min-bones must lie in 1..{len(BONES)}, got {self.min_bones}")
         if not 0.0 <= self.min_confidence <= 1.0:
-            raise BenchError(f"min_confidence must lie in [0, 1], got {self.min_confidence}")
-        if self.min_side_fraction < 0.0 or self.ood_factor <= 0.0:
-            raise BenchError(f"min_side_fraction must be >= 0 and ood_factor > 0, got {self.min_side_fraction} "
-                             f"and {self.ood_factor}")
+            raise BenchError(f"--min-confidence must lie in [0, 1], got {self.min_confidence}")
+        if not 0.0 < self.ood_factor < math.inf:
+            raise BenchError(f"--ood-factor must be a finite number > 0, got {self.ood_factor}")
+        if not 0.0 <= self.min_side_fraction < math.inf:
+            raise BenchError(f"the screening option min_side_fraction must be a finite number >= 0, got "
+                             f"{self.min_side_fraction}")
         if self.threshold is not None and not 0.0 <= self.threshold <= 1.0:
-            raise BenchError(f"the decision threshold must lie in [0, 1], got {self.threshold}")
+            raise BenchError(f"--threshold (the decision threshold) must lie in [0, 1], got {self.threshold}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

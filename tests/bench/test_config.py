@@ -165,6 +165,11 @@ def test_baseline_training_options_are_validated(item, needle):
     ("wang.dropout=1", "wang.dropout = 1.0 must lie in [0, 1)"),
     ("tune.lam_low=0", "tune.lam_low = 0.0 and tune.lam_high = 100.0 must satisfy"),
     ("tune.schedules=plateau,warm", "unknown: warm"),
+    ("radiogrammetry.c_grid=", "radiogrammetry.c_grid is empty"),
+    ("radiogrammetry.c_grid=1,-2", "radiogrammetry.c_grid holds [-2.0]; every value must be a finite number > 0"),
+    ("radiogrammetry.bones=M2,M2", "radiogrammetry.bones names ['M2'] more than once"),
+    ("landmarks.bones=ulna,ulna", "landmarks.bones names ['ulna'] more than once"),
+    ("landmarks.bones=ulna,M9", "landmarks.bones has unknown names ['M9']"),
 ])
 def test_pretraining_probe_baseline_and_run_options_are_validated(item, needle):
     """Each bad value stops at resolve, naming its key, before a segmentation training runs for hours
@@ -175,6 +180,14 @@ def test_pretraining_probe_baseline_and_run_options_are_validated(item, needle):
     load_entries()
     with pytest.raises(BenchError, match=re.escape(needle)):
         config.resolve("smoke", sets=[item])
+
+
+@pytest.mark.parametrize("text, value", [("true", "true"), ("false", "false"), ("auto", "auto"), ("'true'", "true")])
+def test_yaml_booleans_take_the_choice_they_spell(tmp_path, text, value):
+    """`run: {deterministic: true}` in a file: YAML reads true as a boolean; the option's choice is 'true'."""
+    overlay = tmp_path / "det.yaml"
+    overlay.write_text(f"run:\n  deterministic: {text}\n")
+    assert config.resolve("smoke", config_files=[overlay]).run.deterministic == value
 
 
 def test_every_section_with_numeric_options_validates_them():

@@ -108,3 +108,15 @@ def test_out_is_replaced_whole_and_only_when_it_holds_an_earlier_prediction(tmp_
     with pytest.raises(BenchError, match="already holds other files"):
         run_predictions(Nothing(), [], mine)
     assert (mine / "scan.dcm").read_bytes() == b"data" and not list(tmp_path.glob(".*tmp-*"))
+
+
+@pytest.mark.parametrize("options, message", [
+    ({"ood_factor": float("nan")}, "--ood-factor must be a finite number > 0, got nan"),
+    ({"ood_factor": float("inf")}, "--ood-factor must be a finite number > 0"),
+    ({"ood_factor": -1.0}, "--ood-factor must be a finite number > 0, got -1.0"),
+    ({"min_confidence": float("nan")}, "--min-confidence must lie in"),
+    ({"threshold": float("nan")}, "--threshold"),
+])
+def test_screening_options_that_would_switch_a_check_off_are_refused(options, message):
+    with pytest.raises(BenchError, match=message.replace("[", "\\[")):
+        ScreenConfig(**options).validate()
