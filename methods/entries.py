@@ -33,7 +33,7 @@ PRETRAIN = Stage("pretrain", pretrain_stage, sections=PRETRAIN_SECTIONS, inputs=
                  splits=pretrain_splits)
 PRETRAIN_RAW = Stage("pretrain", pretrain_stage, sections=PRETRAIN_SECTIONS, inputs=("extract_raw",),
                      options={"patches": "extract_raw"}, datasets=("seg", "cls"), splits=pretrain_splits)
-PROBE_WHOLE = Stage("probe", probe_stage, sections=("probe", "multicrop", "patches", "run"), inputs=("pretrain",),
+PROBE_WHOLE = Stage("probe", probe_stage, sections=("probe", "multicrop", "patches.patch_size", "run"), inputs=("pretrain",),
                     options={"whole_image": True}, datasets=("cls",))
 FULL = (SEGMENT, EXTRACT, PRETRAIN, PROBE)
 

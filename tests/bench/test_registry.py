@@ -67,3 +67,19 @@ def test_stages_to_run_drop_what_no_later_stage_reads():
     wrong = Stage("cut", _noop, inputs=("seg",), needs=lambda c: ("segment",))
     with pytest.raises(ValueError, match="not among its inputs"):
         registry.stages_to_run(Entry("bad", "d", stages=(seg, wrong), kind="example"), SimpleNamespace())
+
+
+def test_whole_image_probe_is_keyed_by_the_patch_size_alone():
+    """The `noseg-*` probe reads patches.patch_size only: the contact sheet's figure_images must not
+    rerun it (the companion rule), a patch size must."""
+    from bench.config import resolve
+    from bench.stage import stage_key
+    from methods.entries import PROBE_WHOLE
+
+    def key(*sets: str) -> str:
+        config = resolve("smoke", sets=list(sets))
+        return stage_key(PROBE_WHOLE, config, 0, {"pretrain": "p"}, {"cls": "c"}, "cpu")[0]
+
+    base = key()
+    assert key("patches.figure_images=1") == base and key("patches.margin=0.3") == base
+    assert key("patches.patch_size=48") != base
