@@ -96,6 +96,7 @@ def read_meta(path: str | Path) -> tuple[dict[str, Any], dict[str, bytes]]:
                 raise BenchError(f"{path} is not an osteobench bundle (no {META}); create one with `bench export`")
             meta = json.loads(zf.read(META).decode("utf-8"))
             _check_format(path, meta)
+            _check_fields(path, meta)
             wanted = [SEGMENTATION] + list(dict.fromkeys(m for model in models_of(meta)
                                                          for m in (model["encoder"], model["head"])))
             lacking = [m for m in wanted if m not in names]
@@ -124,6 +125,28 @@ def _check_format(path: Path, meta: Any) -> None:
         raise BenchError(f"bundle {path} has format version {version!r} (written by osteobench {made_by}); this "
                          f"osteobench {__version__} reads format versions "
                          f"{', '.join(map(str, READABLE_VERSIONS))}: {hint}")
+
+
+#: The fields of bundle.json that loading and predicting read, with the type each must have.
+REQUIRED_FIELDS: tuple[tuple[str, type | tuple[type, ...]], ...] = (
+    ("source", dict), ("segmentation", dict), ("segmentation.spec", dict), ("encoder", dict),
+    ("encoder.name", str), ("encoder.input_size", int), ("patches", dict), ("decision", dict),
+    ("decision.threshold", (int, float)))
+
+
+def _check_fields(path: Path, meta: dict[str, Any]) -> None:
+    """Every field of :data:`REQUIRED_FIELDS` present with its type, and a threshold in [0, 1]; a
+    bundle edited by hand or damaged otherwise fails here with what is wrong, not deep in predict."""
+    for name, kind in REQUIRED_FIELDS:
+        value: Any = meta
+        for part in name.split("."):
+            value = value.get(part) if isinstance(value, dict) else None
+        if value is None or isinstance(value, bool) or not isinstance(value, kind):
+            what = "lacks" if value is None else f"has a {type(value).__name__} as"
+            raise BenchError(f"bundle {path} is damaged: its {META} {what} `{name}`; export it again")
+    if not 0.0 <= meta["decision"]["threshold"] <= 1.0:
+        raise BenchError(f"bundle {path} is damaged: its decision threshold {meta['decision']['threshold']} "
+                         "lies outside [0, 1]; export it again")
 
 
 def refit_hint(meta: dict[str, Any]) -> str:

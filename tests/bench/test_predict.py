@@ -245,6 +245,11 @@ def test_incompatible_or_damaged_bundles_are_refused(run, tmp_path, capsys):
         (_rezip(src, tmp_path / "other.osteo", meta_update={"format": "something"}), "not an osteobench bundle"),
         (_rezip(src, tmp_path / "lacks.osteo", drop="encoder.safetensors"), "lacks encoder.safetensors"),
         (_rezip(src, tmp_path / "bad.osteo", corrupt="head.safetensors"), "checksum"),
+        (_rezip(src, tmp_path / "nodec.osteo", meta_update={"decision": None}), "damaged: its bundle.json lacks `decision`"),
+        (_rezip(src, tmp_path / "nopat.osteo", meta_update={"patches": None}), "lacks `patches`"),
+        (_rezip(src, tmp_path / "thr.osteo", meta_update={"decision": {"threshold": "abc"}}),
+         "has a str as `decision.threshold`"),
+        (_rezip(src, tmp_path / "thr2.osteo", meta_update={"decision": {"threshold": 2}}), "outside \\[0, 1\\]"),
         (tmp_path / "missing.osteo", "does not exist"),
     ]
     (tmp_path / "text.osteo").write_text("hello")
