@@ -56,7 +56,8 @@ def tune_command(args: argparse.Namespace) -> int:
     summary = run_tune(req)
     t = summary["trials"]
     print(f"study {summary['study']} ({summary['objective']}): {t['total']} trials, {t['complete']} complete, "
-          f"{t['pruned']} pruned, {t['fail']} failed, {t['running']} running elsewhere")
+          f"{t['pruned']} pruned, {t['fail']} failed, {t['running']} running elsewhere"
+          + (f", {t['interrupted']} interrupted (not counted in --trials)" if t["interrupted"] else ""))
     best = summary["best"]
     out = args.results / "tune" / summary["study"]
     if best:

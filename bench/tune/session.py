@@ -295,7 +295,8 @@ def write_outputs(study: Any, setup: Setup, store: st.StudyStorage, session: int
     req, out = setup.req, setup.study_dir
     out.mkdir(parents=True, exist_ok=True)
     trials = study.get_trials(deepcopy=False)
-    counts = {s.name.lower(): sum(t.state == s for t in trials) for s in TrialState}
+    counts = {s.name.lower(): sum(t.state == s and not st.interrupted(t) for t in trials) for s in TrialState}
+    counts["interrupted"] = sum(st.interrupted(t) for t in trials)
     label = "validation GED" if req.target == "seg" else "validation score"
     files, notes = plots.draw_all(study, out, label)
     best = None

@@ -12,7 +12,8 @@ Never the MLflow database: both keep an ``alembic_version`` table and Optuna the
 
 Budget: ``--trials N`` is the study's total, counted over COMPLETE, PRUNED, FAIL and RUNNING trials
 (RUNNING so that concurrent workers do not overshoot, FAIL so that a failing objective cannot loop
-forever). A worker counts and asks for its next trial while holding the study lock, so workers
+forever), except interrupted trials (Ctrl-C, SIGTERM, a dead worker's): FAIL with the user attribute
+``tune.interrupted``, so a resumed study still runs N trials. A worker counts and asks for its next trial while holding the study lock, so workers
 never exceed N. The lock is ``fcntl`` on ``<storage file>.tune-lock`` for a journal or SQLite file,
 and a PostgreSQL session-level advisory lock (``pg_advisory_lock``, key :data:`ADVISORY_KEY`) for a
 ``postgresql://`` storage, which holds across machines (issue 11: ``bench tune --workers N`` and
@@ -22,7 +23,7 @@ lock: workers there may overshoot by at most (workers - 1) trials. Rerunning wit
 resumes the study and adds trials.
 
 Stale trials: JournalStorage has no heartbeat. Each trial records its worker (``host:pid``); when a
-session starts, RUNNING trials of dead processes of this machine are marked FAIL.
+session starts, RUNNING trials of dead processes of this machine are marked FAIL and interrupted.
 
 Sampler: ``TPESampler(seed=derive_seed(seed, "tune", session), multivariate=True, group=True,
 constant_liar=True, n_startup_trials=tune.startup_trials)``. ``session`` counts the processes that
@@ -69,6 +70,7 @@ IDENTITY = "tune.identity"
 SESSIONS = "tune.sessions"
 WORKER = "tune.worker"
 ERROR = "tune.error"
+INTERRUPTED = "tune.interrupted"        # a FAIL that is an interruption: not counted in the budget
 ADVISORY_KEY = 0x6F737465_74756E65    # "ostetune": the PostgreSQL advisory lock key (a bigint) of the budget
 STUDY_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
@@ -232,7 +234,8 @@ def join(study: Any, identity: dict[str, Any]) -> int:
         h, _, pid = who.rpartition(":")
         if h == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
-            print(f"tune: trial {t.number} of dead worker {who} marked FAIL", file=sys.stderr)
+            print(f"tune: trial {t.number} of dead worker {who} marked FAIL (interrupted: not counted in "
+                  "--trials)", file=sys.stderr)
     return session
 
 
@@ -266,8 +269,16 @@ def counted_states() -> tuple:
     return (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
 
 
+def interrupted(trial: Any) -> bool:
+    """A FAIL that is an interruption (module docstring: budget): marked so, or a FAIL without the
+    error an objective's failure always records (a dead worker's trial, failed when a session starts)."""
+    from optuna.trial import TrialState
+
+    return trial.state == TrialState.FAIL and (bool(trial.user_attrs.get(INTERRUPTED)) or ERROR not in trial.user_attrs)
+
+
 def budget_used(study: Any) -> int:
-    return len(study.get_trials(deepcopy=False, states=counted_states()))
+    return sum(not interrupted(t) for t in study.get_trials(deepcopy=False, states=counted_states()))
 
 
 def run_trials(study: Any, store: StudyStorage, n_trials: int, evaluate: Callable[[Any], Any], *,
@@ -301,6 +312,7 @@ def run_trials(study: Any, store: StudyStorage, n_trials: int, evaluate: Callabl
         except optuna.TrialPruned as exc:
             state, error = TrialState.PRUNED, str(exc)
         except KeyboardInterrupt:
+            trial.set_user_attr(INTERRUPTED, True)
             frozen = study.tell(trial, state=TrialState.FAIL)
             on_end(trial, frozen, None, "interrupted")
             raise

@@ -82,6 +82,8 @@ def test_database_url_storage_and_stale_trials_of_dead_workers(tmp_path):
     assert join(study, {"target": "seg", "direction": "minimize"}) == 0
     states = {t.number: t.state for t in study.get_trials()}
     assert states == {0: optuna.trial.TrialState.FAIL, 1: optuna.trial.TrialState.RUNNING}
+    from bench.tune.study import budget_used
+    assert budget_used(study) == 1          # the dead worker's trial was interrupted: not in the budget
     with pytest.raises(BenchError, match="another setup"):
         join(study, {"target": "seg", "direction": "minimize", "profile": "quick"})
 
@@ -112,3 +114,32 @@ def test_failed_trials_are_recorded_and_a_run_of_failures_stops_the_session(tmp_
     assert states == ["FAIL", "FAIL", "COMPLETE", "FAIL", "FAIL", "FAIL"]     # a success resets the count
     assert "diverged" in trials[0].user_attrs[ERROR] and "not a finite number" in trials[1].user_attrs[ERROR]
     assert trials[2].value == 1.0 and trials[2].user_attrs["m"] == 2.0
+
+
+def test_an_interrupted_trial_does_not_use_up_the_budget(tmp_path):
+    """Ctrl-C in trial 1 of 3: the rerun still completes three trials (the study holds a fourth, failed
+    as interrupted), while a trial the objective failed counts (a failing objective cannot loop)."""
+    from bench.tune.study import budget_used, interrupted, open_storage, open_study, run_trials
+
+    store = open_storage("", tmp_path)
+    study = open_study(store, "i", "minimize")
+    calls = iter([1.0, KeyboardInterrupt(), 2.0, ValueError("diverged"), 3.0])
+
+    class Record:
+        def __init__(self, value):
+            self.value, self.metrics = value, {}
+
+    def evaluate(trial):
+        trial.suggest_float("gamma0", 0.5, 1.0)
+        out = next(calls)
+        if isinstance(out, BaseException):
+            raise out
+        return Record(out)
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trials(study, store, 3, evaluate, max_failures=3)
+    assert budget_used(study) == 1 and interrupted(study.trials[1])
+    run_trials(study, store, 3, evaluate, max_failures=3)
+    states = [(t.state.name, interrupted(t)) for t in study.get_trials()]
+    assert states == [("COMPLETE", False), ("FAIL", True), ("COMPLETE", False), ("FAIL", False)]
+    assert budget_used(study) == 3
