@@ -116,14 +116,21 @@ def _lock_of(cache_root: Path, stage: str, key: str) -> Path:
 
 def stale_phantoms(cache_root: Path) -> list[Path]:
     """The cached phantoms made by another osteobench or generator version (bench.data.provision names
-    them by both): a run of this version generates its own and never reads these."""
+    them by both): a run of this version generates its own and never reads these. Only folders named
+    as the provision names phantoms count (``<preset>-<profile>[-seed<k>][-v<version>-<generator>]``,
+    the older forms too): anything else a user put there is left alone."""
+    import re
+
+    from bench.data.phantom.presets import PRESETS, PROFILES
     from bench.data.provision import phantom_suffix
 
     folder = Path(cache_root) / PHANTOM_DIR
     if not folder.is_dir():
         return []
+    named = re.compile(rf"^({'|'.join(map(re.escape, PRESETS))})-({'|'.join(map(re.escape, PROFILES))})"
+                       r"(-seed\d+)?(-v.+)?$")
     return [p for p in sorted(folder.iterdir())
-            if p.is_dir() and _kind(p) is None and not p.name.endswith(phantom_suffix())]
+            if p.is_dir() and _kind(p) is None and named.match(p.name) and not p.name.endswith(phantom_suffix())]
 
 
 def clean(cache_root: Path, resumable: bool = False, dry_run: bool = False,

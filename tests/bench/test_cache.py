@@ -76,6 +76,7 @@ def test_stale_phantoms_are_removed_only_when_asked_and_not_while_one_is_generat
     current = _folder(phantom_dir(cache, "public", "smoke", 0), 5)
     old_generator = _folder(cache / "phantom" / "public-smoke-seed0-v0.1.0-phantom-1.0", 20)
     unversioned = cache / "phantom" / "public-smoke"                     # from _cache: named before versions
+    mine = _folder(cache / "phantom" / "mydata", 3)                       # not a phantom's name: never touched
     assert stale_phantoms(cache) == sorted([old_generator, unversioned])
     removed, _, _ = clean(cache)
     assert old_generator.exists() and unversioned.exists() and current.exists()
@@ -88,4 +89,5 @@ def test_stale_phantoms_are_removed_only_when_asked_and_not_while_one_is_generat
     assert main(["cache", "clean", "--stale-phantoms", "--results", results]) == 0
     assert "removed 2 folder(s)" in capsys.readouterr().out
     assert not old_generator.exists() and not unversioned.exists() and current.exists() and done.exists()
+    assert mine.exists()
     assert stale_phantoms(cache) == []
