@@ -1,6 +1,9 @@
 """Atomic outputs: everything is written to a temporary sibling and renamed into place.
 
-A crash leaves either the old complete output or none, never a half-written one. A folder that
+A crash leaves either the old complete output or none, never a half-written one. Temporary names
+carry the writer's host and pid (``.<name>.tmp-<host>-<pid>-*``): the next write of the same output
+removes the temporaries of writers on this host that are no longer alive (a SIGKILL, a power cut), so
+leftovers do not pile up beside results, reports and predictions. A folder that
 cannot be created (no permission, a file in the way, read-only disk) is a BenchError naming it.
 Outputs get the permissions of a plain ``open``/``mkdir`` under the process umask (tempfile makes its
 files 0600 and folders 0700, which would keep a bundle or a report from the colleagues it is for).
@@ -9,7 +12,9 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shutil
+import socket
 import tempfile
 from pathlib import Path
 from typing import Iterator
@@ -27,7 +32,8 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     target = Path(os.path.abspath(target))          # "." or "out/..": a named folder beside its temp sibling
     if target.exists() and not target.is_dir():
         raise BenchError(f"{target} is a file, not a folder; give a folder path for this output")
-    tmp = Path(_writable(target.parent, lambda: tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent),
+    _remove_dead_temporaries(target)
+    tmp = Path(_writable(target.parent, lambda: tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent),
                          target))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
@@ -52,7 +58,8 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     path = Path(os.path.abspath(path))
     if path.is_dir():
         raise BenchError(f"{path} is a folder; give a file path for this output")
-    fd, tmp = _writable(path.parent, lambda: tempfile.mkstemp(prefix=f".{path.name}.tmp-", dir=path.parent), path)
+    _remove_dead_temporaries(path)
+    fd, tmp = _writable(path.parent, lambda: tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent), path)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
@@ -62,6 +69,34 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
+
+
+def _temp_prefix(target: Path) -> str:
+    return f".{target.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:          # another user's live process
+        return True
+    return True
+
+
+def _remove_dead_temporaries(target: Path) -> None:
+    """Remove ``.<name>.tmp-<this host>-<pid>-*`` siblings of `target` whose process has ended."""
+    mine = re.compile(rf"^\.{re.escape(target.name)}\.tmp-{re.escape(socket.gethostname())}-(\d+)-")
+    with contextlib.suppress(OSError):
+        for sibling in target.parent.iterdir():
+            m = mine.match(sibling.name)
+            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+                if sibling.is_dir() and not sibling.is_symlink():
+                    shutil.rmtree(sibling, ignore_errors=True)
+                else:
+                    with contextlib.suppress(OSError):
+                        sibling.unlink()
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
