@@ -102,6 +102,16 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
     return _library_format(message, category, filename, lineno, line)
 
 
+#: Commands whose long work is saved as it goes (stage cache, resumable trainings, the Optuna study).
+RESUMABLE = ("run", "demo", "tune")
+
+
+def _after_interrupt(args: argparse.Namespace) -> str:
+    if getattr(args, "command", None) in RESUMABLE:
+        return "rerun the same command to resume"
+    return "nothing half-written was left; rerun the command"
+
+
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # MLflow's INFO lines drown the progress output
     logging.getLogger("alembic").setLevel(logging.WARNING)
@@ -122,10 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"bench: error: {exc}", file=sys.stderr)
         return 2
     except Terminated:
-        print("bench: terminated (SIGTERM); rerun the same command to resume", file=sys.stderr)
+        print(f"bench: terminated (SIGTERM); {_after_interrupt(args)}", file=sys.stderr)
         return 143
     except KeyboardInterrupt:
-        print("bench: interrupted; rerun the same command to resume", file=sys.stderr)
+        print(f"bench: interrupted; {_after_interrupt(args)}", file=sys.stderr)
         return 130
     finally:
         sys.stdout = stdout

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 from pathlib import Path
 from typing import Iterator
 
@@ -32,15 +33,21 @@ def lock_path(cache_root: Path, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike) -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if missing) for the duration of the block."""
+def file_lock(path: str | os.PathLike, waiting: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on `path` (created if missing) for the duration of the block; when
+    another process holds it, say so on stderr first (`waiting`: what it is doing) and wait."""
     path = Path(path)
     if fcntl is None:  # pragma: no cover
         yield
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
-        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            if waiting:
+                print(f"bench: waiting for another process {waiting} (lock {path})", file=sys.stderr, flush=True)
+            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
             yield
         finally:
@@ -49,7 +56,7 @@ def file_lock(path: str | os.PathLike) -> Iterator[None]:
 
 def stage_lock(cache_root: Path, stage: str, key: str):
     """The lock of one stage key (module docstring)."""
-    return file_lock(lock_path(cache_root, f"{stage}-{key}"))
+    return file_lock(lock_path(cache_root, f"{stage}-{key}"), waiting=f"computing stage {stage} ({key})")
 
 
 def run_lock(cache_root: Path, suite: str, entry: str, seed: int):
@@ -60,4 +67,4 @@ def run_lock(cache_root: Path, suite: str, entry: str, seed: int):
 
 def data_lock(cache_root: Path):
     """The lock around generating (or checking) the cached phantom datasets."""
-    return file_lock(lock_path(cache_root, "phantom"))
+    return file_lock(lock_path(cache_root, "phantom"), waiting="generating or checking the cached phantoms")

@@ -91,3 +91,21 @@ def test_stale_phantoms_are_removed_only_when_asked_and_not_while_one_is_generat
     assert not old_generator.exists() and not unversioned.exists() and current.exists() and done.exists()
     assert mine.exists()
     assert stale_phantoms(cache) == []
+
+
+def test_waiting_for_a_stage_another_process_computes_is_said(tmp_path, capsys):
+    import subprocess
+    import sys
+
+    holder = subprocess.Popen([sys.executable, "-c", (
+        "import sys, time; from bench.executors.locking import stage_lock\n"
+        f"with stage_lock({str(tmp_path)!r}, 'segment', 'k1'):\n"
+        "    print('held', flush=True); time.sleep(1.5)")], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    with stage_lock(tmp_path, "segment", "k1"):
+        pass
+    holder.wait(timeout=60)
+    assert "waiting for another process computing stage segment (k1)" in capsys.readouterr().err
+    with stage_lock(tmp_path, "segment", "k1"):            # free: nothing said
+        pass
+    assert capsys.readouterr().err == ""
