@@ -162,6 +162,9 @@ class Config:
         return getattr(self.section(section), key)
 
 
+_FIXED_SAID: set[str] = set()
+
+
 def resolve(profile: str = "smoke", *, config_files: Iterable[str | Path] = (),
             sets: Iterable[str] | Mapping[str, Any] = (),
             entry_overrides: Mapping[str, Any] | None = None,
@@ -184,9 +187,11 @@ def resolve(profile: str = "smoke", *, config_files: Iterable[str | Path] = (),
         user_keys |= set(layer)
     if entry_overrides:
         clash = sorted(user_keys & set(entry_overrides))
-        if clash:
-            warnings.warn(f"entry {entry_name!r} fixes {', '.join(clash)}; your value is ignored "
-                          "for this entry (an ablation keeps what defines it)", stacklevel=2)
+        message = (f"entry {entry_name!r} fixes {', '.join(clash)}; your value is ignored for this entry (an "
+                   "ablation keeps what defines it)")
+        if clash and message not in _FIXED_SAID:    # once a process: a run resolves each entry several times
+            _FIXED_SAID.add(message)
+            warnings.warn(message, stacklevel=2)
         _apply(values, dict(entry_overrides), f"entry {entry_name}")
     for section in values.values():   # bad values fail here, before any stage runs, not hours later
         validate = getattr(section, "validate", None)

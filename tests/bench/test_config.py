@@ -39,6 +39,10 @@ def test_profile_then_file_then_set_then_entry(tmp_path):
         cfg = config.resolve("paper", sets=["toysec.epochs=9"], entry_overrides={"toysec.epochs": 1},
                              entry_name="abl")
     assert cfg.toysec.epochs == 1 and any("abl" in str(w.message) for w in caught)
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        config.resolve("paper", sets=["toysec.epochs=9"], entry_overrides={"toysec.epochs": 1}, entry_name="abl")
+    assert not again                                        # said once a process, not at every resolve
 
 
 def test_coercion_from_strings():
