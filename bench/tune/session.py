@@ -153,7 +153,8 @@ class Setup:
         return resolve(self.req.profile, config_files=self.req.config_files, sets={**self.sets, **overrides},
                        entry_overrides=entry.overrides if entry else None, entry_name=entry.name if entry else "")
 
-    def identity(self) -> dict[str, Any]:
+    def identity(self, with_data: bool = True) -> dict[str, Any]:
+        """What a study is made with; `with_data=False` leaves out the data (needs no phantom generated)."""
         fixed = self.base.to_dict()
         fixed.pop("tune", None)                        # search settings; the ranges are in `space`
         for key in MACHINE_KEYS + searched_keys():
@@ -161,7 +162,8 @@ class Setup:
             fixed.get(section, {}).pop(name, None)
         return {"target": self.req.target, "direction": DIRECTIONS[self.req.target], "profile": self.req.profile,
                 "entry": self.entry.name if self.entry else "", "seed": self.req.seed,
-                "space": self.space.to_dict(), "config_hash": stable_hash(fixed)[:16], "data": self.data_identity()}
+                "space": self.space.to_dict(), "config_hash": stable_hash(fixed)[:16],
+                **({"data": self.data_identity()} if with_data else {})}
 
     def objective(self) -> Any:
         from bench.data.provision import open_all
@@ -188,6 +190,7 @@ def run_tune(req: TuneRequest) -> dict[str, Any]:
     store = st.open_storage(req.storage, setup.study_dir, mlflow_db)
     direction = DIRECTIONS[req.target]
     study = st.open_study(store, req.study, direction)
+    st.check_identity(study, setup.identity(with_data=False), leave_out=("data",))   # before any phantom
     if req.workers > 1:
         return _run_workers(req, setup, store, study)
     with store.locked():

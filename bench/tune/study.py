@@ -210,22 +210,31 @@ def open_study(store: StudyStorage, name: str, direction: str) -> Any:
                          f"{type(exc).__name__}: {exc}") from exc
 
 
-def join(study: Any, identity: dict[str, Any]) -> int:
-    """Check/record the study identity, fail stale trials, return this session's index (call locked)."""
-    import optuna
-
+def check_identity(study: Any, identity: dict[str, Any], leave_out: tuple[str, ...] = ()) -> None:
+    """Refuse a setup that differs from the study's recorded one (not comparing `leave_out`: e.g. the
+    data, checked before the phantoms are generated for nothing)."""
     identity = json.loads(json.dumps(identity))
     old = study.user_attrs.get(IDENTITY)
     if old is None:
         if study.direction.name.lower() != identity["direction"]:
             raise BenchError(f"study {study.study_name!r} was made to {study.direction.name.lower()}, this target "
                              f"{identity['target']!r} needs to {identity['direction']}; use another --study name")
-        study.set_user_attr(IDENTITY, identity)
-    elif old != identity:
-        diff = [f"{k}: {old.get(k)!r} → {identity.get(k)!r}" for k in sorted(set(old) | set(identity))
-                if old.get(k) != identity.get(k)]
+        return
+    diff = [f"{k}: {old.get(k)!r} → {identity.get(k)!r}" for k in sorted(set(old) | set(identity))
+            if k not in leave_out and old.get(k) != identity.get(k)]
+    if diff:
         raise BenchError(f"study {study.study_name!r} was made with another setup ({'; '.join(diff)}); rerun with "
                          "the same target, profile, options and --set values to resume it, or use a new --study name")
+
+
+def join(study: Any, identity: dict[str, Any]) -> int:
+    """Check/record the study identity, fail stale trials, return this session's index (call locked)."""
+    import optuna
+
+    identity = json.loads(json.dumps(identity))
+    check_identity(study, identity)
+    if study.user_attrs.get(IDENTITY) is None:
+        study.set_user_attr(IDENTITY, identity)
     session = int(study.user_attrs.get(SESSIONS, 0))
     study.set_user_attr(SESSIONS, session + 1)
     host = socket.gethostname()

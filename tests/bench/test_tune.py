@@ -304,6 +304,24 @@ def test_the_study_identity_holds_the_data_content_not_its_path(phantoms, tmp_pa
     assert identity(copy)["data"] != first["data"]
 
 
+def test_another_setup_is_refused_before_any_phantom_is_generated(phantoms, tmp_path, monkeypatch):
+    from bench.tune import study as st
+    from bench.tune.session import Setup as SessionSetup
+
+    first = SessionSetup(TuneRequest(target="seg", trials=1, study="g", results=tmp_path, data_seg=str(phantoms[0]),
+                                     data_cls=str(phantoms[1]), sets=TINY, mlflow=False))
+    store = st.open_storage("", first.study_dir, tmp_path / "mlflow.db")
+    st.join(st.open_study(store, "g", "minimize"), first.identity())
+
+    def generate(self):
+        raise AssertionError("phantoms generated before the setup was checked")
+
+    monkeypatch.setattr(SessionSetup, "data_paths", generate)
+    with pytest.raises(BenchError, match="another setup.*profile: 'smoke' → 'quick'"):
+        run_tune(TuneRequest(target="seg", trials=1, study="g", results=tmp_path, profile="quick", sets=TINY,
+                             mlflow=False))
+
+
 def test_bad_inputs_raise_bench_errors(phantoms, tmp_path, capsys):
     base = dict(trials=1, study="b", results=tmp_path, data_seg=str(phantoms[0]), data_cls=str(phantoms[1]),
                 sets=TINY)
