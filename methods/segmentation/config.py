@@ -129,8 +129,8 @@ class SegmentationConfig:
     scale_range: float = 0.1            # isotropic scale drawn uniformly in 1 +- this
     frame_p: float = 0.3                # probability of a random white or black collimation frame (methods.segmentation.appearance; with augment only)
     intensity_gamma_p: float = 0.3      # probability of an intensity gamma x**g (nnU-Net: 0.3; with augment only)
-    intensity_gamma_min: float = 0.7    # g range, half the draws below 1 (nnU-Net: 0.7-1.5)
-    intensity_gamma_max: float = 1.5
+    intensity_gamma_min: float = 0.7    # lower end of the gamma g, half the draws below 1 (nnU-Net: 0.7-1.5)
+    intensity_gamma_max: float = 1.5    # upper end of the gamma g
     occlude_p: float = 0.0              # probability that one bone is hidden under an opaque bar and unannotated (methods.segmentation.occlusion; with augment only)
     annotators: str = ""                # comma-separated annotator names used for training; empty: all
     eval_samples: int = 0               # evaluation samples: 0 = compact form (K*S weighted); n > 0 = n drawn from pi
