@@ -234,7 +234,8 @@ def _unique_keys_loader() -> type:
 
 
 def load_config_file(path: str | Path, profile: str | None = None) -> dict[str, Any]:
-    """Read a YAML or JSON overlay: nested ``{section: {key: value}}`` or flat dotted keys; an option
+    """Read a YAML or JSON overlay: nested ``{section: {key: value}}`` or flat dotted keys, or a run's
+    saved ``config.json`` (its ``config`` mapping: rerun with exactly a run's options); an option
     given twice (in one mapping, or nested and dotted) is an error. A ``profile`` key (a saved
     config.json has one) does not choose the profile: one other than `profile` is warned about."""
     import yaml
@@ -257,6 +258,8 @@ def load_config_file(path: str | Path, profile: str | None = None) -> dict[str, 
         raise BenchError(f"config file {path} is not valid YAML/JSON: {exc}") from exc
     if not isinstance(data, dict):
         raise BenchError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
+    if isinstance(data.get("config"), dict) and "run_key" in data:     # a run's config.json (bench.results)
+        data = {"profile": data.get("profile"), **data["config"]}
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key == "profile":

@@ -102,6 +102,10 @@ def test_yaml_type_errors_and_unknown_profile(tmp_path):
     saved.write_text("profile: paper\ntoysec:\n  epochs: 3\n")
     with pytest.warns(UserWarning, match="says profile 'paper'; the run's profile is 'smoke'"):
         assert config.resolve("smoke", config_files=[saved]).toysec.epochs == 3
+    run_json = tmp_path / "config.json"                               # a run folder's config.json as written
+    run_json.write_text('{"config": {"toysec": {"epochs": 4}}, "data": {}, "entry": "toy", "profile": "smoke", '
+                        '"run_key": "0123", "seed": 0, "stages": {}, "suite": "s", "version": "0.1.0"}')
+    assert config.resolve("smoke", config_files=[run_json]).toysec.epochs == 4
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00toysec")
     with pytest.raises(BenchError, match="not UTF-8 text"):
