@@ -29,6 +29,7 @@ import hashlib
 import json
 import math
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
@@ -77,8 +78,13 @@ def collect_inputs(paths: Sequence[str | Path]) -> tuple[list[Path], list[Skippe
             files += found
         else:
             skipped.append(Skipped(str(path), "no such file or folder"))
-    unique = list(dict.fromkeys(files))
-    return unique, skipped
+    first: dict[Path, Path] = {}
+    for f in files:
+        first.setdefault(f.resolve(), f)
+    if len(first) < len(files):
+        warnings.warn(f"{len(files) - len(first)} input(s) name a file already given (directly or in a folder); "
+                      "each file is screened once")
+    return list(first.values()), skipped
 
 
 def unique_names(files: Sequence[Path]) -> list[str]:

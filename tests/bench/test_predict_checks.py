@@ -51,7 +51,7 @@ def test_flags_withhold_or_lower_confidence_as_documented():
     assert (flags, status) == (["looks-12-bit"], "low-confidence") and "below 4096" in notes[0]
     flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, both_hands=True)
     assert (flags, status) == (["both-hands"], "withheld") and "laterality is B" in notes[0]
-    with pytest.raises(BenchError, match="min_bones"):
+    with pytest.raises(BenchError, match="--min-bones must lie in"):
         ScreenConfig.from_dict({}, min_bones=9)
 
 
@@ -120,3 +120,15 @@ def test_out_is_replaced_whole_and_only_when_it_holds_an_earlier_prediction(tmp_
 def test_screening_options_that_would_switch_a_check_off_are_refused(options, message):
     with pytest.raises(BenchError, match=message.replace("[", "\\[")):
         ScreenConfig(**options).validate()
+
+
+def test_a_file_given_twice_is_screened_once_and_said(tmp_path, monkeypatch):
+    from bench.predict import collect_inputs
+
+    (tmp_path / "scans").mkdir()
+    for name in ("a.png", "b.png"):
+        (tmp_path / "scans" / name).write_bytes(b"x")
+    monkeypatch.chdir(tmp_path)
+    with pytest.warns(UserWarning, match="2 input\\(s\\) name a file already given"):
+        files, skipped = collect_inputs(["scans/a.png", str(tmp_path / "scans" / "a.png"), "scans"])
+    assert [f.name for f in files] == ["a.png", "b.png"] and not skipped
