@@ -189,8 +189,8 @@ class Runner:
             keys[stage.name] = key
             stages.append(PlannedStage(stage.name, key, is_cached(self.cache_root / stage.name / key)))
         run_key = None if data is None else stable_hash(
-            {"entry": entry.name, "stages": keys, "config": entry_config(entry, config), "version": __version__,
-             "metrics": METRICS_VERSION})[:16]
+            {"entry": entry.name, "stages": keys, "config": run_key_config(entry, config, device.type),
+             "version": __version__, "metrics": METRICS_VERSION})[:16]
         done = run_key is not None and self._finished(entry.name, seed, run_key)
         return PlannedRun(entry, seed, config, stages, run_key, done)
 
@@ -349,6 +349,21 @@ def entry_tags(entry: Entry) -> dict[str, str]:
     return {"osteobench.kind": entry.kind, "osteobench.table": entry.table or "",
             "osteobench.row": entry.row or "", "osteobench.parent": entry.parent or "",
             "osteobench.version": __version__}
+
+
+def run_key_config(entry: Entry, config: Config, device_type: str) -> dict:
+    """:func:`entry_config` as the run key hashes it: what the data and device are, not how they were
+    spelled. ``run.device`` becomes the device type the run executes on (``auto`` and ``cpu`` on a CPU
+    machine are one run), ``data.phantom_profile`` the profile the phantoms have, and the dataset
+    folders drop out (the stage keys hold their content fingerprints)."""
+    material = entry_config(entry, config)
+    run, data = dict(material.get("run", {})), dict(material.get("data", {}))
+    if run:
+        run["device"] = device_type
+    if data:
+        data["phantom_profile"] = data.get("phantom_profile") or config.profile
+        data.update({role: "given" if data.get(role) else "" for role in ("seg", "cls") if role in data})
+    return {**material, "run": run, "data": data}
 
 
 def entry_config(entry: Entry, config: Config) -> dict:

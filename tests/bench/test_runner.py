@@ -337,3 +337,11 @@ def test_run_key_ignores_sections_the_entry_does_not_use(tmp_path, tiny_dataset,
     used = {"data", "run"}.union(*(s.sections for s in entry.stages))
     run_config = entry_config(entry, after.config)
     assert set(run_config) == {"profile"} | (used & set(after.config.to_dict()))
+    # how the device and the data were spelled does not make another run: only what they are
+    spelled = Runner(tmp_path / "results", suite="t", profile="smoke", data_seg=str(tiny_dataset) + "/.",
+                     data_cls=str(tiny_dataset), device="auto", progress=False,
+                     sets=["data.phantom_profile=smoke"]).plan_run(entry, 0)
+    assert spelled.run_key == before.run_key
+    quick = Runner(tmp_path / "results", suite="t", profile="smoke", data_seg=str(tiny_dataset),
+                   data_cls=str(tiny_dataset), device="cpu", progress=False, sets=["run.num_threads=1"]).plan_run(entry, 0)
+    assert quick.run_key != before.run_key
