@@ -26,7 +26,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from bench.config import Config
 from bench.fingerprint import Fingerprint
-from bench.data.provision import planned_paths
+from bench.data.provision import ROLES, planned_paths
 from bench.errors import BenchError
 from bench.registry import Stage
 from bench.runner import PlannedRun, Runner
@@ -80,11 +80,11 @@ def cost_models() -> dict[str, CostModel]:
 class PlanningRunner(Runner):
     """A runner that plans without generating data: missing phantom datasets get placeholder fingerprints."""
 
-    def _data(self, config: Config, generate: bool):
-        found = super()._data(config, False)
+    def _data(self, config: Config, generate: bool, roles: tuple[str, ...] = tuple(ROLES)):
+        found = super()._data(config, False, roles)
         if found is not None:
             return found
-        paths = planned_paths(config, self.cache_root)
+        paths = {r: p for r, p in planned_paths(config, self.cache_root).items() if r in roles}
         fold = f":fold{config.data.fold}of{config.data.folds}" if config.data.folds else ""
         return paths, {}, {role: Fingerprint(f"planned:{path.name}" + (fold if role == "cls" else ""),
                                              f"planned:{path.name}") for role, path in paths.items()}

@@ -32,7 +32,7 @@ from bench import __version__, results as store
 from bench.config import Config, resolve
 from bench.data.folds import apply_fold, fold_names
 from bench.data.format import Dataset
-from bench.data.provision import check_given, open_all, planned_paths, provide
+from bench.data.provision import ROLES, check_given, open_all, planned_paths, provide
 from bench.errors import BenchError
 from bench.executors.locking import data_lock, run_lock, stage_lock
 from bench.metrics import METRICS_VERSION
@@ -145,17 +145,18 @@ class Runner:
             name = self.auto_device
         return resolve_device(name, self.check_device)
 
-    def _data(self, config: Config, generate: bool):
-        """Dataset folders, opened datasets and fingerprints for a config (memoised)."""
+    def _data(self, config: Config, generate: bool, roles: tuple[str, ...] = tuple(ROLES)):
+        """Dataset folders, opened datasets and fingerprints of `roles` for a config (memoised); an entry
+        asks for those its stages read (:func:`data_roles`), so no phantom is generated for nothing."""
         d = config.data
         ident = (d.seg, d.cls, d.phantom_seed, d.phantom_profile or config.profile, d.folds, d.fold, d.fold_seed,
-                 d.fold_by)
+                 d.fold_by, roles)
         if ident not in self._datasets:
             if generate:
                 with data_lock(self.cache_root):      # concurrent runners generate a phantom once
-                    paths = provide(config, self.cache_root, self.progress)
+                    paths = provide(config, self.cache_root, self.progress, roles)
             else:
-                paths = self._existing_paths(config)
+                paths = self._existing_paths(config, roles)
             if paths is None:
                 return None
             datasets = open_all(paths)
@@ -171,14 +172,14 @@ class Runner:
             self._datasets[ident] = (paths, datasets, fingerprints)
         return self._datasets[ident]
 
-    def _existing_paths(self, config: Config) -> dict[str, Path] | None:
-        paths = planned_paths(config, self.cache_root)
+    def _existing_paths(self, config: Config, roles: tuple[str, ...] = tuple(ROLES)) -> dict[str, Path] | None:
+        paths = {r: p for r, p in planned_paths(config, self.cache_root).items() if r in roles}
         return paths if all((p / "manifest.csv").is_file() for p in paths.values()) else None
 
     def plan_run(self, entry: Entry, seed: int, generate: bool = True) -> PlannedRun:
         config = self.configure(entry)
         device = self.device(config)
-        data = self._data(config, generate)
+        data = self._data(config, generate, data_roles(entry, config))
         stages: list[PlannedStage] = []
         keys: dict[str, str] = {}
         for stage, reads in stages_to_run(entry, config):
@@ -224,7 +225,8 @@ class Runner:
         """Provide (generate) and open each entry's datasets now, so that data errors (e.g. folds the
         `cls` dataset cannot make) stop the command before any run instead of failing every run."""
         for entry in self.validate(entry_names):
-            self._data(self.configure(entry), generate=True)
+            config = self.configure(entry)
+            self._data(config, True, data_roles(entry, config))
 
     def run(self, entry_names: Sequence[str], seeds: Sequence[int]) -> list[Outcome]:
         """Every (entry, seed), through the runner's executor (local by default); outcomes in that order."""
@@ -268,7 +270,7 @@ class Runner:
             config = planned.config
             device = resolve_device(config.run.device)
             apply_run_settings(config.run, device)
-            paths, datasets, fingerprints = self._data(config, generate=True)
+            paths, datasets, fingerprints = self._data(config, True, data_roles(entry, config))
             outputs: dict[str, Path] = {}
             keys: dict[str, str] = {}
             for stage, reads in stages_to_run(entry, config):
@@ -349,6 +351,13 @@ def entry_tags(entry: Entry) -> dict[str, str]:
     return {"osteobench.kind": entry.kind, "osteobench.table": entry.table or "",
             "osteobench.row": entry.row or "", "osteobench.parent": entry.parent or "",
             "osteobench.version": __version__}
+
+
+def data_roles(entry: Entry, config: Config) -> tuple[str, ...]:
+    """The datasets a run of `entry` reads with `config`: those its stages to run declare, and `cls`,
+    whose labels every run is scored on."""
+    needed = {"cls"}.union(*(set(stage.datasets) for stage, _ in stages_to_run(entry, config)))
+    return tuple(role for role in ROLES if role in needed)
 
 
 def run_key_config(entry: Entry, config: Config, device_type: str) -> dict:

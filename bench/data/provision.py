@@ -60,10 +60,11 @@ def check_given(config: Config) -> None:
                                  "(a T-score or label column)")
 
 
-def provide(config: Config, cache_root: Path, progress: bool = False) -> dict[str, Path]:
-    """Return {"seg": folder, "cls": folder}, generating phantoms where no folder is given."""
+def provide(config: Config, cache_root: Path, progress: bool = False,
+            roles: tuple[str, ...] | None = None) -> dict[str, Path]:
+    """Return {"seg": folder, "cls": folder} (or only `roles`), generating phantoms where no folder is given."""
     check_given(config)
-    paths = planned_paths(config, cache_root)
+    paths = {r: p for r, p in planned_paths(config, cache_root).items() if roles is None or r in roles}
     for role, path in paths.items():
         if (path / "manifest.csv").is_file():
             continue

@@ -345,3 +345,19 @@ def test_run_key_ignores_sections_the_entry_does_not_use(tmp_path, tiny_dataset,
     quick = Runner(tmp_path / "results", suite="t", profile="smoke", data_seg=str(tiny_dataset),
                    data_cls=str(tiny_dataset), device="cpu", progress=False, sets=["run.num_threads=1"]).plan_run(entry, 0)
     assert quick.run_key != before.run_key
+
+
+def test_an_entry_generates_only_the_datasets_its_stages_read(tmp_path, tiny_dataset):
+    """`toy` reads `cls` alone: with no `seg` folder given, no `public` phantom is generated for it."""
+    from bench.runner import data_roles
+
+    runner = Runner(tmp_path / "results", suite="t", profile="smoke", data_cls=str(tiny_dataset), device="cpu",
+                    progress=False)
+    entry = registry.get("toy")
+    assert data_roles(entry, runner.configure(entry)) == ("cls",)
+    assert [o.status for o in runner.run(["toy"], [0])] == ["done"]
+    assert not (tmp_path / "results" / "cache" / "phantom").exists()
+    assert set(store.read_run(store.run_dir(tmp_path / "results", "t", "toy", 0)).config["data"]) == {"cls"}
+    registry.load_entries()
+    simclr = registry.get("simclr")                           # a segmentation trained on `seg`: both
+    assert data_roles(simclr, runner.configure(simclr)) == ("seg", "cls")
