@@ -19,6 +19,13 @@ from bench.tune.study import JOURNAL_FILE, WORKER
 from study_runs import journal
 
 
+class Record:
+    """What an objective returns to run_trials: the value and the metrics kept as user attributes."""
+
+    def __init__(self, value: float, metrics: dict | None = None):
+        self.value, self.metrics = value, metrics or {}
+
+
 def _cheap_worker(journal: str, n_trials: int, session: int) -> None:
     """A worker of run_trials with an instant objective (forked by the test below)."""
     from bench.tune.space import TuneConfig
@@ -28,10 +35,6 @@ def _cheap_worker(journal: str, n_trials: int, session: int) -> None:
     study = open_study(store, "cheap", "minimize")
     configure(study, TuneConfig(startup_trials=2), seed=0, session=session, shared_lock=True)
     space = make_space(TuneConfig(), resolve("smoke").segmentation)
-
-    class Record:
-        def __init__(self, value):
-            self.value, self.metrics = value, {}
 
     run_trials(study, store, n_trials, lambda t: Record(suggest(t, space)["segmentation.gamma0"]), max_failures=1)
 
@@ -96,16 +99,12 @@ def test_failed_trials_are_recorded_and_a_run_of_failures_stops_the_session(tmp_
     outcomes = iter([ValueError("diverged"), float("nan"), 1.0] + [RuntimeError("boom")] * 2
                     + [RuntimeError("boom again")])
 
-    class Record:
-        def __init__(self, value):
-            self.value, self.metrics = value, {"m": 2.0}
-
     def evaluate(trial):
         trial.suggest_float("gamma0", 0.5, 1.0)
         out = next(outcomes)
         if isinstance(out, Exception):
             raise out
-        return Record(out)
+        return Record(out, {"m": 2.0})
 
     with pytest.raises(BenchError, match="3 trials in a row failed.*boom again"):
         run_trials(study, store, 10, evaluate, max_failures=3)
@@ -124,10 +123,6 @@ def test_an_interrupted_trial_does_not_use_up_the_budget(tmp_path):
     store = open_storage("", tmp_path)
     study = open_study(store, "i", "minimize")
     calls = iter([1.0, KeyboardInterrupt(), 2.0, ValueError("diverged"), 3.0])
-
-    class Record:
-        def __init__(self, value):
-            self.value, self.metrics = value, {}
 
     def evaluate(trial):
         trial.suggest_float("gamma0", 0.5, 1.0)
