@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Iterator
 
 from bench.errors import BenchError
+from bench.processes import process_alive
 
 
 @contextlib.contextmanager
@@ -75,23 +76,13 @@ def _temp_prefix(target: Path) -> str:
     return f".{target.name}.tmp-{socket.gethostname()}-{os.getpid()}-"
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:          # another user's live process
-        return True
-    return True
-
-
 def _remove_dead_temporaries(target: Path) -> None:
     """Remove ``.<name>.tmp-<this host>-<pid>-*`` siblings of `target` whose process has ended."""
     mine = re.compile(rf"^\.{re.escape(target.name)}\.tmp-{re.escape(socket.gethostname())}-(\d+)-")
     with contextlib.suppress(OSError):
         for sibling in target.parent.iterdir():
             m = mine.match(sibling.name)
-            if m and int(m.group(1)) != os.getpid() and not _alive(int(m.group(1))):
+            if m and int(m.group(1)) != os.getpid() and not process_alive(int(m.group(1))):
                 if sibling.is_dir() and not sibling.is_symlink():
                     shutil.rmtree(sibling, ignore_errors=True)
                 else:

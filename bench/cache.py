@@ -119,8 +119,6 @@ def stale_phantoms(cache_root: Path) -> list[Path]:
     them by both): a run of this version generates its own and never reads these. Only folders named
     as the provision names phantoms count (``<preset>-<profile>[-seed<k>][-v<version>-<generator>]``,
     the older forms too): anything else a user put there is left alone."""
-    import re
-
     from bench.data.phantom.presets import PRESETS, PROFILES
     from bench.data.provision import phantom_suffix
 

@@ -17,13 +17,12 @@ import dataclasses
 import difflib
 import json
 import typing
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
 from bench.config_values import coerce, type_name
-from bench.errors import BenchError
+from bench.errors import BenchError, warn_once
 from bench.torch_settings import DeterministicMode
 
 PROFILES: tuple[str, ...] = ("smoke", "quick", "paper")
@@ -162,9 +161,6 @@ class Config:
         return getattr(self.section(section), key)
 
 
-_FIXED_SAID: set[str] = set()
-
-
 def resolve(profile: str = "smoke", *, config_files: Iterable[str | Path] = (),
             sets: Iterable[str] | Mapping[str, Any] = (),
             entry_overrides: Mapping[str, Any] | None = None,
@@ -187,11 +183,9 @@ def resolve(profile: str = "smoke", *, config_files: Iterable[str | Path] = (),
         user_keys |= set(layer)
     if entry_overrides:
         clash = sorted(user_keys & set(entry_overrides))
-        message = (f"entry {entry_name!r} fixes {', '.join(clash)}; your value is ignored for this entry (an "
-                   "ablation keeps what defines it)")
-        if clash and message not in _FIXED_SAID:    # once a process: a run resolves each entry several times
-            _FIXED_SAID.add(message)
-            warnings.warn(message, stacklevel=2)
+        if clash:       # once a process: a run resolves each entry several times
+            warn_once(f"entry {entry_name!r} fixes {', '.join(clash)}; your value is ignored for this entry (an "
+                      "ablation keeps what defines it)", stacklevel=2)
         _apply(values, dict(entry_overrides), f"entry {entry_name}")
     for section in values.values():   # bad values fail here, before any stage runs, not hours later
         validate = getattr(section, "validate", None)
@@ -211,9 +205,6 @@ def parse_sets(sets: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
         key, value = item.split("=", 1)
         out[key.strip()] = value.strip()
     return out
-
-
-_PROFILE_WARNED: set[tuple[str, str]] = set()
 
 
 def _unique_keys_loader() -> type:
@@ -263,10 +254,9 @@ def load_config_file(path: str | Path, profile: str | None = None) -> dict[str, 
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key == "profile":
-            if profile is not None and value != profile and (str(path), profile) not in _PROFILE_WARNED:
-                _PROFILE_WARNED.add((str(path), profile))          # once per file, however often resolved
-                warnings.warn(f"config file {path} says profile {value!r}; the run's profile is {profile!r} "
-                              "(--profile chooses it; the file's options apply on top)", stacklevel=2)
+            if profile is not None and value != profile:            # once per file, however often resolved
+                warn_once(f"config file {path} says profile {value!r}; the run's profile is {profile!r} "
+                          "(--profile chooses it; the file's options apply on top)", stacklevel=2)
             continue
         items = ([(f"{key}.{sub}", v) for sub, v in value.items()] if isinstance(value, dict)
                  else [(str(key), value)])

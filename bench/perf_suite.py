@@ -84,7 +84,7 @@ class PlanningRunner(Runner):
         found = super()._data(config, False, roles)
         if found is not None:
             return found
-        paths = {r: p for r, p in planned_paths(config, self.cache_root).items() if r in roles}
+        paths = planned_paths(config, self.cache_root, roles)
         fold = f":fold{config.data.fold}of{config.data.folds}" if config.data.folds else ""
         return paths, {}, {role: Fingerprint(f"planned:{path.name}" + (fold if role == "cls" else ""),
                                              f"planned:{path.name}") for role, path in paths.items()}

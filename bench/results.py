@@ -19,7 +19,6 @@ import json
 import math
 import re
 import shutil
-import warnings
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any, Mapping, Sequence
@@ -28,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from bench.atomic import atomic_dir
-from bench.errors import BenchError
+from bench.errors import BenchError, warn_once
 from bench.metrics import BONE_COLUMNS, SUBJECT_COLUMNS
 
 CONFIG_FILE = "config.json"
@@ -338,14 +337,9 @@ def complete_runs(results: Path, suite: str, entries: Sequence[str] | None) -> l
     runs = list_runs(results, suite)
     runs = runs[runs["entry"].isin(wanted)]
     for message in _skip_messages(runs):
-        if message not in _SKIPS_SAID:              # once a process (a report loads a suite several times)
-            _SKIPS_SAID.add(message)
-            warnings.warn(message)
+        warn_once(message)
     done = runs[runs["status"] == "complete"]
     return [Path(p) for _, _, p in sorted(zip(done["entry"].map(wanted.index), done["seed"], done["path"]))]
-
-
-_SKIPS_SAID: set[str] = set()
 
 
 def skipped_runs(results: Path, suite: str, entries: Sequence[str] | None = None) -> list[str]:

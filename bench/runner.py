@@ -173,7 +173,7 @@ class Runner:
         return self._datasets[ident]
 
     def _existing_paths(self, config: Config, roles: tuple[str, ...] = tuple(ROLES)) -> dict[str, Path] | None:
-        paths = {r: p for r, p in planned_paths(config, self.cache_root).items() if r in roles}
+        paths = planned_paths(config, self.cache_root, roles)
         return paths if all((p / "manifest.csv").is_file() for p in paths.values()) else None
 
     def plan_run(self, entry: Entry, seed: int, generate: bool = True) -> PlannedRun:

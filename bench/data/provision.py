@@ -7,6 +7,7 @@ by every entry and seed (a dataset is fixed across seeds, as in the paper).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Iterable
 
 from bench import __version__
 from bench.config import Config
@@ -29,10 +30,13 @@ def phantom_dir(cache_root: Path, preset: str, profile: str, seed: int) -> Path:
     return Path(cache_root) / "phantom" / f"{preset}-{profile}-seed{seed}{phantom_suffix()}"
 
 
-def planned_paths(config: Config, cache_root: Path) -> dict[str, Path]:
-    """Where each role's dataset is (given folder) or will be (cached phantom), without generating."""
+def planned_paths(config: Config, cache_root: Path, roles: Iterable[str] | None = None) -> dict[str, Path]:
+    """Where each role's dataset (or only those of `roles`) is (given folder) or will be (cached
+    phantom), without generating."""
     out: dict[str, Path] = {}
     for role, preset in ROLES.items():
+        if roles is not None and role not in roles:
+            continue
         given = getattr(config.data, role)
         profile = config.data.phantom_profile or config.profile
         out[role] = Path(given).expanduser() if given else phantom_dir(cache_root, preset, profile,
@@ -64,7 +68,7 @@ def provide(config: Config, cache_root: Path, progress: bool = False,
             roles: tuple[str, ...] | None = None) -> dict[str, Path]:
     """Return {"seg": folder, "cls": folder} (or only `roles`), generating phantoms where no folder is given."""
     check_given(config)
-    paths = {r: p for r, p in planned_paths(config, cache_root).items() if roles is None or r in roles}
+    paths = planned_paths(config, cache_root, roles)
     for role, path in paths.items():
         if (path / "manifest.csv").is_file():
             continue

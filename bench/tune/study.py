@@ -13,8 +13,8 @@ Never the MLflow database: both keep an ``alembic_version`` table and Optuna the
 Budget: ``--trials N`` is the study's total, counted over COMPLETE, PRUNED, FAIL and RUNNING trials
 (RUNNING so that concurrent workers do not overshoot, FAIL so that a failing objective cannot loop
 forever), except interrupted trials (Ctrl-C, SIGTERM, a dead worker's): FAIL with the user attribute
-``tune.interrupted``, so a resumed study still runs N trials. A worker counts and asks for its next trial while holding the study lock, so workers
-never exceed N. The lock is ``fcntl`` on ``<storage file>.tune-lock`` for a journal or SQLite file,
+``tune.interrupted``, so a resumed study still runs N trials. A worker counts and asks for its next
+trial while holding the study lock, so workers never exceed N. The lock is ``fcntl`` on ``<storage file>.tune-lock`` for a journal or SQLite file,
 and a PostgreSQL session-level advisory lock (``pg_advisory_lock``, key :data:`ADVISORY_KEY`) for a
 ``postgresql://`` storage, which holds across machines (issue 11: ``bench tune --workers N`` and
 workers on several nodes). Optuna's ``MaxTrialsCallback`` is not used: it checks after a trial
@@ -58,6 +58,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bench.errors import BenchError
+from bench.processes import process_alive
 from bench.stage import derive_seed
 
 try:  # POSIX; elsewhere the lock is a no-op (one worker per study there)
@@ -241,21 +242,11 @@ def join(study: Any, identity: dict[str, Any]) -> int:
     for t in study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.RUNNING,)):
         who = str(t.user_attrs.get(WORKER, ""))
         h, _, pid = who.rpartition(":")
-        if h == host and pid.isdigit() and int(pid) != os.getpid() and not _alive(int(pid)):
+        if h == host and pid.isdigit() and int(pid) != os.getpid() and not process_alive(int(pid)):
             study.tell(t.number, state=optuna.trial.TrialState.FAIL)
             print(f"tune: trial {t.number} of dead worker {who} marked FAIL (interrupted: not counted in "
                   "--trials)", file=sys.stderr)
     return session
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def configure(study: Any, tune: Any, seed: int, session: int, shared_lock: bool) -> None:
