@@ -20,16 +20,10 @@ import re
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterator
 
 from bench.errors import BenchError
-from bench.executors.locking import LOCK_DIR, lock_path
+from bench.executors.locking import LOCK_DIR, file_lock, lock_path
 from bench.stage import STAGE_MARKER
-
-try:  # POSIX
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 PHANTOM_DIR = "phantom"
 _LEFTOVER = re.compile(r"^\.(?P<key>.+?)\.(?P<kind>tmp-.+|old-\d+|resume)$")
@@ -91,25 +85,6 @@ def usage(cache_root: Path) -> list[StageUsage]:
     return out
 
 
-@contextlib.contextmanager
-def _unless_locked(path: Path) -> Iterator[bool]:
-    """Hold the lock at `path` if nobody does (yield True), else yield False without waiting."""
-    if fcntl is None:  # pragma: no cover
-        yield True
-        return
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as fh:
-        try:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
-        try:
-            yield True
-        finally:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
 def _lock_of(cache_root: Path, stage: str, key: str) -> Path:
     return lock_path(cache_root, "phantom" if stage == PHANTOM_DIR else f"{stage}-{key}")
 
@@ -144,7 +119,7 @@ def clean(cache_root: Path, resumable: bool = False, dry_run: bool = False,
             for item in u.leftovers + (u.resumable if resumable else [])]
     jobs += [(PHANTOM_DIR, item, "") for item in (stale_phantoms(cache_root) if stale else [])]
     for stage, item, key in jobs:
-        with _unless_locked(_lock_of(cache_root, stage, key)) as free:
+        with file_lock(_lock_of(cache_root, stage, key), wait=False) as free:
             if not free:
                 busy.append(item)
                 continue

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
 from bench.errors import BenchError
+from bench.executors.locking import file_lock
 from bench.tracking_uri import (DISABLED_URIS, REMOTE_SCHEMES, check_server, default_tracking_uri, normalise_uri,
                                 retry_locked, sqlite_path)
 from bench.tracking_values import (final_metrics, filter_literal, flatten, history_metrics,
@@ -51,11 +52,6 @@ from bench.tracking_values import (final_metrics, filter_literal, flatten, histo
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-
-try:  # POSIX; on other platforms the lock is a no-op (one writer process there)
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 EXPERIMENT_PREFIX = "osteobench/"
 TAG_SUITE = "osteobench.suite"
@@ -79,7 +75,7 @@ class Tracker:
         self._entries: dict[tuple[str, str], str] = {}
         self._thread_lock = threading.RLock()
         self._depth = 0
-        self._lock_fh: Any = None
+        self._lock_held: contextlib.ExitStack | None = None
         self._pid = os.getpid()
         self._client: Any = None
         if not self.enabled:
@@ -110,7 +106,7 @@ class Tracker:
     def _after_fork(self) -> None:
         """Drop SQLite connections inherited through fork (SQLAlchemy's documented recipe)."""
         self._pid = os.getpid()
-        self._lock_fh, self._depth = None, 0
+        self._lock_held, self._depth = None, 0   # the parent's lock stays the parent's
         store = getattr(getattr(self._client, "_tracking_client", None), "store", None)
         engine = getattr(store, "engine", None)
         if engine is not None:
@@ -122,19 +118,17 @@ class Tracker:
         with self._thread_lock:
             if os.getpid() != self._pid and self._client is not None:
                 self._after_fork()
-            if self._depth == 0 and fcntl is not None:
-                self._lock_path.parent.mkdir(parents=True, exist_ok=True)
-                self._lock_fh = open(self._lock_path, "a+")
-                fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_EX)
+            if self._depth == 0:
+                self._lock_held = contextlib.ExitStack()
+                self._lock_held.enter_context(file_lock(self._lock_path))
             self._depth += 1
             try:
                 yield
             finally:
                 self._depth -= 1
-                if self._depth == 0 and self._lock_fh is not None:
-                    fcntl.flock(self._lock_fh.fileno(), fcntl.LOCK_UN)
-                    self._lock_fh.close()
-                    self._lock_fh = None
+                if self._depth == 0 and self._lock_held is not None:
+                    self._lock_held.close()
+                    self._lock_held = None
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self.client, method)

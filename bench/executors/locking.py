@@ -25,6 +25,7 @@ except ImportError:  # pragma: no cover
     fcntl = None  # type: ignore[assignment]
 
 LOCK_DIR = ".locks"
+LOCKS_WORK = fcntl is not None   # False where file locks are no-ops
 
 
 def lock_path(cache_root: Path, name: str) -> Path:
@@ -33,23 +34,27 @@ def lock_path(cache_root: Path, name: str) -> Path:
 
 
 @contextlib.contextmanager
-def file_lock(path: str | os.PathLike, waiting: str = "") -> Iterator[None]:
-    """Hold an exclusive lock on `path` (created if missing) for the duration of the block; when
-    another process holds it, say so on stderr first (`waiting`: what it is doing) and wait."""
+def file_lock(path: str | os.PathLike, waiting: str = "", wait: bool = True) -> Iterator[bool]:
+    """Hold an exclusive lock on `path` (created if missing) for the duration of the block and yield
+    True. When another process holds it: with `wait`, say so on stderr first (`waiting`: what it is
+    doing) and wait; without, yield False at once (the block then runs without the lock)."""
     path = Path(path)
     if fcntl is None:  # pragma: no cover
-        yield
+        yield True
         return
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "a+") as fh:
         try:
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            if not wait:
+                yield False
+                return
             if waiting:
                 print(f"bench: waiting for another process {waiting} (lock {path})", file=sys.stderr, flush=True)
             fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
 

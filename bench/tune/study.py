@@ -58,13 +58,9 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 from bench.errors import BenchError
+from bench.executors.locking import LOCKS_WORK, file_lock
 from bench.processes import process_alive
 from bench.stage import derive_seed
-
-try:  # POSIX; elsewhere the lock is a no-op (one worker per study there)
-    import fcntl
-except ImportError:  # pragma: no cover
-    fcntl = None  # type: ignore[assignment]
 
 JOURNAL_FILE = "journal.log"
 IDENTITY = "tune.identity"
@@ -99,7 +95,7 @@ class StudyStorage:
     @property
     def shared_lock(self) -> bool:
         """Whether the workers of this storage share a lock (module docstring)."""
-        return self.advisory is not None or (self.lock_path is not None and fcntl is not None)
+        return self.advisory is not None or (self.lock_path is not None and LOCKS_WORK)
 
     @contextlib.contextmanager
     def locked(self) -> Iterator[None]:
@@ -114,16 +110,11 @@ class StudyStorage:
                 finally:
                     conn.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": ADVISORY_KEY})
             return
-        if self.lock_path is None or fcntl is None:
+        if self.lock_path is None:
             yield
             return
-        self.lock_path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.lock_path, "a+") as fh:
-            fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+        with file_lock(self.lock_path):
+            yield
 
 
 def sqlite_file(url: str) -> Path | None:
