@@ -31,7 +31,7 @@ from bench.errors import BenchError
 
 #: Version of the metric and aggregation code, in every run's key (bench.runner): bump it when a change
 #: alters a run's metrics or predictions, so that `bench run` recomputes finished runs (stages stay cached).
-METRICS_VERSION = 2   # 2: recall / specificity NaN without a positive / negative
+METRICS_VERSION = 3   # 2: recall / specificity NaN without a positive / negative; 3: unscored subjects count
 
 #: Per-bone probability columns of a subject table, in class-id order (ulna, radius, M1..M5).
 BONE_COLUMNS: tuple[str, ...] = tuple(f"p_{name}" for name in BONES)

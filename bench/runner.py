@@ -283,7 +283,9 @@ class Runner:
                     outputs[stage.name] = run_stage(
                         stage, cache_root=self.cache_root, key=key, material=material, config=config, seed=seed,
                         inputs={i: outputs[i] for i in reads}, datasets=datasets, device=device)
-            predictions, metrics = evaluate(outputs[entry.stages[-1].name])
+            cls = datasets.get("cls")
+            predictions, metrics = evaluate(outputs[entry.stages[-1].name],
+                                            cls.manifest if cls is not None else None)
             history = pd.concat([read_history(p) for p in outputs.values()], ignore_index=True)
             run_config = {"suite": self.suite, "entry": entry.name, "seed": seed, "profile": self.profile,
                           "run_key": planned.run_key, "stages": keys, "version": __version__,

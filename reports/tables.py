@@ -96,6 +96,7 @@ class Row:
     values: dict[str, tuple[float, float, int]]  # metric → (mean, std, n seeds)
     deltas: dict[str, float] = field(default_factory=dict)  # metric → mean − reference mean (NaN if none)
     ours: bool = False                          # the "Ours" row of Table 8
+    unscored: tuple[float, float] = (0.0, 0.0)  # mean over seeds of (n_unscored, n): subjects without a prediction
 
 
 @dataclass
@@ -139,7 +140,7 @@ def assemble(summary: pd.DataFrame, registry: Mapping[str, Entry], best: str | N
             label = f"Ours (full framework, {b.row or b.name})"
             info = tuple(str(b.info.get(k, OURS_INFO.get(k, ""))) for k, _ in spec.info)
             rows.append(Row(best, label, info, None, {m: lookup(summary, best, m, split) for m in spec.metrics},
-                            ours=True))
+                            ours=True, unscored=_unscored(summary, best, split)))
         tables[key] = Table(spec, rows, split, best)
     return tables
 
@@ -155,7 +156,14 @@ def _row(spec: TableSpec, entry: Entry, summary: pd.DataFrame,
         ref_mean = lookup(summary, reference, m, split)[0] if reference else math.nan
         deltas[m] = values[m][0] - ref_mean if math.isfinite(ref_mean) else math.nan
     info = tuple(str(entry.info.get(k, "--")) for k, _ in spec.info)
-    return Row(entry.name, entry.row or entry.name, info, reference, values, deltas)
+    return Row(entry.name, entry.row or entry.name, info, reference, values, deltas,
+               unscored=_unscored(summary, entry.name, split))
+
+
+def _unscored(summary: pd.DataFrame, entry: str, split: str) -> tuple[float, float]:
+    """Mean over seeds of (n_unscored, n) of an entry's split (bench.metrics); zeros when not recorded."""
+    unscored, n = (lookup(summary, entry, m, split)[0] for m in ("n_unscored", "n"))
+    return (unscored if math.isfinite(unscored) else 0.0, n if math.isfinite(n) else 0.0)
 
 
 # --------------------------------------------------------------------------- emphasis
@@ -259,6 +267,11 @@ def caption(table: Table, tests: Significance | None, registry: Mapping[str, Ent
         names = ", ".join(escape(x) if tex else x for x in lost)
         parts.append(f"-- in a $\\Delta$ column: its reference ({names}) has no results in this suite." if tex
                      else f"-- in a Δ column: its reference ({names}) has no results in this suite.")
+    unscored = [(escape(r.label) if tex else r.label, *r.unscored) for r in table.rows if r.unscored[0] > 0]
+    if unscored:
+        named = "; ".join(f"{label}: {u:.3g} of {u + n:.3g}" for label, u, n in unscored)
+        parts.append(f"Subjects without a usable bone get no prediction and are left out of a row's numbers "
+                     f"(mean over seeds; {named}).")
     if spec.reference == "best" and table.best:
         b = registry[table.best]
         name = escape(b.row or b.name) if tex else (b.row or b.name)

@@ -97,7 +97,9 @@ def show_command(args: argparse.Namespace) -> int:
             if args.split not in table.index:
                 raise BenchError(f"{path} has no split {args.split!r}; it has {', '.join(map(str, table.index))}")
             table = table.loc[[args.split]]
-        table = table.reindex(columns=[c for c in dict.fromkeys(shown + ["n", "n_pos"]) if c in table.columns]).round(4)
+        counts = ["n", "n_pos"] + [c for c in ("n_unscored", "n_unlabeled")          # shown when they count
+                                   if c in table.columns and pd.to_numeric(table[c], errors="coerce").gt(0).any()]
+        table = table.reindex(columns=[c for c in dict.fromkeys(shown + counts) if c in table.columns]).round(4)
         table["auc 95% CI"] = [auc_interval(subset(run.predictions, s)) for s in table.index]
         print(table.to_string())
         if "extra" in run.metrics:

@@ -3,6 +3,7 @@
 `toy` has two stages: `toy_prep` draws a per-seed signal strength, `toy_probe` writes per-bone
 probabilities correlated with the label. `toy-optional` is the same, but its probe reads `toy_prep`
 only with ``toy.use_prep=true`` (else it takes ``toy.strength``): a stage input that a config drops.
+`toy.unusable=n` makes the probe write no row for the first n test subjects.
 `toy-reported` is `toy-optional` whose `toy_prep` has a companion, `toy_report`, writing
 ``toy.report_lines`` lines (an option left out of `toy_prep`'s key). Each stage execution appends its name to $TOY_LOG;
 $TOY_KILL_AT=<stage> makes that stage SIGKILL its own process (an interrupted run);
@@ -29,6 +30,7 @@ class ToyConfig:
     use_prep: bool = True       # toy-optional: read toy_prep's strength
     strength: float = 1.5       # toy-optional without toy_prep: this strength
     report_lines: int = 2       # toy-reported: lines its companion toy_report writes (unkeyed in toy_prep)
+    unusable: int = 0           # toy-optional: the probe writes nothing for the first n test subjects (no bone)
 
 
 register_section("toy", ToyConfig)
@@ -61,7 +63,11 @@ def toy_probe(ctx) -> dict:
     manifest = ctx.datasets["cls"].manifest
     rng = ctx.rng("scores")
     rows = []
+    unusable = set(manifest.loc[manifest["split"] == "test", "subject_id"].drop_duplicates()
+                   .head(ctx.config.toy.unusable))
     for _, r in manifest.iterrows():
+        if r["subject_id"] in unusable:          # as a patch stage does when none of a subject's bones is usable
+            continue
         for bone in BONES:
             logit = strength * (2 * float(r["label"]) - 1) + rng.normal()
             rows.append({"subject_id": r["subject_id"], "split": r["split"], "bone": bone,

@@ -284,3 +284,18 @@ def test_bold_singles_something_out(column, bold):
     spec = tab.TableSpec("table8", "t", "c", metrics=("f1",), bold_top=2)
     rows = [tab.Row(f"e{i}", f"e{i}", (), None, {"f1": (v, 0.0, 3)}) for i, v in enumerate(column)]
     assert tab.bold_rows(tab.Table(spec, rows, "test", None), "f1") == {f"e{i}" for i in bold}
+
+
+def test_a_caption_names_the_rows_that_left_subjects_unscored(tmp_path, registered):
+    summary, best, tables = _build(tmp_path, registered)
+    assert "usable bone" not in tab.caption(tables["table3"], None, registered)
+    extra = pd.DataFrame([{"entry": "rt_swav", "split": "test", "metric": "n_unscored", "mean": 1.5, "std": 0.7, "n": 2},
+                          {"entry": "rt_swav", "split": "test", "metric": "n", "mean": 38.5, "std": 0.7, "n": 2}])
+    summary = pd.concat([summary[~summary["metric"].isin(["n_unscored", "n"]) | (summary["entry"] != "rt_swav")],
+                         extra], ignore_index=True)
+    table = tab.assemble(summary, registered, best)["table3"]
+    label = next(r.label for r in table.rows if r.entry == "rt_swav")
+    text = tab.caption(table, None, registered, tex=False)
+    assert f"left out of a row's numbers (mean over seeds; {label}: 1.5 of 40)." in text
+    sentence = text.split("Subjects without a usable bone", 1)[1].split(").", 1)[0]
+    assert sentence.count(": ") == 1            # only the row that left subjects out is named
