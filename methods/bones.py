@@ -70,7 +70,7 @@ METACARPALS = ("M1", "M2", "M3", "M4", "M5")
 class PatchConfig:
     """Bone patches: crop, mask, resize (paper Fig. 3) and when a bone counts as missing."""
 
-    patch_size: int = 256                        # stored patch side in px (paper 256; the 224-px global views come from it)
+    patch_size: int = 256                        # stored patch side in px (ours; the paper gives none: 256 holds the 224-px global views)
     margin: float = 0.10                         # margin around the bbox, as a fraction of its long side, each side
     dilation_mm: float = 0.0                     # grow the mask by a disk of this radius (mm); 0 = the mask as is (paper)
     dilation_px: int = 0                         # the same in px; used when dilation_mm is 0 or the image has no spacing

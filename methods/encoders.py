@@ -3,7 +3,8 @@
 The paper pretrains a ResNet-50 (section "Contrastive self-supervised pretraining"); DeepDXA uses a
 ResNet-18 and the Table 8 baselines a VGG16. All are built here with ``timm.create_model(name,
 num_classes=0, in_chans=1)`` so they return pooled features, never classifier logits, and are
-initialised from scratch (the paper does not use ImageNet weights; no weights are downloaded).
+initialised from scratch (the paper does not mention ImageNet weights, and SSL pretraining is
+its point; no weights are downloaded).
 
 Inputs are radiograph patches scaled to [0, 1] (uint16 / 65535) and resized to the encoder input
 size (:func:`to_input`); no fixed mean/std normalisation is applied: a ResNet's first batch norm

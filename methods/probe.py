@@ -7,9 +7,11 @@ After every epoch the per-bone probabilities of the validation subjects are aver
 best subject-level validation macro-F1 (ties: AUC, then the earliest) is kept (paper "Metrics").
 The kept head scores every bone of every split.
 
-Conventions where the paper is silent (solo-learn / MAE linear-probe practice): features are
-standardised with the train-split mean and std (MAE's affine-free BatchNorm before the head);
-a zero-initialised head; Adam; cross-entropy without class weights unless ``probe.class_weight=balanced``.
+Conventions where the paper is silent (our choices): features are standardised with the train-split
+mean and std (as MAE's affine-free BatchNorm before its linear head); a zero-initialised head;
+Adam at a constant LR (solo-learn and lightly train their probes with SGD on augmented images;
+here the features are computed once, without augmentation); cross-entropy without class weights unless
+``probe.class_weight=balanced``.
 """
 from __future__ import annotations
 

@@ -16,6 +16,12 @@ the second interpolation's blur (one bilinear interpolation instead of two). Bri
 contrast follow :func:`methods.augment.adjust_intensity`. With ``augment.interpolation=nearest``
 the two steps are kept (a nearest rotation of a bilinear resize is not one map).
 
+The bone-aware rule (at least 10 % non-zero pixels) is applied to the crop box, as the paper
+states it for the crop; the rotation (±30°) and shift (±10 %) drawn after it can move some bone
+out of the view, so a few local views end below 10 % (1.7 % of the local views of synthetic
+patches whose bone covers 10-19 %, 2026-11-28). Counting the fraction under the composed map
+would need the augmentation drawn before the box; we keep the paper's order.
+
 Random draws per view size, in order: the crop boxes of all n crops (B×n×T candidates), then
 the augmentation parameters of the B·n views (patch-major).
 """

@@ -81,6 +81,7 @@ from methods.segmentation.model import STANDARDIZE_OVER
 
 MODELS = ("mose", "single")
 HEADS = ("shared", "per_expert")
+PRIORS = ("isotropic", "diagonal")
 GAMMA_SCHEDULES = ("plateau", "linear", "cosine", "constant")
 SOLVERS = ("exact", "greedy")
 
@@ -100,6 +101,7 @@ class SegmentationConfig:
     standardize: bool = True            # z-score each input image (reference)
     standardize_over: str = "unclipped" # statistics over: canvas (reference) | unclipped (ours: not padding, shutter or saturation; model.standardize_images)
     head: str = "shared"                # shared (reference: one fusion head, experts differ by prior) | per_expert (K heads)
+    prior: str = "isotropic"            # each expert's latent N(mu_k, sigma_k^2 I): isotropic (paper) | diagonal (reference: diag sigma_k^2)
     bn_momentum: float = 0.01           # BatchNorm momentum (reference 0.01; short schedules need a larger one)
     gamma0: float = 0.5                 # initial cap gamma on each sample's transported mass (paper eq. 9)
     gamma_schedule: str = "plateau"     # plateau (reference: one switch to 1) | linear | cosine | constant
@@ -148,6 +150,7 @@ class SegmentationConfig:
              "segmentation.lr must be >= 0 (0 freezes the weights), weight_decay >= 0, min_lr in [0, lr] and "
              "lr_factor in (0, 1)"),
             (self.head in HEADS, f"segmentation.head must be one of {', '.join(HEADS)}"),
+            (self.prior in PRIORS, f"segmentation.prior must be one of {', '.join(PRIORS)}"),
             (self.gamma_schedule in GAMMA_SCHEDULES,
              f"segmentation.gamma_schedule must be one of {', '.join(GAMMA_SCHEDULES)}"),
             (self.standardize_over in STANDARDIZE_OVER,

@@ -8,12 +8,16 @@
   and the dense feature ``u_d`` (widths[0] channels, full resolution). Kaiming-normal (fan_in,
   relu) weights, biases N(0, 0.001) truncated at 2 std.
 * Gating: global average pool of u_g -> Linear+ReLU -> Linear+ReLU -> Linear(no bias) -> pi(x).
-* Experts: learnable N(mu_k, diag sigma_k^2) over z in R^L; mu starts at the binary codes (row r <
-  2^L is r in binary, MSB first; further rows U[0,1)), log sigma at log(1/8).
+* Experts: learnable N(mu_k, sigma_k^2 I) over z in R^L, ``prior="isotropic"`` (the paper: one
+  sigma per expert, "no directional bias in the latent space"), or N(mu_k, diag sigma_k^2)
+  (``prior="diagonal"``: the reference, one sigma per latent dimension); mu starts at the binary
+  codes (row r < 2^L is r in binary, MSB first; further rows U[0,1)), log sigma at log(1/8).
 * Fusion head: (u_d + W_b z + b_b) * (W_s z + b_s + 1e-5), then conv1x1 (C -> C+L, plain),
   3 x [conv1x1 + BN + ReLU] (C+L -> C -> C -> C), conv1x1 (C -> classes). ``head="shared"`` is the
   reference (one head, experts differ only by their prior); ``head="per_expert"`` gives each expert
-  its own W_s, W_b and 1x1 stack (the paper's K decoder modules), run as grouped convolutions.
+  its own W_s, W_b and 1x1 stack (the paper's K decoder modules), run as grouped convolutions;
+  either way the U-Net decoder that makes u_d is shared (the paper's f_dec^(k) as the reference
+  builds it: the modules differ from u_d on).
 * Samples are expert-major (n = k*S + s) with weights pi_k / S (paper eq. 2).
 """
 from __future__ import annotations
@@ -50,6 +54,7 @@ class ModelSpec:
     standardize_over: str = "canvas"                 # the pixels the z-score's statistics use: canvas | unclipped (UNetBackbone)
     convs: int = 3                                   # [conv3x3, BN, ReLU] per U-Net block (reference 3)
     canonical_laterality: bool = False               # trained on right hands (left ones mirrored): predict mirrors L
+    prior: str = "diagonal"                          # isotropic | diagonal latent sigma (this default reads models saved before the option)
     extra: dict = field(default_factory=dict)        # free-form notes (training config, classes)
 
     def to_dict(self) -> dict:
@@ -233,7 +238,7 @@ class MoSEUNet(nn.Module):
         self.gate = nn.Sequential(nn.Linear(cg, cg), nn.ReLU(inplace=True), nn.Linear(cg, cg),
                                   nn.ReLU(inplace=True), nn.Linear(cg, k, bias=False))
         self.mu = nn.Parameter(binary_code_init(k, lat))
-        self.log_sigma = nn.Parameter(torch.full((k, lat), math.log(SIGMA0)))
+        self.log_sigma = nn.Parameter(torch.full((k, lat if spec.prior == "diagonal" else 1), math.log(SIGMA0)))
         self.head = FusionHead(spec.widths[0], lat, spec.classes, k, spec.head == "per_expert",
                                spec.bn_momentum)
 

@@ -13,7 +13,9 @@ n = k*S + s) and annotations y_1..y_M (weights beta_m):
   - ``exact``: the LP, solved with POT's network simplex on the balanced problem with a zero-cost
     dummy column that absorbs the slack (§4.3 (a)): a = gamma * 1_N,
     b = [beta, N*gamma - sum(beta)], T* = emd(a, b, [C | 0])[:, :M]; float64 on the CPU.
-  - ``greedy``: the MoSE reference heuristic (§4.2), exact for gamma = 1 and M = 1 only.
+  - ``greedy``: the MoSE reference heuristic (§4.2), exact for gamma = 1 and M = 1 only. It fills
+    uniform column masses and rescales the columns to beta afterwards, so with unequal annotator
+    weights its rows can exceed the cap gamma (an infeasible plan; a warning says so once).
   With gamma >= sum(beta) no cap can bind and both return the nearest assignment: each column's
   mass goes to its cheapest row (ties: the first row), which is an optimum of the LP.
 * loss (§5, the reference normalisation):
@@ -35,7 +37,7 @@ import torch
 from torch import Tensor
 
 from bench.data.format import BONE_IDS
-from bench.errors import BenchError
+from bench.errors import BenchError, warn_once
 from methods.segmentation.schedule import GammaScheduler, PlateauState, gamma_schedule
 
 __all__ = ["OTLossOutput", "soft_iou_cost", "relaxed_coupling", "relaxed_couplings", "ot_loss",
@@ -195,6 +197,10 @@ def _greedy(cost: np.ndarray, beta: np.ndarray, gamma: float, eps: float = 1e-12
                 if rem[j] <= eps:
                     break
     plan[:, keep] = sub * (bk * m)                 # rescale columns to the true weights
+    if plan.sum(axis=1).max() > gamma + 1e-9:
+        warn_once("segmentation.ot_solver=greedy (the reference heuristic) breaks the cap gamma on a sample's "
+                  "transported mass when annotator weights differ; segmentation.ot_solver=exact solves the "
+                  "relaxed problem itself")
     return plan
 
 

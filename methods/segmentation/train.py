@@ -59,7 +59,7 @@ def make_spec(cfg: SegmentationConfig, canvas: tuple[int, int], classes: int) ->
     return ModelSpec(kind=cfg.model, classes=classes, widths=cfg.widths, experts=cfg.experts,
                      samples=cfg.samples, latent=cfg.latent, head=cfg.head, bn_momentum=cfg.bn_momentum,
                      canvas=tuple(canvas), standardize=cfg.standardize, standardize_over=cfg.standardize_over,
-                     convs=cfg.convs, canonical_laterality=cfg.canonical_laterality)
+                     convs=cfg.convs, canonical_laterality=cfg.canonical_laterality, prior=cfg.prior)
 
 
 def autocast(device: torch.device):

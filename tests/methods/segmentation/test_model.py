@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 import torch
 
+from bench.errors import BenchError
+from methods.segmentation.config import SegmentationConfig
 from methods.segmentation.model import (FusionHead, ModelSpec, MoSEUNet, binary_code_init, build_model,
                                         count_parameters)
 from methods.segmentation.single import SingleUNet, ce_dice_loss
@@ -180,3 +182,23 @@ def test_config_profiles_and_validation():
                 {"segmentation.eval_splits": "val,holdout"}):
         with pytest.raises(BenchError):
             resolve("smoke", sets=bad).segmentation.validate()
+
+
+def test_isotropic_prior_has_one_sigma_per_expert_and_old_specs_read_as_diagonal():
+    model = build_model(small_spec(prior="isotropic", experts=3, latent=2))
+    assert model.log_sigma.shape == (3, 1)
+    with torch.no_grad():
+        model.log_sigma.copy_(torch.tensor([[0.0], [-1.0], [1.0]]))
+    eps = torch.randn(2, 3, 4, 2, generator=torch.Generator().manual_seed(0))
+    z = model.latent_grid(2, 4, eps=eps)
+    scale = (z - model.mu[None, :, None]) / eps                       # B x K x S x L: sigma_k + 1e-8 everywhere
+    expected = (torch.tensor([0.0, -1.0, 1.0]).exp() + 1e-8)[None, :, None, None].expand_as(scale)
+    assert torch.allclose(scale, expected, rtol=1e-5)
+    draws = model.sample_standard(torch.randn(2, 1, 24, 16), 5, torch.Generator().manual_seed(1))
+    assert draws.logits.shape[:2] == (2, 5)
+    spec = small_spec().to_dict()
+    spec.pop("prior")                                                 # a model.pt saved before the option
+    assert build_model(ModelSpec.from_dict(spec)).log_sigma.shape == (3, 2)
+    assert SegmentationConfig().prior == "isotropic" and ModelSpec().prior == "diagonal"
+    with pytest.raises(BenchError, match="segmentation.prior must be one of isotropic, diagonal"):
+        SegmentationConfig(prior="spherical").validate()

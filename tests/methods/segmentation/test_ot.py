@@ -192,6 +192,18 @@ def test_exact_matches_highs_on_random_instances():
         assert (greedy * cost).sum() >= lp_optimum(cost, np.full(m, 1 / m), gamma) - 1e-9
 
 
+def test_greedy_with_unequal_annotator_weights_breaks_the_cap_and_says_so():
+    import bench.errors
+
+    cost = np.array([[0.1, 0.9], [0.8, 0.2], [0.7, 0.6], [0.9, 0.9]])
+    beta, gamma = np.array([0.8, 0.2]), 0.25
+    bench.errors._SAID.clear()
+    with pytest.warns(UserWarning, match="breaks the cap gamma"):
+        plan = relaxed_coupling(cost, beta, gamma, "greedy")
+    assert plan.sum(axis=1).max() > gamma + 0.1                        # the reference's rescaled columns
+    assert_feasible(relaxed_coupling(cost, beta, gamma, "exact"), beta, gamma)
+
+
 @pytest.mark.parametrize("solver", BOTH)
 def test_gamma_one_reduces_to_nearest_assignment(solver):
     rng = np.random.default_rng(np.random.SeedSequence([4, 3]))
