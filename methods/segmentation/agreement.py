@@ -21,7 +21,12 @@ from methods.segmentation.evaluate import dice_per_bone
 
 
 def consensus(masks: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> np.ndarray:
-    """The β-weighted per-pixel vote of the annotators' label maps (H x W, uint8)."""
+    """The β-weighted per-pixel vote of the annotators' label maps (H x W, uint8).
+
+    The class with the most weight wins; a tie between background and a bone goes to the bone (two
+    equally weighted annotators give the union of their bones, not the intersection: LIDC's "at
+    least half of the readers" consensus), a tie between bones to the first in class order.
+    """
     if not masks:
         raise BenchError("consensus needs at least one annotator label map")
     shape = next(iter(masks.values())).shape
@@ -32,7 +37,9 @@ def consensus(masks: Mapping[str, np.ndarray], weights: Mapping[str, float]) -> 
         weight = np.float32(weights.get(name, 0.0))
         for c in range(NUM_CLASSES):
             votes[c] += weight * (labels == c)
-    return votes.argmax(axis=0).astype(np.uint8)
+    bone = votes[1:].argmax(axis=0) + 1
+    top = np.take_along_axis(votes, bone[None], axis=0)[0]
+    return np.where(top >= votes[0] - 1e-6, bone, 0).astype(np.uint8)
 
 
 def image_agreement(masks: Mapping[str, np.ndarray], weights: Mapping[str, float],

@@ -19,9 +19,17 @@ def test_weighted_vote_by_hand():
     a = np.array([[0, M2, M2]], dtype=np.uint8)
     b = np.array([[M2, 0, M2]], dtype=np.uint8)
     c = np.array([[M2, 0, 0]], dtype=np.uint8)
-    # pixel 0: M2 has 0.3 + 0.2 = 0.5 = background's 0.5 -> tie to background; pixel 1: 0.5 vs 0.5 -> background
-    assert consensus({"a": a, "b": b, "c": c}, {"a": 0.5, "b": 0.3, "c": 0.2}).tolist() == [[0, 0, M2]]
+    # pixel 0: M2 has 0.3 + 0.2 = 0.5 = background's 0.5 -> tie to the bone; pixel 1: 0.5 vs 0.5 -> bone
+    assert consensus({"a": a, "b": b, "c": c}, {"a": 0.5, "b": 0.3, "c": 0.2}).tolist() == [[M2, M2, M2]]
     assert consensus({"a": a, "b": b, "c": c}, {"a": 0.6, "b": 0.3, "c": 0.1}).tolist() == [[0, M2, M2]]
+    # two equal annotators: the union of their bones; bone against bone: the first in class order;
+    # background's plurality against bones that split the rest stays background
+    m1, m3 = BONES["M1"], BONES["M3"]
+    x = np.array([[M2, 0, m3, 0]], dtype=np.uint8)
+    y = np.array([[0, M2, m1, 0]], dtype=np.uint8)
+    assert consensus({"x": x, "y": y}, {"x": 0.5, "y": 0.5}).tolist() == [[M2, M2, m1, 0]]
+    z = np.array([[0, 0, 0, 0]], dtype=np.uint8)
+    assert consensus({"x": x, "y": y, "z": z}, {"x": 0.3, "y": 0.3, "z": 0.4}).tolist() == [[0, 0, 0, 0]]
     with pytest.raises(BenchError, match="at least one"):
         consensus({}, {})
 
