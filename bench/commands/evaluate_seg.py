@@ -32,7 +32,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--split", default="all", help="all: every annotated image (default); or one split of the "
                    "dataset's manifest, e.g. test")
     p.add_argument("--out", type=Path, default=None, help="output folder (default: <results>/segmentation/"
-                   "<entry>-seed<k>--<dataset folder name>); replaced if it exists")
+                   "<suite>-<entry>-seed<k>--<dataset folder name>); replaces only an earlier evaluate-seg output of the same "
+                   "segmenter and dataset")
     p.add_argument("--results", type=Path, default=Path("results"), help="results folder for the default --out")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: auto)")
     p.add_argument("--batch-size", type=int, default=None, help="radiographs per forward pass (default: the run's "
@@ -41,7 +42,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--tracking-uri", default=None, help="MLflow tracking URI (default: sqlite under --results)")
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--overwrite", action="store_true",
-                   help="replace an earlier evaluate-seg output of another dataset in the output folder")
+                   help="replace an earlier evaluate-seg output of another dataset or segmenter in the output folder")
     p.add_argument("--no-laterality-check", action="store_true",
                    help="skip predicting each image of known side mirrored too (halves the prediction time of a "
                         "canonical-laterality model; no laterality_detection in the summary)")
@@ -101,9 +102,10 @@ def log_evaluation(tracker: Any, name: str, summary: dict[str, Any], files: list
     return tracker.log_once(EXPERIMENT, tags, f"evaluate-seg/{name}", params=params, metrics=metrics, files=files)
 
 
-def check_seg_out(out: Path, fingerprint: str, overwrite: bool = False) -> None:
+def check_seg_out(out: Path, fingerprint: str, overwrite: bool = False, segmenter: str | None = None) -> None:
     """BenchError unless `out` is new, empty, or an earlier evaluate-seg output (summary.json and images.csv
-    only) of the same dataset (of another one with `overwrite`): never a dataset, a bundle or other files."""
+    only) of the same dataset and segmenter path (of others with `overwrite`): never a dataset, a bundle or
+    other files."""
     from bench.errors import BenchError
 
     if not out.exists() or (out.is_dir() and not any(out.iterdir())):
@@ -121,6 +123,10 @@ def check_seg_out(out: Path, fingerprint: str, overwrite: bool = False) -> None:
     if (earlier.get("data") or {}).get("fingerprint") != fingerprint and not overwrite:
         raise BenchError(f"{out} holds the evaluation of another dataset ({(earlier.get('data') or {}).get('path')}, "
                          "or that folder before it changed); pass --overwrite to replace it, or choose another --out")
+    before = (earlier.get("segmenter") or {}).get("path")
+    if segmenter is not None and before not in (None, segmenter) and not overwrite:
+        raise BenchError(f"{out} holds the evaluation of another segmenter ({before}); pass --overwrite to "
+                         "replace it, or choose another --out")
 
 
 def evaluate_seg_command(args: argparse.Namespace) -> int:
@@ -146,7 +152,7 @@ def evaluate_seg_command(args: argparse.Namespace) -> int:
     default = args.results / "segmentation" / f"{seg.label}--{Path(args.data).resolve().name}"
     out = Path(os.path.abspath(args.out or default))
     fingerprint = dataset_fingerprint(Path(args.data))
-    check_seg_out(out, fingerprint, args.overwrite)          # before the work, not after
+    check_seg_out(out, fingerprint, args.overwrite, seg.source.get("path"))   # before the work, not after
     result = evaluate_segmenter(seg, dataset, split=args.split, seed=args.seed,
                                 detect=not args.no_laterality_check, progress=progress)
     summary = {"segmenter": seg.source, "data": {"path": str(Path(args.data).resolve()), "fingerprint": fingerprint},

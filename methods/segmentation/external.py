@@ -48,9 +48,10 @@ class Segmenter:
 
     @property
     def label(self) -> str:
-        """A short name for output folders: <entry>-seed<k>, or the model file's folder name."""
+        """A short name for output folders: [<suite>-]<entry>-seed<k>, or the model file's folder name."""
         if self.source.get("entry"):
-            return f"{self.source['entry']}-seed{self.source.get('seed', 0)}"
+            suite = f"{self.source['suite']}-" if self.source.get("suite") else ""
+            return f"{suite}{self.source['entry']}-seed{self.source.get('seed', 0)}"
         return Path(self.source["path"]).parent.name or "model"
 
 
@@ -97,7 +98,7 @@ def open_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segm
         meta, blobs = read_meta(path)
         settings = _settings(meta.get("config", {}).get("segmentation", {}))
         settings["draws"] = int(meta["segmentation"].get("samples") or 0)
-        source = {"kind": "bundle", "path": str(path.resolve()), **{k: meta["source"].get(k) for k in ("entry", "seed")}}
+        source = {"kind": "bundle", "path": str(path.resolve()), **{k: meta["source"].get(k) for k in ("suite", "entry", "seed")}}
         return Segmenter(bundle_segmenter(path, meta, blobs).to(device), source=source, **settings)
     if path.is_file():
         return Segmenter(load_model(path, device), source={"kind": "model", "path": str(path.resolve())},
@@ -115,7 +116,8 @@ def open_segmenter(path: str | Path, device: torch.device | str = "cpu") -> Segm
     if not model_file.is_file():
         raise BenchError(f"the segmenter of {run} ({model_file}) is missing from the cache; rerun the same "
                          "`bench run` command (it recomputes only what is missing)")
-    source = {"kind": "run", "path": str(run.resolve()), "entry": config.get("entry"), "seed": config.get("seed")}
+    source = {"kind": "run", "path": str(run.resolve()), "suite": config.get("suite"), "entry": config.get("entry"),
+              "seed": config.get("seed")}
     return Segmenter(load_model(model_file, device), source=source,
                      **_settings(config.get("config", {}).get("segmentation", {})))
 

@@ -53,7 +53,7 @@ def trained(tmp_path_factory) -> dict:
                           device=torch.device("cpu"))
             run = root / "results" / "s" / f"seg-{kind}" / "seed0"
             run.mkdir(parents=True)
-            (run / "config.json").write_text(json.dumps({"entry": f"seg-{kind}", "seed": 0,
+            (run / "config.json").write_text(json.dumps({"suite": "s", "entry": f"seg-{kind}", "seed": 0,
                                                          "stages": {"segment": key, "segment_eval": key},
                                                          "config": config.to_dict()}))
             out[kind] = run
@@ -234,3 +234,15 @@ def test_cli_out_replaces_only_its_own_earlier_output(trained, tmp_path, capsys,
     assert "holds the evaluation of another dataset" in capsys.readouterr().err
     assert main([*base, "--data", str(other), "--out", str(out), "--overwrite"]) == 0
     assert json.loads((out / "summary.json").read_text())["data"]["path"] == str(other.resolve())
+
+
+def test_cli_out_of_another_segmenter_is_replaced_only_with_overwrite(trained, tmp_path, capsys):
+    ds, out = trained["seg"], tmp_path / "ev"
+    tail = ["--data", str(ds.root), "--split", "val", "--device", "cpu", "--no-mlflow", "--no-laterality-check",
+            "--out", str(out)]
+    assert main(["evaluate-seg", str(trained["single"]), *tail]) == 0
+    assert main(["evaluate-seg", str(trained["mose"]), *tail]) == 2
+    assert "holds the evaluation of another segmenter" in capsys.readouterr().err
+    assert json.loads((out / "summary.json").read_text())["segmenter"]["path"] == str(trained["single"].resolve())
+    assert main(["evaluate-seg", str(trained["mose"]), *tail, "--overwrite"]) == 0
+    assert json.loads((out / "summary.json").read_text())["segmenter"]["path"] == str(trained["mose"].resolve())
