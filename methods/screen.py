@@ -24,13 +24,14 @@ Per radiograph (bone-bright float image from bench.data.imageio.read_image):
    * ``out-of-distribution``: the image's mean segmentation entropy exceeds ``ood_factor`` × the
      99th percentile of the mean entropies of the images the run itself segmented (its `seg` and
      `cls` datasets; ``reference`` of the bundle): the model is unsure where the bones are, as on
-     a radiograph of something else or from an unfamiliar device;
+     a radiograph of something else or from an unfamiliar device, so the decision is **withheld**
+     (the probability is still reported: a QA case, random noise, got 4 "bones" and 0.79);
    * ``models-disagree`` (a fold ensemble only): the fold models' own image probabilities fall on
      both sides of the threshold, so the decision depends on which 80 % of the cohort trained it;
    * ``laterality-mismatch`` (``check_laterality``, a canonical-laterality segmenter): the side the
      header (or ``--laterality``) gives is not the one the model finds when not told: a wrong tag
-     mirrors the hand and moves every bone (a wrongly tagged test image of the run flipped 23 of 60
-     decisions), so the result is marked low-confidence;
+     mirrors the hand and moves every bone, which can flip the decision, so the result is marked
+     low-confidence;
    * ``both-hands``: the DICOM header's ImageLaterality (else Laterality) is B, both hands on one image:
      one hand's bones cannot be cut from it (the import refuses such files), so the decision is
      **withheld**;
@@ -39,8 +40,8 @@ Per radiograph (bone-bright float image from bench.data.imageio.read_image):
      (a QA case: 0.64 and 0.71 "osteoporosis" where the same hand as a 16-bit image scored 0.44); rescale
      it (or import it with `bench data import`, which says so).
 
-   Status: ``withheld`` with too-few-bones or both-hands; else ``low-confidence`` with low-confidence-segmentation,
-   image-too-small, out-of-distribution, models-disagree, laterality-mismatch or looks-12-bit; else ``ok``. ``model_probabilities``
+   Status: ``withheld`` with too-few-bones, out-of-distribution or both-hands; else ``low-confidence`` with
+   low-confidence-segmentation, image-too-small, models-disagree, laterality-mismatch or looks-12-bit; else ``ok``. ``model_probabilities``
    holds each model's image probability (its bones' mean); ``probability_sd`` their standard
    deviation (NaN with one model).
 
@@ -229,9 +230,9 @@ def assess(bones: Sequence[BonePatch], shape: tuple[int, int], canvas: tuple[int
         flags.append("both-hands")
         notes.append("the header's laterality is B (both hands on one image): one hand's bones cannot be cut "
                      "from it; decision withheld (export each hand as its own image)")
-    if {"too-few-bones", "both-hands"} & set(flags):
+    if {"too-few-bones", "out-of-distribution", "both-hands"} & set(flags):
         status = "withheld"
-    elif {"low-confidence-segmentation", "image-too-small", "out-of-distribution", "models-disagree",
+    elif {"low-confidence-segmentation", "image-too-small", "models-disagree",
           "laterality-mismatch", "looks-12-bit"} & set(flags):
         status = "low-confidence"
     else:

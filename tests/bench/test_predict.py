@@ -342,7 +342,8 @@ def test_an_image_more_uncertain_than_the_runs_own_is_flagged_out_of_distributio
     entropy = ours.predict([rad], ["x"], screen=PERMISSIVE)[0].mean_entropy
     ours.meta["reference"]["mean_entropy"]["q99"] = entropy / 1.3       # as if the run's images were surer
     res = ours.predict([rad], ["x"], screen=PERMISSIVE)[0]
-    assert "out-of-distribution" in res.flags and res.status == "low-confidence"
+    assert "out-of-distribution" in res.flags and res.status == "withheld" and res.decision == "withheld"
+    assert res.prediction is None and 0.0 <= res.probability <= 1.0              # the probability is still given
     assert ours.predict([rad], ["x"], screen=ScreenConfig(min_bones=1, min_confidence=0, ood_factor=1.4))[0].flags \
         == [f for f in res.flags if f != "out-of-distribution"]
 

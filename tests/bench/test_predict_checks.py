@@ -38,7 +38,7 @@ def test_flags_withhold_or_lower_confidence_as_documented():
     ref = 0.04                                # the run's 99th percentile of the mean entropy
     assert assess(whole, (2000, 1500), canvas, cfg, 0.0499, ref) == ([], [], "ok")        # < 1.25 × 0.04
     flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, 0.0501, ref)
-    assert (flags, status) == (["out-of-distribution"], "low-confidence") and "0.0501 nats > 1.25 × 0.0400" in notes[0]
+    assert (flags, status) == (["out-of-distribution"], "withheld") and "0.0501 nats > 1.25 × 0.0400" in notes[0]
     assert assess(whole, (2000, 1500), canvas, cfg, model_probabilities=[0.55, 0.9], threshold=0.5) == ([], [], "ok")
     flags, notes, status = assess(whole, (2000, 1500), canvas, cfg, model_probabilities=[0.45, 0.9], threshold=0.5)
     assert (flags, status) == (["models-disagree"], "low-confidence") and "0.450, 0.900 around the threshold 0.5" in notes[0]
