@@ -16,6 +16,8 @@ experiment, with the folder as artifacts (``mlflow=False`` skips it).
 """
 from __future__ import annotations
 
+import json
+
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -84,7 +86,7 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
     fig5_entry = cfg.fig5_entry or best
     if cfg.fig5_entry is not None and cfg.fig5_entry not in present:
         raise BenchError(f"Fig. 5 entry {cfg.fig5_entry!r} has no results in suite {suite!r}; entries: {present}")
-    tables = tab.assemble(summary, known, best, cfg.split)
+    tables = tab.assemble(summary, known, best, cfg.split, run_networks(results, suite, entries))
     tests = run_tests(predictions, {k: t.comparisons() for k, t in tables.items()}, split=cfg.split,
                       n_boot=n_boot, seed=seed, alpha=cfg.alpha)
 
@@ -132,6 +134,23 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
         _log_mlflow(results, suite, out, tracking_uri, {"n_boot": n_boot, "seed": seed, "split": cfg.split,
                                                         "entries": ",".join(present), "best_entry": best or ""})
     return out / INDEX_FILE
+
+
+def run_networks(results: Path, suite: str, entries: Sequence[str] | None) -> dict[str, dict[str, str]]:
+    """Per entry, the ``ssl.encoder`` and ``vgg.name`` its first complete run was configured with."""
+    out: dict[str, dict[str, str]] = {}
+    for path in store.complete_runs(results, suite, entries):
+        entry = path.parent.name
+        if entry in out:
+            continue
+        try:
+            config = json.loads((path / "config.json").read_text(encoding="utf-8")).get("config") or {}
+        except (OSError, ValueError):
+            continue
+        out[entry] = {key: str(config.get(section, {}).get(name)) for key, section, name in
+                      (("ssl.encoder", "ssl", "encoder"), ("vgg.name", "vgg", "name"))
+                      if isinstance(config.get(section), dict) and config[section].get(name)}
+    return out
 
 
 def unique_labels(names: Sequence[str], known: dict):

@@ -125,28 +125,53 @@ def _rank(entry: Entry) -> tuple[int, str]:
     return (pos, entry.name)
 
 
+def network_label(name: str) -> str:
+    """A timm model name as tables print it: resnet18 → ResNet18, vgg16_bn → VGG16-BN."""
+    for prefix, shown in (("resnet", "ResNet"), ("vgg", "VGG")):
+        if name.startswith(prefix):
+            return shown + name[len(prefix):].upper().replace("_", "-")
+    return name
+
+
+def architecture_text(text: str, networks: Mapping[str, str]) -> str:
+    """An entry's paper architecture (Entry.info) with the networks its runs used: ``networks`` maps
+    ``ssl.encoder`` / ``vgg.name`` to timm names (a smoke run has a ResNet18 and a VGG11)."""
+    if networks.get("ssl.encoder"):
+        text = text.replace("ResNet50", network_label(networks["ssl.encoder"]))
+    if networks.get("vgg.name"):
+        text = text.replace("VGG16", network_label(networks["vgg.name"]))
+    return text
+
+
 def assemble(summary: pd.DataFrame, registry: Mapping[str, Entry], best: str | None,
-             split: str = "test") -> dict[str, Table]:
-    """The tables that have rows, keyed "table3" ... "table8", in paper order."""
+             split: str = "test", networks: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, Table]:
+    """The tables that have rows, keyed "table3" ... "table8", in paper order; `networks` (entry → its
+    runs' ``ssl.encoder`` / ``vgg.name``) corrects the paper's architecture names where the runs differ."""
+    networks = networks or {}
     present = set(summary.loc[(summary["split"] == split) & (summary["n"] > 0), "entry"])
     tables: dict[str, Table] = {}
     for key, spec in SPECS.items():
         members = sorted((e for e in registry.values() if e.table == key and e.name in present), key=_rank)
-        rows = [_row(spec, e, summary, best, split) for e in members]
+        rows = [_row(spec, e, summary, best, split, networks.get(e.name, {})) for e in members]
         if not rows:
             continue
         if spec.ours and best is not None and best in present:
             b = registry[best]
             label = f"Ours (full framework, {b.row or b.name})"
-            info = tuple(str(b.info.get(k, OURS_INFO.get(k, ""))) for k, _ in spec.info)
+            info = tuple(_info(k, str(b.info.get(k, OURS_INFO.get(k, ""))), networks.get(best, {}))
+                         for k, _ in spec.info)
             rows.append(Row(best, label, info, None, {m: lookup(summary, best, m, split) for m in spec.metrics},
                             ours=True, unscored=_unscored(summary, best, split)))
         tables[key] = Table(spec, rows, split, best)
     return tables
 
 
+def _info(key: str, text: str, networks: Mapping[str, str]) -> str:
+    return architecture_text(text, networks) if key == "architecture" else text
+
+
 def _row(spec: TableSpec, entry: Entry, summary: pd.DataFrame,
-         best: str | None, split: str) -> Row:
+         best: str | None, split: str, networks: Mapping[str, str] | None = None) -> Row:
     values = {m: lookup(summary, entry.name, m, split) for m in spec.metrics}
     reference = entry.parent if spec.reference == "parent" else best
     if reference == entry.name:
@@ -155,7 +180,7 @@ def _row(spec: TableSpec, entry: Entry, summary: pd.DataFrame,
     for m in spec.metrics:
         ref_mean = lookup(summary, reference, m, split)[0] if reference else math.nan
         deltas[m] = values[m][0] - ref_mean if math.isfinite(ref_mean) else math.nan
-    info = tuple(str(entry.info.get(k, "--")) for k, _ in spec.info)
+    info = tuple(_info(k, str(entry.info.get(k, "--")), networks or {}) for k, _ in spec.info)
     return Row(entry.name, entry.row or entry.name, info, reference, values, deltas,
                unscored=_unscored(summary, entry.name, split))
 

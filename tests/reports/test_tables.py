@@ -299,3 +299,17 @@ def test_a_caption_names_the_rows_that_left_subjects_unscored(tmp_path, register
     assert f"left out of a row's numbers (mean over seeds; {label}: 1.5 of 40)." in text
     sentence = text.split("Subjects without a usable bone", 1)[1].split(").", 1)[0]
     assert sentence.count(": ") == 1            # only the row that left subjects out is named
+
+
+def test_the_architecture_column_names_the_networks_the_runs_used(tmp_path, registered):
+    assert [tab.network_label(n) for n in ("resnet18", "resnet50", "vgg11", "vgg16_bn", "convnext_tiny")] == \
+        ["ResNet18", "ResNet50", "VGG11", "VGG16-BN", "convnext_tiny"]
+    assert tab.architecture_text("VGG16 + Transformer", {"vgg.name": "vgg11"}) == "VGG11 + Transformer"
+    summary, best, tables = _build(tmp_path, registered)
+    plain = {r.entry: r.info for r in tables["table8"].rows}
+    assert plain["rt_jang"][1] == "VGG16" and tables["table8"].rows[-1].info[1] == "ResNet50"   # the paper's
+    smoke = tab.assemble(summary, registered, best, networks={"rt_jang": {"vgg.name": "vgg11"},
+                                                              best: {"ssl.encoder": "resnet18"}})["table8"]
+    shown = {r.entry: r.info for r in smoke.rows if not r.ours}
+    assert shown["rt_jang"][1] == "VGG11" and shown["rt_deepdxa"][1] == "ResNet18"
+    assert smoke.rows[-1].ours and smoke.rows[-1].info[1] == "ResNet18"
