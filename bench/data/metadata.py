@@ -86,7 +86,11 @@ def resolve_columns(csv_columns: list[str], overrides: dict[str, str | None]) ->
     if unknown:
         raise BenchError(f"unknown field(s) {unknown} in the column mapping; fields are "
                          f"{', '.join(COLUMN_ALIASES)}")
-    by_key = {_key(c): c for c in csv_columns}
+    by_key: dict[str, str] = {}
+    for c in csv_columns:
+        by_key.setdefault(_key(c), c)
+    for c in csv_columns:       # then without a unit or note in brackets: "Age (y)", "T-score [L1-L4]"
+        by_key.setdefault(_key(re.sub(r"[(\[{][^)\]}]*[)\]}]", "", str(c))), c)
     out: dict[str, str | None] = {}
     for fld, aliases in COLUMN_ALIASES.items():
         if fld in overrides:

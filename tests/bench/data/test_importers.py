@@ -310,3 +310,12 @@ def test_out_that_is_or_holds_an_input_file_is_refused(folder, tmp_path, which):
     with pytest.raises(BenchError, match=f"--out {out} (is|holds) the .* which --overwrite would delete"):
         import_dataset(cfg)
     assert {p: p.read_bytes() for p in (csv, coco, cmap)} == before             # every input intact
+
+
+def test_column_names_with_a_unit_in_brackets_are_recognised():
+    from bench.data.metadata import resolve_columns
+
+    found = resolve_columns(["File", "Patient ID", "Age (y)", "T-score [L1-L4]", "Pixel spacing (mm)", "age2"], {})
+    assert (found["age"], found["t_score"], found["pixel_spacing_mm"]) == ("Age (y)", "T-score [L1-L4]",
+                                                                           "Pixel spacing (mm)")
+    assert resolve_columns(["file", "Age (months)", "age"], {})["age"] == "age"   # an exact name wins
