@@ -17,7 +17,6 @@ experiment, with the folder as artifacts (``mlflow=False`` skips it).
 from __future__ import annotations
 
 import json
-
 import re
 from collections import Counter
 from dataclasses import dataclass, field
