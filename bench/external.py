@@ -7,7 +7,11 @@ the benchmark aggregates a run's own predictions: several images of a subject co
 (bench.metrics.average_images), a subject's probability is the mean of its usable bones (paper
 eq. 10; bench.metrics.aggregate_subjects), and the decision is ``p > threshold``. Every usable
 bone counts, whatever the screening flags say, as in the benchmark; the flags are counted in the
-metrics' ``extra`` and listed per image.
+metrics' ``extra`` and listed per image. So is whether the model saw the image: its pixel digest
+(bench.data.digests) looked up in the bundle's ``training_images`` (methods.training_images) says
+whether a model was fitted on it (``fit``: not external) or tested on it (``held_out``: the run's
+own test subjects), whatever folder it now lies in; ``exclude_seen`` leaves out the subjects
+with a fitted image.
 
 By default every labelled subject is a ``test`` subject (an external cohort); ``split`` keeps only
 one split of the dataset's own manifest (e.g. the test split of a dataset a model was not trained
@@ -34,6 +38,7 @@ from bench.metrics import aggregate_subjects, average_images, split_metrics
 from bench.results import CONFIG_FILE
 
 ALL = "all"
+FIT, HELD_OUT = "fit", "held_out"     # methods.training_images
 
 
 @dataclass
@@ -71,18 +76,29 @@ def chosen_rows(dataset: Dataset, split: str = ALL) -> pd.DataFrame:
 
 
 def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, threshold: float | None = None,
-                     batch_size: int = 8, chunk: int = 64,
+                     batch_size: int = 8, chunk: int = 64, exclude_seen: bool = False,
                      progress: Callable[[int, int], None] | None = None) -> Evaluation:
-    """Screen every chosen radiograph in chunks (images are not all held at once) and compute the metrics."""
+    """Screen every chosen radiograph in chunks (images are not all held at once) and compute the metrics.
+
+    Each image is looked up by its pixel digest in the predictor's ``meta["training_images"]``
+    (methods.training_images): images.csv says whether the model was fitted on it (``seen`` fit) or
+    tested on it (held_out), and the metrics' ``extra`` counts both. `exclude_seen` leaves out every
+    subject with an image the model was fitted on (a BenchError when the meta records none).
+    """
+    from bench.data.digests import pixel_digest
     from bench.data.imageio import read_image
     from methods.segmentation.data import side_of
 
     rows = chosen_rows(dataset, split)
     t = float(predictor.meta["decision"]["threshold"]) if threshold is None else float(threshold)
+    training = predictor.meta.get("training_images")
+    if exclude_seen and not isinstance(training, dict):
+        raise BenchError("this bundle records no digests of its training images (it was exported before they were "
+                         "recorded); export its run again to use --exclude-seen")
     bones, images = [], []
     for start in range(0, len(rows), chunk):
         part = rows.iloc[start:start + chunk]
-        rads = []
+        rads, seen = [], []
         for image_id, spacing, side in zip(part["image_id"].astype(str), part["pixel_spacing_mm"],
                                            part["laterality"] if "laterality" in part else [""] * len(part)):
             rad = read_image(dataset.image_path(image_id))
@@ -91,25 +107,52 @@ def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, thre
             if side_of(side):                               # and its side, as the segment stage took it
                 rad.header = {**rad.header, "ImageLaterality": side_of(side)}
             rads.append(rad)
-        for (_, row), s in zip(part.iterrows(), predictor.predict(rads, list(part["image_id"].astype(str)),
-                                                                  batch_size=batch_size)):
+            seen.append(seen_as(training, pixel_digest(rad.pixels)))
+        for (_, row), s, (kind, where) in zip(part.iterrows(), predictor.predict(
+                rads, list(part["image_id"].astype(str)), batch_size=batch_size), seen):
             for bone in BONES:
                 bones.append({"subject_id": str(row["subject_id"]), "split": row["split"], "bone": bone,
                               "y_true": int(row["label"]), "p_pos": s.bone_probability.get(bone, np.nan)})
             images.append({"image_id": row["image_id"], "subject_id": str(row["subject_id"]),
-                           "label": int(row["label"]), **{k: v for k, v in s.row().items() if k != "name"}})
+                           "label": int(row["label"]), **{k: v for k, v in s.row().items() if k != "name"},
+                           "seen": kind, "seen_as": where})
         if progress is not None:
             progress(min(start + chunk, len(rows)), len(rows))
-    subjects = aggregate_subjects(average_images(pd.DataFrame(bones)))
+    image_frame = pd.DataFrame(images)
+    fitted = set(image_frame.loc[image_frame["seen"] == FIT, "subject_id"])
+    image_frame["excluded"] = exclude_seen & image_frame["subject_id"].isin(fitted)
+    bone_frame = pd.DataFrame(bones)
+    if exclude_seen:
+        bone_frame = bone_frame[~bone_frame["subject_id"].isin(fitted)]
+        if bone_frame.empty:
+            raise BenchError(f"every labelled subject of {dataset.root} has an image the bundle was fitted on "
+                             "(--exclude-seen leaves none): this is its training data, not an external cohort")
+    subjects = aggregate_subjects(average_images(bone_frame))
     subjects["y_pred"] = (subjects["p_pos"] > t).astype("Int64").where(subjects["p_pos"].notna())
     metrics: dict[str, Any] = split_metrics(subjects, threshold=t)
-    image_frame = pd.DataFrame(images)
-    status = image_frame["status"].value_counts()
-    metrics["extra"] = {"images": float(len(image_frame)), "subjects": float(subjects["subject_id"].nunique()),
+    status = image_frame.loc[~image_frame["excluded"], "status"].value_counts()
+    kinds = image_frame["seen"].value_counts()
+    metrics["extra"] = {"images": float((~image_frame["excluded"]).sum()),
+                        "subjects": float(subjects["subject_id"].nunique()),
                         **{f"images_{k.replace('-', '_')}": float(status.get(k, 0))
                            for k in ("ok", "low-confidence", "withheld")},
+                        "images_seen_fit": float(kinds.get(FIT, 0)),
+                        "images_seen_held_out": float(kinds.get(HELD_OUT, 0)),
+                        "subjects_seen_fit": float(len(fitted)),
+                        "subjects_excluded": float(len(fitted) if exclude_seen else 0),
                         "threshold": t}
     return Evaluation(subjects, metrics, image_frame, t)
+
+
+def seen_as(training: Any, digest: str) -> tuple[str, str]:
+    """(``fit`` | ``held_out`` | ``""``, where) of an image digest in a bundle's ``training_images``."""
+    if not isinstance(training, dict):
+        return "", ""
+    for kind in (FIT, HELD_OUT):
+        where = (training.get(kind) or {}).get(digest)
+        if where:
+            return kind, str(where)
+    return "", ""
 
 
 def check_replaceable(folder: Path, fingerprint: str, overwrite: bool = False) -> None:

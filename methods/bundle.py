@@ -21,7 +21,9 @@ probe summary), the patch config (``patches``), the class map, the decision rule
 screening thresholds (methods.screen.ScreenConfig), the reference segmentation uncertainty (median
 and 99th percentile of the per-image mean entropy over the images the run's segment stage
 predicted, for the out-of-distribution flag), a description of the preprocessing, the run's whole
-resolved config, and the SHA-256 of every member.
+resolved config, the SHA-256 of every member, and the pixel digests of the images its models were
+fitted on or tested on (``training_images``, methods.training_images; optional: bundles written
+before it lack it, and `bench evaluate` then falls back to comparing dataset folders).
 
 Conventions:
 

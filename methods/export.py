@@ -30,6 +30,7 @@ from bench.predict import json_safe
 from methods.bundle import (ENCODER, FORMAT, FORMAT_VERSION, HEAD, LABELS, META, PREPROCESSING, REQUIRED_STAGES,
                             SEGMENTATION)
 from methods.encoders import extract_features
+from methods.training_images import training_images
 
 
 @dataclass
@@ -234,6 +235,7 @@ def export_bundle(run_path: str | Path, out: str | Path, device: torch.device | 
         "preprocessing": PREPROCESSING,
         "config": config,
         "files": {name: hashlib.sha256(blob).hexdigest() for name, blob in blobs.items()},
+        "training_images": training_images(m.config for m in members),
     }
     atomic_write_bytes(Path(out), _zip(meta, blobs))
     return Path(out)

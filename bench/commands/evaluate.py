@@ -27,6 +27,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--no-mlflow", action="store_true", help="do not log to MLflow")
     p.add_argument("--overwrite", action="store_true", help="replace a run folder holding an evaluation on another "
                    "dataset (a rerun on the same dataset replaces it anyway)")
+    p.add_argument("--exclude-seen", action="store_true", help="leave out every subject with an image the bundle's "
+                   "models were fitted on (recognised by its pixels wherever it lies; bench.data.digests)")
     p.set_defaults(func=evaluate_command)
 
 
@@ -44,6 +46,25 @@ def training_folders(meta: dict) -> dict[Path, str]:
     recorded = (meta.get("source") or {}).get("data") or (meta.get("config") or {}).get("data") or {}
     return {Path(path).resolve(): role for role, path in recorded.items()
             if role in ("seg", "cls") and isinstance(path, str) and path}
+
+
+def warn_seen(images, data: Path, excluded: bool) -> None:
+    """Say how many of the evaluated radiographs the bundle's models had seen, and where (images.csv
+    lists them: columns seen, seen_as, excluded)."""
+    def counts(kind: str) -> str:
+        where = images.loc[images["seen"] == kind, "seen_as"].value_counts()
+        return ", ".join(f"{place} {n}" for place, n in sorted(where.items()))
+
+    n_fit, n_test = int((images["seen"] == "fit").sum()), int((images["seen"] == "held_out").sum())
+    if n_fit:
+        subjects = images.loc[images["seen"] == "fit", "subject_id"].nunique()
+        what = (f"bench: warning: {n_fit} of {len(images)} radiographs of {data} are, pixel for pixel, images the "
+                f"bundle's models were fitted on ({counts('fit')}): ")
+        print(what + (f"their {subjects} subject(s) are left out (--exclude-seen)" if excluded else
+                      f"their {subjects} subject(s) are not external; --exclude-seen leaves them out"), file=sys.stderr)
+    if n_test:
+        print(f"bench: note: {n_test} of {len(images)} radiographs of {data} are the source run's own test images "
+              f"({counts('held_out')}): never fitted on, but not an external cohort", file=sys.stderr)
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
@@ -64,8 +85,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     seed = int(source.get("seed") or 0)
     fingerprint = dataset_fingerprint(Path(args.data))
     check_replaceable(store.run_dir(args.results, args.name, entry, seed), fingerprint, args.overwrite)
+    training = bundle.meta.get("training_images")
     role = training_folders(bundle.meta).get(Path(args.data).resolve())
-    if role and args.split != "test":
+    unrecorded = {Path(f).resolve() for f in training.get("unrecorded", [])} if isinstance(training, dict) else None
+    if role and args.split != "test" and (unrecorded is None or Path(args.data).resolve() in unrecorded):
         print(f"bench: warning: {args.data} is the `{role}` dataset the bundle was trained on; its train and val "
               "subjects are not external: --split test scores its held-out subjects alone", file=sys.stderr)
 
@@ -74,14 +97,17 @@ def evaluate_command(args: argparse.Namespace) -> int:
             print(f"\r{done}/{total} radiographs", end="" if done < total else "\n", file=sys.stderr)
 
     result = evaluate_dataset(bundle, dataset, split=args.split, threshold=args.threshold,
-                              batch_size=args.batch_size, progress=progress)
+                              batch_size=args.batch_size, exclude_seen=args.exclude_seen, progress=progress)
+    warn_seen(result.images, args.data, args.exclude_seen)
     bundle_sha = _sha256(args.bundle)
     config = {"suite": args.name, "entry": entry, "seed": seed, "version": __version__, "kind": "external",
               "bundle": {"path": str(Path(args.bundle).resolve()), "sha256": bundle_sha, "source": source,
                          "models": len(models_of(bundle.meta)), "format_version": bundle.meta["format_version"]},
               "data": {"cls": str(Path(args.data).resolve()), "fingerprint": fingerprint},
-              "split": args.split, "threshold": result.threshold, "config": bundle.meta.get("config", {})}
-    config["run_key"] = stable_hash({k: config[k] for k in ("bundle", "data", "split", "threshold")})[:16]
+              "split": args.split, "threshold": result.threshold, "exclude_seen": args.exclude_seen,
+              "config": bundle.meta.get("config", {})}
+    config["run_key"] = stable_hash({k: config[k] for k in ("bundle", "data", "split", "threshold")
+                                     + (("exclude_seen",) if args.exclude_seen else ())})[:16]
     path = store.write_run(args.results, args.name, entry, seed, config=config, metrics=result.metrics,
                            predictions=result.subjects, extra_files={"images.csv": images_csv(result)})
     if not args.no_mlflow:
@@ -98,6 +124,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     ci = auc_interval(result.subjects[result.subjects["split"] == split])
     print(f"{entry} (bundle {args.bundle}) on {args.data}: {int(m['n'])} subjects ({int(m['n_pos'])} positive, "
           f"{int(m['n_unscored'])} without a usable bone) from {int(extra['images'])} radiographs "
+          + (f"({int(extra['subjects_excluded'])} subject(s) the bundle was fitted on left out) "
+             if extra["subjects_excluded"] else "") +
           f"({int(extra['images_withheld'])} withheld, {int(extra['images_low_confidence'])} low-confidence by the "
           "screening flags; every usable bone counts)")
     scored = result.subjects[(result.subjects["split"] == split) & result.subjects["p_pos"].notna()]

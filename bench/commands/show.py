@@ -83,6 +83,10 @@ def show_command(args: argparse.Namespace) -> int:
         elif cfg.get("kind") == "external":          # `bench evaluate` (bench.external)
             src = cfg["bundle"]["source"]
             cohort = "every labelled subject" if cfg["split"] == "all" else f"its {cfg['split']} split"
+            extra = run.metrics.get("extra") or {}
+            if extra.get("subjects_seen_fit"):
+                cohort += (f"; {int(extra['subjects_seen_fit'])} subject(s) with images the bundle was fitted on"
+                           + (", left out" if cfg.get("exclude_seen") else ", scored: not external"))
             print(f"external validation of the bundle {cfg['bundle']['path']} (entry {src.get('entry')} seed "
                   f"{src.get('seed')}, suite {src.get('suite')}, {cfg['bundle']['models']} model(s)) on "
                   f"{cfg['data']['cls']} ({cohort}, threshold {cfg['threshold']:g})")

@@ -155,3 +155,29 @@ def test_evaluate_warns_when_the_cohort_is_the_bundles_own_training_data(cohort,
     evaluation = tmp_path / "results" / "a" / "simclr" / "seed0"                # holds no model to export
     assert main(["export", str(evaluation), "--out", str(tmp_path / "x.osteo")]) == 2
     assert "is an external evaluation (`bench evaluate`" in capsys.readouterr().err
+
+
+def test_exclude_seen_leaves_out_the_subjects_of_fitted_images_and_needs_the_digests(cohort):
+    from bench.data.digests import pixel_digest
+    from bench.data.imageio import read_image
+
+    dataset = Dataset.open(cohort)
+    digest = {i: pixel_digest(read_image(dataset.image_path(i)).pixels) for i in ("a1", "b")}
+    assert digest["a1"] == digest["b"]                   # the fixture's images are all alike: make one differ
+    write_png16(dataset.image_path("b"), np.full((16, 12), 0.25, np.float32))
+    digest["b"] = pixel_digest(read_image(dataset.image_path("b")).pixels)
+    fake = FakePredictor()
+    with pytest.raises(BenchError, match="records no digests"):
+        evaluate_dataset(fake, dataset, exclude_seen=True)
+    fake.meta = {**fake.meta, "training_images": {"fit": {digest["b"]: "cls train"},
+                                                  "held_out": {digest["a1"]: "cls test"}}}
+    with pytest.warns(NoUsableBoneWarning):
+        plain = evaluate_dataset(fake, dataset)
+        excluded = evaluate_dataset(fake, dataset, exclude_seen=True)
+    seen = plain.images.set_index("image_id")[["seen", "seen_as"]]
+    assert seen.loc["b"].tolist() == ["fit", "cls train"] and (seen.drop("b")["seen"] == "held_out").all()
+    assert set(plain.subjects["subject_id"]) - set(excluded.subjects["subject_id"]) == {"s1"}   # b's subject
+    extra = excluded.metrics["extra"]
+    assert (extra["images_seen_fit"], extra["images_seen_held_out"], extra["subjects_excluded"]) == (1, 5, 1)
+    assert extra["images"] == 5 and plain.metrics["extra"]["subjects_excluded"] == 0
+    assert excluded.images.set_index("image_id")["excluded"].tolist() == [i == "b" for i in excluded.images["image_id"]]

@@ -362,3 +362,38 @@ def test_evaluate_seg_scores_the_bundles_segmenter_as_the_runs(run, tmp_path, ca
     capsys.readouterr()
     bundle, folder = ({k: v for k, v in s.items() if k != "segmenter"} for s in summaries.values())
     assert bundle == folder and bundle["n_images"] == 4 and bundle["dice_truth"]["mean"] > 0
+
+
+def test_evaluate_recognises_the_training_images_in_a_copy_by_their_pixels(run, tmp_path, capsys):
+    """The bundle records the pixel digests of what its models saw; `bench evaluate` of a copy of the
+    `cls` dataset (another folder: the old folder check said nothing) flags the fit subjects, and
+    --exclude-seen scores exactly the run's test subjects, as --split test on the original does."""
+    import shutil
+
+    seen = load_bundle(run["bundle"]).meta["training_images"]
+    cls, seg = run["cls"].manifest, Dataset.open(run["config"]["data"]["seg"]).manifest
+    fit = cls["split"].isin(["train", "val"])
+    assert len(seen["fit"]) == len(seg) + fit.sum() and len(seen["held_out"]) == (~fit).sum()
+    copy, results = tmp_path / "copy", tmp_path / "results"
+    shutil.copytree(run["cls"].root, copy)
+    runs = {}
+    for name, data, extra in (("all", copy, []), ("ext", copy, ["--exclude-seen"]),
+                              ("own", run["cls"].root, ["--split", "test"])):
+        assert main(["evaluate", str(run["bundle"]), "--data", str(data), "--name", name, "--results", str(results),
+                     "--device", "cpu", "--no-mlflow", *extra]) == 0
+        runs[name] = (capsys.readouterr().err, results / name / "simclr" / "seed0")
+    err, folder = runs["all"]
+    images = pd.read_csv(folder / "images.csv").set_index("image_id")
+    assert (images["seen"] == "fit").sum() == fit.sum() and f"{fit.sum()} of {len(cls)} radiographs" in err
+    assert images.loc[cls.loc[~fit, "image_id"], "seen"].eq("held_out").all() and "--exclude-seen leaves" in err
+    excluded, own = (pd.read_parquet(runs[k][1] / "predictions.parquet").set_index("subject_id")
+                     for k in ("ext", "own"))
+    assert sorted(excluded.index) == sorted(own.index) == sorted(set(cls.loc[~fit, "subject_id"]))
+    assert np.allclose(excluded["p_pos"], own.loc[excluded.index, "p_pos"], equal_nan=True)
+    assert "left out (--exclude-seen)" in runs["ext"][0] and "fitted on (" not in runs["own"][0]
+    assert f"{(~fit).sum()} of {(~fit).sum()} radiographs" in runs["own"][0] and "own test images" in runs["own"][0]
+    assert main(["show", str(runs["all"][1])]) == 0 and "scored: not external" in capsys.readouterr().out
+    old = _rezip(run["bundle"], tmp_path / "old.osteo", meta_update={"training_images": None})
+    assert main(["evaluate", str(old), "--data", str(copy), "--name", "old", "--results", str(results),
+                 "--no-mlflow", "--exclude-seen"]) == 2
+    assert "records no digests of its training images" in capsys.readouterr().err

@@ -7,6 +7,7 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bench.cli import main
@@ -72,6 +73,14 @@ def test_ensemble_bone_probabilities_are_the_mean_of_the_fold_bundles(cv):
     assert names == {"bundle.json", "segmentation.safetensors", "encoder-0.safetensors", "encoder-1.safetensors",
                      "head-0.safetensors", "head-1.safetensors"}          # SupCon: one encoder per fold
     assert meta["source"]["suite"] == "e-cv2"
+    # every cls image was fitted on by one fold or the other; a single fold's test images are held out
+    seg = Dataset.open(json.loads((cv["pooled"] / "config.json").read_text())["data"]["seg"]).manifest
+    n_cls, seen = len(cv["cls"].manifest), meta["training_images"]
+    assert len(seen["fit"]) == len(seg) + n_cls and not seen["held_out"]
+    fold0 = json.loads(zipfile.ZipFile(cv["singles"][0]).read("bundle.json"))["training_images"]
+    fold0_test = pd.read_parquet(cv["results"] / "e-fold0" / "supcon" / "seed0" / "predictions.parquet")
+    assert len(fold0["held_out"]) == (fold0_test["split"] == "test").sum() > 0
+    assert len(fold0["fit"]) + len(fold0["held_out"]) == len(seg) + n_cls
     ens = load_bundle(cv["ensemble"])
     folds = [load_bundle(p) for p in cv["singles"]]
     assert len(ens.models) == 2 and len(ens.encoders) == 2 and ens.describe()["folds"] == [0, 1]
