@@ -33,7 +33,7 @@ from bench.config import Config, resolve
 from bench.data.folds import apply_fold, fold_names
 from bench.data.format import Dataset
 from bench.data.provision import ROLES, check_given, open_all, planned_paths, provide
-from bench.errors import BenchError
+from bench.errors import BenchError, brief
 from bench.executors.locking import data_lock, run_lock, stage_lock
 from bench.metrics import METRICS_VERSION
 from bench.registry import Entry, get, stages_to_run
@@ -311,7 +311,7 @@ class Runner:
         with run_lock(self.cache_root, self.suite, entry, seed):
             store.write_failure(self.results, self.suite, entry, seed, text)
         message = (exc if isinstance(exc, str) else str(exc) if isinstance(exc, BenchError)
-                   else f"{type(exc).__name__}: {exc}")
+                   else brief(exc))
         return Outcome(entry, seed, "failed", time.time() - started, error=message, run_key=run_key,
                        traceback=text, host=host or socket.gethostname())
 
@@ -342,7 +342,7 @@ class Runner:
                 return outcome
             if outcome.status == "skipped":     # its results stand; only the MLflow copy is missing
                 warnings.warn(f"{outcome.entry} seed {outcome.seed}: could not log the finished run to MLflow "
-                              f"({type(exc).__name__}: {exc}); rerun to try again", stacklevel=2)
+                              f"({brief(exc)}); rerun to try again", stacklevel=2)
                 return outcome
             failed = self.failed(outcome.entry, outcome.seed, exc, traceback.format_exc(), time.time(),
                                  run_key=outcome.run_key, host=outcome.host)

@@ -54,7 +54,7 @@ import torch
 from torch import nn
 
 from bench import __version__
-from bench.errors import BenchError
+from bench.errors import BenchError, brief
 from methods.bones import PatchConfig
 from methods.encoders import build_encoder, extract_features
 from methods.segmentation.model import ModelSpec, build_model
@@ -271,7 +271,7 @@ def bundle_segmenter(path: str | Path, meta: dict[str, Any], blobs: dict[str, by
         seg = build_model(ModelSpec.from_dict(meta["segmentation"]["spec"]))
         seg.load_state_dict(load(blobs[SEGMENTATION]))
     except (KeyError, RuntimeError, TypeError) as exc:
-        raise BenchError(f"bundle {path} does not fit this osteobench's networks ({type(exc).__name__}: {exc}); "
+        raise BenchError(f"bundle {path} does not fit this osteobench's networks ({brief(exc)}); "
                          f"{refit_hint(meta)}") from None
     return seg.eval()
 
@@ -301,7 +301,7 @@ def load_bundle(path: str | Path, device: torch.device | str = "cpu") -> Bundle:
                                      None if mean is None else mean.to(device), None if std is None else std.to(device),
                                      described.get("fold")))
     except (KeyError, RuntimeError, TypeError) as exc:
-        raise BenchError(f"bundle {path} does not fit this osteobench's networks ({type(exc).__name__}: {exc}); "
+        raise BenchError(f"bundle {path} does not fit this osteobench's networks ({brief(exc)}); "
                          f"{refit_hint(meta)}") from None
     return Bundle(meta=meta, segmenter=seg.to(device).eval(), encoders=encoders, models=models, device=device,
                   path=Path(path))

@@ -31,7 +31,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageOps
 
-from bench.errors import BenchError
+from bench.errors import BenchError, brief
 
 #: Resolutions (dpi, +-0.5 for PNG's pixels-per-metre rounding) that image writers put in by
 #: default; they say nothing about the detector.
@@ -138,7 +138,7 @@ def read_image(path: Path) -> Radiograph:
     except BenchError:
         raise
     except Exception as exc:  # decoder libraries raise many types for corrupt files
-        raise BenchError(f"cannot read image {path} ({kind}): {type(exc).__name__}: {exc}") from exc
+        raise BenchError(f"cannot read image {path} ({kind}): {brief(exc)}") from exc
     if rad.pixels.ndim != 2 or min(rad.pixels.shape) < 1:
         raise BenchError(f"image {path} has shape {rad.pixels.shape}; expected one 2-D grayscale image")
     if not np.isfinite(rad.pixels).all():

@@ -37,7 +37,7 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Sequence
 
-from bench.errors import BenchError
+from bench.errors import BenchError, brief
 
 if TYPE_CHECKING:  # pragma: no cover
     from bench.registry import Entry
@@ -99,7 +99,7 @@ class RayExecutor:
                 where = self.address or "a new local Ray instance"
                 hint = (" (ray:// needs the Ray client: pip install 'ray[client]')" if str(self.address or "")
                         .startswith("ray://") else "")
-                raise BenchError(f"cannot connect to Ray at {where}: {type(exc).__name__}: {exc}{hint}. Start a "
+                raise BenchError(f"cannot connect to Ray at {where}: {brief(exc)}{hint}. Start a "
                                  "cluster with `ray start --head` and pass --address auto (on a node of it) or "
                                  "--address <head>:6379, or leave --address out for a local Ray instance. A cluster "
                                  "with token authentication (`ray start`'s default in recent Ray) also needs "
@@ -214,5 +214,6 @@ class RayExecutor:
         try:
             return ray.get(ref)
         except Exception as exc:
-            text = f"the Ray task of {entry.name} seed{seed} was lost: {type(exc).__name__}: {exc}"
-            return runner.failed(entry.name, seed, text, text, started, host=socket.gethostname())
+            lost = f"the Ray task of {entry.name} seed{seed} was lost"
+            return runner.failed(entry.name, seed, f"{lost}: {brief(exc)}", f"{lost}: {type(exc).__name__}: {exc}",
+                                 started, host=socket.gethostname())

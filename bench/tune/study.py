@@ -57,7 +57,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
-from bench.errors import BenchError
+from bench.errors import BenchError, brief
 from bench.executors.locking import LOCKS_WORK, file_lock
 from bench.processes import process_alive
 from bench.stage import derive_seed
@@ -171,7 +171,7 @@ def open_storage(spec: str, study_dir: Path, mlflow_db: Path | None = None) -> S
             with StudyStorage(None, shown, lock, advisory).locked():   # first use creates the tables: one at a time
                 storage = RDBStorage(spec)
         except Exception as exc:
-            raise BenchError(f"cannot open the Optuna storage {shown}: {type(exc).__name__}: {exc}. Give a reachable "
+            raise BenchError(f"cannot open the Optuna storage {shown}: {brief(exc)}. Give a reachable "
                              "database URL (sqlite:////abs/path/optuna.db, postgresql://user@host/db with its driver "
                              "installed: pip install 'psycopg[binary]'), or leave --storage out for a journal file under "
                              "<results>/tune/<study>/") from exc
@@ -186,7 +186,7 @@ def open_storage(spec: str, study_dir: Path, mlflow_db: Path | None = None) -> S
         backend = JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path)))
         storage = JournalStorage(backend)
     except Exception as exc:
-        raise BenchError(f"cannot open the Optuna journal {path}: {type(exc).__name__}: {exc}") from exc
+        raise BenchError(f"cannot open the Optuna journal {path}: {brief(exc)}") from exc
     return StudyStorage(storage, f"journal:{path}", path.with_name(f"{path.name}.tune-lock"))
 
 
@@ -199,7 +199,7 @@ def open_study(store: StudyStorage, name: str, direction: str) -> Any:
                                    load_if_exists=True)
     except Exception as exc:
         raise BenchError(f"cannot create or load study {name!r} in {store.description}: "
-                         f"{type(exc).__name__}: {exc}") from exc
+                         f"{brief(exc)}") from exc
 
 
 def check_identity(study: Any, identity: dict[str, Any], leave_out: tuple[str, ...] = ()) -> None:

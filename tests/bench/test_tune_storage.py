@@ -138,3 +138,17 @@ def test_an_interrupted_trial_does_not_use_up_the_budget(tmp_path):
     states = [(t.state.name, interrupted(t)) for t in study.get_trials()]
     assert states == [("COMPLETE", False), ("FAIL", True), ("COMPLETE", False), ("FAIL", False)]
     assert budget_used(study) == 3
+
+
+def test_an_unreachable_database_is_said_on_one_line(tmp_path):
+    """psycopg's connection error spans lines; the CLI's `bench: error:` keeps it on one (bench.errors.brief)."""
+    pytest.importorskip("psycopg")
+    from bench.errors import brief
+    from bench.tune.study import open_storage
+
+    with pytest.raises(BenchError) as caught:
+        open_storage("postgresql://nobody@127.0.0.1:9/nodb", tmp_path)
+    message = str(caught.value)
+    assert "\n" not in message and "OperationalError" in message and "Connection refused" in message
+    assert brief(ValueError("a\n  b\tc " + "x" * 500), limit=20) == "ValueError: a b c x…"
+    assert brief(KeyError()) == "KeyError" and len(brief(ValueError("y" * 900))) == 400
