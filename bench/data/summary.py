@@ -91,7 +91,8 @@ def bone_presence(dataset: Dataset) -> pd.DataFrame:
 def summary_tables(dataset: Dataset) -> dict[str, pd.DataFrame]:
     """The summary's tables. "sex" and "age" (paper Tables 1-2, counted per subject) only for
     labelled datasets; always "split", "site" (images, subjects[, labels per subject]),
-    "bones" (images by number of visible target bones), "missing_bones", "annotators"."""
+    "bones" (images by number of visible target bones; "no masks" for those without), "annotators",
+    and "missing_bones" where some image has masks."""
     m = dataset.manifest.copy()
     m["subject_id"] = m["subject_id"].fillna(m["image_id"]).astype(str)
     subjects = subject_table(dataset)
@@ -118,14 +119,15 @@ def summary_tables(dataset: Dataset) -> dict[str, pd.DataFrame]:
     presence = bone_presence(dataset)
     has = presence.notna().all(axis=1)
     n_bones = presence[has].sum(axis=1).astype(int)
-    lowest = min([len(BONES) - 1, *n_bones.tolist()])       # rows 7 .. lowest seen (at least 6)
-    counts = n_bones.astype(str).value_counts().reindex([str(k) for k in range(len(BONES), lowest - 1, -1)],
-                                                        fill_value=0)
+    lowest = min([len(BONES) - 1, *n_bones.tolist()])       # rows 7 .. lowest seen (at least 6); none without masks
+    counts = n_bones.astype(str).value_counts().reindex([str(k) for k in range(len(BONES), lowest - 1, -1)]
+                                                        if has.any() else [], fill_value=0)
     if (~has).any():
         counts["no masks"] = int((~has).sum())
     tables["bones"] = pd.DataFrame({"Images": counts.astype(int)}).rename_axis("Bones visible")
-    missing = (~presence[has].astype(bool)).sum(axis=0).astype(int)
-    tables["missing_bones"] = pd.DataFrame({"Images missing it": missing}).rename_axis("Bone")
+    if has.any():                                          # without masks a count of missing bones says nothing
+        missing = (~presence[has].astype(bool)).sum(axis=0).astype(int)
+        tables["missing_bones"] = pd.DataFrame({"Images missing it": missing}).rename_axis("Bone")
     per_image = dataset.annotators.groupby("image_id")["annotator"].nunique()
     per_image = per_image.reindex(m["image_id"], fill_value=0).astype(int)
     tables["annotators"] = (per_image.value_counts().sort_index().rename("Images")
@@ -164,7 +166,8 @@ def _headline(dataset: Dataset, tables: dict[str, pd.DataFrame]) -> list[str]:
     fewer = int(bones.drop(index=[str(len(BONES)), "no masks"], errors="ignore").sum())
     with_masks = int(bones.drop(index=["no masks"], errors="ignore").sum())
     lines.append(f"Images with fewer than {len(BONES)} target bones: {fewer} of {with_masks} with masks"
-                 + (f" ({100.0 * fewer / with_masks:.1f} %)." if with_masks else "."))
+                 f" ({100.0 * fewer / with_masks:.1f} %)." if with_masks else
+                 "No image has bone masks: the bone counts need annotations (bench data import --coco).")
     if "oracle_auc" in dataset.meta:
         lines.append(f"Phantom oracle AUC (true latent bone parameters): {dataset.meta['oracle_auc']:.3f}.")
     lines.append("Tables 1\u20132 count subjects; label = max over a subject's images." if dataset.has_labels
@@ -265,7 +268,8 @@ def _summary_png(dataset: Dataset, tables: dict[str, pd.DataFrame]) -> bytes:
     left.table(tables["bones"], CAPTIONS["bones"])
     right.table(tables["site"], CAPTIONS["site"])
     right.table(tables["annotators"], CAPTIONS["annotators"])
-    right.table(tables["missing_bones"], CAPTIONS["missing_bones"])
+    if "missing_bones" in tables:
+        right.table(tables["missing_bones"], CAPTIONS["missing_bones"])
     return _png_bytes(fig)
 
 

@@ -263,3 +263,17 @@ def test_missing_mask_is_named_and_nothing_is_written(tmp_path):
     with pytest.raises(BenchError, match=r"i3.b\.png"):
         show(root, tmp_path / "out", n=9)
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_dataset_without_masks_counts_no_bones(tmp_path):
+    """An imported cohort with labels but no annotations: no table of zero missing bones, and the
+    headline says why (it said "0 of 0 with masks" beside a table of zeros)."""
+    import shutil
+
+    root = build(tmp_path / "bare")
+    shutil.rmtree(root / "masks")
+    (root / "annotators.csv").write_text("image_id,annotator,weight\n")
+    tables = summary_tables(Dataset.open(root))
+    assert tables["bones"]["Images"].to_dict() == {"no masks": len(ROWS)} and "missing_bones" not in tables
+    text = show(root, n=2)["summary_md"].read_text()
+    assert "No image has bone masks" in text and "missing each target bone" not in text
