@@ -34,7 +34,7 @@ def atomic_dir(target: str | os.PathLike, overwrite: bool = False) -> Iterator[P
     if target.exists() and not target.is_dir():
         raise BenchError(f"{target} is a file, not a folder; give a folder path for this output")
     _remove_dead_temporaries(target)
-    tmp = Path(_writable(target.parent, lambda: tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent),
+    tmp = Path(writable(target.parent, lambda: tempfile.mkdtemp(prefix=_temp_prefix(target), dir=target.parent),
                          target))
     os.chmod(tmp, 0o777 & ~_UMASK)
     try:
@@ -60,7 +60,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     if path.is_dir():
         raise BenchError(f"{path} is a folder; give a file path for this output")
     _remove_dead_temporaries(path)
-    fd, tmp = _writable(path.parent, lambda: tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent), path)
+    fd, tmp = writable(path.parent, lambda: tempfile.mkstemp(prefix=_temp_prefix(path), dir=path.parent), path)
     try:
         os.chmod(tmp, 0o666 & ~_UMASK)
         with os.fdopen(fd, "wb") as fh:
@@ -104,7 +104,7 @@ def _current_umask() -> int:
 _UMASK = _current_umask()
 
 
-def _writable(folder: Path, make, target: Path):
+def writable(folder: Path, make, target: Path):
     """Create `folder` (with parents) and run `make` in it; OSError -> BenchError naming the folder."""
     try:
         folder.mkdir(parents=True, exist_ok=True)

@@ -102,8 +102,9 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
     return _library_format(message, category, filename, lineno, line)
 
 
-#: Commands whose long work is saved as it goes (stage cache, resumable trainings, the Optuna study).
-RESUMABLE = ("run", "demo", "tune")
+#: Commands whose long work is saved as it goes (stage cache, resumable trainings, the Optuna study,
+#: the journal of screened images).
+RESUMABLE = ("run", "demo", "tune", "predict")
 
 
 def _after_interrupt(args: argparse.Namespace) -> str:

@@ -12,7 +12,9 @@ unreadable or non-image file is reported (stderr, the ``skipped`` list of predic
 
 Outputs in the folder `out`, written together into a temporary sibling folder that replaces `out` when
 every image is done (an interrupted run leaves the earlier outputs as they were, never a mix); `out`
-must be new, empty or an earlier output of `bench predict` (nothing else in it is ever deleted):
+must be new, empty or an earlier output of `bench predict` (nothing else in it is ever deleted). The
+images screened so far are kept in a journal beside `out` (bench.predict_journal): rerunning an
+interrupted command screens only the rest.
 
     predictions.csv     one row per input: file, name, overlay, error, then the predictor's row
     predictions.json    {"model": ..., "images": [record + file + overlay], "skipped": [{file, error}]}
@@ -37,9 +39,11 @@ from typing import Any, Sequence
 import numpy as np
 import pandas as pd
 
-from bench.atomic import atomic_dir, atomic_write_bytes, atomic_write_text
+from bench.atomic import atomic_dir, atomic_write_text, writable
 from bench.data.imageio import Radiograph, read_image
 from bench.errors import BenchError
+from bench.executors.locking import file_lock
+from bench.predict_journal import Journal, journal_key
 
 
 @dataclass
@@ -158,11 +162,36 @@ def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str |
     own = out_dir.resolve()
     files = [f for f in files if own not in f.resolve().parents]   # never screen our own overlays on a rerun
     names = unique_names(files)
-    with atomic_dir(out_dir, overwrite=True) as tmp:
-        report = _screen(predictor, files, names, skipped, tmp, batch_size, overlays, pixel_spacing_mm, progress,
-                         laterality)
+    options = {"screening": _screening(predictor), "pixel_spacing_mm": pixel_spacing_mm, "laterality": laterality,
+               "batch_size": batch_size}
+    journal = Journal(out_dir, journal_key(predictor, options))
+    writable(journal.root, lambda: None, out_dir)       # a BenchError naming the folder, not an OSError
+    with file_lock(journal.lock, waiting=f"screening into {out_dir}"):
+        kept = journal.open()
+        if kept:
+            print(f"bench: resuming: {kept} image(s) screened by an interrupted run are kept ({journal.root})",
+                  file=sys.stderr)
+        report = _screen(predictor, files, names, skipped, journal, batch_size, overlays, pixel_spacing_mm,
+                         progress, laterality)
+        with atomic_dir(out_dir, overwrite=True) as tmp:
+            for row in report.rows:
+                if row["overlay"]:
+                    journal.link_overlay(row["name"], tmp / row["overlay"])
+            report.out_dir = tmp
+            write_outputs(report, predictor.describe() if hasattr(predictor, "describe") else {}, options)
+        journal.remove()
     report.out_dir = out_dir
     return report
+
+
+def _screening(predictor: Any) -> dict[str, Any] | None:
+    """The screening thresholds the predictor applies (its own, else its bundle's), for the record."""
+    screening = getattr(predictor, "screen", None)
+    if screening is None and isinstance(getattr(predictor, "meta", None), dict):
+        from methods.screen import ScreenConfig
+
+        screening = ScreenConfig.from_dict(predictor.meta.get("screening", {}))     # the bundle's own
+    return screening.to_dict() if hasattr(screening, "to_dict") else None
 
 
 def check_out(out_dir: Path) -> None:
@@ -177,18 +206,23 @@ def check_out(out_dir: Path) -> None:
                          "choose a new or empty folder")
 
 
-def _screen(predictor: Any, files: list[Path], names: list[str], skipped: Sequence["Skipped"], out_dir: Path,
+def _screen(predictor: Any, files: list[Path], names: list[str], skipped: Sequence["Skipped"], journal: Journal,
             batch_size: int, overlays: bool, pixel_spacing_mm: float | None, progress: bool | None,
             laterality: str | None) -> Report:
-    """Screen `files` in batches, writing overlays and the outputs into `out_dir` (a temporary folder)."""
+    """Screen `files` in batches into the journal (images it holds already are taken from it)."""
     from tqdm.auto import tqdm
 
-    report = Report(out_dir, skipped=list(skipped))
+    report = Report(journal.root, skipped=list(skipped))
     results: dict[int, tuple[dict, dict] | Skipped] = {}
-    bar = tqdm(total=len(files), unit="image", desc="screening", file=sys.stderr,
+    for i, (f, name) in enumerate(zip(files, names)):
+        done = journal.lookup(f, name, overlays)
+        if done is not None:
+            results[i] = done
+    todo = [i for i in range(len(files)) if i not in results]
+    bar = tqdm(total=len(files), initial=len(results), unit="image", desc="screening", file=sys.stderr,
                disable=not (sys.stderr.isatty() if progress is None else progress))
-    for start in range(0, len(files), batch_size):
-        idx = list(range(start, min(start + batch_size, len(files))))
+    for start in range(0, len(todo), batch_size):
+        idx = todo[start:start + batch_size]
         read = read_inputs([files[i] for i in idx], pixel_spacing_mm, laterality)
         ok = [(i, r) for i, r in zip(idx, read) if isinstance(r, Radiograph)]
         results.update({i: r for i, r in zip(idx, read) if isinstance(r, Skipped)})
@@ -197,12 +231,10 @@ def _screen(predictor: Any, files: list[Path], names: list[str], skipped: Sequen
             if isinstance(pred, Exception):
                 results[i] = Skipped(str(files[i]), f"prediction failed for {files[i]}: {pred}")
                 continue
-            overlay = ""
-            if overlays:
-                overlay = f"overlays/{names[i]}.png"
-                atomic_write_bytes(out_dir / overlay, pred.overlay_png())
+            overlay = f"overlays/{names[i]}.png" if overlays else ""
             head = {"file": str(files[i]), "name": names[i], "overlay": overlay}
             results[i] = ({**head, "error": "", **pred.row()}, {**head, **pred.record()})
+            journal.save(files[i], names[i], *results[i], pred.overlay_png() if overlays else None)
         bar.update(len(idx))
     bar.close()
     for i in range(len(files)):
@@ -212,14 +244,6 @@ def _screen(predictor: Any, files: list[Path], names: list[str], skipped: Sequen
         else:
             report.rows.append(res[0])
             report.records.append(res[1])
-    screening = getattr(predictor, "screen", None)
-    if screening is None and isinstance(getattr(predictor, "meta", None), dict):
-        from methods.screen import ScreenConfig
-
-        screening = ScreenConfig.from_dict(predictor.meta.get("screening", {}))     # the bundle's own
-    options = {"screening": screening.to_dict() if hasattr(screening, "to_dict") else None,
-               "pixel_spacing_mm": pixel_spacing_mm, "laterality": laterality, "batch_size": batch_size}
-    write_outputs(report, predictor.describe() if hasattr(predictor, "describe") else {}, options)
     return report
 
 

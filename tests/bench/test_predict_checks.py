@@ -132,3 +132,74 @@ def test_a_file_given_twice_is_screened_once_and_said(tmp_path, monkeypatch):
     with pytest.warns(UserWarning, match="2 input\\(s\\) name a file already given"):
         files, skipped = collect_inputs(["scans/a.png", str(tmp_path / "scans" / "a.png"), "scans"])
     assert [f.name for f in files] == ["a.png", "b.png"] and not skipped
+
+
+class _Screening:
+    def __init__(self, name: str, value: float):
+        self.name, self.value = name, value
+
+    def row(self) -> dict:
+        return {"probability": float("nan") if 0.2 < self.value < 0.3 else self.value, "status": "ok", "flags": "",
+                "decision": "normal", "n_bones": np.int64(7)}
+
+    def record(self) -> dict:
+        return {"probability": self.value, "bones": {"ulna": np.float32(self.value)}}
+
+    def overlay_png(self) -> bytes:
+        return f"png of {self.name}".encode()
+
+
+class _Counting:
+    """Screens an image to its mean grey; counts what it screened; interrupts after `stop_after` images."""
+
+    meta = {"files": {"a": "1"}}
+
+    def __init__(self, stop_after: int | None = None):
+        self.screened: list[str] = []
+        self.stop_after = stop_after
+
+    def describe(self) -> dict:
+        return {"model": "counting"}
+
+    def predict(self, rads, names, batch_size=8):
+        if self.stop_after is not None and len(self.screened) >= self.stop_after:
+            raise KeyboardInterrupt
+        self.screened += names
+        return [_Screening(n, float(r.pixels.mean())) for r, n in zip(rads, names)]
+
+
+def test_an_interrupted_prediction_resumes_with_the_images_it_had_screened(tmp_path, capsys):
+    """The rerun screens only the rest, and its outputs equal those of an uninterrupted run; a changed
+    file, or other screening options, are screened again; the journal is gone when done."""
+    from bench.data.imageio import write_png16
+
+    scans = tmp_path / "scans"
+    scans.mkdir()
+    for k in range(7):
+        write_png16(scans / f"s{k}.png", np.full((8, 8), 0.1 * k + 0.05, np.float32))
+    whole = _Counting()
+    run_predictions(whole, [scans], tmp_path / "whole", batch_size=2)
+    out = tmp_path / "out"
+    with pytest.raises(KeyboardInterrupt):
+        run_predictions(_Counting(stop_after=4), [scans], out, batch_size=2)
+    assert not out.exists() and len(list((tmp_path / ".out.partial" / "done").glob("*.json"))) == 4
+    again = _Counting()
+    run_predictions(again, [scans], out, batch_size=3)
+    assert again.screened == ["s4", "s5", "s6"] and "4 image(s) screened by an interrupted run" in capsys.readouterr().err
+    for name in ("predictions.csv", "predictions.json"):
+        assert (out / name).read_text().replace(str(out), "") == (tmp_path / "whole" / name).read_text().replace(
+            str(tmp_path / "whole"), "").replace('"batch_size": 2', '"batch_size": 3')
+    assert [(out / "overlays" / f"s{k}.png").read_bytes() for k in range(7)] == \
+        [f"png of s{k}".encode() for k in range(7)]
+    assert not (tmp_path / ".out.partial").exists()
+    with pytest.raises(KeyboardInterrupt):                              # interrupted again, then a file changes
+        run_predictions(_Counting(stop_after=4), [scans], out, batch_size=2)
+    write_png16(scans / "s1.png", np.full((8, 8), 0.9, np.float32))
+    changed = _Counting()
+    run_predictions(changed, [scans], out, batch_size=2)
+    assert changed.screened == ["s1", "s4", "s5", "s6"]
+    with pytest.raises(KeyboardInterrupt):
+        run_predictions(_Counting(stop_after=4), [scans], out, batch_size=2)
+    other = _Counting()
+    run_predictions(other, [scans], out, batch_size=2, pixel_spacing_mm=0.2)   # other options: from scratch
+    assert len(other.screened) == 7 and sorted(p.name for p in tmp_path.iterdir()) == ["out", "scans", "whole"]

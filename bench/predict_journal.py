@@ -1,0 +1,103 @@
+"""What an interrupted `bench predict` keeps: the images already screened, so that the rerun screens
+only the rest (bench.predict).
+
+The journal is the hidden folder ``.<out>.partial`` beside the output folder `out`:
+``lock`` is held while a process screens into `out`; ``journal.json`` holds its key (the model's member checksums and description, and the screening
+options; not the batch size: a prediction does not depend on its batch,
+methods.segmentation.predict), and per screened image ``done/<id>.json`` holds its CSV row and JSON
+record, ``overlays/<name>.png`` its overlay. ``<id>`` hashes the file's resolved path, size and
+modification time, so an image that changed is screened again. A rerun with another key starts
+afresh. When every image is done, bench.predict assembles the outputs in a temporary folder that
+replaces `out` (the overlays hard-linked from the journal) and then deletes the journal.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+from bench.atomic import atomic_write_bytes, atomic_write_text
+from bench.fingerprint import stable_hash
+
+JOURNAL_FILE = "journal.json"
+
+
+def journal_key(predictor: Any, options: dict[str, Any]) -> str:
+    """What the screening of an image depends on besides the image: the model and the options."""
+    meta = getattr(predictor, "meta", None)
+    model = predictor.describe() if hasattr(predictor, "describe") else {"type": type(predictor).__name__}
+    files = meta.get("files") if isinstance(meta, dict) else None
+    return stable_hash({"model": model, "files": files,
+                        "options": {k: v for k, v in options.items() if k != "batch_size"}})[:16]
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else str(value)
+
+
+class Journal:
+    """The journal of the predictions into `out` (module docstring)."""
+
+    def __init__(self, out: Path, key: str):
+        out = Path(os.path.abspath(out))
+        self.root = out.with_name(f".{out.name}.partial")
+        self.lock = self.root / "lock"         # held while screening into `out` (bench.executors.locking)
+        self.key = key
+
+    def open(self) -> int:
+        """Keep the journal of an interrupted run with the same key (another is cleared); return how
+        many images it holds."""
+        try:
+            kept = json.loads((self.root / JOURNAL_FILE).read_text())["key"] == self.key
+        except (OSError, ValueError, KeyError, TypeError):
+            kept = False
+        if not kept:
+            for sub in ("done", "overlays"):
+                shutil.rmtree(self.root / sub, ignore_errors=True)
+        (self.root / "done").mkdir(parents=True, exist_ok=True)
+        (self.root / "overlays").mkdir(exist_ok=True)
+        atomic_write_text(self.root / JOURNAL_FILE, json.dumps({"key": self.key}))
+        return sum(1 for _ in (self.root / "done").glob("*.json"))
+
+    @staticmethod
+    def image_id(file: Path) -> str:
+        stat = Path(file).stat()
+        text = f"{Path(file).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        return hashlib.sha256(text.encode()).hexdigest()[:24]
+
+    def overlay(self, name: str) -> Path:
+        return self.root / "overlays" / f"{name}.png"
+
+    def lookup(self, file: Path, name: str, overlays: bool) -> tuple[dict, dict] | None:
+        """(row, record) of `file` screened under `name` (with its overlay when `overlays`), or None."""
+        try:
+            done = json.loads((self.root / "done" / f"{self.image_id(file)}.json").read_text())
+        except (OSError, ValueError):
+            return None
+        if done.get("name") != name or (overlays and not self.overlay(name).is_file()):
+            return None
+        row, record = done["row"], done["record"]
+        if not overlays:
+            row["overlay"] = record["overlay"] = ""
+        return row, record
+
+    def save(self, file: Path, name: str, row: dict, record: dict, overlay: bytes | None) -> None:
+        """Record one screened image (its overlay first, so a record never lacks it)."""
+        if overlay is not None:
+            atomic_write_bytes(self.overlay(name), overlay)
+        text = json.dumps({"name": name, "row": row, "record": record}, default=_plain)   # NaN kept
+        atomic_write_text(self.root / "done" / f"{self.image_id(file)}.json", text)
+
+    def link_overlay(self, name: str, dst: Path) -> None:
+        """Put the overlay of `name` at `dst` (a hard link; a copy across file systems)."""
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(self.overlay(name), dst)
+        except OSError:
+            shutil.copyfile(self.overlay(name), dst)
+
+    def remove(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
