@@ -104,7 +104,7 @@ def _format_warning(message: Warning | str, category: type[Warning], filename: s
 
 #: Commands whose long work is saved as it goes (stage cache, resumable trainings, the Optuna study,
 #: the journal of screened images).
-RESUMABLE = ("run", "demo", "tune", "predict")
+RESUMABLE = ("run", "demo", "tune", "predict", "evaluate")
 
 
 def _after_interrupt(args: argparse.Namespace) -> str:

@@ -77,13 +77,15 @@ def chosen_rows(dataset: Dataset, split: str = ALL) -> pd.DataFrame:
 
 def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, threshold: float | None = None,
                      batch_size: int = 8, chunk: int = 64, exclude_seen: bool = False,
-                     progress: Callable[[int, int], None] | None = None) -> Evaluation:
+                     progress: Callable[[int, int], None] | None = None, journal: Any = None) -> Evaluation:
     """Screen every chosen radiograph in chunks (images are not all held at once) and compute the metrics.
 
     Each image is looked up by its pixel digest in the predictor's ``meta["training_images"]``
     (methods.training_images): images.csv says whether the model was fitted on it (``seen`` fit) or
     tested on it (held_out), and the metrics' ``extra`` counts both. `exclude_seen` leaves out every
     subject with an image the model was fitted on (a BenchError when the meta records none).
+    A `journal` (bench.predict_journal.Journal) keeps each image's screening as it is done and
+    gives back those of an interrupted evaluation (an image, its manifest spacing and side unchanged).
     """
     from bench.data.digests import pixel_digest
     from bench.data.imageio import read_image
@@ -98,24 +100,38 @@ def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, thre
     bones, images = [], []
     for start in range(0, len(rows), chunk):
         part = rows.iloc[start:start + chunk]
-        rads, seen = [], []
+        screened: dict[str, tuple[dict, dict]] = {}       # image_id -> (bone probabilities, screening row)
+        rads, todo, seen = [], [], {}
         for image_id, spacing, side in zip(part["image_id"].astype(str), part["pixel_spacing_mm"],
                                            part["laterality"] if "laterality" in part else [""] * len(part)):
-            rad = read_image(dataset.image_path(image_id))
+            path, salt = dataset.image_path(image_id), f"{spacing}|{side}"
+            rad = read_image(path)
+            seen[image_id] = seen_as(training, pixel_digest(rad.pixels))
+            done = journal.lookup(path, image_id, False, salt) if journal is not None else None
+            if done is not None:
+                screened[image_id] = (done[1]["bone_probability"], done[0])
+                continue
             if pd.notna(spacing):                           # the manifest's spacing wins, as in the benchmark
                 rad.pixel_spacing_mm = float(spacing)
             if side_of(side):                               # and its side, as the segment stage took it
                 rad.header = {**rad.header, "ImageLaterality": side_of(side)}
             rads.append(rad)
-            seen.append(seen_as(training, pixel_digest(rad.pixels)))
-        for (_, row), s, (kind, where) in zip(part.iterrows(), predictor.predict(
-                rads, list(part["image_id"].astype(str)), batch_size=batch_size), seen):
+            todo.append((image_id, path, salt))
+        for (image_id, path, salt), s in zip(todo, predictor.predict(rads, [t[0] for t in todo],
+                                                                     batch_size=batch_size) if todo else []):
+            probabilities = {bone: float(s.bone_probability.get(bone, np.nan)) for bone in BONES}
+            row = {k: v for k, v in s.row().items() if k != "name"}
+            screened[image_id] = (probabilities, row)
+            if journal is not None:
+                journal.save(path, image_id, row, {"bone_probability": probabilities}, None, salt)
+        for _, row in part.iterrows():
+            probabilities, screening = screened[str(row["image_id"])]
             for bone in BONES:
                 bones.append({"subject_id": str(row["subject_id"]), "split": row["split"], "bone": bone,
-                              "y_true": int(row["label"]), "p_pos": s.bone_probability.get(bone, np.nan)})
+                              "y_true": int(row["label"]), "p_pos": probabilities[bone]})
+            kind, where = seen[str(row["image_id"])]
             images.append({"image_id": row["image_id"], "subject_id": str(row["subject_id"]),
-                           "label": int(row["label"]), **{k: v for k, v in s.row().items() if k != "name"},
-                           "seen": kind, "seen_as": where})
+                           "label": int(row["label"]), **screening, "seen": kind, "seen_as": where})
         if progress is not None:
             progress(min(start + chunk, len(rows)), len(rows))
     image_frame = pd.DataFrame(images)

@@ -162,7 +162,7 @@ def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str |
     own = out_dir.resolve()
     files = [f for f in files if own not in f.resolve().parents]   # never screen our own overlays on a rerun
     names = unique_names(files)
-    options = {"screening": _screening(predictor), "pixel_spacing_mm": pixel_spacing_mm, "laterality": laterality,
+    options = {"screening": screening_options(predictor), "pixel_spacing_mm": pixel_spacing_mm, "laterality": laterality,
                "batch_size": batch_size}
     journal = Journal(out_dir, journal_key(predictor, options))
     writable(journal.root, lambda: None, out_dir)       # a BenchError naming the folder, not an OSError
@@ -184,7 +184,7 @@ def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str |
     return report
 
 
-def _screening(predictor: Any) -> dict[str, Any] | None:
+def screening_options(predictor: Any) -> dict[str, Any] | None:
     """The screening thresholds the predictor applies (its own, else its bundle's), for the record."""
     screening = getattr(predictor, "screen", None)
     if screening is None and isinstance(getattr(predictor, "meta", None), dict):

@@ -1,7 +1,8 @@
-"""What an interrupted `bench predict` keeps: the images already screened, so that the rerun screens
-only the rest (bench.predict).
+"""What an interrupted `bench predict` (or `bench evaluate`) keeps: the images already screened, so
+that the rerun screens only the rest (bench.predict, bench.external).
 
-The journal is the hidden folder ``.<out>.partial`` beside the output folder `out`:
+The journal is the hidden folder ``.<out>.partial`` beside the output folder `out` (predictions, or
+an evaluation's run folder):
 ``lock`` is held while a process screens into `out`; ``journal.json`` holds its key (the model's member checksums and description, and the screening
 options; not the batch size: a prediction does not depend on its batch,
 methods.segmentation.predict), and per screened image ``done/<id>.json`` holds its CSV row and JSON
@@ -63,33 +64,36 @@ class Journal:
         return sum(1 for _ in (self.root / "done").glob("*.json"))
 
     @staticmethod
-    def image_id(file: Path) -> str:
+    def image_id(file: Path, salt: str = "") -> str:
+        """The file's resolved path, size and modification time, and `salt` (what else the screening
+        of this one image depends on, e.g. a manifest's spacing and side), hashed."""
         stat = Path(file).stat()
-        text = f"{Path(file).resolve()}|{stat.st_size}|{stat.st_mtime_ns}"
+        text = f"{Path(file).resolve()}|{stat.st_size}|{stat.st_mtime_ns}|{salt}"
         return hashlib.sha256(text.encode()).hexdigest()[:24]
 
     def overlay(self, name: str) -> Path:
         return self.root / "overlays" / f"{name}.png"
 
-    def lookup(self, file: Path, name: str, overlays: bool) -> tuple[dict, dict] | None:
+    def lookup(self, file: Path, name: str, overlays: bool, salt: str = "") -> tuple[dict, dict] | None:
         """(row, record) of `file` screened under `name` (with its overlay when `overlays`), or None."""
         try:
-            done = json.loads((self.root / "done" / f"{self.image_id(file)}.json").read_text())
+            done = json.loads((self.root / "done" / f"{self.image_id(file, salt)}.json").read_text())
         except (OSError, ValueError):
             return None
         if done.get("name") != name or (overlays and not self.overlay(name).is_file()):
             return None
         row, record = done["row"], done["record"]
-        if not overlays:
-            row["overlay"] = record["overlay"] = ""
+        for fields in (row, record) if not overlays else ():
+            if "overlay" in fields:
+                fields["overlay"] = ""
         return row, record
 
-    def save(self, file: Path, name: str, row: dict, record: dict, overlay: bytes | None) -> None:
+    def save(self, file: Path, name: str, row: dict, record: dict, overlay: bytes | None, salt: str = "") -> None:
         """Record one screened image (its overlay first, so a record never lacks it)."""
         if overlay is not None:
             atomic_write_bytes(self.overlay(name), overlay)
         text = json.dumps({"name": name, "row": row, "record": record}, default=_plain)   # NaN kept
-        atomic_write_text(self.root / "done" / f"{self.image_id(file)}.json", text)
+        atomic_write_text(self.root / "done" / f"{self.image_id(file, salt)}.json", text)
 
     def link_overlay(self, name: str, dst: Path) -> None:
         """Put the overlay of `name` at `dst` (a hard link; a copy across file systems)."""

@@ -68,15 +68,16 @@ def warn_seen(images, data: Path, excluded: bool) -> None:
 
 
 def evaluate_command(args: argparse.Namespace) -> int:
-    from bench import __version__
     from bench import results as store
+    from bench.atomic import writable
     from bench.data.format import Dataset
-    from bench.external import check_replaceable, evaluate_dataset, images_csv
-    from bench.operating import rates
+    from bench.executors.locking import file_lock
+    from bench.external import check_replaceable, evaluate_dataset
+    from bench.fingerprint import dataset_fingerprint
     from bench.hardware import resolve_device
-    from bench.fingerprint import dataset_fingerprint, stable_hash
-    from bench.subgroups import auc_interval
-    from methods.bundle import load_bundle, models_of
+    from bench.predict import screening_options
+    from bench.predict_journal import Journal, journal_key
+    from methods.bundle import load_bundle
 
     dataset = Dataset.open(args.data)                    # BenchError when it is not a dataset
     bundle = load_bundle(args.bundle, resolve_device(args.device))
@@ -96,9 +97,32 @@ def evaluate_command(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             print(f"\r{done}/{total} radiographs", end="" if done < total else "\n", file=sys.stderr)
 
-    result = evaluate_dataset(bundle, dataset, split=args.split, threshold=args.threshold,
-                              batch_size=args.batch_size, exclude_seen=args.exclude_seen, progress=progress)
-    warn_seen(result.images, args.data, args.exclude_seen)
+    run_dir = store.run_dir(args.results, args.name, entry, seed)
+    journal = Journal(run_dir, journal_key(bundle, {"kind": "evaluate", "screening": screening_options(bundle)}))
+    writable(journal.root, lambda: None, run_dir)
+    with file_lock(journal.lock, waiting=f"evaluating into {run_dir}"):
+        if journal.open():
+            print(f"bench: resuming: the radiographs an interrupted evaluation screened are kept ({journal.root})",
+                  file=sys.stderr)
+        result = evaluate_dataset(bundle, dataset, split=args.split, threshold=args.threshold,
+                                  batch_size=args.batch_size, exclude_seen=args.exclude_seen, progress=progress,
+                                  journal=journal)
+        warn_seen(result.images, args.data, args.exclude_seen)
+        path = write_result(args, result, bundle, entry, seed, fingerprint)
+        journal.remove()
+    summarise(args, result, entry, path)
+    return 0
+
+
+def write_result(args: argparse.Namespace, result, bundle, entry: str, seed: int, fingerprint: str) -> Path:
+    """The run folder (and its MLflow run) of an evaluation."""
+    from bench import __version__
+    from bench import results as store
+    from bench.external import images_csv
+    from bench.fingerprint import stable_hash
+    from methods.bundle import models_of
+
+    source = bundle.meta["source"]
     bundle_sha = _sha256(args.bundle)
     config = {"suite": args.name, "entry": entry, "seed": seed, "version": __version__, "kind": "external",
               "bundle": {"path": str(Path(args.bundle).resolve()), "sha256": bundle_sha, "source": source,
@@ -119,6 +143,14 @@ def evaluate_command(args: argparse.Namespace) -> int:
                              config_hash=config["run_key"], artifacts=[path / store.CONFIG_FILE,
                                                                        path / store.METRICS_FILE,
                                                                        path / store.PREDICTIONS_FILE])
+    return path
+
+
+def summarise(args: argparse.Namespace, result, entry: str, path: Path) -> None:
+    """The evaluation's numbers, on stdout."""
+    from bench.operating import rates
+    from bench.subgroups import auc_interval
+
     split = next(k for k in result.metrics if k != "extra")
     m, extra = result.metrics[split], result.metrics["extra"]
     ci = auc_interval(result.subjects[result.subjects["split"] == split])
@@ -135,4 +167,3 @@ def evaluate_command(args: argparse.Namespace) -> int:
           f"({r['specificity 95% CI']}), F1 {m['f1']:.3f}, accuracy {m['accuracy']:.3f}; "
           f"calibration slope {m['calibration_slope']:.2f}, intercept {m['calibration_intercept']:.2f}")
     print(f"  run folder {path}; `bench show {path}` (--by sex, --metrics ...)")
-    return 0

@@ -181,3 +181,39 @@ def test_exclude_seen_leaves_out_the_subjects_of_fitted_images_and_needs_the_dig
     assert (extra["images_seen_fit"], extra["images_seen_held_out"], extra["subjects_excluded"]) == (1, 5, 1)
     assert extra["images"] == 5 and plain.metrics["extra"]["subjects_excluded"] == 0
     assert excluded.images.set_index("image_id")["excluded"].tolist() == [i == "b" for i in excluded.images["image_id"]]
+
+
+def test_an_interrupted_evaluation_resumes_with_the_screenings_it_had(cohort, tmp_path):
+    """A journal keeps each image's screening; the rerun screens the rest, and an image whose manifest
+    spacing changed again; the metrics equal an uninterrupted evaluation's."""
+    from bench.predict_journal import Journal
+
+    class Interrupting(FakePredictor):
+        def predict(self, radiographs, names, batch_size=8):
+            if len(self.seen) >= 2:
+                raise KeyboardInterrupt
+            return super().predict(radiographs, names, batch_size)
+
+    dataset = Dataset.open(cohort)
+    with pytest.warns(NoUsableBoneWarning):
+        whole = evaluate_dataset(FakePredictor(), dataset, chunk=2)
+    journal = Journal(tmp_path / "seed0", "k")
+    journal.open()
+    with pytest.raises(KeyboardInterrupt):
+        evaluate_dataset(Interrupting(), dataset, chunk=2, journal=journal)
+    assert Journal(tmp_path / "seed0", "k").open() == 2                      # a1, a2 kept
+    again = FakePredictor()
+    with pytest.warns(NoUsableBoneWarning):
+        resumed = evaluate_dataset(again, dataset, chunk=2, journal=journal)
+    assert again.seen == ["b", "c", "d", "f"]
+    assert resumed.metrics == whole.metrics
+    pd.testing.assert_frame_equal(resumed.subjects, whole.subjects)
+    pd.testing.assert_frame_equal(resumed.images, whole.images)
+    manifest = dataset.manifest.copy()
+    manifest.loc[manifest["image_id"] == "b", "laterality"] = "R"           # what the screening reads changed
+    write_manifest(manifest, cohort / "manifest.csv")
+    changed = FakePredictor()
+    with pytest.warns(NoUsableBoneWarning):
+        evaluate_dataset(changed, Dataset.open(cohort), chunk=2, journal=journal)
+    assert changed.seen == ["b"]
+    assert Journal(tmp_path / "seed0", "another key").open() == 0            # another bundle or options: afresh
