@@ -162,8 +162,8 @@ def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str |
     own = out_dir.resolve()
     files = [f for f in files if own not in f.resolve().parents]   # never screen our own overlays on a rerun
     names = unique_names(files)
-    options = {"screening": screening_options(predictor), "pixel_spacing_mm": pixel_spacing_mm, "laterality": laterality,
-               "batch_size": batch_size}
+    options = {"screening": screening_options(predictor), "pixel_spacing_mm": pixel_spacing_mm,
+               "laterality": laterality, "batch_size": batch_size}
     journal = Journal(out_dir, journal_key(predictor, options))
     writable(journal.root, lambda: None, out_dir)       # a BenchError naming the folder, not an OSError
     with file_lock(journal.lock, waiting=f"screening into {out_dir}"):

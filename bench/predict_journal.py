@@ -2,14 +2,15 @@
 that the rerun screens only the rest (bench.predict, bench.external).
 
 The journal is the hidden folder ``.<out>.partial`` beside the output folder `out` (predictions, or
-an evaluation's run folder):
-``lock`` is held while a process screens into `out`; ``journal.json`` holds its key (the model's member checksums and description, and the screening
+an evaluation's run folder). Its ``lock`` is held while a process screens into `out`;
+``journal.json`` holds its key (the model's member checksums and description, and the screening
 options; not the batch size: a prediction does not depend on its batch,
-methods.segmentation.predict), and per screened image ``done/<id>.json`` holds its CSV row and JSON
-record, ``overlays/<name>.png`` its overlay. ``<id>`` hashes the file's resolved path, size and
-modification time, so an image that changed is screened again. A rerun with another key starts
-afresh. When every image is done, bench.predict assembles the outputs in a temporary folder that
-replaces `out` (the overlays hard-linked from the journal) and then deletes the journal.
+methods.segmentation.predict); per screened image, ``done/<id>.json`` holds its CSV row and JSON
+record and ``overlays/<name>.png`` its overlay. ``<id>`` hashes the file's resolved path, size and
+modification time (and what else the caller says the screening depends on), so an image that changed
+is screened again. A rerun with another key starts afresh. When every image is done, the caller
+writes its outputs (bench.predict: in a temporary folder that replaces `out`, the overlays
+hard-linked from the journal) and deletes the journal.
 """
 from __future__ import annotations
 
