@@ -16,7 +16,9 @@ must be new, empty or an earlier output of `bench predict` (nothing else in it i
 images screened so far are kept in a journal beside `out` (bench.predict_journal): rerunning an
 interrupted command screens only the rest.
 
-    predictions.csv     one row per input: file, name, overlay, error, then the predictor's row
+    predictions.csv     one row per input: file, name, overlay, error, then the predictor's row, and
+                        seen / seen_as: "fit" (or "held_out") when the pixels are those of an image
+                        the bundle's models were fitted (or tested) on (bench.external.seen_as)
     predictions.json    {"model": ..., "images": [record + file + overlay], "skipped": [{file, error}]}
     overlays/<name>.png one per processed image
 
@@ -212,6 +214,11 @@ def _screen(predictor: Any, files: list[Path], names: list[str], skipped: Sequen
     """Screen `files` in batches into the journal (images it holds already are taken from it)."""
     from tqdm.auto import tqdm
 
+    from bench.data.digests import pixel_digest
+    from bench.external import seen_as
+
+    meta = getattr(predictor, "meta", None)
+    training = meta.get("training_images") if isinstance(meta, dict) else None
     report = Report(journal.root, skipped=list(skipped))
     results: dict[int, tuple[dict, dict] | Skipped] = {}
     for i, (f, name) in enumerate(zip(files, names)):
@@ -225,6 +232,7 @@ def _screen(predictor: Any, files: list[Path], names: list[str], skipped: Sequen
         idx = todo[start:start + batch_size]
         read = read_inputs([files[i] for i in idx], pixel_spacing_mm, laterality)
         ok = [(i, r) for i, r in zip(idx, read) if isinstance(r, Radiograph)]
+        rads = dict(ok)
         results.update({i: r for i, r in zip(idx, read) if isinstance(r, Skipped)})
         preds = _predict(predictor, [r for _, r in ok], [names[i] for i, _ in ok], batch_size) if ok else []
         for (i, _), pred in zip(ok, preds):
@@ -233,7 +241,8 @@ def _screen(predictor: Any, files: list[Path], names: list[str], skipped: Sequen
                 continue
             overlay = f"overlays/{names[i]}.png" if overlays else ""
             head = {"file": str(files[i]), "name": names[i], "overlay": overlay}
-            results[i] = ({**head, "error": "", **pred.row()}, {**head, **pred.record()})
+            seen = dict(zip(("seen", "seen_as"), seen_as(training, pixel_digest(rads[i].pixels))))
+            results[i] = ({**head, "error": "", **pred.row(), **seen}, {**head, **pred.record(), **seen})
             journal.save(files[i], names[i], *results[i], pred.overlay_png() if overlays else None)
         bar.update(len(idx))
     bar.close()

@@ -56,6 +56,11 @@ def predict_command(args: argparse.Namespace) -> int:
         prob = "   n/a" if not math.isfinite(p) else f"{p:6.3f}"
         flags = f"  [{row['flags']}]" if row["flags"] else ""
         print(f"{row['name']}: P(osteoporosis) {prob}  {row['decision']:<12} {row['status']}{flags}")
+    fitted = [row["name"] for row in report.rows if row.get("seen") == "fit"]
+    if fitted:
+        print(f"bench: warning: {len(fitted)} image(s) are, pixel for pixel, images the bundle's models were fitted "
+              f"on ({', '.join(fitted[:5])}{', ...' if len(fitted) > 5 else ''}): their predictions are not those of "
+              "unseen radiographs (predictions.csv, column seen)", file=sys.stderr)
     print(f"{report.processed} image(s) screened, {len(report.skipped)} skipped; "
           f"{args.out / 'predictions.csv'}, {args.out / 'predictions.json'}")
     if report.processed == 0:

@@ -3,6 +3,7 @@ output-folder checks, and an export that cannot be made."""
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from bench.cli import main
@@ -192,6 +193,7 @@ def test_an_interrupted_prediction_resumes_with_the_images_it_had_screened(tmp_p
     assert [(out / "overlays" / f"s{k}.png").read_bytes() for k in range(7)] == \
         [f"png of s{k}".encode() for k in range(7)]
     assert not (tmp_path / ".out.partial").exists()
+    assert pd.read_csv(out / "predictions.csv")["seen"].isna().all()        # the model records no training images
     with pytest.raises(KeyboardInterrupt):                              # interrupted again, then a file changes
         run_predictions(_Counting(stop_after=4), [scans], out, batch_size=2)
     write_png16(scans / "s1.png", np.full((8, 8), 0.9, np.float32))
@@ -203,3 +205,18 @@ def test_an_interrupted_prediction_resumes_with_the_images_it_had_screened(tmp_p
     other = _Counting()
     run_predictions(other, [scans], out, batch_size=2, pixel_spacing_mm=0.2)   # other options: from scratch
     assert len(other.screened) == 7 and sorted(p.name for p in tmp_path.iterdir()) == ["out", "scans", "whole"]
+
+
+def test_predictions_say_which_images_the_model_was_fitted_on(tmp_path):
+    from bench.data.digests import file_digests
+    from bench.data.imageio import write_png16
+
+    for k in range(3):
+        write_png16(tmp_path / f"s{k}.png", np.full((8, 8), 0.1 * k + 0.05, np.float32))
+    fit, test = file_digests([tmp_path / "s0.png", tmp_path / "s2.png"])
+    model = _Counting()
+    model.meta = {**model.meta, "training_images": {"fit": {fit: "seg train"}, "held_out": {test: "cls test"}}}
+    run_predictions(model, [tmp_path], tmp_path / "out")
+    frame = pd.read_csv(tmp_path / "out" / "predictions.csv", keep_default_na=False).set_index("name")
+    assert frame["seen"].to_dict() == {"s0": "fit", "s1": "", "s2": "held_out"}
+    assert frame.loc["s0", "seen_as"] == "seg train"
