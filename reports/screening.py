@@ -48,6 +48,18 @@ def screening_frame(summary: pd.DataFrame, entries: Sequence[str], split: str, d
     return pd.DataFrame.from_dict(rows, orient="index", columns=[h for _, h in COLUMNS] + ["Seeds"])
 
 
+def not_external(summary: pd.DataFrame, entries: Sequence[str]) -> dict[str, float]:
+    """Entries (runs of `bench evaluate`) that scored subjects with images their models were fitted
+    on (bench.external), with the mean number of such subjects over seeds."""
+    extra = summary[summary["split"] == "extra"].set_index(["entry", "metric"])["mean"]
+    out = {}
+    for entry in entries:
+        seen, left_out = (float(extra.get((entry, m), 0.0)) for m in ("subjects_seen_fit", "subjects_excluded"))
+        if seen - left_out > 0:
+            out[entry] = seen - left_out
+    return out
+
+
 def _latex(frame: pd.DataFrame, caption: str, label: Callable[[str], str]) -> str:
     """A booktabs table scaled to the line width (needs ``\\usepackage{booktabs, graphicx}``)."""
     cols = "l" + "c" * len(frame.columns)
@@ -72,6 +84,11 @@ def screening_item(summary: pd.DataFrame, entries: Sequence[str], split: str, la
                "Sens@Spec90 read off each seed's ROC curve; Brier score; calibration slope (ideal 1) and "
                "calibration-in-the-large (ideal 0). – : undefined (e.g. a split of one class, or a slope when "
                "the scores separate the classes).")
+    seen = not_external(summary, list(frame.index))
+    if seen:
+        caption += (" Not external: " + "; ".join(f"{label(e)} scored {k:.3g} subject(s) with images its models were "
+                                                  "fitted on" for e, k in seen.items())
+                    + " (bench evaluate --exclude-seen leaves them out).")
     frame.to_csv(folder / f"{KEY}.csv", index_label="entry")
     (folder / f"{KEY}.tex").write_text(_latex(frame, caption, label), encoding="utf-8")
     header = ["Model", *frame.columns]

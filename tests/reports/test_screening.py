@@ -44,3 +44,17 @@ def test_negative_cells_get_a_real_minus_in_latex_and_no_negative_zero():
     tex = _latex(frame, "c", str)
     assert r"$-$0.25 $\pm$ 0.07" in tex and " -0.25" not in tex
     assert screening_frame(summarise(metrics.assign(value=-0.001)), ["a"], "test").loc["a", "AUC"] == "0.00"
+
+
+def test_an_evaluation_that_scored_training_subjects_is_named_not_external(tmp_path):
+    from reports.screening import not_external, screening_item
+
+    rows = [("ext", 0, "test", "auc", 0.9), ("ext", 0, "extra", "subjects_seen_fit", 12.0),
+            ("ext", 0, "extra", "subjects_excluded", 0.0), ("clean", 0, "test", "auc", 0.7),
+            ("clean", 0, "extra", "subjects_seen_fit", 5.0), ("clean", 0, "extra", "subjects_excluded", 5.0),
+            ("plain", 0, "test", "auc", 0.8)]
+    summary = summarise(pd.DataFrame(rows, columns=["entry", "seed", "split", "metric", "value"]))
+    assert not_external(summary, ["ext", "clean", "plain"]) == {"ext": 12.0}
+    item = screening_item(summary, ["ext", "clean", "plain"], "test", str, tmp_path, "tables")
+    assert "Not external: ext scored 12 subject(s)" in item.markdown and "clean" not in item.markdown.split("Not")[1]
+    assert "Not external" in (tmp_path / "screening.tex").read_text()
