@@ -39,11 +39,12 @@ import contextlib
 import os
 import threading
 import time
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Mapping, Sequence
 from urllib.parse import urlparse
 
-from bench.errors import BenchError
+from bench.errors import BenchError, brief
 from bench.executors.locking import file_lock
 from bench.tracking_uri import (DISABLED_URIS, REMOTE_SCHEMES, check_server, default_tracking_uri, normalise_uri,
                                 retry_locked, sqlite_path)
@@ -225,9 +226,10 @@ class Tracker:
                         self._call("log_artifacts", run_id, str(path), artifact_path=path.name)
                     else:
                         self._call("log_artifact", run_id, str(path))
-            except BaseException:
-                self._call("set_terminated", run_id, "FAILED")
-                self._refresh_parent(suite, parent)
+            except BaseException as exc:
+                if isinstance(exc, Exception):      # an interrupt writes nothing (_release_connections)
+                    self._call("set_terminated", run_id, "FAILED")
+                    self._refresh_parent(suite, parent)
                 raise
             self._call("set_terminated", run_id, "FINISHED")
             self._refresh_parent(suite, parent)
@@ -275,10 +277,31 @@ class Tracker:
         entries the interrupted command had not finished; a rerun sets them FINISHED or FAILED."""
         if not self.enabled:
             return
+        self._release_connections()
         with self._locked():
             for run_id in self._entries.values():
-                if self._call("get_run", run_id).info.status == "RUNNING":
-                    self._call("set_terminated", run_id, "KILLED")
+                try:
+                    if self.client.get_run(run_id).info.status == "RUNNING":
+                        self.client.set_terminated(run_id, "KILLED")
+                except Exception as exc:            # once, no retries: the interrupt is what must be said
+                    warnings.warn(f"could not mark the interrupted MLflow runs KILLED ({brief(exc)}); the next "
+                                  "run of the same command does", stacklevel=2)
+                    return
+
+    def _release_connections(self) -> None:
+        """Close the SQLite connections of this process's MLflow store (SQLAlchemy ``engine.dispose``).
+
+        An interrupt (Ctrl-C, SIGTERM) that lands inside an MLflow write can leave that write's
+        connection holding SQLite's write lock, and every later write then waits out the busy
+        timeout and fails ("database is locked", measured: a 4-minute hang, then a crash instead
+        of exit 130). So after an interrupt a write in progress is not followed by status writes (the
+        run stays RUNNING until the next attempt marks it KILLED, :meth:`_start_child`), and
+        :meth:`interrupted` first drops the connections, then tries its writes once."""
+        store = getattr(getattr(self._client, "_tracking_client", None), "store", None)
+        engine = getattr(store, "engine", None)
+        if engine is not None:
+            with contextlib.suppress(Exception):
+                engine.dispose()
 
     def _refresh_parent(self, suite: str, parent: str) -> None:
         """Parent status: FAILED while the latest attempt of some seed failed (as the results folder:
@@ -315,8 +338,9 @@ class Tracker:
                 self._log(run_id, params=params, metrics=metrics)
                 for f in files:
                     self._call("log_artifact", run_id, str(f))
-            except BaseException:
-                self._call("set_terminated", run_id, "FAILED")
+            except BaseException as exc:
+                if isinstance(exc, Exception):      # an interrupt writes nothing (_release_connections)
+                    self._call("set_terminated", run_id, "FAILED")
                 raise
             self._call("set_terminated", run_id, "FINISHED")
         return run_id

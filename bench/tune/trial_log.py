@@ -84,15 +84,18 @@ class TrialLogger:
             metrics += [(k, float(v), int(step)) for k, v, step in record.history]
         else:
             metrics += [("objective/intermediate", float(v), int(s)) for s, v in sorted(frozen.intermediate_values.items())]
+        status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED"}.get(state, "KILLED" if error == "interrupted"
+                                                                    else "FAILED")
         try:
             self._batch(run_id, params={**frozen.params, "trial_number": frozen.number}, metrics=metrics)
             self._call("set_tag", run_id, TAG_STATE, state)
             if error and state == "FAIL":
                 self._call("log_text", run_id, error, "traceback.txt")
-        finally:
-            status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED"}.get(state, "KILLED" if error == "interrupted"
-                                                                        else "FAILED")
+        except Exception:
             self._call("set_terminated", run_id, status)
+            raise
+        # an interrupt inside these writes writes nothing more (bench.tracking.Tracker._release_connections)
+        self._call("set_terminated", run_id, status)
 
     def close(self) -> None:
         """Mark the parent run finished (a later session reopens nothing: children carry the state)."""

@@ -327,3 +327,46 @@ def test_an_interrupted_command_leaves_no_entry_running(tmp_path):
     tracker.interrupted()
     assert tracker.client.get_run(never).info.status == "KILLED"
     assert tracker.client.get_run(done).info.status == "FINISHED"
+
+
+def test_an_interrupt_inside_a_write_is_raised_at_once_and_cleaned_up_later(tmp_path, monkeypatch):
+    """Ctrl-C inside MLflow's log_batch can leave SQLite's write lock held: the tracker writes no
+    status after it (it used to retry for minutes, then replace the interrupt with "database is
+    locked"); interrupted() tries once and warns; the next attempt marks the child KILLED."""
+    from mlflow.exceptions import MlflowException
+
+    tracker = Tracker(tmp_path)
+    parent = tracker.entry_run("s", "a")
+
+    conn = sqlite3.connect(tmp_path / "mlflow.db", isolation_level=None, check_same_thread=False)
+
+    def interrupted_write(*args, **kwargs):
+        conn.execute("BEGIN EXCLUSIVE")                     # the write lock the interrupted write kept
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(tracker, "_log", interrupted_write)
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            tracker.log_seed_run("s", "a", 0, params={"a": 1}, metrics={"test_auc": 0.5}, config_hash="h")
+    finally:
+        conn.execute("COMMIT")
+        conn.close()
+    monkeypatch.undo()
+    calls = []
+
+    def locked(run_id, status):
+        calls.append(status)
+        raise MlflowException("(sqlite3.OperationalError) database is locked")
+
+    monkeypatch.setattr(tracker.client, "set_terminated", locked)
+    with pytest.warns(UserWarning, match="could not mark the interrupted MLflow runs KILLED"):
+        tracker.interrupted()
+    assert calls == ["KILLED"]                              # once, no retries
+    monkeypatch.undo()
+    tracker.interrupted()
+    assert tracker.client.get_run(parent).info.status == "KILLED"
+    stale = [r for r in _children(tracker, "s", parent) if r.info.status == "RUNNING"]
+    assert len(stale) == 1
+    done = tracker.log_seed_run("s", "a", 0, params={"a": 1}, metrics={"test_auc": 0.5}, config_hash="h")
+    assert tracker.client.get_run(stale[0].info.run_id).info.status == "KILLED"
+    assert tracker.client.get_run(done).info.status == "FINISHED"
