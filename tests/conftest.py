@@ -19,3 +19,15 @@ keep_freed_memory()     # the tests run what the CLI runs, with the CLI's alloca
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return write_tiny_dataset(tmp_path / "tiny", n_subjects=60)
+
+
+@pytest.fixture(autouse=True)
+def _keep_torch_threads():
+    """A test that runs the CLI with ``run.num_threads=1`` (bench.torch_settings) leaves torch's thread
+    count as it found it: later tests' numbers must not depend on which tests ran before them."""
+    import torch
+
+    before = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != before:
+        torch.set_num_threads(before)

@@ -134,7 +134,7 @@ def test_supervised_end_to_end_learns_a_visible_signal(monkeypatch, capsys):
             imgs.append(np.clip(img, 0, 1))
     patches = torch.tensor(np.array(imgs), dtype=torch.float32)
     torch.manual_seed(0)
-    cfg = SupervisedConfig(epochs=8, lr=1e-3, batch_size=8, input_size=32)
+    cfg = SupervisedConfig(epochs=8, lr=3e-3, batch_size=8, input_size=32)
     monkeypatch.setenv("OSTEOBENCH_EPOCH_LINES", "1")
     res = train_supervised(build_encoder("resnet18"), patches, pd.DataFrame(rows), cfg,
                            torch.Generator().manual_seed(0))
