@@ -251,6 +251,9 @@ def load_config_file(path: str | Path, profile: str | None = None) -> dict[str, 
         raise BenchError(f"config file {path} must hold a mapping of sections, got {type(data).__name__}")
     if isinstance(data.get("config"), dict) and "run_key" in data:     # a run's config.json (bench.results)
         data = {"profile": data.get("profile"), **data["config"]}
+        if isinstance(data.get("data"), dict) and data["data"].get("fold") == "all":
+            # a pooled cross-validation (bench.cv): its folds come from `bench run --folds`
+            data["data"] = {k: v for k, v in data["data"].items() if k != "fold"}
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if key == "profile":

@@ -106,6 +106,10 @@ def test_yaml_type_errors_and_unknown_profile(tmp_path):
     run_json.write_text('{"config": {"toysec": {"epochs": 4}}, "data": {}, "entry": "toy", "profile": "smoke", '
                         '"run_key": "0123", "seed": 0, "stages": {}, "suite": "s", "version": "0.1.0"}')
     assert config.resolve("smoke", config_files=[run_json]).toysec.epochs == 4
+    pooled = tmp_path / "pooled.json"                                 # a pooled cross-validation's (bench.cv)
+    pooled.write_text('{"config": {"toysec": {"epochs": 5}, "data": {"folds": 3, "fold": "all", "fold_seed": 2}}, '
+                      '"run_key": "0123", "profile": "smoke"}')
+    assert config.load_config_file(pooled) == {"toysec.epochs": 5, "data.folds": 3, "data.fold_seed": 2}
     binary = tmp_path / "binary.yaml"
     binary.write_bytes(b"\xff\xfe\x00toysec")
     with pytest.raises(BenchError, match="not UTF-8 text"):
