@@ -181,6 +181,8 @@ def open_storage(spec: str, study_dir: Path, mlflow_db: Path | None = None) -> S
         raise BenchError(f"--storage {path} is the MLflow database; give the journal another file name")
     if path.is_dir():
         raise BenchError(f"--storage {path} is a folder; give a journal file path (e.g. {path / JOURNAL_FILE})")
+    if spec and not path.parent.is_dir():        # as for a SQLite URL: a typo would start another study
+        raise BenchError(f"--storage {path}: folder {path.parent} does not exist; create it, or check the path")
     path.parent.mkdir(parents=True, exist_ok=True)
     try:
         backend = JournalFileBackend(str(path), lock_obj=JournalFileSymlinkLock(str(path)))

@@ -31,6 +31,7 @@ def _cheap_worker(journal: str, n_trials: int, session: int) -> None:
     from bench.tune.space import TuneConfig
     from bench.tune.study import configure, open_storage, open_study, run_trials
 
+    Path(journal).parent.mkdir(parents=True, exist_ok=True)       # a --storage folder must exist
     store = open_storage(journal, Path(journal).parent)
     study = open_study(store, "cheap", "minimize")
     configure(study, TuneConfig(startup_trials=2), seed=0, session=session, shared_lock=True)
@@ -150,5 +151,8 @@ def test_an_unreachable_database_is_said_on_one_line(tmp_path):
         open_storage("postgresql://nobody@127.0.0.1:9/nodb", tmp_path)
     message = str(caught.value)
     assert "\n" not in message and "OperationalError" in message and "Connection refused" in message
+    with pytest.raises(BenchError, match="folder .*typo does not exist"):     # a journal path: no folder made
+        open_storage(str(tmp_path / "typo" / "journal.log"), tmp_path)
+    assert not (tmp_path / "typo").exists()
     assert brief(ValueError("a\n  b\tc " + "x" * 500), limit=20) == "ValueError: a b c x…"
     assert brief(KeyError()) == "KeyError" and len(brief(ValueError("y" * 900))) == 400
