@@ -323,6 +323,10 @@ def write_outputs(study: Any, setup: Setup, store: st.StudyStorage, session: int
         files["overlay"] = OVERLAY_FILE
     else:
         notes.append("no complete trial yet: no best parameters and no overlay")
+    used = st.budget_used(study)
+    if used > req.trials:
+        notes.append(f"the study holds {used} counted trials, more than --trials {req.trials}: --trials is the "
+                     "study's total budget (a rerun resumes to it), so this session ran none")
     rows = [{"number": t.number, "state": t.state.name, "value": t.value,
              **{f"param_{k}": v for k, v in t.params.items()},
              **{k: v for k, v in t.user_attrs.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},

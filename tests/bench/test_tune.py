@@ -368,3 +368,12 @@ def test_downstream_trial_scores_validation_subjects_blind_to_test(phantoms, tmp
                               data_seg=str(tmp_path / "seg_noise"), data_cls=str(cls), sets=sets, mlflow=False))
     fixed = optuna.trial.FixedTrial(dict(trial.params), number=0)
     assert setup.objective()(fixed, setup.config(suggest(fixed, setup.space))).value == trial.value
+
+
+def test_fewer_trials_than_the_study_holds_is_explained(tuned, phantoms, capsys):
+    results, _ = tuned
+    capsys.readouterr()
+    assert main(cli_args(phantoms, results, "s1", 2)) == 0
+    out = capsys.readouterr().out
+    assert "3 trials" in out and "holds 3 counted trials, more than --trials 2" in out
+    assert len(load(results, "s1").trials) == 3                      # nothing ran
