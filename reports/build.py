@@ -136,7 +136,9 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
 
 
 def run_networks(results: Path, suite: str, entries: Sequence[str] | None) -> dict[str, dict[str, str]]:
-    """Per entry, the ``ssl.encoder`` and ``vgg.name`` its first complete run was configured with."""
+    """Per entry, the ``ssl.encoder`` and ``vgg.name`` its first complete run was configured with, and
+    ``masks``: the label maps it read where they were not the segmenter's (``radiogrammetry.source``
+    or ``patches.source`` annotator | truth)."""
     out: dict[str, dict[str, str]] = {}
     for path in store.complete_runs(results, suite, entries):
         entry = path.parent.name
@@ -149,6 +151,10 @@ def run_networks(results: Path, suite: str, entries: Sequence[str] | None) -> di
         out[entry] = {key: str(config.get(section, {}).get(name)) for key, section, name in
                       (("ssl.encoder", "ssl", "encoder"), ("vgg.name", "vgg", "name"))
                       if isinstance(config.get(section), dict) and config[section].get(name)}
+        sources = [(config.get(section) or {}).get("source") for section in ("radiogrammetry", "patches")]
+        masks = next((m for m in sources if m and m != "predicted"), None)
+        if masks:
+            out[entry]["masks"] = str(masks)
     return out
 
 

@@ -166,8 +166,16 @@ def assemble(summary: pd.DataFrame, registry: Mapping[str, Entry], best: str | N
     return tables
 
 
+#: How Table 8 names the label maps of a run that did not read the segmenter's (reports.build.run_networks).
+MASK_SOURCES = {"annotator": "Annotators' masks", "truth": "True masks (phantom)"}
+
+
 def _info(key: str, text: str, networks: Mapping[str, str]) -> str:
-    return architecture_text(text, networks) if key == "architecture" else text
+    if key == "architecture":
+        return architecture_text(text, networks)
+    if key == "roi" and networks.get("masks") in MASK_SOURCES:      # not what "Segmentation-based" says
+        return text.replace("Segmentation-based", MASK_SOURCES[networks["masks"]])
+    return text
 
 
 def _row(spec: TableSpec, entry: Entry, summary: pd.DataFrame,

@@ -313,3 +313,24 @@ def test_the_architecture_column_names_the_networks_the_runs_used(tmp_path, regi
     shown = {r.entry: r.info for r in smoke.rows if not r.ours}
     assert shown["rt_jang"][1] == "VGG11" and shown["rt_deepdxa"][1] == "ResNet18"
     assert smoke.rows[-1].ours and smoke.rows[-1].info[1] == "ResNet18"
+
+
+def test_the_roi_column_says_when_a_run_read_the_annotators_or_true_masks(tmp_path, registered):
+    """Radiogrammetry with radiogrammetry.source=annotator is not "Segmentation-based" (a QA finding)."""
+    import json
+
+    from reports.build import run_networks
+
+    summary, best, _ = _build(tmp_path / "a", registered)
+    table = tab.assemble(summary, registered, best, networks={best: {"masks": "annotator"}})["table8"]
+    assert table.rows[-1].ours and table.rows[-1].info[0] == "Annotators' masks + SSL + enhanced aug"
+    plain = tab.assemble(summary, registered, best, networks={best: {"masks": "predicted"}})["table8"]
+    assert plain.rows[-1].info[0] == tab.OURS_INFO["roi"]
+    run = tmp_path / "r" / "s" / "radiogrammetry" / "seed0"
+    run.mkdir(parents=True)
+    (run / "config.json").write_text(json.dumps({"entry": "radiogrammetry", "seed": 0, "run_key": "k", "config": {
+        "radiogrammetry": {"source": "truth"}, "patches": {"source": "predicted"}, "ssl": {"encoder": "resnet18"}}}))
+    (run / "metrics.json").write_text(json.dumps({"test": {"auc": 0.8}}))
+    (run / "predictions.parquet").write_bytes(b"")
+    networks = run_networks(tmp_path / "r", "s", None)
+    assert networks.get("radiogrammetry", {}).get("masks") == "truth", networks
