@@ -152,9 +152,12 @@ def _show_frame(frame: pd.DataFrame, split: str, by_seed: bool, shown: list[str]
     if frame.empty:
         raise BenchError("no complete run here: its runs failed or have not finished (`bench show` of the results "
                          "folder lists each run's status; a failed one keeps its traceback in seed<k>.failed/)")
+    present = sorted(set(frame["split"].astype(str)) - {"extra"})
     frame = frame[(frame["split"] == split) & frame["metric"].isin(shown)]
     if frame.empty:
-        raise BenchError(f"no {split} metrics here; is the split name right (train, val, test)?")
+        raise BenchError(f"no {split} metrics here; the runs here have {', '.join(present) or 'no split'}"
+                         + (" (a pooled cross-validation scores its out-of-fold predictions as test)"
+                            if any(s.startswith("fold") for s in present) else ""))
     if by_seed:
         wide = frame.pivot_table(index=["entry", "seed"], columns="metric", values="value")
         print(wide.reindex(columns=[c for c in shown if c in wide.columns]).round(4).to_string())

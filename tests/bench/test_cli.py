@@ -68,3 +68,16 @@ def test_a_reader_that_goes_away_ends_the_output_not_the_command():
     err = child.stderr.read().decode()
     assert child.wait(timeout=120) == 0, err
     assert "Traceback" not in err and "BrokenPipe" not in err, err
+
+
+def test_show_of_a_split_the_runs_lack_names_the_splits_they_have():
+    import pandas as pd
+    import pytest
+
+    from bench.commands.show import _show_frame
+    from bench.errors import BenchError
+
+    frame = pd.DataFrame({"entry": ["e"] * 3, "seed": [0] * 3, "split": ["test", "fold0", "extra"],
+                          "metric": ["auc", "auc", "images"], "value": [0.8, 0.7, 5.0]})
+    with pytest.raises(BenchError, match=r"have fold0, test \(a pooled cross-validation"):
+        _show_frame(frame, "val", False, ["auc"])
