@@ -85,7 +85,8 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
     fig5_entry = cfg.fig5_entry or best
     if cfg.fig5_entry is not None and cfg.fig5_entry not in present:
         raise BenchError(f"Fig. 5 entry {cfg.fig5_entry!r} has no results in suite {suite!r}; entries: {present}")
-    tables = tab.assemble(summary, known, best, cfg.split, run_networks(results, suite, entries))
+    configs = run_configs(results, suite, entries)
+    tables = tab.assemble(summary, known, best, cfg.split, run_networks(results, suite, entries, configs))
     tests = run_tests(predictions, {k: t.comparisons() for k, t in tables.items()}, split=cfg.split,
                       n_boot=n_boot, seed=seed, alpha=cfg.alpha)
 
@@ -126,7 +127,8 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
             page.tables.append(subgroup_item(frame, spec, cfg.split, label, tmp / TABLES_DIR, TABLES_DIR, cfg.digits))
         _write_figures(tmp / FIGURES_DIR, results, suite, tables, predictions, metrics, known, fig5_entry,
                        n_boot, seed, cfg, page)
-        tuning = tuning_section(results, copy_to=tmp / FIGURES_DIR / "tuning", link_prefix=f"{FIGURES_DIR}/tuning")
+        tuning = tuning_section(results, copy_to=tmp / FIGURES_DIR / "tuning", link_prefix=f"{FIGURES_DIR}/tuning",
+                                run_configs=configs)
         (tmp / INDEX_FILE).write_text(idx.render(page) + ("\n" + "\n".join(tuning) + "\n" if tuning else ""),
                                       encoding="utf-8")
     if mlflow:
@@ -135,11 +137,9 @@ def build_report(results: str | Path, suite: str, out: str | Path | None = None,
     return out / INDEX_FILE
 
 
-def run_networks(results: Path, suite: str, entries: Sequence[str] | None) -> dict[str, dict[str, str]]:
-    """Per entry, the ``ssl.encoder`` and ``vgg.name`` its first complete run was configured with, and
-    ``masks``: the label maps it read where they were not the segmenter's (``radiogrammetry.source``
-    or ``patches.source`` annotator | truth)."""
-    out: dict[str, dict[str, str]] = {}
+def run_configs(results: Path, suite: str, entries: Sequence[str] | None) -> dict[str, dict]:
+    """Per entry, the resolved config (``config.json``'s ``config``) of its first complete run."""
+    out: dict[str, dict] = {}
     for path in store.complete_runs(results, suite, entries):
         entry = path.parent.name
         if entry in out:
@@ -148,6 +148,17 @@ def run_networks(results: Path, suite: str, entries: Sequence[str] | None) -> di
             config = json.loads((path / "config.json").read_text(encoding="utf-8")).get("config") or {}
         except (OSError, ValueError):
             continue
+        out[entry] = config if isinstance(config, dict) else {}
+    return out
+
+
+def run_networks(results: Path, suite: str, entries: Sequence[str] | None,
+                 configs: dict[str, dict] | None = None) -> dict[str, dict[str, str]]:
+    """Per entry, the ``ssl.encoder`` and ``vgg.name`` its first complete run was configured with, and
+    ``masks``: the label maps it read where they were not the segmenter's (``radiogrammetry.source``
+    or ``patches.source`` annotator | truth)."""
+    out: dict[str, dict[str, str]] = {}
+    for entry, config in (configs if configs is not None else run_configs(results, suite, entries)).items():
         out[entry] = {key: str(config.get(section, {}).get(name)) for key, section, name in
                       (("ssl.encoder", "ssl", "encoder"), ("vgg.name", "vgg", "name"))
                       if isinstance(config.get(section), dict) and config[section].get(name)}

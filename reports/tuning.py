@@ -1,4 +1,6 @@
-"""The tuning section of the report index (issue 8): every study under ``<results>/tune/``.
+"""The tuning section of the report index (issue 8): every study under ``<results>/tune/``, each
+saying which of the suite's entries ran with its best parameters (all studies share one folder, so
+a report of a suite that used none of them still lists them, and says so).
 
 Reads each study's ``summary.json`` (written by `bench tune`, bench.tune.session) and returns
 Markdown lines: the objective, the trial counts, the best trial's value and parameters, the overlay
@@ -34,8 +36,27 @@ def _fmt(value) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def tuning_section(results: str | Path, copy_to: str | Path | None = None, link_prefix: str = "") -> list[str]:
-    """Markdown lines of the tuning section (empty when no study exists); see the module docstring."""
+def used_by(best_params: dict, run_configs: dict[str, dict]) -> list[str]:
+    """The entries whose run config (``config.json``'s ``config``) holds the best trial's values in
+    ``segmentation`` (bench.tune.overlay): the runs that were made with the study's overlay."""
+    def holds(section: dict) -> bool:
+        for key, value in best_params.items():
+            mine = section.get(key)
+            if isinstance(value, float) and isinstance(mine, (int, float)):
+                if abs(float(mine) - value) > 1e-12 * max(1.0, abs(value)):
+                    return False
+            elif mine != value:
+                return False
+        return True
+
+    return sorted(e for e, config in run_configs.items() if holds(config.get("segmentation") or {}))
+
+
+def tuning_section(results: str | Path, copy_to: str | Path | None = None, link_prefix: str = "",
+                   run_configs: dict[str, dict] | None = None) -> list[str]:
+    """Markdown lines of the tuning section (empty when no study exists); see the module docstring.
+    With `run_configs` (entry → the config of the suite's run), each study says which entries ran
+    with its best parameters."""
     found = studies(results)
     if not found:
         return []
@@ -58,6 +79,10 @@ def tuning_section(results: str | Path, copy_to: str | Path | None = None, link_
             overlay = s.get("files", {}).get("overlay")
             if overlay:
                 out.append(f"- overlay: `{source / overlay}`")
+            if run_configs is not None:
+                users = used_by(best["params"], run_configs)
+                out.append(f"- this suite's runs of {', '.join(f'`{e}`' for e in users)} used these parameters"
+                           if users else "- no run of this suite used these parameters")
         else:
             out.append("- no complete trial yet")
         out += [f"- note: {n}" for n in s.get("notes", [])] + [""]

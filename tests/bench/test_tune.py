@@ -189,6 +189,11 @@ def test_report_tuning_section_copies_and_links_figures(tuned, tmp_path):
     found = links(text)                     # the report index's own link syntax, relative to the report folder
     assert len(found) == 3 and all((tmp_path / link).is_file() for link in found)
     assert tuning_section(tmp_path / "no-results") == []
+    tuned_run = {"segmentation": {**best.params, "epochs": 1}}          # a run made with the overlay, and one not
+    other = {"segmentation": {**best.params, "lam": best.params["lam"] * 1.001}}
+    text = "\n".join(tuning_section(results, run_configs={"simclr": tuned_run, "swav": other, "clinical": {}}))
+    assert "this suite's runs of `simclr` used these parameters" in text
+    assert "no run of this suite used" in "\n".join(tuning_section(results, run_configs={"swav": other}))
 
 
 # --------------------------------------------------------------------------- workers, test split, pruning
