@@ -117,7 +117,7 @@ def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, thre
                 rad.header = {**rad.header, "ImageLaterality": side_of(side)}
             rads.append(rad)
             todo.append((image_id, path, salt))
-        for (image_id, path, salt), s in zip(todo, predictor.predict(rads, [t[0] for t in todo],
+        for (image_id, path, salt), s in zip(todo, predictor.predict(rads, [item[0] for item in todo],
                                                                      batch_size=batch_size) if todo else []):
             probabilities = {bone: float(s.bone_probability.get(bone, np.nan)) for bone in BONES}
             row = {k: v for k, v in s.row().items() if k != "name"}
