@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import io
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -98,6 +99,7 @@ def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, thre
         raise BenchError("this bundle records no digests of its training images (it was exported before they were "
                          "recorded); export its run again to use --exclude-seen")
     bones, images = [], []
+    resumed = 0
     for start in range(0, len(rows), chunk):
         part = rows.iloc[start:start + chunk]
         screened: dict[str, tuple[dict, dict]] = {}       # image_id -> (bone probabilities, screening row)
@@ -117,13 +119,16 @@ def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, thre
                 rad.header = {**rad.header, "ImageLaterality": side_of(side)}
             rads.append(rad)
             todo.append((image_id, path, salt))
-        for (image_id, path, salt), s in zip(todo, predictor.predict(rads, [item[0] for item in todo],
-                                                                     batch_size=batch_size) if todo else []):
-            probabilities = {bone: float(s.bone_probability.get(bone, np.nan)) for bone in BONES}
-            row = {k: v for k, v in s.row().items() if k != "name"}
-            screened[image_id] = (probabilities, row)
-            if journal is not None:
-                journal.save(path, image_id, row, {"bone_probability": probabilities}, None, salt)
+        for first in range(0, len(todo), batch_size):      # journalled batch by batch
+            batch = todo[first:first + batch_size]
+            for (image_id, path, salt), s in zip(batch, predictor.predict(
+                    rads[first:first + batch_size], [item[0] for item in batch], batch_size=batch_size)):
+                probabilities = {bone: float(s.bone_probability.get(bone, np.nan)) for bone in BONES}
+                row = {k: v for k, v in s.row().items() if k != "name"}
+                screened[image_id] = (probabilities, row)
+                if journal is not None:
+                    journal.save(path, image_id, row, {"bone_probability": probabilities}, None, salt)
+        resumed += len(part) - len(todo)
         for _, row in part.iterrows():
             probabilities, screening = screened[str(row["image_id"])]
             for bone in BONES:
@@ -134,6 +139,9 @@ def evaluate_dataset(predictor: Any, dataset: Dataset, *, split: str = ALL, thre
                            "label": int(row["label"]), **screening, "seen": kind, "seen_as": where})
         if progress is not None:
             progress(min(start + chunk, len(rows)), len(rows))
+    if resumed:
+        print(f"bench: resuming: {resumed} of {len(rows)} radiograph(s) were screened by an interrupted evaluation "
+              f"({journal.root})", file=sys.stderr)
     image_frame = pd.DataFrame(images)
     fitted = set(image_frame.loc[image_frame["seen"] == FIT, "subject_id"])
     image_frame["excluded"] = exclude_seen & image_frame["subject_id"].isin(fitted)

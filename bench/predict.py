@@ -169,10 +169,7 @@ def run_predictions(predictor: Any, inputs: Sequence[str | Path], out_dir: str |
     journal = Journal(out_dir, journal_key(predictor, options))
     writable(journal.root, lambda: None, out_dir)       # a BenchError naming the folder, not an OSError
     with file_lock(journal.lock, waiting=f"screening into {out_dir}"):
-        kept = journal.open()
-        if kept:
-            print(f"bench: resuming: {kept} image(s) screened by an interrupted run are kept ({journal.root})",
-                  file=sys.stderr)
+        journal.open()
         report = _screen(predictor, files, names, skipped, journal, batch_size, overlays, pixel_spacing_mm,
                          progress, laterality)
         with atomic_dir(out_dir, overwrite=True) as tmp:
@@ -226,6 +223,9 @@ def _screen(predictor: Any, files: list[Path], names: list[str], skipped: Sequen
         if done is not None:
             results[i] = done
     todo = [i for i in range(len(files)) if i not in results]
+    if results:
+        print(f"bench: resuming: {len(results)} of {len(files)} image(s) were screened by an interrupted run "
+              f"({journal.root}); screening the other {len(todo)}", file=sys.stderr)
     bar = tqdm(total=len(files), initial=len(results), unit="image", desc="screening", file=sys.stderr,
                disable=not (sys.stderr.isatty() if progress is None else progress))
     for start in range(0, len(todo), batch_size):

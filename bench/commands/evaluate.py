@@ -101,9 +101,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     journal = Journal(run_dir, journal_key(bundle, {"kind": "evaluate", "screening": screening_options(bundle)}))
     writable(journal.root, lambda: None, run_dir)
     with file_lock(journal.lock, waiting=f"evaluating into {run_dir}"):
-        if journal.open():
-            print(f"bench: resuming: the radiographs an interrupted evaluation screened are kept ({journal.root})",
-                  file=sys.stderr)
+        journal.open()
         result = evaluate_dataset(bundle, dataset, split=args.split, threshold=args.threshold,
                                   batch_size=args.batch_size, exclude_seen=args.exclude_seen, progress=progress,
                                   journal=journal)

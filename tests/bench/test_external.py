@@ -199,13 +199,13 @@ def test_an_interrupted_evaluation_resumes_with_the_screenings_it_had(cohort, tm
         whole = evaluate_dataset(FakePredictor(), dataset, chunk=2)
     journal = Journal(tmp_path / "seed0", "k")
     journal.open()
-    with pytest.raises(KeyboardInterrupt):
-        evaluate_dataset(Interrupting(), dataset, chunk=2, journal=journal)
-    assert Journal(tmp_path / "seed0", "k").open() == 2                      # a1, a2 kept
+    with pytest.raises(KeyboardInterrupt):                                   # one chunk of 4 images, batches of 1
+        evaluate_dataset(Interrupting(), dataset, chunk=4, batch_size=1, journal=journal)
+    assert Journal(tmp_path / "seed0", "k").open() == 2                      # a1, a2 kept: saved batch by batch
     again = FakePredictor()
     with pytest.warns(NoUsableBoneWarning):
         resumed = evaluate_dataset(again, dataset, chunk=2, journal=journal)
-    assert again.seen == ["b", "c", "d", "f"]
+    assert again.seen == ["b", "c", "d", "f"]                                 # a1, a2 from the journal
     assert resumed.metrics == whole.metrics
     pd.testing.assert_frame_equal(resumed.subjects, whole.subjects)
     pd.testing.assert_frame_equal(resumed.images, whole.images)

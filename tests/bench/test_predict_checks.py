@@ -186,7 +186,7 @@ def test_an_interrupted_prediction_resumes_with_the_images_it_had_screened(tmp_p
     assert not out.exists() and len(list((tmp_path / ".out.partial" / "done").glob("*.json"))) == 4
     again = _Counting()
     run_predictions(again, [scans], out, batch_size=3)
-    assert again.screened == ["s4", "s5", "s6"] and "4 image(s) screened by an interrupted run" in capsys.readouterr().err
+    assert again.screened == ["s4", "s5", "s6"] and "4 of 7 image(s) were screened by an interrupted run" in capsys.readouterr().err
     for name in ("predictions.csv", "predictions.json"):
         assert (out / name).read_text().replace(str(out), "") == (tmp_path / "whole" / name).read_text().replace(
             str(tmp_path / "whole"), "").replace('"batch_size": 2', '"batch_size": 3')
