@@ -31,7 +31,8 @@ def _cheap_worker(journal: str, n_trials: int, session: int) -> None:
     from bench.tune.space import TuneConfig
     from bench.tune.study import configure, open_storage, open_study, run_trials
 
-    Path(journal).parent.mkdir(parents=True, exist_ok=True)       # a --storage folder must exist
+    if "://" not in journal:                                       # a journal's folder must exist
+        Path(journal).parent.mkdir(parents=True, exist_ok=True)
     store = open_storage(journal, Path(journal).parent)
     study = open_study(store, "cheap", "minimize")
     configure(study, TuneConfig(startup_trials=2), seed=0, session=session, shared_lock=True)
