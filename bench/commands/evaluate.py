@@ -85,7 +85,8 @@ def evaluate_command(args: argparse.Namespace) -> int:
     entry = args.entry or str(source.get("entry") or "bundle")
     seed = int(source.get("seed") or 0)
     fingerprint = dataset_fingerprint(Path(args.data))
-    check_replaceable(store.run_dir(args.results, args.name, entry, seed), fingerprint, args.overwrite)
+    run_dir = store.run_dir(args.results, args.name, entry, seed)
+    check_replaceable(run_dir, fingerprint, args.overwrite)
     training = bundle.meta.get("training_images")
     role = training_folders(bundle.meta).get(Path(args.data).resolve())
     unrecorded = {Path(f).resolve() for f in training.get("unrecorded", [])} if isinstance(training, dict) else None
@@ -97,7 +98,6 @@ def evaluate_command(args: argparse.Namespace) -> int:
         if sys.stderr.isatty():
             print(f"\r{done}/{total} radiographs", end="" if done < total else "\n", file=sys.stderr)
 
-    run_dir = store.run_dir(args.results, args.name, entry, seed)
     journal = Journal(run_dir, journal_key(bundle, {"kind": "evaluate", "screening": screening_options(bundle)}))
     writable(journal.root, lambda: None, run_dir)
     with file_lock(journal.lock, waiting=f"evaluating into {run_dir}"):
