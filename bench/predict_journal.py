@@ -48,6 +48,7 @@ class Journal:
         self.root = out.with_name(f".{out.name}.partial")
         self.lock = self.root / "lock"         # held while screening into `out` (bench.executors.locking)
         self.key = key
+        self._ids: dict[tuple[str, str], str] = {}
 
     def open(self) -> int:
         """Keep the journal of an interrupted run with the same key (another is cleared); return how
@@ -64,11 +65,17 @@ class Journal:
         atomic_write_text(self.root / JOURNAL_FILE, json.dumps({"key": self.key}))
         return sum(1 for _ in (self.root / "done").glob("*.json"))
 
-    @staticmethod
-    def image_id(file: Path, salt: str = "") -> str:
+    def image_id(self, file: Path, salt: str = "") -> str:
         """The file's resolved path and content (SHA-256 of its bytes: a file replaced by another of
         the same size and time is seen), and `salt` (what else the screening of this one image depends
-        on, e.g. a manifest's spacing and side), hashed."""
+        on, e.g. a manifest's spacing and side), hashed; once per file (lookup, then save)."""
+        key = (str(file), salt)
+        if key not in self._ids:
+            self._ids[key] = self._hash(file, salt)
+        return self._ids[key]
+
+    @staticmethod
+    def _hash(file: Path, salt: str) -> str:
         content = hashlib.sha256()
         with open(file, "rb") as fh:
             for block in iter(lambda: fh.read(1 << 20), b""):
