@@ -8,7 +8,11 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo
 # `make test` leaves out tests marked slow (whole smoke suites); `make test-slow` runs only those.
-PYTEST_ARGS ?= -m "not slow"
+# Both spread the test files over one worker process per core (pytest-xdist, at most 4): each test
+# runs torch on one thread (tests/conftest.py), so a single process would leave the other cores idle.
+# A file's tests stay in one worker (--dist loadfile): its module fixtures are built once.
+XDIST_ARGS ?= -n auto --maxprocesses 4 --dist loadfile
+PYTEST_ARGS ?= -m "not slow" $(XDIST_ARGS)
 STAMP := $(VENV)/.osteobench-installed
 
 .PHONY: demo test test-slow install clean
@@ -31,7 +35,7 @@ test: $(STAMP)
 	$(VENV)/bin/python -m pytest -q $(PYTEST_ARGS)
 
 test-slow: $(STAMP)
-	$(VENV)/bin/python -m pytest -q -m slow
+	$(VENV)/bin/python -m pytest -q -m slow $(XDIST_ARGS)
 
 clean:
 	rm -rf $(VENV) $(DEMO_DIR) .pytest_cache

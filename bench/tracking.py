@@ -194,6 +194,20 @@ class Tracker:
             self._entries[(suite, entry)] = run_id
         return run_id
 
+    def log_params_once(self, run_id: str, params: Mapping[str, Any]) -> bool:
+        """Log `params` to `run_id` unless it has parameters already; True when this call logged them.
+
+        Check and write hold the tracker's lock: two processes that open one parent run together
+        (``bench tune --workers 2``) would otherwise both find it bare and both insert its
+        parameters, and the second insert breaks the store's unique key (run, key)."""
+        if not self.enabled or not params:
+            return False
+        with self._locked():
+            if self._call("get_run", run_id).data.params:
+                return False
+            self._log(run_id, params=flatten(params))
+        return True
+
     def log_seed_run(self, suite: str, entry: str, seed: int, *, params: Mapping,
                      metrics: Mapping[str, Mapping[str, float]] | Mapping[str, float],
                      history: pd.DataFrame | None = None, artifacts: Sequence[Path] = (),

@@ -1,10 +1,15 @@
 """Shared fixtures: tiny hand-made datasets that do not need the phantom generator."""
 from __future__ import annotations
 
+import os
 import sys
 from pathlib import Path
 
 import pytest
+
+# The test files run in parallel worker processes (Makefile, pytest-xdist) on few cores: OpenMP's
+# idle threads must not spin on a core another worker needs (README, set-up). Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 sys.path.insert(0, str(Path(__file__).parent / "bench"))  # toy_entries plugin module
 sys.path.insert(0, str(Path(__file__).parent))  # tiny_data
@@ -14,6 +19,18 @@ from tiny_data import write_tiny_dataset  # noqa: E402
 from bench.allocator import keep_freed_memory  # noqa: E402
 
 keep_freed_memory()     # the tests run what the CLI runs, with the CLI's allocator settings
+
+
+def _one_torch_thread() -> None:
+    """Every test runs on one torch thread: the test files run in one worker process per core, and
+    one count for the whole session keeps each test's numbers independent of which tests ran
+    before it in its worker."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+_one_torch_thread()
 
 
 @pytest.fixture

@@ -19,7 +19,7 @@ from typing import Any, Mapping
 
 from bench.tracking import TAG_PARENT, TAG_TYPE, Tracker
 from bench.tracking_uri import retry_locked
-from bench.tracking_values import flatten, mlflow_key
+from bench.tracking_values import mlflow_key
 
 SUITE = "tune"                            # experiment osteobench/tune
 TAG_STUDY = "osteobench.optuna_study"
@@ -41,8 +41,7 @@ class TrialLogger:
             return
         self.experiment = self.tracker.experiment_id(SUITE)
         self.parent = self.tracker.entry_run(SUITE, study, tags={TAG_STUDY: study, **(tags or {})})
-        if params and not self._call("get_run", self.parent).data.params:
-            self._batch(self.parent, params=flatten(params))
+        self.tracker.log_params_once(self.parent, params or {})
 
     def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         fn = getattr(self.tracker.client, method)

@@ -370,3 +370,36 @@ def test_an_interrupt_inside_a_write_is_raised_at_once_and_cleaned_up_later(tmp_
     done = tracker.log_seed_run("s", "a", 0, params={"a": 1}, metrics={"test_auc": 0.5}, config_hash="h")
     assert tracker.client.get_run(stale[0].info.run_id).info.status == "KILLED"
     assert tracker.client.get_run(done).info.status == "FINISHED"
+
+
+def test_two_trackers_opening_one_parent_log_its_params_once(tmp_path):
+    """`bench tune --workers 2`: both workers open the study's parent run and log its parameters if it
+    has none. The check and the write hold the tracker's lock, so the second worker, held between
+    the first one's check and write, finds the parameters and logs nothing (without the lock both
+    found the run bare, and their inserts raced on the store's unique (run, key))."""
+    first, second = Tracker(tmp_path), Tracker(tmp_path)
+    run_id = first.entry_run("tune", "study")
+    checked, second_done = threading.Event(), threading.Event()
+    get_run = first.client.get_run
+
+    def get_run_then_let_the_second_in(rid):
+        run = get_run(rid)
+        checked.set()
+        second_done.wait(timeout=3)        # with the lock the second waits for us: the timeout ends this
+        return run
+
+    first.client.get_run = get_run_then_let_the_second_in
+    logged = {}
+
+    def second_worker():
+        checked.wait(timeout=30)
+        logged["second"] = second.log_params_once(run_id, {"space": {"lam": [0.01, 100]}, "seed": 0})
+        second_done.set()
+
+    thread = threading.Thread(target=second_worker)
+    thread.start()
+    logged["first"] = first.log_params_once(run_id, {"space": {"lam": [0.01, 100]}, "seed": 0})
+    thread.join(timeout=60)
+    assert logged == {"first": True, "second": False}
+    assert Tracker(tmp_path).client.get_run(run_id).data.params == {"space.lam": "[0.01, 100]", "seed": "0"}
+    assert first.log_params_once(run_id, {"seed": 1}) is False      # a run with parameters keeps them
