@@ -33,6 +33,12 @@ def _one_torch_thread() -> None:
 _one_torch_thread()
 
 
+def pytest_xdist_auto_num_workers(config) -> int:
+    """``-n auto`` (the Makefile's): one worker per CPU this process may run on (its affinity mask, not
+    the host's count; xdist's own guess counts physical cores, one on a 2-vCPU machine with psutil)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
 @pytest.fixture
 def tiny_dataset(tmp_path: Path) -> Path:
     return write_tiny_dataset(tmp_path / "tiny", n_subjects=60)
