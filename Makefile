@@ -8,7 +8,7 @@ VENV ?= .venv
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 DEMO_DIR ?= demo
 # `make test` leaves out tests marked slow (whole smoke suites); `make test-slow` runs only those.
-# Both spread the test files over one worker process per core (pytest-xdist, at most 4): each test
+# Both spread the test files over one worker process per CPU (pytest-xdist, at most 4): each test
 # runs torch on one thread (tests/conftest.py), so a single process would leave the other cores idle.
 # A file's tests stay in one worker (--dist loadfile): its module fixtures are built once.
 XDIST_ARGS ?= -n auto --maxprocesses 4 --dist loadfile

@@ -35,7 +35,8 @@ _one_torch_thread()
 
 def pytest_xdist_auto_num_workers(config) -> int:
     """``-n auto`` (the Makefile's): one worker per CPU this process may run on (its affinity mask, not
-    the host's count; xdist's own guess counts physical cores, one on a 2-vCPU machine with psutil)."""
+    the host's count; xdist's own guess counts physical cores when psutil is installed, half the CPUs
+    on a machine with two hardware threads per core, while every worker here is single-threaded)."""
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
