@@ -161,14 +161,15 @@ def test_oracle_label_maps_do_not_train_a_segmenter(env, tmp_path):
 @pytest.mark.parametrize("stage", ["jang", "wang", "landmarks"])
 def test_interrupted_trainings_resume_to_the_same_outputs(env, landmarks, tmp_path, monkeypatch, stage):
     """The supervised loop (jang: one VGG; wang: the multi-ROI transformer) and the landmark detector,
-    killed just after their first saved epoch and rerun: the same outputs as an uninterrupted run."""
+    killed just after their first saved epoch and rerun: the same outputs as an uninterrupted run
+    (two epochs: the resumed run's epoch draws its batches and augmentations from the restored state)."""
     from bench.checkpoint import Resumer
 
     what = {"jang": (JANG, {}, "predictions.parquet"), "wang": (WANG, {"landmarks": landmarks},
                                                                      "predictions.parquet"),
             "landmarks": (LANDMARKS, {}, "landmarks.parquet")}
     fn, inputs, output = what[stage]
-    cfg = _cfg(**{"checkpoint.minutes": 1e-9, "supervised.epochs": 3, "landmarks.epochs": 3})
+    cfg = _cfg(**{"checkpoint.minutes": 1e-9, "supervised.epochs": 2, "landmarks.epochs": 2})
     whole = run_cpu_stage(fn, cfg, (tmp_path / "whole", env[1]), inputs)
     original, saves = Resumer.save, []
 
@@ -179,9 +180,18 @@ def test_interrupted_trainings_resume_to_the_same_outputs(env, landmarks, tmp_pa
     monkeypatch.setattr(Resumer, "save", save_then_die)
     with pytest.raises(KeyboardInterrupt):
         run_cpu_stage(fn, cfg, (tmp_path / "resumed", env[1]), inputs)
-    monkeypatch.setattr(Resumer, "save", original)
     assert saves == [0]
+    loaded = []
+    original_load = Resumer.load
+
+    def record_load(self, *args, **kwargs):
+        state = original_load(self, *args, **kwargs)
+        loaded.append(None if state is None else state["epoch"])
+        return state
+    monkeypatch.setattr(Resumer, "load", record_load)
+    monkeypatch.setattr(Resumer, "save", lambda self, state: (saves.append(state["epoch"]), original(self, state)))
     resumed = run_cpu_stage(fn, cfg, (tmp_path / "resumed", env[1]), inputs)
+    assert loaded == [0] and saves == [0, 1]             # started from epoch 0's state, did not redo it
     pd.testing.assert_frame_equal(pd.read_parquet(whole / output), pd.read_parquet(resumed / output))
     pd.testing.assert_frame_equal(pd.read_parquet(whole / "history.parquet"),
                                   pd.read_parquet(resumed / "history.parquet"))

@@ -1,15 +1,15 @@
 """k-fold cross-validation: fold splits, split-free stage keys, the fold runs and their pooling (bench.cv)."""
 from __future__ import annotations
 
-import os
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.metrics import roc_auc_score
+
+from cli_calls import bench
 
 from bench import cv, registry, results as store
 from bench.config import resolve
@@ -19,7 +19,6 @@ from bench.runner import Runner
 from bench.fingerprint import Fingerprint, dataset_fingerprint
 from bench.stage import stage_key
 
-TESTS = Path(__file__).parent
 
 
 @pytest.fixture(autouse=True)
@@ -160,12 +159,10 @@ def test_data_folds_without_fold_runner_is_refused(tmp_path, tiny_dataset):
 
 
 def _cli(tmp_path: Path, data: Path, *extra: str) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "bench.cli", "run", "--entry", "toy", "--name", "t", "--seeds", "0", "1",
-           "--results", str(tmp_path / "results"), "--data-seg", str(data), "--data-cls", str(data),
-           "--device", "cpu", "--plugin", "toy_entries", *extra]
-    env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-           "TOY_LOG": str(tmp_path / "toy.log")}
-    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    """`bench run` of the toy entry, two seeds, in this process (tests/cli_calls.py)."""
+    return bench("run", "--entry", "toy", "--name", "t", "--seeds", "0", "1", "--results", str(tmp_path / "results"),
+                 "--data-seg", str(data), "--data-cls", str(data), "--device", "cpu", "--plugin", "toy_entries",
+                 *extra, env={"TOY_LOG": str(tmp_path / "toy.log")})
 
 
 def test_cli_folds_run_each_fold_and_pool_out_of_fold_predictions(tmp_path, tiny_dataset):
@@ -230,9 +227,7 @@ def test_cli_leave_one_site_out_names_the_sites_and_refuses_a_wrong_fold_count(t
     site_of = dict(zip(manifest["subject_id"], manifest["site"]))
     assert {site_of[s] for s in pooled.predictions.loc[pooled.predictions["fold"] == 1, "subject_id"]} == {"B"}
     assert [f["holds_out"] for f in pooled.config["fold_runs"]] == ["A", "B"]
-    shown = subprocess.run([sys.executable, "-m", "bench.cli", "show", str(store.run_dir(tmp_path / "results", "t-cv2",
-                                                                                          "toy", 0))],
-                           capture_output=True, text=True, timeout=120)
+    shown = bench("show", str(store.run_dir(tmp_path / "results", "t-cv2", "toy", 0)))
     assert shown.returncode == 0 and "(fold0: A, fold1: B)" in shown.stdout
     assert {"fold0", "fold1", "test"} <= {line.split()[0] for line in shown.stdout.splitlines()[2:] if line.strip()}
 
@@ -261,9 +256,8 @@ def test_pooling_refuses_folds_that_leave_a_subject_out():
 
 
 def test_tune_refuses_a_cross_validated_config(tmp_path):
-    out = subprocess.run([sys.executable, "-m", "bench.cli", "tune", "--target", "seg", "--trials", "1", "--study",
-                          "s", "--results", str(tmp_path / "r"), "--set", "data.folds=3"],
-                         capture_output=True, text=True, timeout=120)
+    out = bench("tune", "--target", "seg", "--trials", "1", "--study", "s", "--results", str(tmp_path / "r"),
+                "--set", "data.folds=3")
     assert out.returncode == 2 and "cross-validates" in out.stderr and "Traceback" not in out.stderr
 
 

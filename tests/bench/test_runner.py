@@ -231,18 +231,22 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_folder(tmp_path, ti
     assert _cli(tmp_path, tiny_dataset, "--seeds", "0").returncode == 0 and _log(tmp_path)[2:] == ["toy_probe"]
 
 
-def test_cli_exit_codes_and_dry_run(tmp_path, tiny_dataset):
-    dry = _cli(tmp_path, tiny_dataset, "--dry-run")
-    assert dry.returncode == 0 and "to run" in dry.stdout and not _log(tmp_path)
+def test_cli_exit_codes_and_dry_run(tmp_path, tiny_dataset, monkeypatch, capsys):
+    """A user's error exits 2 with one line and no traceback (checked once in a process of its own; the
+    other cases call the CLI's `main` in this process), a failed run exits 1, a dry run runs nothing."""
+    from bench.cli import main
+
     bad = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--entry", "nosuch", "--results",
                           str(tmp_path / "r")], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown entry" in bad.stderr and "Traceback" not in bad.stderr
-    env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    fail = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--entry", "toy-fail", "toy", "--results",
-                           str(tmp_path / "r"), "--data-seg", str(tiny_dataset), "--data-cls", str(tiny_dataset),
-                           "--plugin", "toy_entries", "--no-mlflow", "--device", "cpu"],
-                          capture_output=True, text=True, env=env)
-    assert fail.returncode == 1 and "FAILED toy-fail" in fail.stdout
+    monkeypatch.setenv("TOY_LOG", str(tmp_path / "toy.log"))
+    data = ["--data-seg", str(tiny_dataset), "--data-cls", str(tiny_dataset)]
+    common = ["--plugin", "toy_entries", "--no-mlflow", "--device", "cpu"]
+    assert main(["run", "--entry", "toy", "--seeds", "0", "1", "--results", str(tmp_path / "results"), *data,
+                 *common, "--dry-run"]) == 0
+    assert "to run" in capsys.readouterr().out and not _log(tmp_path)
+    assert main(["run", "--entry", "toy-fail", "toy", "--results", str(tmp_path / "r"), *data, *common]) == 1
+    assert "FAILED toy-fail" in capsys.readouterr().out
     # bad data options stop the command before any run (not one failed run per entry and seed)
     import shutil
 
@@ -256,10 +260,9 @@ def test_cli_exit_codes_and_dry_run(tmp_path, tiny_dataset):
                                (["--data-seg", str(tmp_path)], "not a dataset folder", ["--dry-run"]),
                                (["--set", "data.phantom_profile=huge"], "data.phantom_profile", []),
                                (["--set", "data.phantom_seed=-1"], "data.phantom_seed", ["--dry-run"])):
-        bad = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--entry", "toy", "--results",
-                              str(tmp_path / "r2"), "--plugin", "toy_entries", "--no-mlflow", "--device", "cpu",
-                              *extra, *dry], capture_output=True, text=True, env=env)
-        assert bad.returncode == 2 and needle in bad.stderr and "Traceback" not in bad.stderr, (extra, bad.stderr)
+        code = main(["run", "--entry", "toy", "--results", str(tmp_path / "r2"), *common, *extra, *dry])
+        err = capsys.readouterr().err
+        assert code == 2 and needle in err and err.startswith("bench: error:"), (extra, err)
     assert not (tmp_path / "r2" / "adhoc").exists()
 
 

@@ -1,0 +1,39 @@
+"""`bench ARGS` called in the test's own process, its output captured: a CLI subprocess spends several
+seconds importing torch, MLflow and scikit-learn before it does anything. Tests of what a process does
+(its exit status on a signal, a kill, an uncaught traceback) still start one."""
+from __future__ import annotations
+
+import contextlib
+import io
+import os
+import subprocess
+from typing import Iterator, Mapping
+
+
+@contextlib.contextmanager
+def environment(env: Mapping[str, str]) -> Iterator[None]:
+    """`os.environ` with `env` added, restored afterwards."""
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+
+
+def bench(*argv: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
+    """The CLI's `main(argv)` with its standard output and error captured, as a finished process; an
+    exception other than the CLI's own handling propagates (a traceback the user would see)."""
+    from bench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with environment(env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(argv))
+        except SystemExit as exc:           # argparse: a malformed command line
+            code = exc.code if isinstance(exc.code, int) else 2
+    return subprocess.CompletedProcess(["bench", *argv], code, out.getvalue(), err.getvalue())
