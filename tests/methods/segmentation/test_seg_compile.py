@@ -23,8 +23,9 @@ def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 def test_compiled_backbone_and_head_take_the_eager_steps(kind):
     """Same loss and same gradients as eager in training steps (the optimiser's lr is 0 so both
     models stay equal: with a real lr, Adam blows the ~0 gradients of conv biases before a BatchNorm
-    up to +-lr and MoSE's discrete coupling then amplifies the noise), same BatchNorm statistics
-    and eval outputs, and the state dict keeps its keys."""
+    up to +-lr and MoSE's discrete coupling then amplifies the noise), same BatchNorm statistics,
+    and the state dict keeps its keys. The compiled eval graphs are the next test's (validation):
+    each graph costs inductor tens of seconds of C++ compilation on the test machine's CPU."""
     cfg = SegmentationConfig(model=kind, base_width=4, max_width=8, levels=3, convs=1, samples=2, working_size=32,
                              batch_size=4, lr=0.0)
     models = {mode: build_model(make_spec(cfg, (32, 48), 8), seed=3) for mode in ("off", "default")}
@@ -46,12 +47,6 @@ def test_compiled_backbone_and_head_take_the_eager_steps(kind):
     assert list(compiled) == list(eager)                   # same keys: checkpoints load either way
     for name, value in eager.items():                      # BatchNorm running statistics included
         torch.testing.assert_close(compiled[name], value, rtol=1e-5, atol=1e-6, msg=name)
-    x = _batch(9)[0]
-    for m in models.values():
-        m.eval()
-    with torch.no_grad():
-        outs = {mode: m(x, generator=torch.Generator().manual_seed(4)) for mode, m in models.items()}
-    torch.testing.assert_close(outs["default"].probs, outs["off"].probs, rtol=1e-4, atol=1e-5)
 
 
 def test_unknown_segmentation_compile_mode_is_refused():
