@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from cli_calls import bench
 
 from bench import registry, results as store
 from bench.runner import Runner, entry_config
@@ -181,13 +182,19 @@ def test_failing_entry_does_not_stop_the_others(tmp_path, tiny_dataset):
     assert "RuntimeError" in failed.read_text()
 
 
-def _cli(tmp_path: Path, data: Path, *extra: str, env: dict | None = None) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "bench.cli", "run", "--entry", "toy", "--name", "t", "--seeds", "0", "1",
-           "--results", str(tmp_path / "results"), "--data-seg", str(data), "--data-cls", str(data),
-           "--device", "cpu", "--plugin", "toy_entries", "--no-mlflow", *extra]
-    full_env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}",
-                "TOY_LOG": str(tmp_path / "toy.log"), **(env or {})}
-    return subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=300)
+def _cli(tmp_path: Path, data: Path, *extra: str, env: dict | None = None, in_process: bool = False
+         ) -> subprocess.CompletedProcess:
+    """`bench run` of the toy entry, seeds 0 and 1: a process of its own (one that can be killed), or
+    `in_process` (tests/cli_calls.py: no seconds of imports)."""
+    argv = ["run", "--entry", "toy", "--name", "t", "--seeds", "0", "1", "--results", str(tmp_path / "results"),
+            "--data-seg", str(data), "--data-cls", str(data), "--device", "cpu", "--plugin", "toy_entries",
+            "--no-mlflow", *extra]
+    run_env = {"TOY_LOG": str(tmp_path / "toy.log"), **(env or {})}
+    if in_process:
+        return bench(*argv, env=run_env)
+    full_env = {**os.environ, "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}", **run_env}
+    return subprocess.run([sys.executable, "-m", "bench.cli", *argv], capture_output=True, text=True, env=full_env,
+                          timeout=300)
 
 
 def test_killed_run_resumes_only_unfinished_part(tmp_path, tiny_dataset):
@@ -196,11 +203,11 @@ def test_killed_run_resumes_only_unfinished_part(tmp_path, tiny_dataset):
     assert _log(tmp_path) == ["toy_prep", "toy_probe"]
     assert not (tmp_path / "results" / "t" / "toy" / "seed0").exists()  # nothing half-written
     stray = [p for p in (tmp_path / "results" / "cache").rglob("*") if p.name.startswith(".") and p.is_dir()]
-    resumed = _cli(tmp_path, tiny_dataset)
+    resumed = _cli(tmp_path, tiny_dataset, in_process=True)
     assert resumed.returncode == 0, resumed.stderr
     # prep of seed 0 was cached; probe of seed 0 and both stages of seed 1 run
     assert _log(tmp_path)[2:] == ["toy_probe", "toy_prep", "toy_probe"]
-    again = _cli(tmp_path, tiny_dataset)
+    again = _cli(tmp_path, tiny_dataset, in_process=True)
     assert again.returncode == 0 and len(_log(tmp_path)) == 5
     assert "2 already done" in again.stdout
     assert stray  # the killed stage left only a hidden temp dir, never a cache entry
@@ -228,25 +235,22 @@ def test_sigterm_unwinds_like_ctrl_c_and_leaves_no_temporary_folder(tmp_path, ti
     cache = tmp_path / "results" / "cache"
     assert not [p for p in cache.rglob("*") if ".tmp" in p.name]   # the cut stage's temp folder is gone
     assert not list(cache.glob("toy_probe/*/_stage.json")) and list(cache.glob("toy_prep/*/_stage.json"))
-    assert _cli(tmp_path, tiny_dataset, "--seeds", "0").returncode == 0 and _log(tmp_path)[2:] == ["toy_probe"]
+    assert _cli(tmp_path, tiny_dataset, "--seeds", "0", in_process=True).returncode == 0
+    assert _log(tmp_path)[2:] == ["toy_probe"]
 
 
-def test_cli_exit_codes_and_dry_run(tmp_path, tiny_dataset, monkeypatch, capsys):
+def test_cli_exit_codes_and_dry_run(tmp_path, tiny_dataset):
     """A user's error exits 2 with one line and no traceback (checked once in a process of its own; the
-    other cases call the CLI's `main` in this process), a failed run exits 1, a dry run runs nothing."""
-    from bench.cli import main
-
+    other cases run in this process), a failed run exits 1, a dry run runs nothing."""
     bad = subprocess.run([sys.executable, "-m", "bench.cli", "run", "--entry", "nosuch", "--results",
                           str(tmp_path / "r")], capture_output=True, text=True)
     assert bad.returncode == 2 and "unknown entry" in bad.stderr and "Traceback" not in bad.stderr
-    monkeypatch.setenv("TOY_LOG", str(tmp_path / "toy.log"))
-    data = ["--data-seg", str(tiny_dataset), "--data-cls", str(tiny_dataset)]
+    dry = _cli(tmp_path, tiny_dataset, "--dry-run", in_process=True)
+    assert dry.returncode == 0 and "to run" in dry.stdout and not _log(tmp_path)
     common = ["--plugin", "toy_entries", "--no-mlflow", "--device", "cpu"]
-    assert main(["run", "--entry", "toy", "--seeds", "0", "1", "--results", str(tmp_path / "results"), *data,
-                 *common, "--dry-run"]) == 0
-    assert "to run" in capsys.readouterr().out and not _log(tmp_path)
-    assert main(["run", "--entry", "toy-fail", "toy", "--results", str(tmp_path / "r"), *data, *common]) == 1
-    assert "FAILED toy-fail" in capsys.readouterr().out
+    fail = bench("run", "--entry", "toy-fail", "toy", "--results", str(tmp_path / "r"), "--data-seg", str(tiny_dataset),
+                 "--data-cls", str(tiny_dataset), *common)
+    assert fail.returncode == 1 and "FAILED toy-fail" in fail.stdout
     # bad data options stop the command before any run (not one failed run per entry and seed)
     import shutil
 
@@ -260,9 +264,8 @@ def test_cli_exit_codes_and_dry_run(tmp_path, tiny_dataset, monkeypatch, capsys)
                                (["--data-seg", str(tmp_path)], "not a dataset folder", ["--dry-run"]),
                                (["--set", "data.phantom_profile=huge"], "data.phantom_profile", []),
                                (["--set", "data.phantom_seed=-1"], "data.phantom_seed", ["--dry-run"])):
-        code = main(["run", "--entry", "toy", "--results", str(tmp_path / "r2"), *common, *extra, *dry])
-        err = capsys.readouterr().err
-        assert code == 2 and needle in err and err.startswith("bench: error:"), (extra, err)
+        bad = bench("run", "--entry", "toy", "--results", str(tmp_path / "r2"), *common, *extra, *dry)
+        assert bad.returncode == 2 and needle in bad.stderr and bad.stderr.startswith("bench: error:"), (extra, bad)
     assert not (tmp_path / "r2" / "adhoc").exists()
 
 
