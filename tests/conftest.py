@@ -55,3 +55,25 @@ def _keep_torch_threads():
     yield
     if torch.get_num_threads() != before:
         torch.set_num_threads(before)
+
+
+@pytest.fixture(params=["aot_eager", pytest.param("inductor", marks=pytest.mark.slow)])
+def compile_backend(request, monkeypatch) -> str:
+    """The backend the code's ``torch.compile`` calls get (``nn.Module.compile``, methods.compiling).
+
+    ``aot_eager`` captures the graphs as inductor would (dynamo, functionalisation, AOT autograd's
+    forward and backward graphs), so a compiled step that differs from the eager one through the
+    capture fails with it too, and runs them with eager kernels. ``inductor`` (`make test-slow`) adds
+    its C++ code generation, about a minute of g++ for each graph on the 2-core test machine; the
+    training runs compile on CUDA, where the GPU checks (scripts/gpu-checks.sh) exercise it.
+    """
+    import torch
+
+    original = torch.nn.Module.compile
+
+    def compile_with_backend(self, *args, **kwargs):
+        kwargs.setdefault("backend", request.param)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.Module, "compile", compile_with_backend)
+    return request.param

@@ -20,12 +20,13 @@ def _batch(seed: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 @pytest.mark.parametrize("kind", ["mose", "single"])
-def test_compiled_backbone_and_head_take_the_eager_steps(kind):
+def test_compiled_backbone_and_head_take_the_eager_steps(kind, compile_backend):
     """Same loss and same gradients as eager in training steps (the optimiser's lr is 0 so both
     models stay equal: with a real lr, Adam blows the ~0 gradients of conv biases before a BatchNorm
     up to +-lr and MoSE's discrete coupling then amplifies the noise), same BatchNorm statistics,
-    and the state dict keeps its keys. The compiled eval graphs are the next test's (validation):
-    each graph costs inductor tens of seconds of C++ compilation on the test machine's CPU."""
+    and the state dict keeps its keys (the backend: tests/conftest.py, `compile_backend`). The compiled
+    eval graphs are the next test's (validation): each graph costs inductor tens of seconds of C++
+    compilation on the test machine's CPU."""
     cfg = SegmentationConfig(model=kind, base_width=4, max_width=8, levels=3, convs=1, samples=2, working_size=32,
                              batch_size=4, lr=0.0)
     models = {mode: build_model(make_spec(cfg, (32, 48), 8), seed=3) for mode in ("off", "default")}
@@ -82,7 +83,7 @@ def test_auto_compiles_the_mose_unet_on_cuda_only(monkeypatch):
     assert getattr(model.backbone, "_compiled_call_impl", None) is None
 
 
-def test_compiled_training_loop_trains_validates_and_matches_eager():
+def test_compiled_training_loop_trains_validates_and_matches_eager(compile_backend):
     """One epoch of the training loop with segmentation.compile=default (train and eval graphs, a
     smaller last validation batch): the same history as eager. The trained model comes back eager,
     so predicting batches of new sizes compiles nothing (each size used to compile both modules)."""

@@ -21,11 +21,12 @@ def _views(seed: int, local_size: int = 16) -> tuple[list[torch.Tensor], torch.T
     return views, torch.full((6,), -1)
 
 
-def test_compiled_encoder_takes_the_eager_step():
-    """Two training steps, compiled and eager, give the same losses and weights. The local views have
-    the global size here: with static shapes (methods.compiling) each view size is a graph of its own,
-    and each graph costs inductor about a minute of C++ compilation on the test machine's CPU. The
-    compiled encoder's state dict loads into a plain one (no compiled eval graph: predictions run eager)."""
+def test_compiled_encoder_takes_the_eager_step(compile_backend):
+    """Two training steps, compiled (tests/conftest.py: `compile_backend`) and eager, give the same
+    losses and weights. The local views have the global size here: with static shapes
+    (methods.compiling) each view size is a graph of its own, and each graph costs inductor about a
+    minute of C++ compilation on the test machine's CPU. The compiled encoder's state dict loads into
+    a plain one (no compiled eval graph: the probes run the encoder eager)."""
     config = resolve("smoke")
     cfg = dataclasses.replace(config.ssl, encoder="resnet10t", lr=0.05)
     eager = seeded_build(lambda: build_pretrainer(cfg, config.heads, "cpu"), 3)
