@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-from sklearn.model_selection import StratifiedGroupKFold
 
 from bench.errors import BenchError
 
@@ -76,6 +75,8 @@ def kfold_splits(manifest: pd.DataFrame, k: int, seed: int) -> pd.Series:
     if k < 2 or k > len(subjects):
         raise BenchError(f"k={k} folds needs 2 <= k <= number of subjects ({len(subjects)})")
     y = subjects["label"].fillna(-1).astype(int).to_numpy()
+    from sklearn.model_selection import StratifiedGroupKFold   # here: importing it takes seconds (`bench --help`)
+
     cv = StratifiedGroupKFold(n_splits=k, shuffle=True, random_state=seed)
     fold_of: dict[str, int] = {}
     ids = subjects["subject_id"].to_numpy()
