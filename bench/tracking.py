@@ -131,7 +131,8 @@ class Tracker:
                     self._lock_held.close()
                     self._lock_held = None
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """``self.client.<method>(*args, **kwargs)``, retried while another process holds the store's lock."""
         fn = getattr(self.client, method)
         return retry_locked(lambda: fn(*args, **kwargs))
 
@@ -141,7 +142,7 @@ class Tracker:
         runs: list = []
         token = None
         while True:
-            page = self._call("search_runs", [experiment_id], filter_string=where, max_results=1000,
+            page = self.call("search_runs", [experiment_id], filter_string=where, max_results=1000,
                               order_by=list(order_by) or None, page_token=token)
             runs.extend(r for r in page if all(r.data.tags.get(k) == str(v) for k, v in filters.items()))
             token = page.token
@@ -157,12 +158,12 @@ class Tracker:
             return self._experiments[suite]
         name = f"{EXPERIMENT_PREFIX}{suite}"
         with self._locked():
-            exp = self._call("get_experiment_by_name", name)
+            exp = self.call("get_experiment_by_name", name)
             if exp is None:
                 location = None
                 if urlparse(self.uri).scheme not in REMOTE_SCHEMES:
                     location = (self.results / "mlartifacts" / name).as_uri()
-                exp_id = self._call("create_experiment", name, artifact_location=location,
+                exp_id = self.call("create_experiment", name, artifact_location=location,
                                     tags={TAG_SUITE: suite})
             elif exp.lifecycle_stage != "active":
                 raise BenchError(f"MLflow experiment {name!r} in {self.uri} is deleted; restore it "
@@ -188,9 +189,9 @@ class Tracker:
             own = {TAG_SUITE: suite, TAG_ENTRY: entry, TAG_TYPE: "entry"}
             if run_id is None:
                 all_tags = {**tag_values(tags), **own}
-                run_id = self._call("create_run", exp_id, tags=all_tags, run_name=entry).info.run_id
+                run_id = self.call("create_run", exp_id, tags=all_tags, run_name=entry).info.run_id
             elif tags:
-                self._log(run_id, tags={k: v for k, v in tags.items() if k not in own})
+                self.log_batch(run_id, tags={k: v for k, v in tags.items() if k not in own})
             self._entries[(suite, entry)] = run_id
         return run_id
 
@@ -203,9 +204,9 @@ class Tracker:
         if not self.enabled or not params:
             return False
         with self._locked():
-            if self._call("get_run", run_id).data.params:
+            if self.call("get_run", run_id).data.params:
                 return False
-            self._log(run_id, params=flatten(params))
+            self.log_batch(run_id, params=flatten(params))
         return True
 
     def log_seed_run(self, suite: str, entry: str, seed: int, *, params: Mapping,
@@ -228,24 +229,24 @@ class Tracker:
         with self._locked():
             parent, run_id, fresh = self._start_child(suite, entry, seed, config_hash, tags, reuse=True)
             if not fresh:                   # a rerun of a finished run: its seed's latest attempt succeeded
-                self._call("set_tag", run_id, TAG_ATTEMPT, str(int(time.time() * 1000)))
+                self.call("set_tag", run_id, TAG_ATTEMPT, str(int(time.time() * 1000)))
                 self._refresh_parent(suite, parent)
                 return run_id
             try:
                 now = int(time.time() * 1000)
-                self._log(run_id, params=flat_params, metrics=[(k, v, now, 0) for k, v in final.items()]
+                self.log_batch(run_id, params=flat_params, metrics=[(k, v, now, 0) for k, v in final.items()]
                           + [(k, v, now, step) for k, v, step in steps])
                 for path in files:
                     if path.is_dir():
-                        self._call("log_artifacts", run_id, str(path), artifact_path=path.name)
+                        self.call("log_artifacts", run_id, str(path), artifact_path=path.name)
                     else:
-                        self._call("log_artifact", run_id, str(path))
+                        self.call("log_artifact", run_id, str(path))
             except BaseException as exc:
                 if isinstance(exc, Exception):      # an interrupt writes nothing (_release_connections)
-                    self._call("set_terminated", run_id, "FAILED")
+                    self.call("set_terminated", run_id, "FAILED")
                     self._refresh_parent(suite, parent)
                 raise
-            self._call("set_terminated", run_id, "FINISHED")
+            self.call("set_terminated", run_id, "FINISHED")
             self._refresh_parent(suite, parent)
         return run_id
 
@@ -259,10 +260,10 @@ class Tracker:
         with self._locked():
             parent, run_id, _ = self._start_child(suite, entry, seed, config_hash, tags, reuse=False)
             try:
-                self._log(run_id, params=flat_params)
-                self._call("log_text", run_id, traceback_text, "traceback.txt")
+                self.log_batch(run_id, params=flat_params)
+                self.call("log_text", run_id, traceback_text, "traceback.txt")
             finally:
-                self._call("set_terminated", run_id, "FAILED")
+                self.call("set_terminated", run_id, "FAILED")
                 self._refresh_parent(suite, parent)
         return run_id
 
@@ -281,8 +282,8 @@ class Tracker:
             return parent, done[0], False
         for stale in existing:
             if stale.info.status == "RUNNING":
-                self._call("set_terminated", stale.info.run_id, "KILLED")
-        run = self._call("create_run", self.experiment_id(suite), tags={**tag_values(tags), **own},
+                self.call("set_terminated", stale.info.run_id, "KILLED")
+        run = self.call("create_run", self.experiment_id(suite), tags={**tag_values(tags), **own},
                          run_name=f"{entry}/seed{int(seed)}")
         return parent, run.info.run_id, True
 
@@ -333,7 +334,7 @@ class Tracker:
             return
         failed = any(r.info.status == "FAILED" for r in latest.values())
         end = max(attempted(r) for r in latest.values()) or None
-        self._call("set_terminated", parent, "FAILED" if failed else "FINISHED", end_time=end)
+        self.call("set_terminated", parent, "FAILED" if failed else "FINISHED", end_time=end)
 
     def log_once(self, suite: str, tags: Mapping[str, str], run_name: str, *, params: Mapping[str, Any],
                  metrics: Sequence[tuple[str, float, int, int]], files: Sequence[Path]) -> str:
@@ -347,22 +348,23 @@ class Tracker:
             for run in self._search(exp_id, tags):
                 if run.info.status == "FINISHED":
                     return run.info.run_id
-            run_id = self._call("create_run", exp_id, tags=dict(tags), run_name=run_name).info.run_id
+            run_id = self.call("create_run", exp_id, tags=dict(tags), run_name=run_name).info.run_id
             try:
-                self._log(run_id, params=params, metrics=metrics)
+                self.log_batch(run_id, params=params, metrics=metrics)
                 for f in files:
-                    self._call("log_artifact", run_id, str(f))
+                    self.call("log_artifact", run_id, str(f))
             except BaseException as exc:
                 if isinstance(exc, Exception):      # an interrupt writes nothing (_release_connections)
-                    self._call("set_terminated", run_id, "FAILED")
+                    self.call("set_terminated", run_id, "FAILED")
                 raise
-            self._call("set_terminated", run_id, "FINISHED")
+            self.call("set_terminated", run_id, "FINISHED")
         return run_id
 
-    def _log(self, run_id: str, *, params: Mapping[str, Any] | None = None,
-             tags: Mapping[str, Any] | None = None,
-             metrics: Sequence[tuple[str, float, int, int]] = ()) -> None:
-        """log_batch within MLflow's limits: keys made valid, long values truncated, chunked."""
+    def log_batch(self, run_id: str, *, params: Mapping[str, Any] | None = None,
+                  tags: Mapping[str, Any] | None = None,
+                  metrics: Sequence[tuple[str, float, int, int]] = ()) -> None:
+        """MLflow's log_batch within its limits: keys made valid, long values truncated, chunked;
+        `metrics` as (key, value, timestamp in ms, step)."""
         from mlflow.entities import Metric, Param, RunTag
         from mlflow.utils import validation as v
 
@@ -375,6 +377,6 @@ class Tracker:
         ]
         for field, items, size in batches:
             for i in range(0, len(items), size):
-                self._call("log_batch", run_id, **{field: items[i:i + size]})
+                self.call("log_batch", run_id, **{field: items[i:i + size]})
 
 

@@ -7,22 +7,8 @@ import contextlib
 import io
 import os
 import subprocess
-from typing import Iterator, Mapping
-
-
-@contextlib.contextmanager
-def environment(env: Mapping[str, str]) -> Iterator[None]:
-    """`os.environ` with `env` added, restored afterwards."""
-    saved = {name: os.environ.get(name) for name in env}
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for name, value in saved.items():
-            if value is None:
-                os.environ.pop(name, None)
-            else:
-                os.environ[name] = value
+from typing import Mapping
+from unittest import mock
 
 
 def bench(*argv: str, env: Mapping[str, str] | None = None) -> subprocess.CompletedProcess:
@@ -31,7 +17,7 @@ def bench(*argv: str, env: Mapping[str, str] | None = None) -> subprocess.Comple
     from bench.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with environment(env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with mock.patch.dict(os.environ, env or {}), contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try:
             code = main(list(argv))
         except SystemExit as exc:           # argparse: a malformed command line

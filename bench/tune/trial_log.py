@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from bench.tracking import TAG_PARENT, TAG_TYPE, Tracker
-from bench.tracking_uri import retry_locked
-from bench.tracking_values import mlflow_key
 
 SUITE = "tune"                            # experiment osteobench/tune
 TAG_STUDY = "osteobench.optuna_study"
@@ -43,29 +41,12 @@ class TrialLogger:
         self.parent = self.tracker.entry_run(SUITE, study, tags={TAG_STUDY: study, **(tags or {})})
         self.tracker.log_params_once(self.parent, params or {})
 
-    def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        fn = getattr(self.tracker.client, method)
-        return retry_locked(lambda: fn(*args, **kwargs))
-
-    def _batch(self, run_id: str, params: Mapping[str, Any] | None = None,
-               metrics: list[tuple[str, float, int]] = ()) -> None:
-        from mlflow.entities import Metric, Param
-        from mlflow.utils import validation as v
-
-        now = int(time.time() * 1000)
-        items = [Param(mlflow_key(k), str(x)[:v.MAX_PARAM_VAL_LENGTH]) for k, x in (params or {}).items()]
-        for i in range(0, len(items), v.MAX_PARAMS_TAGS_PER_BATCH):
-            self._call("log_batch", run_id, params=items[i:i + v.MAX_PARAMS_TAGS_PER_BATCH])
-        ms = [Metric(mlflow_key(k), float(x), now, int(step)) for k, x, step in metrics]
-        for i in range(0, len(ms), v.MAX_METRICS_PER_BATCH):
-            self._call("log_batch", run_id, metrics=ms[i:i + v.MAX_METRICS_PER_BATCH])
-
     def start(self, trial: Any) -> str:
         """Open the trial's child run and record its id on the trial."""
         if not self.enabled:
             return ""
         tags = {TAG_PARENT: self.parent, TAG_TYPE: "trial", TAG_STUDY: self.study, TAG_TRIAL: str(trial.number)}
-        run = self._call("create_run", self.experiment, tags=tags, run_name=f"{self.study}/trial{trial.number:04d}")
+        run = self.tracker.call("create_run", self.experiment, tags=tags, run_name=f"{self.study}/trial{trial.number:04d}")
         trial.set_user_attr(RUN_ID_ATTR, run.info.run_id)
         return run.info.run_id
 
@@ -86,17 +67,19 @@ class TrialLogger:
         status = {"COMPLETE": "FINISHED", "PRUNED": "FINISHED"}.get(state, "KILLED" if error == "interrupted"
                                                                     else "FAILED")
         try:
-            self._batch(run_id, params={**frozen.params, "trial_number": frozen.number}, metrics=metrics)
-            self._call("set_tag", run_id, TAG_STATE, state)
+            now = int(time.time() * 1000)
+            self.tracker.log_batch(run_id, params={**frozen.params, "trial_number": frozen.number},
+                                   metrics=[(k, x, now, step) for k, x, step in metrics])
+            self.tracker.call("set_tag", run_id, TAG_STATE, state)
             if error and state == "FAIL":
-                self._call("log_text", run_id, error, "traceback.txt")
+                self.tracker.call("log_text", run_id, error, "traceback.txt")
         except Exception:
-            self._call("set_terminated", run_id, status)
+            self.tracker.call("set_terminated", run_id, status)
             raise
         # an interrupt inside these writes writes nothing more (bench.tracking.Tracker._release_connections)
-        self._call("set_terminated", run_id, status)
+        self.tracker.call("set_terminated", run_id, status)
 
     def close(self) -> None:
         """Mark the parent run finished (a later session reopens nothing: children carry the state)."""
         if self.enabled and self.parent:
-            self._call("set_terminated", self.parent, "FINISHED")
+            self.tracker.call("set_terminated", self.parent, "FINISHED")

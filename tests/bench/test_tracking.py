@@ -344,7 +344,7 @@ def test_an_interrupt_inside_a_write_is_raised_at_once_and_cleaned_up_later(tmp_
         conn.execute("BEGIN EXCLUSIVE")                     # the write lock the interrupted write kept
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(tracker, "_log", interrupted_write)
+    monkeypatch.setattr(tracker, "log_batch", interrupted_write)
     try:
         with pytest.raises(KeyboardInterrupt):
             tracker.log_seed_run("s", "a", 0, params={"a": 1}, metrics={"test_auc": 0.5}, config_hash="h")
