@@ -20,7 +20,6 @@ from bench.fingerprint import Fingerprint, dataset_fingerprint
 from bench.stage import stage_key
 
 
-
 @pytest.fixture(autouse=True)
 def toy_registered():
     registry.load_entries(["toy_entries"])
