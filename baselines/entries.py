@@ -10,30 +10,33 @@
 Every supervised baseline trains end to end without SSL or enhanced augmentation, on the same
 splits, selected by subject validation macro-F1 (methods.supervised). `segment`, `extract` and
 `landmarks` are the same Stage objects wherever they appear, so a suite computes each once per seed.
+Stages name their functions "module:function" (bench.function_ref): importing this module imports no torch.
 """
 from __future__ import annotations
 
-from baselines.clinical import fit_clinical
-from baselines.hsieh import hsieh_stage
-from baselines.jang import jang_stage
-from baselines.landmark_detector import LANDMARKS
-from baselines.radiogrammetry import radiogrammetry_stage
-from baselines.wang import wang_stage
+from bench.config import declare_section_modules
 from bench.registry import Entry, Stage, register
-from methods.extract import EXTRACT
-from methods.segmentation.stage import SEGMENT
-from methods.stages import supervised_stage
+from methods.pipeline import EXTRACT, SEGMENT
+
+declare_section_modules("baselines.roi", "baselines.vgg", "baselines.wang", "baselines.landmarks",
+                        "baselines.radiogrammetry", "methods.supervised")
 
 VGG_SECTIONS = ("roi", "vgg", "supervised", "run")
 
-DEEPDXA = Stage("deepdxa", supervised_stage, sections=("supervised", "run"), inputs=("extract",),
+LANDMARKS = Stage("landmarks", "baselines.landmark_detector:landmark_stage", sections=("landmarks", "run"),
+                  datasets=("seg", "cls"),
+                  splits=("seg",))   # trained on the `seg` splits; detects on (and scores) every `cls` image
+
+DEEPDXA = Stage("deepdxa", "methods.stages:supervised_stage", sections=("supervised", "run"), inputs=("extract",),
                 options={"encoder": "resnet18"}, datasets=("cls",))
-JANG = Stage("jang", jang_stage, sections=VGG_SECTIONS, inputs=("segment",), datasets=("cls",),
+JANG = Stage("jang", "baselines.jang:jang_stage", sections=VGG_SECTIONS, inputs=("segment",), datasets=("cls",),
              needs=lambda config: () if config.roi.source in ("annotator", "truth") else ("segment",))
-HSIEH = Stage("hsieh", hsieh_stage, sections=VGG_SECTIONS, inputs=("landmarks",), datasets=("cls",))
-WANG = Stage("wang", wang_stage, sections=(*VGG_SECTIONS, "wang"), inputs=("landmarks",), datasets=("cls",))
-RADIOGRAMMETRY = Stage("radiogrammetry", radiogrammetry_stage, sections=("radiogrammetry",), inputs=("segment",),
-                       datasets=("cls",), seeded=False,  # deterministic given its inputs (segment carries the seed)
+HSIEH = Stage("hsieh", "baselines.hsieh:hsieh_stage", sections=VGG_SECTIONS, inputs=("landmarks",), datasets=("cls",))
+WANG = Stage("wang", "baselines.wang:wang_stage", sections=(*VGG_SECTIONS, "wang"), inputs=("landmarks",),
+             datasets=("cls",))
+RADIOGRAMMETRY = Stage("radiogrammetry", "baselines.radiogrammetry:radiogrammetry_stage", sections=("radiogrammetry",),
+                       inputs=("segment",), datasets=("cls",),
+                       seeded=False,  # deterministic given its inputs (segment carries the seed)
                        needs=lambda config: ("segment",) if config.radiogrammetry.source == "predicted" else ())
 
 register(Entry(
@@ -75,7 +78,7 @@ register(Entry(
 register(Entry(
     name="clinical",
     description="logistic regression on age and sex alone: the floor any image model must beat",
-    stages=(Stage("clinical", fit_clinical, datasets=("cls",), seeded=False),),
+    stages=(Stage("clinical", "baselines.clinical:fit_clinical", datasets=("cls",), seeded=False),),
     kind="reference",
     table="table8",
     row="Clinical covariates (age, sex)",

@@ -17,7 +17,7 @@ val images). Outputs:
   on the `cls` images with masks when there are any;
 * ``model.pt``: the detector's weights and settings.
 
-Being one Stage object (same name, function, sections) in both entries, it is trained once per seed.
+Its stage is one Stage object in both entries (baselines.entries.LANDMARKS), so it is trained once per seed.
 """
 from __future__ import annotations
 
@@ -37,7 +37,6 @@ from bench.data.format import Dataset
 from bench.errors import BenchError
 from bench.parallel import thread_map
 from bench.progress import epoch_line
-from bench.registry import Stage
 from bench.stage import StageContext
 from baselines.landmarks import (LandmarkConfig, decode, gaussian_targets, heatmap_loss, landmark_errors,
                                  reference_landmarks, to_native, to_working)
@@ -263,7 +262,3 @@ def landmark_stage(ctx: StageContext) -> dict:
     for key, value in metrics.items():
         ctx.log(key, value)
     return {"metrics": metrics}
-
-
-LANDMARKS = Stage("landmarks", landmark_stage, sections=("landmarks", "run"), datasets=("seg", "cls"),
-                  splits=("seg",))   # trained on the `seg` splits; detects on (and scores) every `cls` image

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import importlib
 import json
 import typing
 from dataclasses import dataclass
@@ -36,6 +37,7 @@ class SectionSpec:
 
 
 _SECTIONS: dict[str, SectionSpec] = {}
+_SECTION_MODULES: list[str] = []        # declared, not imported yet (declare_section_modules)
 
 
 def register_section(name: str, cls: type, profiles: Mapping[str, Mapping[str, Any]] | None = None) -> type:
@@ -51,9 +53,26 @@ def register_section(name: str, cls: type, profiles: Mapping[str, Mapping[str, A
     return cls
 
 
+def declare_section_modules(*modules: str) -> None:
+    """Name modules whose import registers sections; they are imported when the configuration is first
+    read (resolved, listed, described). Entries declare their sections this way instead of importing the
+    modules (which import torch): loading the registry stays fast (bench.function_ref)."""
+    for module in modules:
+        if module not in _SECTION_MODULES:
+            _SECTION_MODULES.append(module)
+
+
+def _registered() -> dict[str, SectionSpec]:
+    """Every section, the declared modules imported first."""
+    for module in list(_SECTION_MODULES):
+        importlib.import_module(module)
+        _SECTION_MODULES.remove(module)
+    return _SECTIONS
+
+
 def sections() -> dict[str, SectionSpec]:
     """The registered sections (after entries were loaded, methods' sections are here too)."""
-    return dict(_SECTIONS)
+    return dict(_registered())
 
 
 # --------------------------------------------------------------------------- the engine's sections
@@ -175,7 +194,7 @@ def resolve(profile: str = "smoke", *, config_files: Iterable[str | Path] = (),
     if user_sets:
         layers.append(("--set", user_sets))
     values: dict[str, Any] = {}
-    for name, spec in _SECTIONS.items():
+    for name, spec in _registered().items():
         values[name] = spec.cls(**_coerce_all(name, spec.cls, spec.profiles.get(profile, {}), "profile"))
     user_keys: set[str] = set()
     for source, layer in layers:
@@ -271,13 +290,13 @@ def load_config_file(path: str | Path, profile: str | None = None) -> dict[str, 
 
 
 def valid_keys() -> list[str]:
-    return [f"{s}.{f.name}" for s, spec in _SECTIONS.items() for f in dataclasses.fields(spec.cls)]
+    return [f"{s}.{f.name}" for s, spec in _registered().items() for f in dataclasses.fields(spec.cls)]
 
 
 def describe() -> list[tuple[str, str, Any, str]]:
     """(dotted key, type, default, one-line doc) for every option; docs come from field comments."""
     rows = []
-    for s, spec in _SECTIONS.items():
+    for s, spec in _registered().items():
         hints = typing.get_type_hints(spec.cls)
         docs = _field_comments(spec.cls)
         for f in dataclasses.fields(spec.cls):

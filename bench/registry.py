@@ -18,6 +18,7 @@ from importlib.metadata import entry_points
 from typing import TYPE_CHECKING, Any, Callable, Iterable, Mapping
 
 from bench.errors import BenchError
+from bench.function_ref import FunctionRef
 
 if TYPE_CHECKING:
     from bench.stage import StageContext
@@ -40,14 +41,16 @@ class Stage:
     key, so asking for other evaluation splits or more figures recomputes the companion alone, never
     this stage or the stages after it. The stage function must not read an unkeyed option.
 
-    The function receives a :class:`bench.stage.StageContext`, writes its outputs into
+    ``fn`` is the function or its name, "package.module:function" (:class:`bench.function_ref.FunctionRef`,
+    imported when the stage runs: the built-in entries name theirs, so loading the registry imports no
+    torch). The function receives a :class:`bench.stage.StageContext`, writes its outputs into
     ``ctx.out_dir`` and may return a small JSON-able summary. The last stage of an entry writes
     ``bone_predictions.parquet`` (subject_id, split, bone, y_true, p_pos) or, for entries without
     bones, ``predictions.parquet`` (subject_id, split, y_true, p_pos).
     """
 
     name: str                                   # cache folder name, e.g. "segment", "pretrain"
-    fn: Callable[["StageContext"], Mapping[str, Any] | None]
+    fn: Callable[["StageContext"], Mapping[str, Any] | None] | str   # a str becomes a FunctionRef
     sections: tuple[str, ...] = ()              # config sections (or single "section.option"s) that key the cache
     inputs: tuple[str, ...] = ()                # earlier stages (by name) whose outputs it reads
     options: Mapping[str, Any] = field(default_factory=dict)  # entry-specific options (keyed too)
@@ -60,6 +63,8 @@ class Stage:
     unkeyed: tuple[str, ...] = ()               # "section.option"s of its sections only its companions use
 
     def __post_init__(self) -> None:
+        if isinstance(self.fn, str):
+            object.__setattr__(self, "fn", FunctionRef(self.fn))
         for companion in self.companions:
             if companion.inputs != (self.name,) or companion.companions:
                 raise ValueError(f"stage {self.name!r}: companion {companion.name!r} must read {self.name!r} "

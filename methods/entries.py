@@ -10,32 +10,15 @@ Every entry is the same pipeline with one named difference, like nnU-Net's train
 
 Stages with the same function, config sections and inputs share one cache entry, so the paper
 suite trains one segmentation model per seed (and one per seed for the single-decoder ablation).
+The stages are declared in methods.pipeline, by function name: importing this module imports no torch.
 """
 from __future__ import annotations
 
-from bench.registry import Entry, Stage, register
-from methods.extract import EXTRACT, EXTRACT_RAW
-from methods.segmentation.stage import SEGMENT
-from methods.ssl.pretrain import pretrain_stage
-from methods.stages import PROBE, SUPERVISED, probe_stage
+from bench.registry import Entry, register
+from methods.pipeline import EXTRACT, EXTRACT_RAW, FULL, PRETRAIN_RAW, PROBE_WHOLE, SEGMENT, SUPERVISED
 
 SSL_METHODS: dict[str, str] = {"simclr": "SimCLR", "supcon": "SupCon", "swav": "SwAV", "vicreg": "VICReg"}
-PRETRAIN_SECTIONS = ("ssl", "multicrop", "augment", "heads", "run")
 CITATION = "Hwang, Lee & Yoon, Sci. Rep. 2025"
-
-
-def pretrain_splits(config) -> tuple[str, ...]:
-    """Pretraining reads every `seg` patch, and the `cls` train split only when it adds its labelled patches."""
-    return ("cls",) if config.ssl.uses_cls_train else ()
-
-
-PRETRAIN = Stage("pretrain", pretrain_stage, sections=PRETRAIN_SECTIONS, inputs=("extract",), datasets=("seg", "cls"),
-                 splits=pretrain_splits)
-PRETRAIN_RAW = Stage("pretrain", pretrain_stage, sections=PRETRAIN_SECTIONS, inputs=("extract_raw",),
-                     options={"patches": "extract_raw"}, datasets=("seg", "cls"), splits=pretrain_splits)
-PROBE_WHOLE = Stage("probe", probe_stage, sections=("probe", "multicrop", "patches.patch_size", "run"), inputs=("pretrain",),
-                    options={"whole_image": True}, datasets=("cls",))
-FULL = (SEGMENT, EXTRACT, PRETRAIN, PROBE)
 
 for name, row in SSL_METHODS.items():
     method = {"ssl.method": name}

@@ -34,7 +34,6 @@ from bench.data.format import BONES, Dataset
 from bench.data.imageio import read_label_map
 from bench.errors import BenchError
 from bench.parallel import thread_map
-from bench.registry import Stage
 from bench.stage import StageContext
 from methods.bones import BonePatch, PatchConfig, extract_bones, random_patches
 from methods.patch_store import PatchStore, StoreWriter
@@ -209,19 +208,3 @@ def write_contact_sheet(store: PatchStore, datasets: Mapping[str, Dataset], path
     fig.savefig(buf, format="png", dpi=110)
     plt.close(fig)
     atomic_write_bytes(path, buf.getvalue())
-
-
-def _sheet(of: str) -> Stage:
-    """The contact-sheet companion of stage `of` (deterministic given its input and the images)."""
-    return Stage("patch_sheet", patch_sheet_stage, sections=("patches.figure_images",), inputs=(of,),
-                 datasets=("seg", "cls"), seeded=False, splits=())
-
-
-# Neither reads a split: the stages that do take it from their datasets (PatchStore.with_splits).
-# version 2: the contact sheet moved to the companion patch_sheet
-EXTRACT = Stage("extract", extract_stage, sections=("patches",), inputs=("segment",), datasets=("seg", "cls"),
-                seeded=False,  # deterministic given its inputs (the segment key carries the seed)
-                needs=lambda config: ("segment",) if config.patches.source == "predicted" else (), splits=(),
-                version=2, companions=(_sheet("extract"),), unkeyed=("patches.figure_images",))
-EXTRACT_RAW = Stage("extract_raw", extract_raw_stage, sections=("patches",), datasets=("seg", "cls"), splits=(),
-                    version=2, companions=(_sheet("extract_raw"),), unkeyed=("patches.figure_images",))

@@ -20,7 +20,6 @@ import torch.nn.functional as F
 
 from bench.data.format import Dataset
 from bench.metrics import average_images
-from bench.registry import Stage
 from bench.stage import StageContext
 from methods.encoders import build_encoder, extract_features
 from methods.patch_store import PatchStore
@@ -90,9 +89,3 @@ def supervised_stage(ctx: StageContext) -> dict:
     result = train_supervised(encoder, patches, index, ctx.config.supervised,
                               ctx.torch_generator("supervised"), ctx.device, resume=ctx.resumer())
     return _write(ctx, result, subject_level=False)
-
-
-PROBE = Stage("probe", probe_stage, sections=("probe", "multicrop", "run"), inputs=("extract", "pretrain"),
-              datasets=("cls",))
-SUPERVISED = Stage("supervised", supervised_stage, sections=("supervised", "ssl.encoder", "run"), inputs=("extract",),
-                   datasets=("cls",))

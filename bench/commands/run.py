@@ -69,10 +69,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 def run_command(args: argparse.Namespace) -> int:
     from bench import registry
-    from bench.executors import make_executor, run_together
-    from bench.runner import Runner
 
-    registry.load_entries(args.plugin)
+    registry.load_entries(args.plugin)         # names are checked before the runner's imports (torch: seconds)
     if args.suite:
         suite = args.suite
         names = registry.resolve_suite(args.suite)
@@ -83,6 +81,9 @@ def run_command(args: argparse.Namespace) -> int:
         raise BenchError("no entries selected; `bench list` shows what is registered")
     if args.fold is not None and args.folds is None:
         raise BenchError("--fold picks folds of a cross-validation: give the number of folds with --folds K")
+    from bench.executors import make_executor, run_together
+    from bench.runner import Runner
+
     seeds = args.seeds if args.seeds is not None else DEFAULT_SEEDS[args.profile]
     parts = [(suite, [])]                      # (results suite, extra --set options) per runner
     if args.folds is not None:

@@ -46,7 +46,6 @@ import pandas as pd
 
 from bench.data.format import BONES, Dataset
 from bench.predict import json_safe
-from bench.registry import Stage
 from bench.stage import StageContext, derive_seed
 from methods.segmentation.config import SegmentationConfig
 from methods.segmentation.external import Segmenter, annotated_ids, evaluate_segmenter
@@ -148,7 +147,3 @@ def write_figures(out_dir: Path, dataset: Dataset, ids: list[str], source: Path,
         plt.close(fig)
         written.append(image_id)
     return written
-
-
-SEGMENT_EVAL = Stage("segment_eval", segment_eval_stage, sections=("segmentation", "run"), inputs=("segment",),
-                     datasets=("seg",), splits=("seg",), version=2)   # 2: a background-bone tie of the consensus is bone

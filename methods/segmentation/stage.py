@@ -24,17 +24,13 @@ import torch
 from bench.data.format import BONES, Dataset
 from bench.errors import BenchError
 from bench.predict import json_safe
-from bench.registry import Stage
 from bench.stage import StageContext
 from methods.segmentation.config import SegmentationConfig  # importing it registers the section
 from methods.segmentation.data import manifest_sides, training_splits
-from methods.segmentation.eval_stage import SEGMENT_EVAL
 from methods.segmentation.predict import entropy_png, predict_many, save_model
 from methods.segmentation.train import train_segmentation
 
 ROLES = ("seg", "cls")
-#: options only `segment_eval` uses: they do not key the trained model (bench.registry.Stage.unkeyed)
-EVAL_ONLY = ("segmentation.eval_splits", "segmentation.eval_samples", "segmentation.figures")
 
 
 def _write_png(path: Path, array: np.ndarray) -> None:
@@ -104,9 +100,3 @@ def segment_stage(ctx: StageContext) -> dict[str, Any]:
                             draws=cfg.predict_draws)
     return json_safe({"best_epoch": result.best_epoch, "best_val_ged": result.best_val_ged,
                       "seconds_per_epoch": result.seconds_per_epoch})
-
-
-SEGMENT = Stage("segment", segment_stage, sections=("segmentation", "run"), datasets=("seg", "cls"),
-                splits=("seg",),   # trained on the `seg` splits; predicts every `cls` image
-                version=2,         # 2: the evaluation and figures moved to the companion segment_eval
-                companions=(SEGMENT_EVAL,), unkeyed=EVAL_ONLY)

@@ -17,9 +17,8 @@ from bench.config import resolve
 from bench.data.format import BONES, Dataset
 from bench.data.phantom import synthesize
 from bench.run_evaluation import evaluate
-from baselines.entries import DEEPDXA, HSIEH, JANG, RADIOGRAMMETRY, WANG
-from baselines.landmark_detector import LANDMARKS
-from methods.extract import EXTRACT
+from baselines.entries import DEEPDXA, HSIEH, JANG, LANDMARKS, RADIOGRAMMETRY, WANG
+from methods.pipeline import EXTRACT
 from methods.patch_store import PatchStore
 from stage_runs import run_cpu_stage
 

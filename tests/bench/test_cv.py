@@ -94,11 +94,8 @@ def test_leave_one_site_out_folds():
 
 
 def test_stages_that_read_no_split_keep_their_key_across_folds():
-    from baselines.entries import RADIOGRAMMETRY
-    from baselines.landmark_detector import LANDMARKS
-    from methods.entries import PRETRAIN, PROBE
-    from methods.extract import EXTRACT
-    from methods.segmentation.stage import SEGMENT
+    from baselines.entries import LANDMARKS, RADIOGRAMMETRY
+    from methods.pipeline import EXTRACT, PRETRAIN, PROBE, SEGMENT
 
     seg = Fingerprint("seg-full", "seg-content")
     folds = [{"seg": seg, "cls": Fingerprint(f"cls-fold{k}", "cls-content")} for k in range(2)]

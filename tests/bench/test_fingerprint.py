@@ -89,7 +89,7 @@ def test_the_device_spelling_is_not_keyed_but_the_device_type_and_threads_are():
     import methods.segmentation.config  # noqa: F401  (registers the section)
     from bench.config import resolve
     from bench.stage import stage_key
-    from methods.segmentation.stage import SEGMENT
+    from methods.pipeline import SEGMENT
 
     def key(sets: dict, device_type: str) -> str:
         return stage_key(SEGMENT, resolve("smoke", sets=sets), 0, {}, {"seg": "s", "cls": "c"}, device_type)[0]
@@ -106,7 +106,7 @@ def test_a_stage_keyed_by_one_option_ignores_the_rest_of_its_section():
     import methods.supervised  # noqa: F401
     from bench.config import resolve
     from bench.stage import stage_key
-    from methods.stages import SUPERVISED
+    from methods.pipeline import SUPERVISED
 
     def key(sets: dict) -> str:
         return stage_key(SUPERVISED, resolve("smoke", sets=sets), 0, {"extract": "e"}, {"cls": "c"}, "cpu")[0]
@@ -122,8 +122,7 @@ def test_evaluation_and_figure_options_key_the_companions_alone():
     import methods.segmentation.config  # noqa: F401
     from bench.config import resolve
     from bench.stage import stage_key
-    from methods.extract import EXTRACT
-    from methods.segmentation.stage import SEGMENT
+    from methods.pipeline import EXTRACT, SEGMENT
 
     def key(stage, sets: dict, inputs: dict) -> str:
         return stage_key(stage, resolve("smoke", sets=sets), 0, inputs, {"seg": "s", "cls": "c"}, "cpu")[0]

@@ -74,7 +74,7 @@ def test_whole_image_probe_is_keyed_by_the_patch_size_alone():
     rerun it (the companion rule), a patch size must."""
     from bench.config import resolve
     from bench.stage import stage_key
-    from methods.entries import PROBE_WHOLE
+    from methods.pipeline import PROBE_WHOLE
 
     def key(*sets: str) -> str:
         config = resolve("smoke", sets=list(sets))

@@ -15,7 +15,7 @@ from bench.data.imageio import write_label_map
 from bench.errors import BenchError
 from bench.stage import StageContext, run_stage
 from methods.bones import BonePatch, PatchConfig, extract_bones
-from methods.extract import EXTRACT, EXTRACT_RAW
+from methods.pipeline import EXTRACT, EXTRACT_RAW
 from methods.patch_store import INDEX_COLUMNS, PatchStore, StoreWriter, write_store
 
 

@@ -9,12 +9,10 @@ import torch
 from bench.config import resolve
 from bench.data.format import Dataset
 from bench.data.phantom import synthesize
-from methods.extract import EXTRACT
 from methods.patch_store import PatchStore
-from stage_runs import run_cpu_stage
+from methods.pipeline import EXTRACT, PRETRAIN, PROBE, PROBE_WHOLE, SUPERVISED
 from methods.ssl.pretrain import load_encoder, pretraining_set
-from methods.entries import PRETRAIN, PROBE_WHOLE
-from methods.stages import PROBE, SUPERVISED
+from stage_runs import run_cpu_stage
 
 
 @pytest.fixture(scope="module")

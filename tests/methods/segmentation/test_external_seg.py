@@ -32,7 +32,7 @@ def trained(tmp_path_factory) -> dict:
     from bench.config import resolve
     from bench.data.phantom import synthesize
     from bench.stage import run_stage
-    from methods.segmentation.stage import SEGMENT
+    from methods.pipeline import SEGMENT
 
     root = tmp_path_factory.mktemp("external")
     public = synthesize(root / "public", "public", "smoke", seed=0)

@@ -122,7 +122,7 @@ def run_segment(phantoms: dict[str, Path], cache: Path, sets: dict | None = None
     import methods.segmentation.config  # noqa: F401  (registers the section)
     from bench.config import resolve
     from bench.stage import run_stage
-    from methods.segmentation.stage import SEGMENT
+    from methods.pipeline import SEGMENT
 
     config = resolve("smoke", sets={"run.device": "cpu", **(sets or {})})
     datasets = {role: Dataset.open(p) for role, p in phantoms.items()}

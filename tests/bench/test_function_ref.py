@@ -1,0 +1,78 @@
+"""Stage functions named "module:function" (bench.function_ref): imported when called, keyed as the function."""
+from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.config import resolve
+from bench.errors import BenchError
+from bench.function_ref import FunctionRef
+from bench.registry import Stage
+from bench.stage import stage_key
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def test_a_reference_carries_the_functions_names_and_calls_it():
+    from methods.stages import probe_stage
+
+    ref = FunctionRef("methods.stages:probe_stage")
+    assert (ref.__module__, ref.__qualname__, ref.__name__) == (probe_stage.__module__, probe_stage.__qualname__,
+                                                                 probe_stage.__name__)
+    assert ref.resolve() is probe_stage
+    nested = FunctionRef("os.path:join")
+    assert nested("a", "b") == os.path.join("a", "b")
+    assert FunctionRef("os.path:join") == nested and hash(FunctionRef("os.path:join")) == hash(nested)
+    assert FunctionRef("os.path:split") != nested
+    again = pickle.loads(pickle.dumps(nested))
+    assert again == nested and again("c", "d") == os.path.join("c", "d")
+
+
+@pytest.mark.parametrize("ref", ["methods.stages.probe_stage", ":probe_stage", "methods.stages:", "a b:c", "m:f-g"])
+def test_a_malformed_reference_is_refused_when_declared(ref):
+    with pytest.raises(ValueError, match="package.module:function"):
+        FunctionRef(ref)
+
+
+def test_a_reference_to_nothing_fails_when_called_with_what_is_missing():
+    with pytest.raises(BenchError, match="module 'os.path' has no 'no_such_function'"):
+        FunctionRef("os.path:no_such_function")()
+    with pytest.raises(BenchError, match="not callable"):
+        FunctionRef("os:sep")()
+    with pytest.raises(ModuleNotFoundError):
+        FunctionRef("no_such_module_xyz:f")()
+
+
+def test_a_named_stage_function_keys_the_cache_as_the_function_itself():
+    from methods.stages import probe_stage
+
+    config = resolve("smoke")
+    named = Stage("probe", "methods.stages:probe_stage", sections=("probe", "run"), datasets=("cls",))
+    direct = Stage("probe", probe_stage, sections=("probe", "run"), datasets=("cls",))
+    assert isinstance(named.fn, FunctionRef)
+    args = (config, 0, {}, {"cls": "fingerprint"}, "cpu")
+    assert stage_key(named, *args) == stage_key(direct, *args)
+
+
+def test_the_built_in_registry_loads_without_torch_and_reads_every_section_on_demand():
+    """`bench list` and a misspelt entry need no torch; resolving a config imports the declared sections."""
+    code = ("import sys\n"
+            "from bench import config, registry\n"
+            "registry.load_entries()\n"
+            "heavy = sorted(m for m in ('torch', 'sklearn', 'scipy', 'matplotlib') if m in sys.modules)\n"
+            "assert not heavy, heavy\n"
+            "assert len(registry.entries()) == 23, sorted(registry.entries())\n"
+            "resolved = config.resolve('smoke', sets=['segmentation.experts=3', 'vgg.mlp_ratio=0.5'])\n"
+            "assert resolved.segmentation.experts == 3\n"
+            "print(sorted(config.sections()))\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OSTEOBENCH_PLUGINS": ""}
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == str(["augment", "checkpoint", "data", "heads", "landmarks", "multicrop", "patches",
+                                       "probe", "radiogrammetry", "roi", "run", "segmentation", "ssl", "supervised",
+                                       "vgg", "wang"])
