@@ -17,6 +17,7 @@ import dataclasses
 import difflib
 import importlib
 import json
+import threading
 import typing
 from dataclasses import dataclass
 from pathlib import Path
@@ -38,6 +39,7 @@ class SectionSpec:
 
 _SECTIONS: dict[str, SectionSpec] = {}
 _SECTION_MODULES: list[str] = []        # declared, not imported yet (declare_section_modules)
+_IMPORTING = threading.RLock()          # reentrant: a declared module may read the configuration as it loads
 
 
 def register_section(name: str, cls: type, profiles: Mapping[str, Mapping[str, Any]] | None = None) -> type:
@@ -63,10 +65,15 @@ def declare_section_modules(*modules: str) -> None:
 
 
 def _registered() -> dict[str, SectionSpec]:
-    """Every section, the declared modules imported first."""
-    for module in list(_SECTION_MODULES):
-        importlib.import_module(module)
-        _SECTION_MODULES.remove(module)
+    """Every section, the declared modules imported first (once; a module that fails stays declared)."""
+    with _IMPORTING:
+        while _SECTION_MODULES:
+            module = _SECTION_MODULES.pop(0)
+            try:
+                importlib.import_module(module)
+            except BaseException:
+                _SECTION_MODULES.insert(0, module)
+                raise
     return _SECTIONS
 
 

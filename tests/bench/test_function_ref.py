@@ -76,3 +76,35 @@ def test_the_built_in_registry_loads_without_torch_and_reads_every_section_on_de
     assert done.stdout.strip() == str(["augment", "checkpoint", "data", "heads", "landmarks", "multicrop", "patches",
                                        "probe", "radiogrammetry", "roi", "run", "segmentation", "ssl", "supervised",
                                        "vgg", "wang"])
+
+
+def test_declared_section_modules_load_once_on_first_read_even_from_threads(tmp_path, monkeypatch):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bench import config
+
+    (tmp_path / "lazy_section_ok.py").write_text(
+        "from dataclasses import dataclass\n"
+        "from bench.config import register_section\n"
+        "LOADS = []\n"
+        "LOADS.append(1)\n"
+        "@dataclass\n"
+        "class LazyConfig:\n"
+        "    width: int = 3\n"
+        "register_section('lazysec', LazyConfig, {'smoke': {'width': 5}})\n")
+    (tmp_path / "lazy_section_broken.py").write_text("raise RuntimeError('broken on purpose')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(config, "_SECTIONS", dict(config._SECTIONS))
+    monkeypatch.setattr(config, "_SECTION_MODULES", [])
+    config.declare_section_modules("lazy_section_broken")
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        config.sections()
+    assert config._SECTION_MODULES == ["lazy_section_broken"]       # still declared: the next read says it again
+    config._SECTION_MODULES.clear()
+    config.declare_section_modules("lazy_section_ok", "lazy_section_ok")
+    assert "lazy_section_ok" not in sys.modules and "lazysec" not in config._SECTIONS
+    with ThreadPoolExecutor(8) as pool:
+        widths = list(pool.map(lambda _: config.resolve("smoke").lazysec.width, range(16)))
+    assert widths == [5] * 16 and sys.modules["lazy_section_ok"].LOADS == [1]
+    assert "lazysec.width" in config.valid_keys()
+    monkeypatch.delitem(sys.modules, "lazy_section_ok")
