@@ -31,7 +31,13 @@ class FunctionRef:
     def resolve(self) -> Callable[..., Any]:
         """The function itself (imports its module once)."""
         if self._target is None:
-            target: Any = importlib.import_module(self.__module__)
+            try:
+                target: Any = importlib.import_module(self.__module__)
+            except ModuleNotFoundError as exc:   # the named module itself, not one it imports
+                if not exc.name or not f"{self.__module__}.".startswith(f"{exc.name}."):
+                    raise
+                raise BenchError(f"stage function {self.ref!r}: there is no module {exc.name!r}; it must be "
+                                 "importable (installed, or on PYTHONPATH)") from exc
             try:
                 for part in self.__qualname__.split("."):
                     target = getattr(target, part)

@@ -44,8 +44,17 @@ def test_a_reference_to_nothing_fails_when_called_with_what_is_missing():
         FunctionRef("os.path:no_such_function")()
     with pytest.raises(BenchError, match="not callable"):
         FunctionRef("os:sep")()
-    with pytest.raises(ModuleNotFoundError):
-        FunctionRef("no_such_module_xyz:f")()
+    with pytest.raises(BenchError, match="there is no module 'no_such_module_xyz'; it must be importable"):
+        FunctionRef("no_such_module_xyz.sub:f")()
+    with pytest.raises(BenchError, match="there is no module 'os.no_such_sub'"):
+        FunctionRef("os.no_such_sub:f")()
+
+
+def test_a_module_missing_a_dependency_says_so_itself(tmp_path, monkeypatch):
+    (tmp_path / "needs_a_missing_dependency.py").write_text("import no_such_dependency_xyz\ndef f():\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(ModuleNotFoundError, match="no_such_dependency_xyz"):
+        FunctionRef("needs_a_missing_dependency:f")()
 
 
 def test_a_named_stage_function_keys_the_cache_as_the_function_itself():
