@@ -75,6 +75,12 @@ class Stage:
                 raise ValueError(f"stage {self.name!r}: unkeyed option {option!r} is not a 'section.option' of a "
                                  f"whole section it declares ({sorted(sections)})")
 
+    @property
+    def function(self) -> Callable[["StageContext"], Mapping[str, Any] | None]:
+        """The stage function itself, a named one imported now (called directly, a warning it raises with a
+        stacklevel for its caller names the runner, not bench.function_ref)."""
+        return self.fn.resolve() if isinstance(self.fn, FunctionRef) else self.fn
+
     def reads(self, config: Any) -> tuple[str, ...]:
         """The inputs this stage reads under `config`: all of ``inputs``, or those ``needs`` names.
 

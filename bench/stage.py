@@ -156,7 +156,7 @@ def run_stage(stage: Stage, *, cache_root: Path, key: str, material: dict[str, A
                            datasets=datasets, device=device, options=stage.options, resume_dir=resume)
         torch.manual_seed(derive_seed(seed, stage.name, "torch"))
         started = time.time()
-        summary = stage.fn(ctx) or {}
+        summary = stage.function(ctx) or {}
         if ctx._history:
             pd.DataFrame(ctx._history).to_parquet(tmp / HISTORY_FILE, index=False)
         marker = {"key": key, "material": material, "summary": summary,   # seconds: resumed attempts included

@@ -123,7 +123,7 @@ class SegObjective:
 
 def _reporting(stage: Stage, reporter: PruningReporter) -> Stage:
     """The stage with its context's `log` also feeding `reporter` (for pruning)."""
-    fn = stage.fn
+    fn = stage.function
 
     def reporting_stage(ctx: Any) -> Any:
         original: Callable[..., None] = ctx.log

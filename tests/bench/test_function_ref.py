@@ -63,7 +63,7 @@ def test_a_named_stage_function_keys_the_cache_as_the_function_itself():
     config = resolve("smoke")
     named = Stage("probe", "methods.stages:probe_stage", sections=("probe", "run"), datasets=("cls",))
     direct = Stage("probe", probe_stage, sections=("probe", "run"), datasets=("cls",))
-    assert isinstance(named.fn, FunctionRef)
+    assert isinstance(named.fn, FunctionRef) and named.function is probe_stage and direct.function is probe_stage
     args = (config, 0, {}, {"cls": "fingerprint"}, "cpu")
     assert stage_key(named, *args) == stage_key(direct, *args)
 
