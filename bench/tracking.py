@@ -143,7 +143,7 @@ class Tracker:
         token = None
         while True:
             page = self.call("search_runs", [experiment_id], filter_string=where, max_results=1000,
-                              order_by=list(order_by) or None, page_token=token)
+                             order_by=list(order_by) or None, page_token=token)
             runs.extend(r for r in page if all(r.data.tags.get(k) == str(v) for k, v in filters.items()))
             token = page.token
             if not token:
@@ -164,7 +164,7 @@ class Tracker:
                 if urlparse(self.uri).scheme not in REMOTE_SCHEMES:
                     location = (self.results / "mlartifacts" / name).as_uri()
                 exp_id = self.call("create_experiment", name, artifact_location=location,
-                                    tags={TAG_SUITE: suite})
+                                   tags={TAG_SUITE: suite})
             elif exp.lifecycle_stage != "active":
                 raise BenchError(f"MLflow experiment {name!r} in {self.uri} is deleted; restore it "
                                  "(MLflow UI or `mlflow experiments restore`), or remove it for good with "
@@ -235,7 +235,7 @@ class Tracker:
             try:
                 now = int(time.time() * 1000)
                 self.log_batch(run_id, params=flat_params, metrics=[(k, v, now, 0) for k, v in final.items()]
-                          + [(k, v, now, step) for k, v, step in steps])
+                               + [(k, v, now, step) for k, v, step in steps])
                 for path in files:
                     if path.is_dir():
                         self.call("log_artifacts", run_id, str(path), artifact_path=path.name)
@@ -284,7 +284,7 @@ class Tracker:
             if stale.info.status == "RUNNING":
                 self.call("set_terminated", stale.info.run_id, "KILLED")
         run = self.call("create_run", self.experiment_id(suite), tags={**tag_values(tags), **own},
-                         run_name=f"{entry}/seed{int(seed)}")
+                        run_name=f"{entry}/seed{int(seed)}")
         return parent, run.info.run_id, True
 
     def interrupted(self) -> None:

@@ -46,7 +46,8 @@ class TrialLogger:
         if not self.enabled:
             return ""
         tags = {TAG_PARENT: self.parent, TAG_TYPE: "trial", TAG_STUDY: self.study, TAG_TRIAL: str(trial.number)}
-        run = self.tracker.call("create_run", self.experiment, tags=tags, run_name=f"{self.study}/trial{trial.number:04d}")
+        run = self.tracker.call("create_run", self.experiment, tags=tags,
+                                run_name=f"{self.study}/trial{trial.number:04d}")
         trial.set_user_attr(RUN_ID_ATTR, run.info.run_id)
         return run.info.run_id
 
