@@ -213,12 +213,14 @@ class Runner:
 
     # ------------------------------------------------------------------ execution
     def validate(self, entry_names: Sequence[str]) -> list[Entry]:
-        """Resolve every entry's config and device so user errors surface before any work starts."""
+        """Resolve every entry's config, device and stage functions so user errors surface before any work starts."""
         entries = [get(n) for n in entry_names]
         for entry in entries:
             config = self.configure(entry)
             self.device(config)
             check_given(config)                   # a dataset folder that is not one: before any run
+            for stage in entry.all_stages:        # a misnamed stage function too, not once earlier stages ran
+                stage.function
         return entries
 
     def check_data(self, entry_names: Sequence[str]) -> None:

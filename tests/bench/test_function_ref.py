@@ -117,3 +117,21 @@ def test_declared_section_modules_load_once_on_first_read_even_from_threads(tmp_
     assert widths == [5] * 16 and sys.modules["lazy_section_ok"].LOADS == [1]
     assert "lazysec.width" in config.valid_keys()
     monkeypatch.delitem(sys.modules, "lazy_section_ok")
+
+
+def test_a_misnamed_stage_function_stops_the_run_before_any_stage(tmp_path, tiny_dataset):
+    from bench import registry
+    from bench.registry import Entry
+    from bench.runner import Runner
+
+    first = Stage("prepare", "os.path:join", datasets=("cls",))
+    registry.register(Entry("misnamed-fn", "a typo in its last stage's function", kind="example",
+                            stages=(first, Stage("fit", "os.path:jion", inputs=("prepare",), datasets=("cls",)))))
+    try:
+        runner = Runner(tmp_path / "results", suite="t", profile="smoke", data_seg=str(tiny_dataset),
+                        data_cls=str(tiny_dataset), device="cpu", progress=False)
+        with pytest.raises(BenchError, match="stage function 'os.path:jion': module 'os.path' has no 'jion'"):
+            runner.validate(["misnamed-fn"])
+        assert not (tmp_path / "results").exists()
+    finally:
+        registry.unregister("misnamed-fn")
