@@ -229,6 +229,8 @@ def load_entries(plugins: Iterable[str] = ()) -> None:
         except ImportError as exc:
             raise BenchError(f"cannot import plugin module {name!r}: {exc}; it must be importable "
                              "(installed, or on PYTHONPATH)") from exc
+        except ValueError as exc:           # what Stage, Entry and FunctionRef say of a bad definition
+            raise BenchError(f"plugin module {name!r}: {exc}") from exc
 
 
 def entries() -> dict[str, Entry]:

@@ -135,3 +135,16 @@ def test_a_misnamed_stage_function_stops_the_run_before_any_stage(tmp_path, tiny
         assert not (tmp_path / "results").exists()
     finally:
         registry.unregister("misnamed-fn")
+
+
+def test_a_plugin_declaring_a_malformed_reference_is_a_bench_error(tmp_path, monkeypatch):
+    from bench import registry
+
+    (tmp_path / "plugin_bad_reference.py").write_text(
+        "from bench.registry import Entry, Stage, register\n"
+        "register(Entry('bad-reference', 'x', stages=(Stage('fit', 'plugin_bad_reference.fit'),)))\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(BenchError, match="plugin module 'plugin_bad_reference': function reference "
+                                         "'plugin_bad_reference.fit': write it as 'package.module:function'"):
+        registry.load_entries(["plugin_bad_reference"])
+    assert "bad-reference" not in registry.entries()
